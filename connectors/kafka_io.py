@@ -1,0 +1,117 @@
+"""Kafka helpers (kafka-python for admin and simple clients, aiokafka for the fast path).
+
+Consumer-group timeouts are short by default so a group joins in seconds (the broker's default
+45 s session timeout makes the first join slow).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
+MAX_POLL_INTERVAL_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Names of the topics the system reads and writes."""
+
+    readings: str = "readings"
+    events: str = "events"
+    forecasts: str = "forecasts"
+    alerts: str = "alerts"
+    dead_letter: str = "dead-letter"
+
+    def all(self) -> list[str]:
+        return [self.readings, self.events, self.forecasts, self.alerts, self.dead_letter]
+
+
+def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
+                  timeout_s: float = 15.0) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
+                             request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while set(missing) - set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not visible after {timeout_s}s: {missing}")
+            time.sleep(0.05)
+    finally:
+        admin.close()
+
+
+def make_producer(bootstrap_servers: str, **overrides: object):
+    """A kafka-python producer tuned for throughput (batched, lingering a little)."""
+    from kafka import KafkaProducer
+
+    cfg: dict[str, object] = dict(bootstrap_servers=bootstrap_servers, linger_ms=5,
+                                  batch_size=512 * 1024, acks=1, retries=5)
+    cfg.update(overrides)
+    return KafkaProducer(**cfg)
+
+
+def make_consumer(bootstrap_servers: str, *topics: str, group_id: str | None = None,
+                  from_beginning: bool = True, **overrides: object):
+    """A kafka-python consumer with short group timeouts."""
+    from kafka import KafkaConsumer
+
+    cfg: dict[str, object] = dict(
+        bootstrap_servers=bootstrap_servers, group_id=group_id,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=group_id is not None,
+        session_timeout_ms=SESSION_TIMEOUT_MS, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+    )
+    cfg.update(overrides)
+    return KafkaConsumer(*topics, **cfg)
+
+
+def read_topic(bootstrap_servers: str, topic: str, *, idle_timeout_s: float = 2.0,
+               max_messages: int | None = None) -> Iterator[tuple[bytes | None, bytes, int, int]]:
+    """Yield ``(key, value, partition, offset)`` of a topic from the beginning until it is idle.
+
+    Ends when every partition is at its end offset (as of the last poll) and no message came
+    for ``idle_timeout_s``.
+    """
+    from kafka import TopicPartition
+
+    consumer = make_consumer(bootstrap_servers, group_id=None, consumer_timeout_ms=200)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        n = 0
+        last_msg = time.monotonic()
+        while True:
+            batch = consumer.poll(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                for r in records:
+                    yield r.key, r.value, r.partition, r.offset
+                    n += 1
+                    if max_messages is not None and n >= max_messages:
+                        return
+            if batch:
+                last_msg = time.monotonic()
+                continue
+            ends = consumer.end_offsets(tps)
+            at_end = all(consumer.position(tp) >= ends[tp] for tp in tps)
+            if at_end and time.monotonic() - last_msg >= idle_timeout_s:
+                return
+    finally:
+        consumer.close()

@@ -1,0 +1,245 @@
+"""Message contracts and validation at the edge (see DESIGN.md, "Data contracts").
+
+Decoding works on whole batches of raw Kafka values: valid readings come out as numpy arrays,
+every invalid message comes out as a ``DeadLetter`` with the reason. Nothing is dropped
+silently and nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+TS_MAX_MS = 100_000_000_000_000  # year ~5138; anything beyond is a unit mistake
+_MISSING = object()
+
+
+@dataclass
+class DeadLetter:
+    """An input message that could not be used, with the reason and where it came from."""
+
+    raw: bytes
+    reason: str
+    topic: str = ""
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+
+    def to_message(self) -> bytes:
+        """The dead-letter record: the original bytes (text when UTF-8, else base64) + reason."""
+        out: dict[str, Any] = {"reason": self.reason, "topic": self.topic,
+                               "partition": self.partition, "offset": self.offset}
+        try:
+            out["original"] = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out["original_b64"] = base64.b64encode(self.raw).decode("ascii")
+        if self.key is not None:
+            out["key"] = self.key.decode("utf-8", errors="replace")
+        return orjson.dumps(out)
+
+
+@dataclass
+class ReadingBatch:
+    """Valid readings of one input batch, in arrival order (one entry per series value)."""
+
+    sensors: list[str] = field(default_factory=list)
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+
+@dataclass
+class EventBatch:
+    """Valid events of one input batch."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    source: list[int] = field(default_factory=list)   # index of each event in the input batch
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def parse_ts(ts: object) -> int:
+    """Epoch milliseconds from an int (epoch-ms) or an ISO-8601 string (naive = UTC)."""
+    if type(ts) is int:
+        if not 0 <= ts <= TS_MAX_MS:
+            raise ValueError(f"'ts' out of range: {ts}")
+        return ts
+    if isinstance(ts, str):
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise ValueError(f"'ts' is not ISO-8601: {ts[:40]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ms = int(round(dt.timestamp() * 1000))
+        if not 0 <= ms <= TS_MAX_MS:
+            raise ValueError(f"'ts' out of range: {ts!r}")
+        return ms
+    raise ValueError(f"'ts' must be epoch-ms int or ISO-8601 string, got {type(ts).__name__}")
+
+
+def _value(v: object, name: str) -> float:
+    tv = type(v)
+    if tv is float:
+        if math.isfinite(v):  # type: ignore[arg-type]
+            return v  # type: ignore[return-value]
+        raise ValueError(f"'{name}' is not finite: {v}")
+    if v is None:
+        return math.nan
+    if tv is int:
+        if abs(v) > 1e300:  # type: ignore[operator]
+            raise ValueError(f"'{name}' is out of range")
+        return float(v)  # type: ignore[arg-type]
+    raise ValueError(f"'{name}' must be a number or null, got {tv.__name__}")
+
+
+def _decode(raw: object) -> Any:
+    if not isinstance(raw, bytes | bytearray | memoryview | str):
+        raise ValueError(f"message value is {type(raw).__name__}, not bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
+def decode_readings(
+    raws: Sequence[bytes], *, known_sensors: set[str] | frozenset[str] | None = None,
+    topic: str = "readings", partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None, keys: Sequence[bytes | None] | None = None,
+) -> tuple[ReadingBatch, list[DeadLetter]]:
+    """Validate a batch of raw ``readings`` messages.
+
+    A message is ``{"sensor": str, "ts": int|str, "value": float|null}`` or carries
+    ``"values": {channel: float|null}``; a channel becomes the series ``"<sensor>/<channel>"``.
+    ``known_sensors`` (e.g. the nodes of a sensor graph) rejects sensors outside it.
+    """
+    sensors: list[str] = []
+    tss: list[int] = []
+    vals: list[float] = []
+    src: list[int] = []
+    dead: list[DeadLetter] = []
+    for i, raw in enumerate(raws):
+        try:
+            o = _decode(raw)
+            if type(o) is not dict:
+                raise ValueError(f"message must be a JSON object, got {type(o).__name__}")
+            s = o.get("sensor")
+            if type(s) is not str or not s:
+                raise ValueError("missing or empty 'sensor' (must be a string)")
+            if known_sensors is not None and s not in known_sensors:
+                raise ValueError(f"unknown sensor {s[:80]!r} (not in the sensor graph)")
+            ts = o.get("ts", _MISSING)
+            if ts is _MISSING:
+                raise ValueError("missing field 'ts'")
+            t = parse_ts(ts)
+            v = o.get("value", _MISSING)
+            if v is not _MISSING:
+                fv = _value(v, "value")
+                sensors.append(s)
+                tss.append(t)
+                vals.append(fv)
+                src.append(i)
+                continue
+            chans = o.get("values", _MISSING)
+            if chans is _MISSING:
+                raise ValueError("missing field 'value' (or 'values')")
+            if type(chans) is not dict or not chans:
+                raise ValueError("'values' must be a non-empty object {channel: number}")
+            parsed = [(f"{s}/{c}", _value(cv, f"values.{c}")) for c, cv in chans.items()]
+            for name, fv in parsed:
+                sensors.append(name)
+                tss.append(t)
+                vals.append(fv)
+                src.append(i)
+        except ValueError as exc:
+            dead.append(DeadLetter(
+                raw=bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else
+                str(raw).encode("utf-8", errors="replace"),
+                reason=str(exc), topic=topic,
+                partition=partitions[i] if partitions is not None else None,
+                offset=offsets[i] if offsets is not None else None,
+                key=keys[i] if keys is not None else None))
+    batch = ReadingBatch(sensors, np.asarray(tss, dtype=np.int64),
+                         np.asarray(vals, dtype=np.float64), np.asarray(src, dtype=np.int64))
+    return batch, dead
+
+
+def decode_events(
+    raws: Sequence[bytes], *, known_sensors: set[str] | frozenset[str] | None = None,
+    topic: str = "events", partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None, keys: Sequence[bytes | None] | None = None,
+) -> tuple[EventBatch, list[DeadLetter]]:
+    """Validate ``events``: ``{"type": str, "ts", "sensor"?, "lat"?, "lon"?, "attrs"?}``."""
+    out: list[dict[str, Any]] = []
+    src: list[int] = []
+    dead: list[DeadLetter] = []
+    for i, raw in enumerate(raws):
+        try:
+            o = _decode(raw)
+            if type(o) is not dict:
+                raise ValueError(f"event must be a JSON object, got {type(o).__name__}")
+            typ = o.get("type")
+            if type(typ) is not str or not typ:
+                raise ValueError("missing or empty 'type' (must be a string)")
+            if "ts" not in o:
+                raise ValueError("missing field 'ts'")
+            ev: dict[str, Any] = {"type": typ, "ts": parse_ts(o["ts"])}
+            s = o.get("sensor")
+            if s is not None:
+                if type(s) is not str or not s:
+                    raise ValueError("'sensor' must be a non-empty string")
+                if known_sensors is not None and s not in known_sensors:
+                    raise ValueError(f"unknown sensor {s[:80]!r} (not in the sensor graph)")
+                ev["sensor"] = s
+            for k in ("lat", "lon"):
+                if o.get(k) is not None:
+                    ev[k] = _value(o[k], k)
+            if ("lat" in ev) != ("lon" in ev):
+                raise ValueError("'lat' and 'lon' must come together")
+            attrs = o.get("attrs")
+            if attrs is not None:
+                if type(attrs) is not dict:
+                    raise ValueError("'attrs' must be an object")
+                ev["attrs"] = attrs
+            out.append(ev)
+            src.append(i)
+        except ValueError as exc:
+            dead.append(DeadLetter(
+                raw=bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else
+                str(raw).encode("utf-8", errors="replace"),
+                reason=str(exc), topic=topic,
+                partition=partitions[i] if partitions is not None else None,
+                offset=offsets[i] if offsets is not None else None,
+                key=keys[i] if keys is not None else None))
+    return EventBatch(out, src), dead
+
+
+def encode_reading(sensor: str, ts: int, value: float | None) -> bytes:
+    """One ``readings`` message (NaN is written as null = missing)."""
+    if value is not None and not math.isfinite(value):
+        value = None
+    return orjson.dumps({"sensor": sensor, "ts": int(ts), "value": value})
+
+
+def encode_forecast(sensor: str, ts: int, horizon_ts: Sequence[int], yhat: Sequence[float],
+                    model_version: str, step: int) -> bytes:
+    """One ``forecasts`` message; ``ts`` is the end of the step the forecast was made at."""
+    return orjson.dumps({"sensor": sensor, "ts": int(ts), "step": int(step),
+                         "horizon_ts": list(horizon_ts), "yhat": list(yhat),
+                         "model_version": model_version})
+
+
+def encode_alert(alert: dict[str, Any]) -> bytes:
+    """One ``alerts`` message (see ``streaming.drift.Alert``)."""
+    return orjson.dumps(alert, option=orjson.OPT_SERIALIZE_NUMPY)

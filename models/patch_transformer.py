@@ -1,0 +1,70 @@
+"""A small causal patch Transformer forecaster (PatchTST-like, channel independent)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.embedding import PatchEmbedding
+from models.revin import RevIN
+
+
+@dataclass
+class PatchTransformerConfig:
+    patch_len: int = 12
+    context_patches: int = 8
+    horizon: int = 12
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    dropout: float = 0.0
+    side_channels: int = 1
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class PatchTransformer(nn.Module):
+    """Forecast the next ``horizon`` points of each series from its last K patches.
+
+    Causal attention over patch tokens, the last token's state feeds a linear forecast head.
+    The head starts at zero, so an untrained model forecasts the window mean (RevIN location)
+    and online learning refines it.
+    """
+
+    def __init__(self, cfg: PatchTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.revin = RevIN()
+        self.embed = PatchEmbedding(cfg.patch_len, cfg.d_model, cfg.side_channels)
+        self.pos = nn.Parameter(torch.zeros(cfg.context_patches, cfg.d_model))
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, 2 * cfg.d_model,
+                                           cfg.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.horizon)
+        causal = torch.triu(torch.ones(cfg.context_patches, cfg.context_patches, dtype=torch.bool),
+                            diagonal=1)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.embed.reset_parameters()
+        nn.init.normal_(self.pos, std=0.02)
+        for mod in self.encoder.modules():
+            if isinstance(mod, nn.Linear | nn.LayerNorm):
+                mod.reset_parameters()
+        self.norm.reset_parameters()
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
+        """``x``, ``mask``: ``[B, K, P]``; ``side``: ``[B, K, E]``; returns ``[B, horizon]``."""
+        k = x.shape[1]
+        z, loc, scale = self.revin(x, mask)
+        h = self.embed(z, mask, side) + self.pos[-k:]
+        h = self.encoder(h, mask=self.causal_mask[:k, :k])
+        y = self.head(self.norm(h[:, -1]))
+        return RevIN.inverse(y, loc, scale)

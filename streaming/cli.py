@@ -1,0 +1,272 @@
+"""The ``stfm`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("stfm")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file (flags override it)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    p.add_argument("--group-id", help="consumer group of the workers")
+    p.add_argument("--interval-ms", type=int, help="sampling grid interval (ms)")
+    p.add_argument("--patch-len", type=int, help="grid points per patch (= one step)")
+    p.add_argument("--lateness-ms", type=int, help="out-of-order tolerance (ms)")
+    p.add_argument("--horizon", type=int, help="grid points forecast per step")
+    p.add_argument("--detector", choices=["page_hinkley", "adwin", "kswin"])
+    p.add_argument("--lr", type=float, help="online learning rate (0 = frozen model)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--graph", help="sensor-graph recording (.npz) or adjacency; fixes sensors")
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    from streaming.config import StreamConfig
+
+    overrides = {
+        "kafka.bootstrap_servers": getattr(args, "bootstrap_servers", None),
+        "kafka.group_id": getattr(args, "group_id", None),
+        "patching.interval_ms": getattr(args, "interval_ms", None),
+        "patching.patch_len": getattr(args, "patch_len", None),
+        "patching.lateness_ms": getattr(args, "lateness_ms", None),
+        "model.horizon": getattr(args, "horizon", None),
+        "model.lr": getattr(args, "lr", None),
+        "model.seed": getattr(args, "seed", None),
+        "drift.detector": getattr(args, "detector", None),
+        "graph": getattr(args, "graph", None),
+    }
+    return StreamConfig.load(getattr(args, "config", None), overrides)
+
+
+def build_core(cfg: Any, checkpoint: str | None) -> Any:
+    """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``."""
+    from streaming.core import StreamCore
+    from streaming.online import OnlineModel
+
+    if checkpoint:
+        model = OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model)
+    else:
+        model = OnlineModel.fresh(cfg.patching, cfg.model)
+    sensors = positions = None
+    if cfg.graph:
+        from connectors.recordings import read_recording
+
+        rec = read_recording(cfg.graph)
+        sensors = list(rec.sensors)
+        if rec.lat is not None and rec.lon is not None:
+            import numpy as np
+
+            positions = np.stack([rec.lat, rec.lon], axis=1)
+    return StreamCore(cfg, model, sensors=sensors, positions=positions)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from connectors.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port, host=args.host).start()
+    print(f"embedded broker on {broker.bootstrap_servers} (in-memory); Ctrl-C stops it",
+          flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop and broker.running:
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from replay.simulator import SimConfig, simulate, write_simulation
+
+    cfg = SimConfig(n_sensors=args.sensors, n_days=args.days, interval_ms=args.interval_ms,
+                    seed=args.seed)
+    rec, truths = simulate(cfg)
+    truth_path = write_simulation(rec, truths, args.out)
+    print(f"wrote {args.out}: {rec.n_sensors} sensors x {rec.n_steps} steps "
+          f"({rec.values.size} readings), {len(rec.events)} events; drifts in {truth_path}")
+    for t in truths:
+        print(f"  {t.kind:<20} onset {t.onset_index:>6} sensors {','.join(t.sensors)}")
+    return 0
+
+
+def cmd_replay_publish(args: argparse.Namespace) -> int:
+    from connectors.recordings import read_recording
+    from replay.publish import publish_recording
+
+    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+    stats = publish_recording(rec, args.bootstrap_servers, topic=args.topic,
+                              events_topic=args.events_topic, speed=args.speed,
+                              skip_missing=args.skip_missing, partitions=args.partitions,
+                              progress=not args.quiet)
+    print(f"published {stats.readings} readings and {stats.events} events in "
+          f"{stats.seconds:.1f}s ({stats.readings / max(stats.seconds, 1e-9):,.0f} readings/s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from connectors.kafka_io import ensure_topics
+    from streaming.worker import LiveWorker
+
+    if not args.fresh and not args.checkpoint:
+        print("stfm run: pass --checkpoint DIR or --fresh", file=sys.stderr)
+        return 2
+    cfg = load_config(args)
+    core = build_core(cfg, None if args.fresh else args.checkpoint)
+    k = cfg.kafka
+    ensure_topics(k.bootstrap_servers, [k.readings_topic, k.events_topic, k.forecasts_topic,
+                                        k.alerts_topic, k.dead_letter_topic],
+                  partitions=k.partitions)
+    if args.engine == "faust":
+        from streaming.faust_app import run_faust_worker
+
+        stats = run_faust_worker(cfg, core, idle_exit_s=args.idle_exit)
+    else:
+        worker = LiveWorker(cfg, core, idle_exit_s=args.idle_exit)
+        stats = asyncio.run(worker.run())
+    summary = {"worker": stats.as_dict(), "metrics": core.metrics.as_dict(),
+               "patcher": dict(vars(core.patcher.stats)), "model_version": core.model.version,
+               "sensors": len(core.sensors)}
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_alerts_tail(args: argparse.Namespace) -> int:
+    from connectors.kafka_io import make_consumer
+
+    consumer = make_consumer(args.bootstrap_servers, args.topic, group_id=None,
+                             from_beginning=args.from_beginning,
+                             consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else
+                             float("inf"))
+    n = 0
+    try:
+        for msg in consumer:
+            try:
+                a = json.loads(msg.value)
+                sensors = ",".join(a.get("sensors", []))
+                ts = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.get("ts", 0) / 1000))
+                print(f"{ts}  {a.get('kind', '?'):<12} {a.get('severity', ''):<8} {sensors:<20} "
+                      f"{a.get('detail', {}).get('text', '')}", flush=True)
+            except (ValueError, AttributeError):
+                print(f"(unreadable alert at offset {msg.offset}): {msg.value[:200]!r}")
+            n += 1
+            if args.max and n >= args.max:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streaming.demo import run_demo
+
+    return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stfm", description="streaming spatio-temporal learning")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("simulate", help="write a simulated sensor network with injected drifts")
+    p.add_argument("out", help="output file (.npz, .csv or .h5)")
+    p.add_argument("--sensors", type=int, default=30)
+    p.add_argument("--days", type=float, default=14.0)
+    p.add_argument("--interval-ms", type=int, default=300_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    rp = sub.add_parser("replay", help="recorded data: publish, ...").add_subparsers(
+        dest="replay_command", required=True)
+    p = rp.add_parser("publish", help="publish a recording to Kafka in timestamp order")
+    p.add_argument("file")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    p.add_argument("--topic", default="readings")
+    p.add_argument("--events-topic", default="events")
+    p.add_argument("--speed", type=float, default=0.0,
+                   help="replay factor (1 = real time); 0 = as fast as possible")
+    p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
+    p.add_argument("--skip-missing", action="store_true", help="do not publish nulls")
+    p.add_argument("--partitions", type=int, default=1, help="partitions if topics are created")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay_publish)
+
+    p = sub.add_parser("run", help="run the live worker")
+    _add_config_flags(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="model checkpoint directory")
+    g.add_argument("--fresh", action="store_true", help="start from a randomly initialized model")
+    p.add_argument("--engine", choices=["aiokafka", "faust"], default="aiokafka")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="stop after this many seconds without input and with no lag")
+    p.add_argument("--summary", help="write a JSON summary here on exit")
+    p.set_defaults(func=cmd_run)
+
+    ap_alerts = sub.add_parser("alerts", help="alerts: tail").add_subparsers(
+        dest="alerts_command", required=True)
+    p = ap_alerts.add_parser("tail", help="print alerts as they arrive")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    p.add_argument("--topic", default="alerts")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, default=0, help="stop after this many alerts")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="stop after this many seconds without alerts (0 = never)")
+    p.set_defaults(func=cmd_alerts_tail)
+
+    p = sub.add_parser("demo", help="broker + simulated network + live worker, end to end")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--sensors", type=int, default=30)
+    p.add_argument("--days", type=float, default=14.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from connectors.broker import BrokerError
+    from connectors.recordings import RecordingError
+    from models.checkpoint import CheckpointError
+    from streaming.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RecordingError, CheckpointError, BrokerError, ValueError) as exc:
+        print(f"stfm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

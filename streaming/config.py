@@ -1,0 +1,203 @@
+"""Typed configuration: dataclasses with defaults, read from TOML, overridden by CLI flags.
+
+Validated once at load time; every error names the bad key (``patching.patch_len``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names it."""
+
+
+@dataclass
+class PatchingConfig:
+    interval_ms: int = 300_000          # sampling grid (5 min)
+    patch_len: int = 12                 # grid points per patch = one time step
+    lateness_ms: int = 600_000          # out-of-order tolerance behind the newest reading
+    max_gap_steps: int = 100_000        # a reading further ahead than this is rejected
+
+    def validate(self) -> None:
+        _positive(self, "patching", "interval_ms", "patch_len", "max_gap_steps")
+        if self.lateness_ms < 0:
+            raise ConfigError("patching.lateness_ms must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    context_patches: int = 8            # K: tokens of history per sensor
+    horizon: int = 12                   # H: grid points forecast per step
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    dropout: float = 0.0
+    lr: float = 3e-3
+    learn: bool = True                  # supervised step when realized values arrive
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "model", "context_patches", "horizon", "d_model", "n_heads", "n_layers")
+        if self.d_model % self.n_heads:
+            raise ConfigError("model.d_model must be divisible by model.n_heads")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout must be in [0, 1)")
+        if self.lr < 0:
+            raise ConfigError("model.lr must be >= 0")
+
+
+@dataclass
+class DriftConfig:
+    detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
+    threshold: float = 8.0              # Page-Hinkley lambda (in residual-scale units)
+    delta: float = 0.3                  # Page-Hinkley tolerated increase of the residual scale
+    adwin_delta: float = 1e-4
+    warmup_steps: int = 24              # steps per sensor before alerts may fire
+    cooldown_steps: int = 24            # steps after an alert on a sensor before the next
+
+    def validate(self) -> None:
+        if self.detector not in ("page_hinkley", "adwin", "kswin"):
+            raise ConfigError(
+                f"drift.detector must be page_hinkley, adwin or kswin, not {self.detector!r}")
+        _positive(self, "drift", "threshold", "adwin_delta")
+        for k in ("delta", "warmup_steps", "cooldown_steps"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"drift.{k} must be >= 0")
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "stfm-worker"
+    readings_topic: str = "readings"
+    events_topic: str = "events"
+    forecasts_topic: str = "forecasts"
+    alerts_topic: str = "alerts"
+    dead_letter_topic: str = "dead-letter"
+    partitions: int = 1                 # for topics the worker creates
+    max_batch: int = 20_000             # records per fetch
+    fetch_timeout_ms: int = 200
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 60_000
+
+    def validate(self) -> None:
+        _positive(self, "kafka", "partitions", "max_batch", "fetch_timeout_ms",
+                  "session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ConfigError("kafka.heartbeat_interval_ms must be < kafka.session_timeout_ms")
+
+
+@dataclass
+class StreamConfig:
+    """Everything the online core and the live worker need."""
+
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    graph: str | None = None            # sensor-graph file; fixes the sensor set when given
+
+    def validate(self) -> StreamConfig:
+        self.patching.validate()
+        self.model.validate()
+        self.drift.validate()
+        self.kafka.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamConfig:
+        return _build(cls, data, "").validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None,
+             overrides: dict[str, Any] | None = None) -> StreamConfig:
+        """Read ``path`` (TOML; optional), apply ``{"section.key": value}`` overrides, validate."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {p}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        for dotted, value in (overrides or {}).items():
+            if value is None:
+                continue
+            node = data
+            *parents, last = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return cls.from_dict(data)
+
+
+def _positive(obj: object, section: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{section}.{n} must be > 0, got {getattr(obj, n)!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        typ = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, key + ".")
+        else:
+            kwargs[name] = _coerce(typ, value, key)
+    return cls(**kwargs)
+
+
+def _coerce(typ: Any, value: Any, key: str) -> Any:
+    args = typing.get_args(typ)
+    if args and type(None) in args:
+        if value is None:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the types above are used
+        return value
+    raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")

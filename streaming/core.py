@@ -1,0 +1,220 @@
+"""The online core: readings/events → patcher → OnlineModel → forecasts, drift → alerts.
+
+Plain synchronous Python/torch with no Kafka inside. The live worker and ``replay backtest``
+drive this same class, so the same input order gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from connectors.schemas import EventBatch, ReadingBatch
+from streaming.config import StreamConfig
+from streaming.drift import ResidualDriftMonitor
+from streaming.normalization import OnlineNormalizer
+from streaming.online import OnlineModel
+from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
+
+
+@dataclass
+class ForecastBlock:
+    """Forecasts of every known sensor made when one step closed."""
+
+    step: int
+    ts: int                      # end of the step
+    horizon_ts: np.ndarray       # int64 [H]: timestamps of the forecast grid points
+    sensors: list[str]
+    yhat: np.ndarray             # float64 [N, H] on the input scale
+    model_version: str
+
+
+@dataclass
+class CoreOutput:
+    forecasts: list[ForecastBlock] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    rejected_readings: list[tuple[int, str]] = field(default_factory=list)
+    rejected_events: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    mask: np.ndarray
+    side: np.ndarray
+    loc: np.ndarray
+    scale: np.ndarray
+    yhat: np.ndarray
+
+
+@dataclass
+class OnlineMetrics:
+    """Cumulative online errors of realized forecasts (input scale and normalized)."""
+
+    n: int = 0
+    abs_err: float = 0.0
+    sq_err: float = 0.0
+    abs_err_norm: float = 0.0
+    sq_err_norm: float = 0.0
+    realized_forecasts: int = 0
+
+    def add(self, err: np.ndarray, err_norm: np.ndarray) -> None:
+        ok = ~np.isnan(err)
+        self.n += int(ok.sum())
+        self.abs_err += float(np.abs(err[ok]).sum())
+        self.sq_err += float((err[ok] ** 2).sum())
+        self.abs_err_norm += float(np.abs(err_norm[ok]).sum())
+        self.sq_err_norm += float((err_norm[ok] ** 2).sum())
+
+    @property
+    def mae(self) -> float:
+        return self.abs_err / self.n if self.n else math.nan
+
+    @property
+    def mse(self) -> float:
+        return self.sq_err / self.n if self.n else math.nan
+
+    @property
+    def mae_norm(self) -> float:
+        return self.abs_err_norm / self.n if self.n else math.nan
+
+    @property
+    def mse_norm(self) -> float:
+        return self.sq_err_norm / self.n if self.n else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        return {"points": self.n, "mae": self.mae, "mse": self.mse, "mae_norm": self.mae_norm,
+                "mse_norm": self.mse_norm, "realized_forecasts": self.realized_forecasts}
+
+
+class StreamCore:
+    """Drive patching, forecasting, online learning and drift detection for one region."""
+
+    def __init__(self, cfg: StreamConfig, model: OnlineModel,
+                 sensors: list[str] | None = None,
+                 positions: np.ndarray | None = None) -> None:
+        self.cfg = cfg
+        self.model = model
+        registry = SensorRegistry(sensors, fixed=sensors is not None)
+        self.patcher = IncrementalPatcher(cfg.patching, registry)
+        self.normalizer = OnlineNormalizer()
+        self.drift = ResidualDriftMonitor(cfg.drift)
+        self.metrics = OnlineMetrics()
+        self.positions = positions          # [N, 2] lat/lon, to place events without a sensor
+        p, k = cfg.patching.patch_len, cfg.model.context_patches
+        self._m = -(-cfg.model.horizon // p)  # steps a forecast reaches into
+        if self._m > k:
+            raise ValueError(f"model.context_patches={k} must cover the horizon "
+                             f"({cfg.model.horizon} points = {self._m} steps)")
+        self._ring = np.full((0, k, p), np.nan)
+        self._ring_events = np.zeros((0, k), np.float32)
+        self._last_step: int | None = None
+        self._pending: dict[int, _Pending] = {}
+        self.forecasts_made = 0
+
+    @property
+    def sensors(self) -> list[str]:
+        return self.patcher.registry.ids
+
+    # --- driving ------------------------------------------------------------------------
+
+    def process(self, readings: ReadingBatch, events: EventBatch | None = None) -> CoreOutput:
+        """Consume one batch (events first, then readings) and return what it produced."""
+        out = CoreOutput()
+        if events is not None and len(events):
+            out.rejected_events = self.patcher.add_events(events.events, self._sensor_of)
+        closed, out.rejected_readings = self.patcher.update(readings)
+        for step in closed:
+            self._on_closed(step, out)
+        return out
+
+    def _sensor_of(self, ev: dict[str, Any]) -> int | None:
+        s = ev.get("sensor")
+        reg = self.patcher.registry
+        if s is not None:
+            return reg.index.get(s)
+        if "lat" in ev and self.positions is not None and len(self.positions):
+            d = (self.positions[:, 0] - ev["lat"]) ** 2 + (self.positions[:, 1] - ev["lon"]) ** 2
+            return int(np.argmin(d))
+        return None
+
+    # --- one closed step ----------------------------------------------------------------
+
+    def _advance_ring(self, step: ClosedStep) -> None:
+        n = step.values.shape[0]
+        k = self.cfg.model.context_patches
+        if self._ring.shape[0] < n:
+            grow = n - self._ring.shape[0]
+            self._ring = np.concatenate([self._ring, np.full((grow, *self._ring.shape[1:]),
+                                                             np.nan)])
+            self._ring_events = np.concatenate([self._ring_events, np.zeros((grow, k),
+                                                                            np.float32)])
+        shift = k if self._last_step is None else min(step.step - self._last_step, k)
+        if shift > 0:
+            self._ring = np.roll(self._ring, -shift, axis=1)
+            self._ring[:, k - shift:] = np.nan
+            self._ring_events = np.roll(self._ring_events, -shift, axis=1)
+            self._ring_events[:, k - shift:] = 0.0
+        self._ring[:, -1] = step.values
+        self._ring_events[:, -1] = step.events
+        self._last_step = step.step
+
+    def _truth(self, j: int, n: int) -> np.ndarray:
+        """Realized values of the forecast made at step ``j`` (NaN where unknown)."""
+        p, h = self.cfg.patching.patch_len, self.cfg.model.horizon
+        k = self.cfg.model.context_patches
+        t = np.arange(h)
+        slot = k - 1 - (self._last_step - (j + 1 + t // p))
+        y = np.full((n, h), np.nan)
+        ok = slot >= 0
+        y[:, ok] = self._ring[:n, slot[ok], (t % p)[ok]]
+        return y
+
+    def _on_closed(self, step: ClosedStep, out: CoreOutput) -> None:
+        self._advance_ring(step)
+        self._realize(step, out)
+        n = step.values.shape[0]
+        self.normalizer.learn_many(step.values)
+        loc, scale = self.normalizer.loc_scale(n)
+        raw = self._ring[:n]
+        mask = ~np.isnan(raw)
+        x = np.where(mask, (raw - loc[:, None, None]) / scale[:, None, None], 0.0)
+        x = x.astype(np.float32)
+        side = np.log1p(self._ring_events[:n])[..., None].astype(np.float32)
+        z = self.model.predict_many(x, mask, side)
+        yhat = z.astype(np.float64) * scale[:, None] + loc[:, None]
+        self._pending[step.step] = _Pending(x, mask, side, loc, scale, yhat)
+        interval = self.cfg.patching.interval_ms
+        horizon_ts = step.end_ts + interval * np.arange(self.cfg.model.horizon, dtype=np.int64)
+        out.forecasts.append(ForecastBlock(step.step, step.end_ts, horizon_ts,
+                                           self.sensors[:n].copy(), yhat, self.model.version))
+        self.forecasts_made += n
+
+    def _realize(self, step: ClosedStep, out: CoreOutput) -> None:
+        k = self.cfg.model.context_patches
+        for j in sorted(self._pending):
+            if j + self._m > step.step:
+                break
+            pend = self._pending.pop(j)
+            if step.step - j >= k:
+                continue  # its truth fell out of the context after a long gap
+            n = pend.yhat.shape[0]
+            y = self._truth(j, n)
+            err = y - pend.yhat
+            err_norm = err / pend.scale[:, None]
+            self.metrics.add(err, err_norm)
+            self.metrics.realized_forecasts += n
+            ok = ~np.isnan(err_norm)
+            cnt = ok.sum(axis=1)
+            stat = np.full(n, np.nan)
+            np.divide(np.abs(np.where(ok, err_norm, 0.0)).sum(axis=1), cnt, out=stat,
+                      where=cnt > 0)
+            out.alerts.extend(self.drift.update(step.step, step.end_ts, np.arange(n),
+                                                self.sensors[:n], stat))
+            y_mask = ~np.isnan(y)
+            y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
+            self.model.learn_many(pend.x, pend.mask, pend.side, y_norm.astype(np.float32),
+                                  y_mask)

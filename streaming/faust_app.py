@@ -1,0 +1,95 @@
+"""The Faust engine of the live worker (``stfm run --engine faust``).
+
+A Faust agent takes micro-batches of raw events (``stream.take_events``) and hands them to the
+same ``process_records`` function the aiokafka engine uses; outputs go out through Faust's
+producer. Faust acknowledges offsets after each event has been processed. Faust's per-event
+stream machinery costs ~17k messages/s on these machines, which is why the default engine
+drives aiokafka's ``getmany`` directly (see benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from streaming.config import StreamConfig
+from streaming.core import StreamCore
+from streaming.worker import Record, WorkerStats, process_records
+
+log = logging.getLogger(__name__)
+
+
+def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats) -> Any:
+    """A Faust app whose agent drives ``core``."""
+    import faust
+
+    k = cfg.kafka
+    app = faust.App(
+        k.group_id, broker=f"kafka://{k.bootstrap_servers}", value_serializer="raw",
+        key_serializer="raw", store="memory://", web_enabled=False, topic_disable_leader=True,
+        broker_session_timeout=k.session_timeout_ms / 1000,
+        broker_heartbeat_interval=k.heartbeat_interval_ms / 1000,
+        broker_max_poll_interval=k.max_poll_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest", topic_allow_declare=False,
+        stream_buffer_maxsize=max(k.max_batch, 4096),
+    )
+    source = app.topic(k.readings_topic, k.events_topic, value_type=bytes, key_type=bytes,
+                       value_serializer="raw", key_serializer="raw")
+    outputs = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
+               for name in (k.forecasts_topic, k.alerts_topic, k.dead_letter_topic)}
+
+    @app.agent(source)
+    async def drive(stream: Any) -> None:
+        within = k.fetch_timeout_ms / 1000
+        async for events in stream.take_events(k.max_batch, within=within):
+            records = [Record(e.message.topic, e.message.partition, e.message.offset,
+                              e.message.key, e.message.value) for e in events]
+            out, _ = process_records(core, records, cfg, stats)
+            futs = []
+            for topic, msgs in ((k.forecasts_topic, out.forecasts),
+                                (k.alerts_topic, out.alerts),
+                                (k.dead_letter_topic, out.dead_letters)):
+                t = outputs[topic]
+                for key, value in msgs:
+                    futs.append(await t.send(key=key, value=value))
+            if futs:
+                await asyncio.gather(*futs)
+
+    return app
+
+
+def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
+                     idle_exit_s: float | None = None) -> WorkerStats:
+    """Run the Faust worker in this process until stopped (or idle for ``idle_exit_s``)."""
+    from faust.worker import Worker
+
+    stats = WorkerStats()
+    app = build_app(cfg, core, stats)
+    worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+
+    if idle_exit_s is not None:
+        @app.timer(0.5)
+        async def _idle_check() -> None:
+            last = stats.last_processed or stats.started
+            if time.time() - last < idle_exit_s:
+                return
+            lag = 0
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                pos = await consumer.position(tp)
+                lag += max(0, (hw or 0) - (pos or 0))
+            if lag == 0:
+                log.info("idle for %.1fs with no lag: stopping", idle_exit_s)
+                await worker.stop()
+                if worker._starting_fut is not None:
+                    worker._starting_fut.cancel()
+
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    return stats

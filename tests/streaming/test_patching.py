@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+from connectors.schemas import ReadingBatch
+from streaming.config import PatchingConfig
+from streaming.normalization import OnlineNormalizer
+from streaming.patching import IncrementalPatcher, SensorRegistry
+
+IV = 1000  # interval (ms)
+P = 4     # patch length
+
+
+def batch(rows):
+    s = [r[0] for r in rows]
+    return ReadingBatch(s, np.array([r[1] for r in rows], np.int64),
+                        np.array([np.nan if r[2] is None else r[2] for r in rows], float),
+                        np.arange(len(rows)))
+
+
+def patcher(lateness=0, sensors=None, max_gap_steps=1000):
+    cfg = PatchingConfig(interval_ms=IV, patch_len=P, lateness_ms=lateness,
+                         max_gap_steps=max_gap_steps)
+    return IncrementalPatcher(cfg, SensorRegistry(sensors, fixed=sensors is not None))
+
+
+def test_patch_boundaries_close_when_watermark_passes():
+    p = patcher()
+    closed, rej = p.update(batch([("a", t * IV, float(t)) for t in range(4)]))
+    assert closed == [] and rej == []
+    # the reading at grid point 4 starts step 1; its time passes the end of step 0
+    closed, _ = p.update(batch([("a", 4 * IV, 4.0)]))
+    assert [c.step for c in closed] == [0]
+    np.testing.assert_array_equal(closed[0].values, [[0, 1, 2, 3]])
+    assert closed[0].start_ts == 0 and closed[0].end_ts == 4 * IV
+
+
+def test_alignment_to_nearest_grid_point():
+    p = patcher()
+    p.update(batch([("a", 0 * IV + 400, 1.0), ("a", 2 * IV - 300, 2.0)]))
+    closed, _ = p.update(batch([("a", 10 * IV, 0.0)]))
+    np.testing.assert_array_equal(closed[0].values[0, :3], [1.0, np.nan, 2.0][:3])
+
+
+def test_gaps_are_masked_and_empty_steps_skipped():
+    p = patcher()
+    closed, _ = p.update(batch([("a", 0, 1.0), ("a", 3 * IV, 4.0), ("a", 13 * IV, 9.0)]))
+    # step 0 closed with two gaps; steps 1 and 2 saw no reading at all: nothing to close
+    assert [c.step for c in closed] == [0]
+    assert np.isnan(closed[0].values[0, 1]) and np.isnan(closed[0].values[0, 2])
+    assert p.next_open == 3
+
+
+def test_out_of_order_within_lateness_is_accepted_and_late_rejected():
+    p = patcher(lateness=2 * IV)
+    rows = [("a", t * IV, float(t)) for t in range(6)] + [("a", 3 * IV - 10, 33.0)]
+    closed, rej = p.update(batch(rows))
+    assert closed == []  # watermark = 5 - 2 = grid 3: step 0 not past yet (end 4, half 0.5)
+    # 6.9 is within lateness; then 7 moves the watermark to 5: step 0 closes, and a reading
+    # for step 0 that arrives after that (even in the same batch) is late
+    closed, rej = p.update(batch([("a", 2 * IV, 22.0), ("a", 7 * IV, 7.0), ("a", 1 * IV, 11.0)]))
+    assert [c.step for c in closed] == [0]
+    assert closed[0].values[0].tolist() == [0.0, 1.0, 22.0, 33.0]
+    assert len(rej) == 1 and rej[0][0] == 2 and rej[0][1].startswith("late")
+    assert p.stats.late == 1
+
+
+def test_duplicates_last_wins_and_null_never_overwrites():
+    p = patcher()
+    p.update(batch([("a", 0, 1.0), ("a", 0, 2.0), ("a", IV, 5.0), ("a", IV, None)]))
+    closed, _ = p.update(batch([("a", 8 * IV, 0.0)]))
+    assert closed[0].values[0, 0] == 2.0 and closed[0].values[0, 1] == 5.0
+    assert p.stats.duplicates == 1 and p.stats.null_values == 1
+
+
+def test_result_independent_of_batching():
+    rng = np.random.default_rng(3)
+    rows = [(f"s{s}", int(t * IV + rng.integers(-300, 300)), float(rng.normal()))
+            for t in range(200) for s in range(3)]
+    rng.shuffle(rows[:50])
+    a, b = patcher(lateness=3 * IV), patcher(lateness=3 * IV)
+    ca, ra = a.update(batch(rows))
+    cb, rb_all = [], []
+    for i in range(0, len(rows), 7):
+        c, r = b.update(batch(rows[i:i + 7]))
+        cb += c
+        rb_all += [(j + i, why) for j, why in r]
+    assert [c.step for c in ca] == [c.step for c in cb]
+    for x, y in zip(ca, cb, strict=True):
+        np.testing.assert_array_equal(x.values[: y.values.shape[0]], y.values)
+    assert [r[0] for r in ra] == [r[0] for r in rb_all]
+
+
+def test_unknown_sensor_and_far_future_rejected():
+    p = patcher(sensors=["a"], max_gap_steps=10)
+    closed, rej = p.update(batch([("a", 0, 1.0), ("b", 0, 1.0), ("a", 10**9, 1.0),
+                                  ("a", IV, 2.0)]))
+    reasons = dict(rej)
+    assert "unknown sensor 'b'" in reasons[1]
+    assert "too far ahead" in reasons[2]
+    assert p.max_ts == IV  # the rejected far-future reading did not move the watermark
+
+
+def test_state_round_trip():
+    p = patcher(lateness=IV)
+    p.update(batch([("a", t * IV, float(t)) for t in range(6)]))
+    q = patcher()
+    q.load_state_dict(p.state_dict())
+    rest = batch([("a", t * IV, float(t)) for t in range(6, 12)])
+    c1, _ = p.update(rest)
+    c2, _ = q.update(rest)
+    assert [c.step for c in c1] == [c.step for c in c2]
+    for x, y in zip(c1, c2, strict=True):
+        np.testing.assert_array_equal(x.values, y.values)
+
+
+def test_normalizer_matches_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.normal(5, 3, (2, 40))
+    data[0, ::7] = np.nan
+    n = OnlineNormalizer()
+    for i in range(0, 40, 4):
+        n.learn_many(data[:, i:i + 4])
+    loc, scale = n.loc_scale(2)
+    np.testing.assert_allclose(loc, np.nanmean(data, axis=1))
+    np.testing.assert_allclose(scale, np.nanstd(data, axis=1, ddof=1))
+    z = n.transform(data)
+    np.testing.assert_allclose(n.inverse_transform(z), data)
+
+
+def test_normalizer_unseen_sensor_is_identity_scale():
+    n = OnlineNormalizer()
+    loc, scale = n.loc_scale(3)
+    assert loc.tolist() == [0, 0, 0] and scale.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("bad", [{"interval_ms": 0}, {"patch_len": -1}, {"lateness_ms": -5}])
+def test_patching_config_rejects_bad_values(bad):
+    from streaming.config import ConfigError, StreamConfig
+
+    with pytest.raises(ConfigError, match="patching."):
+        StreamConfig.from_dict({"patching": bad})
