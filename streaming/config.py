@@ -55,18 +55,19 @@ class ModelConfig:
 @dataclass
 class DriftConfig:
     detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
-    threshold: float = 8.0              # Page-Hinkley lambda (in residual-scale units)
-    delta: float = 0.3                  # Page-Hinkley tolerated increase of the residual scale
+    threshold: float = 10.0             # Page-Hinkley lambda (in standardized-error units)
+    delta: float = 0.5                  # Page-Hinkley tolerated increase (standardized units)
     adwin_delta: float = 1e-4
-    warmup_steps: int = 24              # steps per sensor before alerts may fire
+    warmup_steps: int = 48              # steps per sensor and channel before alerts may fire
     cooldown_steps: int = 24            # steps after an alert on a sensor before the next
+    season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
 
     def validate(self) -> None:
         if self.detector not in ("page_hinkley", "adwin", "kswin"):
             raise ConfigError(
                 f"drift.detector must be page_hinkley, adwin or kswin, not {self.detector!r}")
         _positive(self, "drift", "threshold", "adwin_delta")
-        for k in ("delta", "warmup_steps", "cooldown_steps"):
+        for k in ("delta", "warmup_steps", "cooldown_steps", "season_ms"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"drift.{k} must be >= 0")
 

@@ -114,6 +114,10 @@ class StreamCore:
         self._last_step: int | None = None
         self._pending: dict[int, _Pending] = {}
         self.forecasts_made = 0
+        step_ms = cfg.patching.interval_ms * p
+        self._season = cfg.drift.season_ms // step_ms if cfg.drift.season_ms else 0
+        self._season_mean = np.full((0, max(self._season, 1)), np.nan)
+        self._season_step = np.full(max(self._season, 1), -1, np.int64)
 
     @property
     def sensors(self) -> list[str]:
@@ -175,8 +179,12 @@ class StreamCore:
 
     def _on_closed(self, step: ClosedStep, out: CoreOutput) -> None:
         self._advance_ring(step)
-        self._realize(step, out)
         n = step.values.shape[0]
+        loc, scale = self.normalizer.loc_scale(n)
+        stats = {"abs_residual": self._realize(step),
+                 "seasonal_residual": self._seasonal_residual(step, scale)}
+        out.alerts.extend(self.drift.update(step.step, step.end_ts, self.sensors[:n],
+                                            {k: v for k, v in stats.items() if v is not None}))
         self.normalizer.learn_many(step.values)
         loc, scale = self.normalizer.loc_scale(n)
         raw = self._ring[:n]
@@ -193,8 +201,33 @@ class StreamCore:
                                            self.sensors[:n].copy(), yhat, self.model.version))
         self.forecasts_made += n
 
-    def _realize(self, step: ClosedStep, out: CoreOutput) -> None:
+    def _seasonal_residual(self, step: ClosedStep, scale: np.ndarray) -> np.ndarray | None:
+        """|step mean − the same step one season ago| / std: a seasonal-naive reference error."""
+        if not self._season:
+            return None
+        n = step.values.shape[0]
+        if self._season_mean.shape[0] < n:
+            grow = np.full((n - self._season_mean.shape[0], self._season), np.nan)
+            self._season_mean = np.concatenate([self._season_mean, grow])
+        obs = ~np.isnan(step.values)
+        cnt = obs.sum(axis=1)
+        cur = np.full(n, np.nan)
+        np.divide(np.where(obs, step.values, 0.0).sum(axis=1), cnt, out=cur, where=cnt > 0)
+        slot = step.step % self._season
+        res = None
+        if self._season_step[slot] == step.step - self._season:
+            res = np.abs(cur - self._season_mean[:n, slot]) / scale
+        self._season_mean[:n, slot] = cur
+        self._season_step[slot] = step.step
+        return res
+
+    def _realize(self, step: ClosedStep) -> np.ndarray | None:
+        """Score, and learn from, the forecasts whose horizon this step completed.
+
+        Returns the mean absolute normalized error per sensor of the newest one (or None).
+        """
         k = self.cfg.model.context_patches
+        stat = None
         for j in sorted(self._pending):
             if j + self._m > step.step:
                 break
@@ -212,9 +245,8 @@ class StreamCore:
             stat = np.full(n, np.nan)
             np.divide(np.abs(np.where(ok, err_norm, 0.0)).sum(axis=1), cnt, out=stat,
                       where=cnt > 0)
-            out.alerts.extend(self.drift.update(step.step, step.end_ts, np.arange(n),
-                                                self.sensors[:n], stat))
             y_mask = ~np.isnan(y)
             y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
             self.model.learn_many(pend.x, pend.mask, pend.side, y_norm.astype(np.float32),
                                   y_mask)
+        return stat

@@ -65,14 +65,20 @@ class OnlineModel:
 
     def learn_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, y: np.ndarray,
                    y_mask: np.ndarray) -> float:
-        """One supervised step on masked MSE; returns the loss (NaN when skipped)."""
+        """One supervised step on the masked Huber loss; returns the loss (NaN when skipped).
+
+        Huber (quadratic up to one normalized unit, linear beyond) keeps a few sensors with
+        sudden large errors, e.g. at a level shift, from dragging the shared model around.
+        """
         if not self.cfg.learn or self.cfg.lr == 0 or not y_mask.any():
             return math.nan
         self.model.train()
         yt = torch.from_numpy(y)
         mt = torch.from_numpy(y_mask)
         pred = self.model(torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(side))
-        loss = ((pred - torch.nan_to_num(yt)) ** 2 * mt).sum() / mt.sum()
+        err = torch.nn.functional.huber_loss(pred, torch.nan_to_num(yt), reduction="none",
+                                             delta=1.0)
+        loss = (err * mt).sum() / mt.sum()
         self.model.eval()
         value = float(loss.detach())
         if not math.isfinite(value):

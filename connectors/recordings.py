@@ -1,0 +1,974 @@
+"""Recorded data sets: the ``Recording`` container, readers/writers and graph helpers.
+
+Formats (chosen by extension or ``fmt=``):
+
+* ``.npz`` — native and lossless: timestamps, values, sensors, lat/lon, graph, events (as a JSON
+  string) and ``interval_ms``. Also reads the PEMS / SZ-taxi layout (key ``data`` shaped
+  ``[T, N]`` or ``[T, N, C]``; channel 0 is taken; needs ``start`` and ``interval_ms``).
+* ``.h5`` / ``.hdf5`` — the pandas ``HDFStore`` "fixed" layout used by METR-LA / PEMS-BAY
+  (group ``df``: ``axis0`` sensor labels, ``axis1`` int64 ns index, ``block0_values [T, N]``).
+  Our writer adds a group ``stfm`` with lat/lon, graph, events and interval, so read(write(r))
+  is lossless. A plain file with ``values``/``data`` ``[T, N]`` and optional ``timestamps`` (ms)
+  and ``sensors`` is accepted too.
+* ``.csv`` — auto-detected from the header: long (``sensor,ts,value``), wide with a first time
+  column (``date``/``timestamp``/``ts``/``time``) or wide without time (needs ``start`` and
+  ``interval_ms``). Empty cells are NaN; naive timestamps are UTC. The writer produces the wide
+  layout with ISO-8601 UTC timestamps and shortest round-trip float text, so timestamps, sensors
+  and values round-trip exactly. Events go to a sidecar ``<stem>.events.jsonl`` (read back
+  automatically); lat/lon and the graph are NOT kept in CSV. ``fmt="csv-long"`` writes the long
+  layout (``sensor,ts,value`` with epoch-ms ``ts``).
+
+Every problem with an input file raises ``RecordingError`` whose message starts with the file
+path and says where (line/row/column/key) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "RecordingError",
+    "Recording",
+    "read_recording",
+    "write_recording",
+    "load_graph",
+    "gaussian_kernel_graph",
+    "events_sidecar_path",
+]
+
+_TIME_NAMES = ("date", "timestamp", "ts", "time")
+_LONG_TIME_NAMES = ("ts", "timestamp", "time", "date")
+_LONG_SENSOR_NAMES = ("sensor", "sensor_id")
+# pandas >= 3 parses floats exactly by default (and deprecates the option); older pandas needs it
+_FLOAT_KW: dict[str, Any] = (
+    {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"})
+_FORMATS = {"csv": "csv", "csv-long": "csv-long", "npz": "npz", "h5": "h5", "hdf5": "h5"}
+
+
+class RecordingError(ValueError):
+    """Bad recording or recording file; the message names the file and the place."""
+
+
+# --------------------------------------------------------------------------------------------
+# Recording
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Recording:
+    """A multivariate sensor recording on a regular or irregular time grid.
+
+    ``values[t, n]`` is the reading of ``sensors[n]`` at ``timestamps[t]`` (epoch ms, UTC);
+    NaN means missing. ``edge_index`` follows torch-geometric (row 0 source, row 1 target).
+    """
+
+    timestamps: np.ndarray
+    sensors: list[str]
+    values: np.ndarray
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
+    edge_index: np.ndarray | None = None
+    edge_weight: np.ndarray | None = None
+    events: list[dict] = field(default_factory=list)
+    interval_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        ts = np.asarray(self.timestamps)
+        if ts.ndim != 1:
+            raise RecordingError(f"timestamps must be 1-D, got shape {ts.shape}")
+        if ts.size and not np.issubdtype(ts.dtype, np.integer):
+            raise RecordingError(f"timestamps must be integer epoch ms, got dtype {ts.dtype}")
+        self.timestamps = ts.astype(np.int64, copy=False)
+
+        sensors = list(self.sensors)
+        for i, s in enumerate(sensors):
+            if not isinstance(s, str):
+                raise RecordingError(f"sensor id at position {i} is not a string: {s!r}")
+            sensors[i] = str(s)  # np.str_ -> str
+        if len(set(sensors)) != len(sensors):
+            seen: set[str] = set()
+            for i, s in enumerate(sensors):
+                if s in seen:
+                    raise RecordingError(f"duplicate sensor id {s!r} at position {i}")
+                seen.add(s)
+        self.sensors = sensors
+
+        vals = np.asarray(self.values)
+        if vals.ndim != 2:
+            raise RecordingError(f"values must be 2-D [T, N], got shape {vals.shape}")
+        if vals.size and not (np.issubdtype(vals.dtype, np.number) or vals.dtype == bool):
+            raise RecordingError(f"values must be numeric, got dtype {vals.dtype}")
+        self.values = vals.astype(np.float64, copy=False)
+        n_t, n_s = self.values.shape
+        if n_t != ts.shape[0]:
+            raise RecordingError(f"values has {n_t} rows but there are {ts.shape[0]} timestamps")
+        if n_s != len(sensors):
+            raise RecordingError(f"values has {n_s} columns but there are {len(sensors)} sensors")
+        if n_t > 1:
+            bad = np.flatnonzero(np.diff(self.timestamps) <= 0)
+            if bad.size:
+                i = int(bad[0]) + 1
+                what = "duplicate" if self.timestamps[i] == self.timestamps[i - 1] else "decreasing"
+                raise RecordingError(
+                    f"timestamps must be strictly increasing: row {i} has {what} timestamp "
+                    f"{int(self.timestamps[i])} (row {i - 1}: {int(self.timestamps[i - 1])})")
+
+        for name in ("lat", "lon"):
+            arr = getattr(self, name)
+            if arr is None:
+                continue
+            arr = np.asarray(arr, dtype=np.float64)
+            if arr.shape != (n_s,):
+                raise RecordingError(f"{name} must have shape ({n_s},), got {arr.shape}")
+            setattr(self, name, arr)
+
+        if self.edge_index is not None:
+            ei = np.asarray(self.edge_index)
+            if ei.ndim != 2 or ei.shape[0] != 2:
+                raise RecordingError(f"edge_index must have shape [2, E], got {ei.shape}")
+            if ei.size and not np.issubdtype(ei.dtype, np.integer):
+                raise RecordingError(f"edge_index must be integer, got dtype {ei.dtype}")
+            ei = ei.astype(np.int64, copy=False)
+            if ei.size and (ei.min() < 0 or ei.max() >= n_s):
+                raise RecordingError(f"edge_index refers to nodes outside [0, {n_s})")
+            self.edge_index = ei
+        if self.edge_weight is not None:
+            if self.edge_index is None:
+                raise RecordingError("edge_weight given without edge_index")
+            ew = np.asarray(self.edge_weight, dtype=np.float64)
+            if ew.shape != (self.edge_index.shape[1],):
+                raise RecordingError(
+                    f"edge_weight must have shape ({self.edge_index.shape[1]},), got {ew.shape}")
+            self.edge_weight = ew
+
+        events = list(self.events)
+        for i, ev in enumerate(events):
+            if not isinstance(ev, dict):
+                raise RecordingError(f"event {i} is not a dict: {ev!r}")
+            if not isinstance(ev.get("type"), str):
+                raise RecordingError(f"event {i} has no string 'type': {ev!r}")
+            ts_ev = ev.get("ts")
+            if isinstance(ts_ev, bool) or not isinstance(ts_ev, (int, np.integer)):
+                raise RecordingError(f"event {i} has no integer 'ts' (epoch ms): {ev!r}")
+            if "sensor" in ev and ev["sensor"] is not None and not isinstance(ev["sensor"], str):
+                raise RecordingError(f"event {i} has a non-string 'sensor': {ev!r}")
+            if "attrs" in ev and not isinstance(ev["attrs"], dict):
+                raise RecordingError(f"event {i} has non-dict 'attrs': {ev!r}")
+        self.events = events
+
+        if self.interval_ms is not None:
+            if isinstance(self.interval_ms, bool) or int(self.interval_ms) != self.interval_ms \
+                    or self.interval_ms <= 0:
+                raise RecordingError(
+                    f"interval_ms must be a positive int, got {self.interval_ms!r}")
+            self.interval_ms = int(self.interval_ms)
+
+    @property
+    def n_sensors(self) -> int:
+        """Number of sensors (columns)."""
+        return len(self.sensors)
+
+    @property
+    def n_steps(self) -> int:
+        """Number of time steps (rows)."""
+        return int(self.timestamps.shape[0])
+
+    def slice_rows(self, start: int | None, stop: int | None) -> Recording:
+        """Rows ``[start, stop)`` (Python slice rules) as a new recording (arrays copied).
+
+        Events are kept when they fall in ``[ts[start], ts[stop])``; the first slice also keeps
+        earlier events and the last slice later ones, so consecutive slices partition them.
+        """
+        start_i, stop_i, _ = slice(start, stop).indices(self.n_steps)
+        stop_i = max(stop_i, start_i)
+        if start_i == 0:
+            lo: float = -math.inf
+        elif start_i < self.n_steps:
+            lo = int(self.timestamps[start_i])
+        else:
+            lo = math.inf
+        hi = math.inf if stop_i >= self.n_steps else int(self.timestamps[stop_i])
+        events = [dict(e) for e in self.events if lo <= e["ts"] < hi] if stop_i > start_i else []
+        return Recording(
+            timestamps=self.timestamps[start_i:stop_i].copy(),
+            sensors=list(self.sensors),
+            values=self.values[start_i:stop_i].copy(),
+            lat=None if self.lat is None else self.lat.copy(),
+            lon=None if self.lon is None else self.lon.copy(),
+            edge_index=None if self.edge_index is None else self.edge_index.copy(),
+            edge_weight=None if self.edge_weight is None else self.edge_weight.copy(),
+            events=events,
+            interval_ms=self.interval_ms,
+        )
+
+    def iter_readings(self, *, skip_missing: bool = False
+                      ) -> Iterator[tuple[str, int, float | None]]:
+        """``(sensor, ts, value)`` in timestamp order, then sensor order; NaN -> ``None``."""
+        sensors = self.sensors
+        for t, row in zip(self.timestamps.tolist(), self.values.tolist(), strict=True):
+            for s, v in zip(sensors, row, strict=True):
+                if v != v:  # NaN
+                    if skip_missing:
+                        continue
+                    yield s, t, None
+                else:
+                    yield s, t, v
+
+    def events_sorted(self) -> list[dict]:
+        """Events sorted by ``ts`` (stable: equal times keep their order)."""
+        return sorted(self.events, key=lambda e: e["ts"])
+
+    def equals(self, other: Recording) -> bool:
+        """Exact equality of every field (NaN equals NaN)."""
+        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+            if a is None or b is None:
+                return a is None and b is None
+            return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+        return (
+            isinstance(other, Recording)
+            and self.sensors == other.sensors
+            and same(self.timestamps, other.timestamps)
+            and same(self.values, other.values)
+            and same(self.lat, other.lat)
+            and same(self.lon, other.lon)
+            and same(self.edge_index, other.edge_index)
+            and same(self.edge_weight, other.edge_weight)
+            and self.events == other.events
+            and self.interval_ms == other.interval_ms
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _err(path: Path, msg: str) -> RecordingError:
+    return RecordingError(f"{path}: {msg}")
+
+
+def _build(path: Path, **kwargs: Any) -> Recording:
+    """Construct a Recording, prefixing validation errors with the file path."""
+    try:
+        return Recording(**kwargs)
+    except RecordingError as e:
+        raise _err(path, str(e)) from None
+
+
+def _parse_start(path: Path, start: str | int | None) -> int | None:
+    if start is None:
+        return None
+    if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
+        return int(start)
+    try:
+        ts = pd.Timestamp(start)
+    except (ValueError, TypeError) as e:
+        raise _err(path, f"cannot parse start={start!r}: {e}") from None
+    if ts is pd.NaT:
+        raise _err(path, f"cannot parse start={start!r}")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.value // 1_000_000)
+
+
+def _synthetic_times(path: Path, n: int, start: str | int | None, interval_ms: int | None,
+                     what: str) -> np.ndarray:
+    t0 = _parse_start(path, start)
+    if t0 is None or interval_ms is None:
+        raise _err(path, f"{what} has no timestamps; pass start= (ISO string or epoch ms) and "
+                         f"interval_ms= to read it")
+    if interval_ms <= 0:
+        raise _err(path, f"interval_ms must be positive, got {interval_ms}")
+    return t0 + np.arange(n, dtype=np.int64) * np.int64(interval_ms)
+
+
+def _infer_interval(ts: np.ndarray, given: int | None) -> int | None:
+    if given is not None:
+        return int(given)
+    if ts.shape[0] < 2:
+        return None
+    return int(np.median(np.diff(ts)))
+
+
+def _check_monotonic(path: Path, ts: np.ndarray, place: Any) -> None:
+    """Raise naming the first non-increasing row; ``place(i)`` describes row ``i``."""
+    if ts.shape[0] < 2:
+        return
+    bad = np.flatnonzero(np.diff(ts) <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        if ts[i] == ts[i - 1]:
+            raise _err(path, f"{place(i)}: duplicate timestamp {_fmt_ms(int(ts[i]))} "
+                             f"(same as {place(i - 1)})")
+        raise _err(path, f"{place(i)}: timestamp {_fmt_ms(int(ts[i]))} is earlier than "
+                         f"{place(i - 1)} ({_fmt_ms(int(ts[i - 1]))}); timestamps must "
+                         f"strictly increase")
+
+
+def _fmt_ms(ms: int) -> str:
+    return str(np.datetime64(ms, "ms")) + "Z"
+
+
+def _ms_to_iso(ts: np.ndarray) -> np.ndarray:
+    unit = "s" if ts.size == 0 or not np.any(ts % 1000) else "ms"
+    return np.char.add(np.datetime_as_string(ts.astype("datetime64[ms]"), unit=unit), "Z")
+
+
+def _datetimes_to_ms(dt: pd.Series) -> np.ndarray:
+    naive = dt.dt.tz_convert(None)
+    return naive.to_numpy().astype("datetime64[ms]").astype(np.int64)
+
+
+def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarray) -> np.ndarray:
+    """Epoch-ms int64 from an int (epoch ms) or date-string column; errors name the line."""
+    nulls = col.isna().to_numpy()
+    if nulls.any():
+        i = int(np.flatnonzero(nulls)[0])
+        raise _err(path, f"line {line_of[i]}: column '{name}' has an empty timestamp")
+    if pd.api.types.is_integer_dtype(col.dtype):
+        return col.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(col.dtype):
+        arr = col.to_numpy(dtype=np.float64)
+        frac = np.flatnonzero(arr != np.round(arr))
+        if frac.size:
+            i = int(frac[0])
+            raise _err(path, f"line {line_of[i]}: column '{name}' is not an integer epoch-ms "
+                             f"timestamp: {arr[i]!r}")
+        return arr.astype(np.int64)
+    col = col.astype(str).str.strip()
+    try:
+        dt = pd.to_datetime(col, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        try:
+            dt = pd.to_datetime(col, utc=True)
+        except (ValueError, TypeError, OverflowError):
+            dt = pd.to_datetime(col, utc=True, format="mixed", errors="coerce")
+            bad = dt.isna().to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise _err(path, f"line {line_of[i]}: column '{name}' is not a timestamp: "
+                                 f"{col.iloc[i]!r}") from None
+    return _datetimes_to_ms(dt)
+
+
+def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str],
+                   line_of: np.ndarray) -> np.ndarray:
+    """Columns ``cols`` as float64 [T, len(cols)]; non-numeric cells raise naming line/column."""
+    out = np.empty((len(df), len(cols)), dtype=np.float64)
+    for j, c in enumerate(cols):
+        s = df[c]
+        if pd.api.types.is_numeric_dtype(s.dtype):
+            out[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            continue
+        conv = pd.to_numeric(s, errors="coerce")
+        bad = (conv.isna() & s.notna()).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _err(path, f"line {line_of[i]}: column '{c}' is not a number: "
+                             f"{str(s.iloc[i])!r}")
+        out[:, j] = conv.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def events_sidecar_path(path: str | Path) -> Path:
+    """``data.csv`` -> ``data.events.jsonl`` (where CSV recordings keep their events)."""
+    p = Path(path)
+    return p.with_name(p.stem + ".events.jsonl")
+
+
+def _read_events_sidecar(path: Path) -> list[dict]:
+    side = events_sidecar_path(path)
+    if not side.exists():
+        return []
+    events = []
+    with side.open(encoding="utf-8") as fh:
+        for k, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _err(side, f"line {k}: invalid JSON: {e}") from None
+            if not isinstance(ev, dict):
+                raise _err(side, f"line {k}: event is not a JSON object")
+            events.append(ev)
+    return events
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, start: str | int | None, interval_ms: int | None) -> Recording:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise _err(path, f"cannot read: {e}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise _err(path, "empty file")
+    lines = text.split("\n")
+    header_fields = next(csv.reader([lines[0]]))
+    cols = [c.strip() for c in header_fields]
+    if not any(cols):
+        raise _err(path, "line 1: empty header")
+    for j, c in enumerate(cols):
+        if c == "":
+            raise _err(path, f"line 1: header column {j + 1} is empty")
+    if len(set(cols)) != len(cols):
+        seen: set[str] = set()
+        for c in cols:
+            if c in seen:
+                raise _err(path, f"line 1: duplicate column '{c}' in header")
+            seen.add(c)
+
+    # file line number (1-based) of every non-blank data line, in pandas row order
+    line_of = np.array([k + 1 for k in range(1, len(lines)) if lines[k] != ""], dtype=np.int64)
+    if line_of.size == 0:
+        raise _err(path, "no data rows after the header")
+    if '"' not in text:
+        expected = len(cols) - 1
+        counts = np.fromiter((lines[k - 1].count(",") for k in line_of), dtype=np.int64,
+                             count=line_of.size)
+        bad = np.flatnonzero(counts != expected)
+        if bad.size:
+            i = int(bad[0])
+            got = int(counts[i]) + 1
+            hint = " (truncated row?)" if got < len(cols) else ""
+            raise _err(path, f"line {line_of[i]}: expected {len(cols)} fields as in the header, "
+                             f"got {got}{hint}")
+
+    lower = [c.lower() for c in cols]
+    sensor_col = next((cols[j] for j, c in enumerate(lower) if c in _LONG_SENSOR_NAMES), None)
+    if sensor_col is not None:
+        time_col = next((cols[lower.index(n)] for n in _LONG_TIME_NAMES if n in lower), None)
+        value_col = cols[lower.index("value")] if "value" in lower else None
+        missing = [n for n, c in (("ts", time_col), ("value", value_col)) if c is None]
+        if missing:
+            raise _err(path, f"line 1: long-format CSV (has column '{sensor_col}') is missing "
+                             f"column(s) {missing}; expected sensor,ts,value; got {cols}")
+        df = _pandas_csv(path, text, cols, {sensor_col: str})
+        return _pivot_long(path, df, sensor_col, time_col, value_col, line_of, interval_ms)
+
+    if lower[0] in _TIME_NAMES:
+        df = _pandas_csv(path, text, cols, {})
+        ts = _parse_time_column(path, df[cols[0]], cols[0], line_of)
+        _check_monotonic(path, ts, lambda i: f"line {line_of[i]}")
+        values = _numeric_block(path, df, cols[1:], line_of)
+    else:
+        df = _pandas_csv(path, text, cols, {})
+        values = _numeric_block(path, df, cols, line_of)
+        ts = _synthetic_times(path, len(df), start, interval_ms,
+                              f"wide CSV without a time column (first column '{cols[0]}' is "
+                              f"not one of {'/'.join(_TIME_NAMES)})")
+    sensors = cols if lower[0] not in _TIME_NAMES else cols[1:]
+    return _build(path, timestamps=ts, sensors=list(sensors), values=values,
+                  events=_read_events_sidecar(path),
+                  interval_ms=_infer_interval(ts, interval_ms))
+
+
+def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(io.StringIO(text), header=0, names=cols, dtype=dtype or None,
+                         skip_blank_lines=True, skipinitialspace=True, **_FLOAT_KW)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise _err(path, f"cannot parse CSV: {e}") from None
+    return df
+
+
+def _pivot_long(path: Path, df: pd.DataFrame, sensor_col: str, time_col: str, value_col: str,
+                line_of: np.ndarray, interval_ms: int | None) -> Recording:
+    s = df[sensor_col]
+    nulls = s.isna().to_numpy()
+    if nulls.any():
+        i = int(np.flatnonzero(nulls)[0])
+        raise _err(path, f"line {line_of[i]}: column '{sensor_col}' is empty")
+    ts_rows = _parse_time_column(path, df[time_col], time_col, line_of)
+    vals = _numeric_block(path, df, [value_col], line_of)[:, 0]
+    scodes, sensors = pd.factorize(s.astype(str).str.strip(), sort=False)
+    uts, tcodes = np.unique(ts_rows, return_inverse=True)
+    key = tcodes.astype(np.int64) * len(sensors) + scodes
+    dup = pd.Series(key).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        first = int(np.flatnonzero(key == key[i])[0])
+        raise _err(path, f"line {line_of[i]}: duplicate reading for sensor "
+                         f"{sensors[scodes[i]]!r} at {_fmt_ms(int(ts_rows[i]))} "
+                         f"(first at line {line_of[first]})")
+    values = np.full((uts.shape[0], len(sensors)), np.nan)
+    values[tcodes, scodes] = vals
+    return _build(path, timestamps=uts, sensors=[str(x) for x in sensors], values=values,
+                  events=_read_events_sidecar(path), interval_ms=_infer_interval(uts, interval_ms))
+
+
+def _write_events_sidecar(rec: Recording, path: Path) -> None:
+    side = events_sidecar_path(path)
+    if rec.events:
+        with side.open("w", encoding="utf-8") as fh:
+            for ev in rec.events:
+                fh.write(json.dumps(ev, default=_json_default) + "\n")
+    elif side.exists():
+        side.unlink()
+
+
+def _write_csv(rec: Recording, path: Path) -> None:
+    df = pd.DataFrame(rec.values, columns=pd.Index(rec.sensors, dtype=object))
+    df.insert(0, "timestamp", _ms_to_iso(rec.timestamps))
+    df.to_csv(path, index=False, na_rep="", lineterminator="\n")
+    _write_events_sidecar(rec, path)
+
+
+def _write_csv_long(rec: Recording, path: Path) -> None:
+    n_t, n_s = rec.values.shape
+    df = pd.DataFrame({
+        "sensor": np.tile(np.array(rec.sensors, dtype=object), n_t),
+        "ts": np.repeat(rec.timestamps, n_s),
+        "value": rec.values.reshape(-1),
+    })
+    df.to_csv(path, index=False, na_rep="", lineterminator="\n")
+    _write_events_sidecar(rec, path)
+
+
+# --------------------------------------------------------------------------------------------
+# NPZ
+# --------------------------------------------------------------------------------------------
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _read_npz(path: Path, start: str | int | None, interval_ms: int | None) -> Recording:
+    try:
+        with path.open("rb") as fh:  # our own handle: np.load leaks it when parsing fails
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise _err(path, "not an .npz archive (a single .npy array?)")
+            with z:
+                arrays = {k: z[k] for k in z.files}
+    except RecordingError:
+        raise
+    except FileNotFoundError:
+        raise _err(path, "no such file") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise _err(path, f"not a readable .npz archive (truncated or corrupt?): {e}") from None
+    if not isinstance(arrays, dict) or not arrays:
+        raise _err(path, "empty .npz archive")
+
+    if "timestamps" in arrays and "values" in arrays:
+        def opt(k: str) -> np.ndarray | None:
+            return arrays[k] if k in arrays else None
+
+        events: list[dict] = []
+        if "events_json" in arrays:
+            try:
+                events = json.loads(str(arrays["events_json"][()]))
+            except json.JSONDecodeError as e:
+                raise _err(path, f"key 'events_json': invalid JSON: {e}") from None
+        iv = interval_ms
+        if iv is None and "interval_ms" in arrays:
+            iv = int(arrays["interval_ms"][()])
+            iv = None if iv <= 0 else iv
+        if "sensors" in arrays:
+            sensors = [str(s) for s in arrays["sensors"].tolist()]
+        else:
+            sensors = [str(i) for i in range(arrays["values"].shape[-1])]
+        return _build(path, timestamps=arrays["timestamps"], sensors=sensors,
+                      values=arrays["values"], lat=opt("lat"), lon=opt("lon"),
+                      edge_index=opt("edge_index"), edge_weight=opt("edge_weight"),
+                      events=events, interval_ms=iv)
+
+    if "data" in arrays:
+        data = arrays["data"]
+        if data.ndim == 3:
+            data = data[:, :, 0]
+        elif data.ndim != 2:
+            raise _err(path, f"key 'data' must be [T, N] or [T, N, C], got shape {data.shape}")
+        if not np.issubdtype(data.dtype, np.number):
+            raise _err(path, f"key 'data' is not numeric (dtype {data.dtype})")
+        ts = _synthetic_times(path, data.shape[0], start, interval_ms, "npz key 'data' layout")
+        return _build(path, timestamps=ts, sensors=[str(i) for i in range(data.shape[1])],
+                      values=data, interval_ms=interval_ms)
+
+    raise _err(path, f"unrecognised .npz layout: keys {sorted(arrays)}; expected "
+                     f"'timestamps'+'values' (native) or 'data' (PEMS / SZ-taxi)")
+
+
+def _write_npz(rec: Recording, path: Path) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "timestamps": rec.timestamps,
+        "values": rec.values,
+        "sensors": np.array(rec.sensors, dtype=str) if rec.sensors else np.zeros(0, dtype="U1"),
+        "events_json": np.array(json.dumps(rec.events, default=_json_default)),
+        "interval_ms": np.array(-1 if rec.interval_ms is None else rec.interval_ms, np.int64),
+    }
+    for k in ("lat", "lon", "edge_index", "edge_weight"):
+        v = getattr(rec, k)
+        if v is not None:
+            arrays[k] = v
+    with path.open("wb") as fh:  # a file object keeps numpy from appending ".npz"
+        np.savez_compressed(fh, **arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5
+# --------------------------------------------------------------------------------------------
+
+
+def _labels(arr: np.ndarray) -> list[str]:
+    out = []
+    for x in arr.tolist():
+        if isinstance(x, bytes):
+            out.append(x.decode("utf-8", errors="replace"))
+        elif isinstance(x, float) and x.is_integer():
+            out.append(str(int(x)))
+        else:
+            out.append(str(x))
+    return out
+
+
+def _read_h5(path: Path, start: str | int | None, interval_ms: int | None) -> Recording:
+    try:
+        fh = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise _err(path, "no such file") from None
+    except OSError as e:
+        raise _err(path, f"not a readable HDF5 file (truncated or corrupt?): {e}") from None
+    try:
+        with fh:
+            if "df" in fh and isinstance(fh["df"], h5py.Group) and "axis0" in fh["df"]:
+                return _read_h5_pandas(path, fh, interval_ms)
+            key = "values" if "values" in fh else "data" if "data" in fh else None
+            if key is None:
+                raise _err(path, f"unrecognised HDF5 layout: top-level keys {sorted(fh.keys())}; "
+                                 f"expected group 'df' (pandas fixed) or dataset 'values'/'data'")
+            data = np.asarray(fh[key][()])
+            if data.ndim == 3:
+                data = data[:, :, 0]
+            if data.ndim != 2:
+                raise _err(path, f"dataset '{key}' must be [T, N], got shape {data.shape}")
+            if "timestamps" in fh:
+                ts = np.asarray(fh["timestamps"][()])
+                if ts.shape != (data.shape[0],):
+                    raise _err(path, f"dataset 'timestamps' has shape {ts.shape}, expected "
+                                     f"({data.shape[0]},)")
+                _check_monotonic(path, ts, lambda i: f"dataset 'timestamps' row {i}")
+            else:
+                ts = _synthetic_times(path, data.shape[0], start, interval_ms,
+                                      f"HDF5 dataset '{key}'")
+            sensors = (_labels(np.asarray(fh["sensors"][()])) if "sensors" in fh
+                       else [str(i) for i in range(data.shape[1])])
+            return _build(path, timestamps=ts, sensors=sensors, values=data,
+                          interval_ms=_infer_interval(ts, interval_ms))
+    except (OSError, KeyError) as e:
+        raise _err(path, f"cannot read HDF5 content (truncated or corrupt?): {e}") from None
+
+
+def _read_h5_pandas(path: Path, fh: h5py.File, interval_ms: int | None) -> Recording:
+    g = fh["df"]
+    sensors = _labels(np.asarray(g["axis0"][()]))
+    if "axis1" not in g:
+        raise _err(path, "group 'df' has no 'axis1' (time index)")
+    idx = np.asarray(g["axis1"][()])
+    if not np.issubdtype(idx.dtype, np.integer) and idx.dtype.kind != "M":
+        raise _err(path, f"'df/axis1' must be int64 nanoseconds, got dtype {idx.dtype}")
+    ns = idx.astype(np.int64)
+    ts = ns // 1_000_000
+    n_t, n_s = ns.shape[0], len(sensors)
+    block_names = sorted((k for k in g if k.startswith("block") and k.endswith("_values")),
+                         key=lambda k: int(k[5:-7]) if k[5:-7].isdigit() else 0)
+    if not block_names:
+        raise _err(path, "group 'df' has no 'block0_values'")
+    values = np.full((n_t, n_s), np.nan)
+    col_of = {s: j for j, s in enumerate(sensors)}
+    for name in block_names:
+        blk = np.asarray(g[name][()])
+        items_key = name.replace("_values", "_items")
+        items = _labels(np.asarray(g[items_key][()])) if items_key in g else sensors
+        if blk.ndim != 2:
+            raise _err(path, f"'df/{name}' must be 2-D, got shape {blk.shape}")
+        if blk.shape != (n_t, len(items)) and blk.shape == (len(items), n_t):
+            blk = blk.T
+        if blk.shape != (n_t, len(items)):
+            raise _err(path, f"'df/{name}' has shape {blk.shape}, expected ({n_t}, {len(items)})"
+                             f" from axis1/items")
+        if not (np.issubdtype(blk.dtype, np.number) or blk.dtype == bool):
+            raise _err(path, f"'df/{name}' is not numeric (dtype {blk.dtype})")
+        try:
+            cols = [col_of[s] for s in items]
+        except KeyError as e:
+            raise _err(path, f"'df/{items_key}' names column {e} not in 'df/axis0'") from None
+        values[:, cols] = blk
+    _check_monotonic(path, ts, lambda i: f"'df/axis1' row {i}")
+
+    kw: dict[str, Any] = {}
+    iv = interval_ms
+    if "stfm" in fh:
+        extra = fh["stfm"]
+        for k in ("lat", "lon", "edge_index", "edge_weight"):
+            if k in extra:
+                kw[k] = np.asarray(extra[k][()])
+        if "events_json" in extra.attrs:
+            raw = extra.attrs["events_json"]
+            raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                kw["events"] = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise _err(path, f"'stfm' attribute events_json: invalid JSON: {e}") from None
+        if iv is None and "interval_ms" in extra.attrs:
+            v = int(extra.attrs["interval_ms"])  # written by us: -1 = irregular (None)
+            return _build(path, timestamps=ts, sensors=sensors, values=values,
+                          interval_ms=v if v > 0 else None, **kw)
+    return _build(path, timestamps=ts, sensors=sensors, values=values,
+                  interval_ms=_infer_interval(ts, iv), **kw)
+
+
+def _write_h5(rec: Recording, path: Path) -> None:
+    enc = [s.encode("utf-8") for s in rec.sensors]
+    width = max([len(b) for b in enc] + [1])
+    labels = np.array(enc, dtype=f"S{width}")
+    with h5py.File(path, "w") as fh:
+        g = fh.create_group("df")
+        for k, v in (("pandas_type", b"frame"), ("pandas_version", b"0.15.2"),
+                     ("encoding", b"UTF-8"), ("errors", b"strict"),
+                     ("axis0_variety", b"regular"), ("axis1_variety", b"regular"),
+                     ("block0_items_variety", b"regular")):
+            g.attrs[k] = np.bytes_(v)
+        g.attrs["ndim"] = np.int64(2)
+        g.attrs["nblocks"] = np.int64(1)
+        a0 = g.create_dataset("axis0", data=labels)
+        a0.attrs["kind"] = np.bytes_(b"string")
+        a1 = g.create_dataset("axis1", data=rec.timestamps.astype(np.int64) * 1_000_000)
+        a1.attrs["kind"] = np.bytes_(b"datetime64")
+        g.create_dataset("block0_items", data=labels).attrs["kind"] = np.bytes_(b"string")
+        bv = g.create_dataset("block0_values", data=rec.values)
+        bv.attrs["transposed"] = True
+        extra = fh.create_group("stfm")
+        for k in ("lat", "lon", "edge_index", "edge_weight"):
+            v = getattr(rec, k)
+            if v is not None:
+                extra.create_dataset(k, data=v)
+        extra.attrs["events_json"] = json.dumps(rec.events, default=_json_default)
+        extra.attrs["interval_ms"] = np.int64(-1 if rec.interval_ms is None else rec.interval_ms)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_fmt(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        key = fmt.lower().lstrip(".")
+        if key not in _FORMATS:
+            raise _err(path, f"unknown format {fmt!r} (expected one of {sorted(_FORMATS)})")
+        return _FORMATS[key]
+    ext = path.suffix.lower().lstrip(".")
+    if ext in ("csv", "npz", "h5", "hdf5"):
+        return _FORMATS[ext]
+    raise _err(path, f"unknown extension '{path.suffix}' (expected .csv, .npz, .h5 or .hdf5, "
+                     f"or pass fmt=)")
+
+
+def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
+                   interval_ms: int | None = None) -> Recording:
+    """Read a recording; format from ``fmt`` or the extension (.csv, .npz, .h5/.hdf5).
+
+    ``start`` (ISO string, naive = UTC, or epoch ms) and ``interval_ms`` give the time axis of
+    layouts without timestamps (``start`` is ignored where the file has them); ``interval_ms``
+    also overrides the inferred (median) interval. Integer time columns are epoch ms. CSV
+    header names are stripped of surrounding whitespace.
+    """
+    p = Path(path)
+    kind = _resolve_fmt(p, fmt)
+    if not p.exists():
+        raise _err(p, "no such file")
+    if p.is_dir():
+        raise _err(p, "is a directory")
+    if p.stat().st_size == 0:
+        raise _err(p, "empty file")
+    if kind in ("csv", "csv-long"):
+        return _read_csv(p, start, interval_ms)
+    if kind == "npz":
+        return _read_npz(p, start, interval_ms)
+    return _read_h5(p, start, interval_ms)
+
+
+def write_recording(rec: Recording, path: str | Path, *, fmt: str | None = None) -> Path:
+    """Write ``rec``; npz and h5 are lossless, csv keeps time/sensors/values (+ events sidecar).
+
+    ``fmt`` is one of ``csv``, ``csv-long``, ``npz``, ``h5``/``hdf5`` (default: extension).
+    Returns the path written.
+    """
+    p = Path(path)
+    kind = _resolve_fmt(p, fmt)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "csv":
+        _write_csv(rec, p)
+    elif kind == "csv-long":
+        _write_csv_long(rec, p)
+    elif kind == "npz":
+        _write_npz(rec, p)
+    else:
+        _write_h5(rec, p)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# graphs
+# --------------------------------------------------------------------------------------------
+
+
+def load_graph(path: str | Path, sensors: list[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(edge_index [2, E] int64, edge_weight [E] float64)`` from a graph CSV.
+
+    Either a dense N x N adjacency without header (nonzero = edge from row to column, kept as
+    in the file, self-loops included) or an edge list with header ``src,dst[,weight]`` whose
+    ids are mapped through ``sensors`` (or are 0-based indices when ``sensors`` is None).
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise _err(p, f"cannot read: {e}") from None
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise _err(p, "empty file")
+    first = next(csv.reader([text.split("\n", 1)[0]]))
+    try:
+        [float(x) for x in first]
+        has_header = False
+    except ValueError:
+        has_header = True
+    if has_header:
+        return _load_edge_list(p, text, [c.strip().lower() for c in first], sensors)
+
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    rows = []
+    for k, ln in enumerate(lines, start=1):
+        parts = ln.split(",")
+        if len(parts) != len(lines):
+            raise _err(p, f"line {k}: dense adjacency must be square ({len(lines)} rows), "
+                          f"got {len(parts)} columns")
+        rows.append(parts)
+    try:
+        adj = np.array(rows, dtype=np.float64)
+    except ValueError:
+        for k, parts in enumerate(rows, start=1):
+            for j, x in enumerate(parts, start=1):
+                try:
+                    float(x)
+                except ValueError:
+                    raise _err(p, f"line {k}: column {j} is not a number: {x!r}") from None
+        raise
+    if np.isnan(adj).any():
+        k, j = np.argwhere(np.isnan(adj))[0]
+        raise _err(p, f"line {k + 1}: column {j + 1} is NaN")
+    if sensors is not None and adj.shape[0] != len(sensors):
+        raise _err(p, f"adjacency is {adj.shape[0]} x {adj.shape[0]} but {len(sensors)} sensors "
+                      f"were given")
+    src, dst = np.nonzero(adj)
+    return np.stack([src, dst]).astype(np.int64), adj[src, dst].astype(np.float64)
+
+
+def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    if "src" not in header or "dst" not in header:
+        raise _err(p, f"line 1: edge list needs columns src,dst[,weight]; got {header}")
+    df = pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True, keep_default_na=False)
+    df.columns = header
+    index = {s: i for i, s in enumerate(sensors)} if sensors is not None else None
+    n = len(df)
+    ends = np.empty((2, n), dtype=np.int64)
+    for r, col in enumerate(("src", "dst")):
+        for i, raw in enumerate(df[col].tolist()):
+            key = raw.strip()
+            if index is not None:
+                if key not in index:
+                    raise _err(p, f"line {i + 2}: {col} id {key!r} is not a known sensor")
+                ends[r, i] = index[key]
+            else:
+                try:
+                    ends[r, i] = int(key)
+                except ValueError:
+                    raise _err(p, f"line {i + 2}: {col} {key!r} is not an integer node index "
+                                  f"(pass sensors= to map ids)") from None
+                if ends[r, i] < 0:
+                    raise _err(p, f"line {i + 2}: {col} {key!r} is negative")
+    if "weight" in header:
+        w = pd.to_numeric(df["weight"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(np.isnan(w))
+        if bad.size:
+            i = int(bad[0])
+            raise _err(p, f"line {i + 2}: weight is not a number: {df['weight'].iloc[i]!r}")
+    else:
+        w = np.ones(n)
+    return ends, w
+
+
+def _haversine_km(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    la, lo = np.radians(lat), np.radians(lon)
+    dla = la[:, None] - la[None, :]
+    dlo = lo[:, None] - lo[None, :]
+    h = np.sin(dla / 2) ** 2 + np.cos(la)[:, None] * np.cos(la)[None, :] * np.sin(dlo / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def gaussian_kernel_graph(lat: np.ndarray, lon: np.ndarray, *, k: int = 8,
+                          sigma: float | None = None, threshold: float = 0.1
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric kNN graph with weights ``exp(-d^2 / sigma^2)`` (d = great-circle km).
+
+    ``sigma`` defaults to the std of all pairwise distances (as in DCRNN). An edge exists when
+    either end is among the other's ``k`` nearest; weights below ``threshold`` are dropped; no
+    self-loops. Returns ``(edge_index [2, E] int64, edge_weight [E] float64)``.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    if lat.shape != lon.shape or lat.ndim != 1:
+        raise ValueError(f"lat and lon must be 1-D of equal length, got {lat.shape}, {lon.shape}")
+    n = lat.shape[0]
+    k = min(int(k), n - 1)
+    if n < 2 or k < 1:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros(0, dtype=np.float64)
+    d = _haversine_km(lat, lon)
+    if sigma is None:
+        off = d[~np.eye(n, dtype=bool)]
+        sigma = float(off.std())
+        if not sigma > 0:
+            sigma = 1.0
+    dd = d.copy()
+    np.fill_diagonal(dd, np.inf)
+    nn = np.argpartition(dd, k - 1, axis=1)[:, :k]
+    mask = np.zeros((n, n), dtype=bool)
+    mask[np.repeat(np.arange(n), k), nn.reshape(-1)] = True
+    mask |= mask.T
+    np.fill_diagonal(mask, False)
+    w = np.where(mask, np.exp(-(d ** 2) / sigma ** 2), 0.0)
+    w[w < threshold] = 0.0
+    src, dst = np.nonzero(w)
+    return np.stack([src, dst]).astype(np.int64), w[src, dst]

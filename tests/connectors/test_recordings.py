@@ -1,0 +1,479 @@
+"""Recording container, readers/writers, bad-input errors and graph helpers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from connectors.recordings import (
+    Recording,
+    RecordingError,
+    events_sidecar_path,
+    gaussian_kernel_graph,
+    load_graph,
+    read_recording,
+    write_recording,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
+
+
+def _need_data(*parts: str) -> Path:
+    p = DATA.joinpath(*parts)
+    if not DATA.is_dir():
+        pytest.skip(f"shared data folder {DATA} is absent")
+    if not p.exists():
+        pytest.skip(f"{p} is absent from the shared data folder")
+    return p
+
+
+@pytest.fixture()
+def rec() -> Recording:
+    rng = np.random.default_rng(42)
+    t, n = 50, 4
+    values = rng.normal(50, 10, (t, n)) * 10.0 ** rng.integers(-8, 8, (t, n))
+    values[3, 1] = np.nan
+    values[10:14, 2] = np.nan
+    values[7, 0] = 0.1  # classic non-representable decimal
+    values[8, 0] = -0.0
+    return Recording(
+        timestamps=T0 + np.arange(t, dtype=np.int64) * 300_000,
+        sensors=["a", "b 2", "773869", "ü-x"],
+        values=values,
+        lat=np.array([34.0, 34.1, 34.2, 34.3]),
+        lon=np.array([-118.0, -118.1, -118.2, -118.3]),
+        edge_index=np.array([[0, 1, 2], [1, 2, 3]], dtype=np.int64),
+        edge_weight=np.array([0.5, 0.25, 1.0]),
+        events=[{"type": "incident", "ts": T0 + 600_000, "sensor": "b 2",
+                 "attrs": {"duration_steps": 7}},
+                {"type": "maintenance", "ts": T0}],
+        interval_ms=300_000,
+    )
+
+
+# ---------------------------------------------------------------------------- container
+
+
+def test_recording_validation_errors() -> None:
+    ts = np.array([0, 1, 2], dtype=np.int64)
+    with pytest.raises(RecordingError, match="duplicate sensor id 'x'"):
+        Recording(ts, ["x", "x"], np.zeros((3, 2)))
+    with pytest.raises(RecordingError, match="3 rows but there are 2 timestamps"):
+        Recording(ts[:2], ["x"], np.zeros((3, 1)))
+    with pytest.raises(RecordingError, match="row 2 has duplicate timestamp"):
+        Recording(np.array([0, 5, 5]), ["x"], np.zeros((3, 1)))
+    with pytest.raises(RecordingError, match="row 1 has decreasing"):
+        Recording(np.array([0, -5, 7]), ["x"], np.zeros((3, 1)))
+    with pytest.raises(RecordingError, match="integer epoch ms"):
+        Recording(np.array([0.0, 1.0, 2.0]), ["x"], np.zeros((3, 1)))
+    with pytest.raises(RecordingError, match="outside"):
+        Recording(ts, ["x"], np.zeros((3, 1)), edge_index=np.array([[0], [1]]))
+    with pytest.raises(RecordingError, match="event 0 has no integer 'ts'"):
+        Recording(ts, ["x"], np.zeros((3, 1)), events=[{"type": "a", "ts": "soon"}])
+
+
+def test_recording_accessors(rec: Recording) -> None:
+    assert rec.n_sensors == 4 and rec.n_steps == 50
+    assert rec.values.dtype == np.float64 and rec.timestamps.dtype == np.int64
+
+    readings = list(rec.iter_readings())
+    assert len(readings) == 200
+    assert readings[0] == ("a", T0, rec.values[0, 0])
+    assert readings[4][:2] == ("a", T0 + 300_000)  # timestamp order, then sensor order
+    assert readings[3 * 4 + 1] == ("b 2", T0 + 3 * 300_000, None)
+    present = list(rec.iter_readings(skip_missing=True))
+    assert len(present) == 200 - 5 and all(v is not None for _, _, v in present)
+
+    assert [e["ts"] for e in rec.events_sorted()] == [T0, T0 + 600_000]
+
+    head, tail = rec.slice_rows(0, 2), rec.slice_rows(2, None)
+    assert head.n_steps == 2 and tail.n_steps == 48
+    np.testing.assert_array_equal(tail.values, rec.values[2:])
+    assert [e["type"] for e in head.events] == ["maintenance"]
+    assert [e["type"] for e in tail.events] == ["incident"]
+    assert rec.slice_rows(-3, None).timestamps[0] == rec.timestamps[47]
+    assert rec.slice_rows(5, 5).n_steps == 0
+    tail.values[0, 0] = 1e9  # copies, not views
+    assert rec.values[2, 0] != 1e9
+
+
+# ---------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("ext", [".npz", ".h5", ".hdf5"])
+def test_lossless_round_trip(rec: Recording, tmp_path: Path, ext: str) -> None:
+    path = write_recording(rec, tmp_path / f"r{ext}")
+    back = read_recording(path)
+    assert back.equals(rec)
+    assert back.events == rec.events and back.interval_ms == 300_000
+
+
+def test_npz_round_trip_irregular_and_no_graph(tmp_path: Path) -> None:
+    r = Recording(np.array([0, 10, 35]), ["x"], np.array([[1.0], [np.nan], [3.0]]))
+    for name in ("a.npz", "a.h5"):
+        back = read_recording(write_recording(r, tmp_path / name))
+        assert back.equals(r) and back.interval_ms is None and back.edge_index is None
+
+
+def test_fmt_override_writes_exact_path(rec: Recording, tmp_path: Path) -> None:
+    p = write_recording(rec, tmp_path / "blob.bin", fmt="npz")
+    assert p.exists() and not (tmp_path / "blob.bin.npz").exists()
+    assert read_recording(p, fmt="npz").equals(rec)
+
+
+def test_csv_wide_round_trip(rec: Recording, tmp_path: Path) -> None:
+    path = write_recording(rec, tmp_path / "wide.csv")
+    header = path.read_text().splitlines()[0]
+    assert header == "timestamp,a,b 2,773869,ü-x"
+    assert path.read_text().splitlines()[1].startswith("2026-01-05T00:00:00Z,")
+    back = read_recording(path)
+    np.testing.assert_array_equal(back.timestamps, rec.timestamps)
+    assert back.sensors == rec.sensors
+    # exact, bit for bit (NaN positions too)
+    assert np.array_equal(back.values, rec.values, equal_nan=True)
+    assert back.values[7, 0] == 0.1
+    assert back.events == rec.events  # via the sidecar
+    assert events_sidecar_path(path).name == "wide.events.jsonl"
+    assert back.interval_ms == 300_000
+    assert back.lat is None and back.edge_index is None  # not kept in CSV (documented)
+
+
+def test_csv_ms_timestamps_round_trip(tmp_path: Path) -> None:
+    r = Recording(np.array([T0 + 1, T0 + 250, T0 + 1999]), ["s"], np.array([[1.5], [2.5], [3]]))
+    back = read_recording(write_recording(r, tmp_path / "ms.csv"))
+    np.testing.assert_array_equal(back.timestamps, r.timestamps)
+    assert back.interval_ms == 999  # median diff
+
+
+def test_csv_sidecar_removed_when_no_events(rec: Recording, tmp_path: Path) -> None:
+    path = write_recording(rec, tmp_path / "w.csv")
+    rec.events = []
+    write_recording(rec, path)
+    assert not events_sidecar_path(path).exists()
+    assert read_recording(path).events == []
+
+
+def test_csv_long_round_trip(rec: Recording, tmp_path: Path) -> None:
+    path = write_recording(rec, tmp_path / "long.csv", fmt="csv-long")
+    assert path.read_text().splitlines()[0] == "sensor,ts,value"
+    back = read_recording(path)
+    np.testing.assert_array_equal(back.timestamps, rec.timestamps)
+    assert back.sensors == rec.sensors
+    assert np.array_equal(back.values, rec.values, equal_nan=True)
+
+
+def test_csv_long_hand_written_iso_unsorted(tmp_path: Path) -> None:
+    p = tmp_path / "l.csv"
+    p.write_text(
+        "Sensor,timestamp,value\n"
+        "b,2026-01-05T00:05:00Z,2.5\n"
+        "a,2026-01-05T00:00:00Z,1\n"
+        "a,2026-01-05T01:05:00+01:00,3\n"  # same instant as 00:05Z
+        "007,2026-01-05 00:00:00,\n"  # naive = UTC, empty value = NaN
+    )
+    r = read_recording(p)
+    assert r.sensors == ["b", "a", "007"]  # first appearance, ids kept as strings
+    np.testing.assert_array_equal(r.timestamps, [T0, T0 + 300_000])
+    expected = np.array([[np.nan, 1.0, np.nan], [2.5, 3.0, np.nan]])
+    assert np.array_equal(r.values, expected, equal_nan=True)
+    assert r.interval_ms == 300_000
+
+
+def test_csv_wide_epoch_ms_crlf_and_replacement_chars(tmp_path: Path) -> None:
+    p = tmp_path / "w.csv"
+    p.write_bytes(b"TS,SWDR (W/m\xb2),x\r\n1000,1.5,\r\n2000,2,3\r\n4000,,4\r\n")
+    r = read_recording(p)
+    assert r.sensors == ["SWDR (W/m\ufffd)", "x"]
+    np.testing.assert_array_equal(r.timestamps, [1000, 2000, 4000])
+    assert np.array_equal(r.values, [[1.5, np.nan], [2, 3], [np.nan, 4]], equal_nan=True)
+    assert r.interval_ms == 1500  # median of 1000, 2000
+    assert read_recording(p, interval_ms=1000).interval_ms == 1000
+
+
+def test_csv_without_time_needs_start_and_interval(tmp_path: Path) -> None:
+    p = tmp_path / "speed.csv"
+    p.write_text("773869,767541\n64.375,67.625\n62.5,68.5\n,1\n")
+    with pytest.raises(RecordingError) as ei:
+        read_recording(p)
+    msg = str(ei.value)
+    assert str(p) in msg and "start=" in msg and "interval_ms=" in msg
+    with pytest.raises(RecordingError, match="interval_ms="):
+        read_recording(p, start="2012-03-01")
+    r = read_recording(p, start="2012-03-01T00:00:00", interval_ms=300_000)
+    assert r.sensors == ["773869", "767541"]
+    np.testing.assert_array_equal(r.timestamps, 1_330_560_000_000 + np.arange(3) * 300_000)
+    assert r.values[0, 0] == 64.375 and np.isnan(r.values[2, 0])
+    r2 = read_recording(p, start=1_330_560_000_000, interval_ms=300_000)
+    np.testing.assert_array_equal(r2.timestamps, r.timestamps)
+
+
+# ---------------------------------------------------------------------------- foreign layouts
+
+
+def _write_pandas_fixed(path: Path, labels: np.ndarray, ns: np.ndarray, block: np.ndarray
+                        ) -> None:
+    """What pandas ``DataFrame.to_hdf(format='fixed')`` leaves on disk (METR-LA style)."""
+    with h5py.File(path, "w") as f:
+        g = f.create_group("df")
+        g.attrs["pandas_type"] = np.bytes_(b"frame")
+        g.attrs["nblocks"] = 1
+        g.create_dataset("axis0", data=labels)
+        g.create_dataset("axis1", data=ns)
+        g.create_dataset("block0_items", data=labels)
+        g.create_dataset("block0_values", data=block).attrs["transposed"] = True
+
+
+def test_pandas_fixed_h5_metr_la_layout(tmp_path: Path) -> None:
+    p = tmp_path / "metr-la.h5"
+    ns = (1_330_560_000_000 + np.arange(6, dtype=np.int64) * 300_000) * 1_000_000
+    block = np.arange(18, dtype=np.float64).reshape(6, 3)
+    block[2, 1] = 0.0
+    _write_pandas_fixed(p, np.array([b"773869", b"767541", b"767542"]), ns, block)
+    r = read_recording(p)
+    assert r.sensors == ["773869", "767541", "767542"]
+    np.testing.assert_array_equal(r.timestamps, ns // 1_000_000)
+    np.testing.assert_array_equal(r.values, block)
+    assert r.interval_ms == 300_000
+
+
+def test_pandas_fixed_h5_int_labels_pems_bay(tmp_path: Path) -> None:
+    p = tmp_path / "pems-bay.h5"
+    ns = np.arange(4, dtype=np.int64) * 300_000 * 1_000_000
+    _write_pandas_fixed(p, np.array([400001, 400017]), ns, np.ones((4, 2)))
+    r = read_recording(p)
+    assert r.sensors == ["400001", "400017"] and r.values.shape == (4, 2)
+
+
+def test_plain_h5_values_with_and_without_timestamps(tmp_path: Path) -> None:
+    p = tmp_path / "plain.h5"
+    with h5py.File(p, "w") as f:
+        f["values"] = np.eye(3)
+        f["timestamps"] = np.array([10, 20, 30], dtype=np.int64)
+    r = read_recording(p)
+    np.testing.assert_array_equal(r.timestamps, [10, 20, 30])
+    assert r.sensors == ["0", "1", "2"] and r.interval_ms == 10
+    q = tmp_path / "plain2.hdf5"
+    with h5py.File(q, "w") as f:
+        f["data"] = np.ones((5, 2, 3))
+    with pytest.raises(RecordingError, match="pass start="):
+        read_recording(q)
+    r = read_recording(q, start=0, interval_ms=60_000)
+    assert r.values.shape == (5, 2) and r.timestamps[-1] == 240_000
+
+
+def test_pems_style_npz_takes_channel_zero(tmp_path: Path) -> None:
+    p = tmp_path / "pems04.npz"
+    data = np.stack([np.full((7, 3), 1.0), np.full((7, 3), 2.0)], axis=-1)
+    np.savez(p, data=data)
+    with pytest.raises(RecordingError) as ei:
+        read_recording(p)
+    assert str(p) in str(ei.value) and "start=" in str(ei.value)
+    r = read_recording(p, start="2018-01-01", interval_ms=300_000)
+    assert r.values.shape == (7, 3) and np.all(r.values == 1.0)
+    assert r.sensors == ["0", "1", "2"] and r.interval_ms == 300_000
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _good_csv() -> str:
+    return "date,a,b\n2020-01-01 00:00:00,1,2\n2020-01-01 01:00:00,3,4\n2020-01-01 02:00:00,5,6\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("empty.csv", "", "empty file"),
+        ("blank.csv", "\n\n", "empty file"),
+        ("header_only.csv", "date,a,b\n", "no data rows"),
+        ("truncated.csv", _good_csv()[:-4], "line 4: expected 3 fields as in the header, got 2"),
+        ("extra.csv", _good_csv() + "2020-01-01 03:00:00,1,2,3\n", "line 5: expected 3 fields"),
+        ("nonnum.csv", _good_csv().replace(",4\n", ",abc\n"),
+         "line 3: column 'b' is not a number: 'abc'"),
+        ("dup.csv", _good_csv().replace("02:00:00", "01:00:00"),
+         "line 4: duplicate timestamp 2020-01-01T01:00:00.000Z (same as line 3)"),
+        ("backwards.csv", _good_csv().replace("02:00:00", "00:30:00"),
+         "line 4: timestamp 2020-01-01T00:30:00.000Z is earlier than line 3"),
+        ("badtime.csv", _good_csv().replace("2020-01-01 01:00:00", "yesterday"),
+         "line 3: column 'date' is not a timestamp: 'yesterday'"),
+        ("emptytime.csv", _good_csv().replace("2020-01-01 01:00:00", ""),
+         "line 3: column 'date' has an empty timestamp"),
+        ("long_novalue.csv", "sensor,ts\na,1\n", "missing column(s) ['value']"),
+        ("long_dup.csv", "sensor,ts,value\na,1,1\nb,1,2\na,1,3\n",
+         "line 4: duplicate reading for sensor 'a'"),
+        ("long_nonnum.csv", "sensor,ts,value\na,1,x\n", "line 2: column 'value' is not a number"),
+        ("dupcol.csv", "date,a,a\n2020-01-01,1,2\n", "line 1: duplicate column 'a'"),
+    ],
+)
+def test_bad_csv_raises_with_file_and_place(tmp_path: Path, name: str, content: str,
+                                            expected: str) -> None:
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(RecordingError) as ei:
+        read_recording(p)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: "), msg
+    assert expected in msg, msg
+
+
+def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "data.parquet"
+    p.write_text("x")
+    with pytest.raises(RecordingError, match=r"data\.parquet: unknown extension '\.parquet'"):
+        read_recording(p)
+    with pytest.raises(RecordingError, match="unknown format 'xlsx'"):
+        read_recording(p, fmt="xlsx")
+    with pytest.raises(RecordingError, match=r"nope\.csv: no such file"):
+        read_recording(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("ext", [".npz", ".h5"])
+def test_truncated_binary_files(rec: Recording, tmp_path: Path, ext: str) -> None:
+    full = write_recording(rec, tmp_path / f"full{ext}").read_bytes()
+    p = tmp_path / f"cut{ext}"
+    p.write_bytes(full[: len(full) // 2])
+    with pytest.raises(RecordingError) as ei:
+        read_recording(p)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: ") and "truncated or corrupt" in msg, msg
+
+
+def test_unrecognised_binary_layouts(tmp_path: Path) -> None:
+    p = tmp_path / "odd.npz"
+    np.savez(p, foo=np.ones(3))
+    with pytest.raises(RecordingError, match=r"odd\.npz: unrecognised \.npz layout: keys"):
+        read_recording(p)
+    single = tmp_path / "single.npz"
+    with single.open("wb") as fh:
+        np.save(fh, np.ones(3))
+    with pytest.raises(RecordingError, match=r"single\.npz: not an \.npz archive"):
+        read_recording(single)
+    q = tmp_path / "odd.h5"
+    with h5py.File(q, "w") as f:
+        f["foo"] = np.ones(3)
+    with pytest.raises(RecordingError, match=r"odd\.h5: unrecognised HDF5 layout"):
+        read_recording(q)
+    s = tmp_path / "stamps.h5"
+    with h5py.File(s, "w") as f:
+        f["values"] = np.ones((3, 1))
+        f["timestamps"] = np.array([1, 2, 2])
+    with pytest.raises(RecordingError, match=r"stamps\.h5: dataset 'timestamps' row 2: duplicate"):
+        read_recording(s)
+
+
+# ---------------------------------------------------------------------------- graphs
+
+
+def test_load_graph_dense_and_edge_list(tmp_path: Path) -> None:
+    dense = tmp_path / "adj.csv"
+    dense.write_text("1,0.5,0\n0,1,0\n0.25,0,0\n")
+    ei, ew = load_graph(dense)
+    np.testing.assert_array_equal(ei, [[0, 0, 1, 2], [0, 1, 1, 0]])
+    np.testing.assert_array_equal(ew, [1, 0.5, 1, 0.25])
+    with pytest.raises(RecordingError, match="3 x 3 but 2 sensors"):
+        load_graph(dense, ["a", "b"])
+
+    el = tmp_path / "edges.csv"
+    el.write_text("src,dst,weight\nb,c,0.5\nc,a,2\n")
+    ei, ew = load_graph(el, ["a", "b", "c"])
+    np.testing.assert_array_equal(ei, [[1, 2], [2, 0]])
+    np.testing.assert_array_equal(ew, [0.5, 2.0])
+    with pytest.raises(RecordingError, match=r"edges\.csv: line 3: dst id 'a' is not a known"):
+        load_graph(el, ["b", "c"])
+    with pytest.raises(RecordingError, match="not an integer node index"):
+        load_graph(el)
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,0\n0,x\n")
+    with pytest.raises(RecordingError, match=r"bad\.csv: line 2: column 2 is not a number"):
+        load_graph(bad)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("1,0\n0\n")
+    with pytest.raises(RecordingError, match=r"ragged\.csv: line 2: .*square"):
+        load_graph(ragged)
+
+
+def test_gaussian_kernel_graph_properties() -> None:
+    rng = np.random.default_rng(1)
+    lat = 34.05 + rng.uniform(-0.09, 0.09, 40)
+    lon = -118.25 + rng.uniform(-0.1, 0.1, 40)
+    ei, ew = gaussian_kernel_graph(lat, lon, k=5)
+    assert ei.dtype == np.int64 and ew.dtype == np.float64 and ei.shape == (2, ew.shape[0])
+    assert not np.any(ei[0] == ei[1])  # no self-loops
+    assert np.all(ew >= 0.1) and np.all(ew <= 1.0)
+    w = np.zeros((40, 40))
+    w[ei[0], ei[1]] = ew
+    np.testing.assert_array_equal(w, w.T)  # symmetric
+    # without a threshold every node keeps at least its k nearest neighbours
+    ei0, _ = gaussian_kernel_graph(lat, lon, k=5, threshold=0.0)
+    assert np.bincount(ei0[0], minlength=40).min() >= 5
+    # the nearest neighbour of node 0 is connected with the largest weight of its row
+    d = (lat - lat[0]) ** 2 + ((lon - lon[0]) * np.cos(np.radians(34.05))) ** 2
+    d[0] = np.inf
+    assert w[0].argmax() == d.argmin()
+    # explicit sigma: tiny sigma kills all edges through the threshold
+    assert gaussian_kernel_graph(lat, lon, k=5, sigma=1e-3)[0].shape == (2, 0)
+    assert gaussian_kernel_graph(lat[:1], lon[:1])[0].shape == (2, 0)
+
+
+# ---------------------------------------------------------------------------- shared data
+
+
+def test_ett_files_load() -> None:
+    p = _need_data("ett", "ETTh1.csv")
+    r = read_recording(p)
+    assert r.values.shape == (17420, 7)
+    assert r.sensors == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    assert r.interval_ms == 3_600_000
+    assert r.timestamps[0] == 1_467_331_200_000  # 2016-07-01 00:00 UTC
+    assert np.all(np.diff(r.timestamps) == 3_600_000)
+    assert r.values[0, 0] == 5.827000141143799 and not np.isnan(r.values).any()
+
+
+def test_ettm1_loads_fast() -> None:
+    p = _need_data("ett", "ETTm1.csv")
+    t = time.perf_counter()
+    r = read_recording(p)
+    elapsed = time.perf_counter() - t
+    assert r.values.shape == (69680, 7) and r.interval_ms == 900_000
+    assert elapsed < 2.0, f"ETTm1 took {elapsed:.2f}s"
+
+
+def test_exchange_rate_crlf_slash_dates() -> None:
+    r = read_recording(_need_data("exchange_rate", "exchange_rate.csv"))
+    assert r.values.shape == (7588, 8) and r.interval_ms == 86_400_000
+    assert r.sensors[0] == "0" and r.sensors[-1] == "OT"
+
+
+def test_weather_duplicate_timestamp_is_reported() -> None:
+    p = _need_data("weather", "weather.csv")
+    with pytest.raises(RecordingError, match=r"line 19046: duplicate timestamp 2020-05-12T06:00"):
+        read_recording(p)
+
+
+def test_los_loop_speed_and_graph() -> None:
+    p = _need_data("los_loop", "los_speed.csv")
+    with pytest.raises(RecordingError, match="start="):
+        read_recording(p)
+    r = read_recording(p, start="2012-03-01T00:00:00", interval_ms=300_000)
+    assert r.values.shape == (2016, 207) and r.sensors[0] == "773869"
+    assert r.timestamps[-1] == 1_330_560_000_000 + 2015 * 300_000
+    assert np.nanmin(r.values) >= 1 and np.nanmax(r.values) <= 70
+    ei, ew = load_graph(_need_data("los_loop", "los_adj.csv"), r.sensors)
+    assert ei.shape == (2, 2833) and ew.max() == 1.0
+    w = np.zeros((207, 207))
+    w[ei[0], ei[1]] = ew
+    np.testing.assert_array_equal(w, w.T)
+
+
+def test_sz_taxi_npz_and_directed_graph() -> None:
+    p = _need_data("sz_taxi", "speeds.npz")
+    r = read_recording(p, start="2015-01-01", interval_ms=900_000)
+    assert r.values.shape == (2976, 156)
+    ei, ew = load_graph(_need_data("sz_taxi", "adjacency.csv"), r.sensors)
+    assert ei.shape == (2, 532) and np.all(ew == 1.0)
