@@ -129,11 +129,42 @@ class StreamCore:
         """Consume one batch (events first, then readings) and return what it produced."""
         out = CoreOutput()
         if events is not None and len(events):
-            out.rejected_events = self.patcher.add_events(events.events, self._sensor_of)
+            if not self.patcher.registry.fixed:
+                self.patcher.registry.lookup(readings.sensors)  # events may name new sensors
+            out.rejected_events = self._add_events(events)
         closed, out.rejected_readings = self.patcher.update(readings)
         for step in closed:
             self._on_closed(step, out)
         return out
+
+    def _add_events(self, events: EventBatch) -> list[tuple[int, str]]:
+        """Count events as side information of the steps they fall in.
+
+        Events come on their own topic, so they may arrive after their step closed; such an
+        event still enters the context of later forecasts while its step is in the window.
+        """
+        p = self.patcher
+        k = self.cfg.model.context_patches
+        current: list[dict[str, Any]] = []
+        where: list[int] = []
+        rejected: list[tuple[int, str]] = []
+        for i, ev in enumerate(events.events):
+            step = int(p.step_of(ev["ts"]))
+            if p.next_open is None or step >= p.next_open:
+                current.append(ev)
+                where.append(i)
+                continue
+            s = self._sensor_of(ev)
+            age = -1 if self._last_step is None else self._last_step - step
+            if s is None:
+                rejected.append((i, "event names no known sensor and no position near one"))
+            elif not 0 <= age < k or s >= self._ring_events.shape[0]:
+                rejected.append((i, "late: its step is older than the model's context"))
+            else:
+                self._ring_events[s, k - 1 - age] += 1.0
+                p.stats.events += 1
+        rejected += [(where[j], why) for j, why in p.add_events(current, self._sensor_of)]
+        return sorted(rejected)
 
     def _sensor_of(self, ev: dict[str, Any]) -> int | None:
         s = ev.get("sensor")
