@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its event-loop timing warnings
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     from connectors.broker import BrokerError
     from connectors.recordings import RecordingError

@@ -91,13 +91,27 @@ def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
         rows.append({"kind": t.kind, "sensors": t.sensors, "onset": _fmt_ts(t.onset_ts),
                      "first_alert": _fmt_ts(first["ts"]) if first else None,
                      "delay_steps": (first["ts"] - t.onset_ts) / step_ms if first else None})
-    drift_sensors = {s for t in truths for s in t.sensors}
     onset = {s: t.onset_ts for t in truths for s in t.sensors}
-    false = [a for a in alerts
-             if not any(s in drift_sensors and a["ts"] >= onset[s] for s in a["sensors"])]
+    season = core.cfg.drift.season_ms
+    interval = core.cfg.patching.interval_ms
+
+    def _explained_by_event(a: dict[str, Any]) -> bool:
+        # an incident disturbs its step, and one season later the seasonal reference too
+        for ev in rec.events:
+            dur = (ev.get("attrs", {}).get("duration_steps", 12) + 2) * interval + step_ms
+            if ev.get("sensor") in a["sensors"] and any(
+                    ev["ts"] <= a["ts"] - lag <= ev["ts"] + dur for lag in (0, season)):
+                return True
+        return False
+
+    after_drift = [a for a in alerts if any(s in onset and a["ts"] >= onset[s]
+                                            for s in a["sensors"])]
+    by_event = [a for a in alerts if a not in after_drift and _explained_by_event(a)]
+    unexplained = len(alerts) - len(after_drift) - len(by_event)
     return {"readings_consumed": stats["messages"], "readings_accepted":
             stats["readings_accepted"], "forecasts": stats["forecasts"], "alerts": len(alerts),
-            "dead_letters": stats["dead_letters"], "alerts_unrelated_to_a_drift": len(false),
+            "dead_letters": stats["dead_letters"], "alerts_after_injected_drift": len(after_drift),
+            "alerts_during_incident_events": len(by_event), "alerts_unexplained": unexplained,
             "online_mae": core.metrics.mae, "online_mae_normalized": core.metrics.mae_norm,
             "model_version": core.model.version, "drifts": rows}
 
@@ -109,8 +123,9 @@ def _print_summary(s: dict[str, Any], png: Path, seconds: float) -> None:
     print(f"forecasts produced  {s['forecasts']:,}   model {s['model_version']}")
     print(f"online MAE          {s['online_mae']:.3f}  "
           f"(normalized {s['online_mae_normalized']:.3f})")
-    print(f"alerts raised       {s['alerts']}  ({s['alerts_unrelated_to_a_drift']} not explained "
-          "by an injected drift)")
+    print(f"alerts raised       {s['alerts']}: {s['alerts_after_injected_drift']} on drifted "
+          f"sensors after the onset, {s['alerts_during_incident_events']} at incident events, "
+          f"{s['alerts_unexplained']} unexplained")
     print(f"{'injected drift':<20} {'sensors':<16} {'onset':<17} {'first alert':<17} delay")
     for r in s["drifts"]:
         delay = f"{r['delay_steps']:.1f} steps" if r["delay_steps"] is not None else "missed"

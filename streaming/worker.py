@@ -176,8 +176,7 @@ class LiveWorker:
         last_status = time.monotonic()
         try:
             while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=k.fetch_timeout_ms,
-                                               max_records=k.max_batch)
+                batch = await self._fetch(consumer)
                 now = time.monotonic()
                 if batch:
                     records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value,
@@ -202,6 +201,28 @@ class LiveWorker:
             await consumer.stop()
             await producer.stop()
         return self.stats
+
+    async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
+        """One micro-batch: events first, then readings.
+
+        Fetched separately because ``getmany`` fills ``max_records`` from the partitions in
+        order, so a readings backlog would starve the small events topic and its events
+        would arrive after their steps closed.
+        """
+        k = self.cfg.kafka
+        assigned = consumer.assignment()
+        ev_tps = [tp for tp in assigned if tp.topic == k.events_topic]
+        rd_tps = [tp for tp in assigned if tp.topic != k.events_topic]
+        batch: dict[Any, list[Any]] = {}
+        if ev_tps:
+            batch.update(await consumer.getmany(*ev_tps, timeout_ms=0, max_records=k.max_batch))
+        if rd_tps:
+            batch.update(await consumer.getmany(*rd_tps, timeout_ms=k.fetch_timeout_ms,
+                                                max_records=k.max_batch))
+        else:
+            batch.update(await consumer.getmany(timeout_ms=k.fetch_timeout_ms,
+                                                max_records=k.max_batch))
+        return batch
 
     async def _update_lag(self, consumer: Any) -> None:
         lag = {}
