@@ -80,6 +80,60 @@ GOAL = 100_000                      # readings/s per worker
 REF_KAFKA_PYTHON = 62_000           # reference figures on this machine class
 REF_AIOKAFKA = 540_000
 ROOT = Path(__file__).resolve().parents[1]
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+# --- CPU accounting (the machine may be shared) --------------------------------------------
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _HZ
+
+
+def _sys_busy() -> float:
+    """CPU seconds all CPUs spent busy (not idle/iowait) since boot."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(vals[:8]) - vals[3] - vals[4]) / _HZ
+
+
+class CpuMeter:
+    """Average cores used by this process, the broker and everything else over an interval."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self._t0 = self._snap()
+
+    def _snap(self) -> tuple[float, float, float, float]:
+        return (time.perf_counter(), _sys_busy(), _proc_cpu(os.getpid()),
+                _proc_cpu(self.broker_pid) if self.broker_pid else 0.0)
+
+    def start(self) -> None:
+        self._t0 = self._snap()
+
+    def read(self) -> dict[str, float]:
+        t1 = self._snap()
+        dt = max(t1[0] - self._t0[0], 1e-9)
+        own = (t1[2] - self._t0[2]) / dt
+        broker = (t1[3] - self._t0[3]) / dt
+        other = max(0.0, (t1[1] - self._t0[1]) / dt - own - broker)
+        return {"self": own, "broker": broker, "other": other, "seconds": dt}
+
+    def wait_quiet(self, limit_s: float, threshold: float = 0.25) -> tuple[float, float]:
+        """Wait (at most ``limit_s``) until other processes use < ``threshold`` cores over a
+        half-second window; returns (seconds waited, their load in the last window)."""
+        t0 = time.perf_counter()
+        while True:
+            self.start()
+            time.sleep(0.5)
+            other = self.read()["other"]
+            waited = time.perf_counter() - t0
+            if other < threshold or waited >= limit_s:
+                return waited, other
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -99,11 +153,14 @@ def make_recording(n_sensors: int, n_steps: int, interval_ms: int, seed: int = 0
                      interval_ms=interval_ms)
 
 
-def stream_config(bs: str, prefix: str, interval_ms: int, partitions: int) -> StreamConfig:
-    """A worker configuration whose topics all start with ``prefix`` (phases never mix)."""
+def stream_config(bs: str, prefix: str, interval_ms: int, partitions: int,
+                  input_prefix: str | None = None) -> StreamConfig:
+    """A worker configuration whose topics start with ``prefix`` (phases never mix); the input
+    topics with ``input_prefix`` when given. The group is new every time."""
+    inp = input_prefix or prefix
     return StreamConfig.from_dict({
         "kafka": {"bootstrap_servers": bs, "group_id": f"{prefix}-{uuid.uuid4().hex[:8]}",
-                  "readings_topic": f"{prefix}-readings", "events_topic": f"{prefix}-events",
+                  "readings_topic": f"{inp}-readings", "events_topic": f"{inp}-events",
                   "forecasts_topic": f"{prefix}-forecasts", "alerts_topic": f"{prefix}-alerts",
                   "dead_letter_topic": f"{prefix}-dead-letter", "partitions": partitions},
         "patching": {"interval_ms": interval_ms}})
@@ -310,7 +367,7 @@ def _paced_producer(bs: str, topic: str, n_sensors: int, n_steps: int, interval_
         producer.flush()
     finally:
         producer.close()
-    result.put((sent, time.perf_counter() - t0))
+    result.put((sent, time.perf_counter() - t0, time.process_time()))
 
 
 async def _read_with_timestamps(bs: str, topic: str, n: int | None,
@@ -341,7 +398,7 @@ def closing_times(values: list[bytes], kafka_ts: np.ndarray, cfg: StreamConfig
 
 
 def bench_latency(bs: str, n_sensors: int, interval_ms: int, rate: float,
-                  seconds: float) -> dict[str, Any]:
+                  seconds: float, meter: CpuMeter) -> dict[str, Any]:
     cfg = stream_config(bs, "lat", interval_ms, 1)
     k = cfg.kafka
     ensure_topics(bs, [k.readings_topic, k.events_topic, *output_topics(cfg)])
@@ -370,11 +427,15 @@ def bench_latency(bs: str, n_sensors: int, interval_ms: int, rate: float,
         child.start()
         return await task
 
+    meter.start()
     stats = asyncio.run(main())
+    cpu = meter.read()
     child.join(60)
-    sent, pub_s = result.get(timeout=5) if child.exitcode == 0 else (0, float("nan"))
     if child.exitcode != 0:
         raise RuntimeError(f"paced producer failed (exit code {child.exitcode})")
+    sent, pub_s, producer_cpu_s = result.get(timeout=5)
+    cpu["producer"] = producer_cpu_s / cpu["seconds"]
+    cpu["other"] = max(0.0, cpu["other"] - cpu["producer"])
     readings = asyncio.run(_read_with_timestamps(bs, k.readings_topic, n))
     forecasts = asyncio.run(_read_with_timestamps(bs, k.forecasts_topic, stats.forecasts))
     close_at = closing_times([v for v, _ in readings],
@@ -384,7 +445,8 @@ def bench_latency(bs: str, n_sensors: int, interval_ms: int, rate: float,
     f_ts = np.array([t for _, t in forecasts], np.int64)
     lat = (f_ts - close_at(steps)).astype(np.float64)
     return {"readings": n, "rate_target": rate, "rate_achieved": sent / pub_s,
-            "publish_s": pub_s, "forecasts": len(forecasts), "steps": len(np.unique(steps)),
+            "publish_s": pub_s, "cpu": cpu, "forecasts": len(forecasts),
+            "steps": len(np.unique(steps)),
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
             "max": float(lat.max()), "mean": float(lat.mean()), "min": float(lat.min()),
             "batches": stats.batches}
@@ -531,42 +593,55 @@ def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[s
            n: int, core_rate: float | None, args: argparse.Namespace, when: datetime,
            info: dict[str, str]) -> str:
     b = phases[1].rate
-    c = phases[2].rate
+    pipe = phases[2]
+    c = pipe.rate
     lines = [f"## Throughput (benchmarks/throughput.py) — {when:%Y-%m-%d %H:%M} UTC", "",
              "```", command_line(), "```", "",
-             f"Machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
-             f"torch {info['torch']} ({info['torch threads']} threads), aiokafka "
-             f"{info['aiokafka']}, kafka-python {info['kafka-python']}, numpy {info['numpy']}; "
-             "embedded Tansu broker on the same machine.", "",
+             f"Machine: nproc {info['nproc']}, CPU {info['cpu']}; Python {info['python']}, "
+             f"torch {info['torch']} ({info['torch threads']} intra-op threads by default), "
+             f"aiokafka {info['aiokafka']}, kafka-python {info['kafka-python']}, numpy "
+             f"{info['numpy']}; embedded Tansu broker on the same machine.", "",
              f"Topic: {args.sensors} sensors x {args.steps} steps = {n:,} readings, "
              f"{args.partitions} partition(s), interval {args.interval_ms} ms.", "",
-             "| phase | readings | seconds | readings/s | ratio vs aiokafka |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| phase | readings | seconds | readings/s | ratio vs aiokafka | CPU cores: "
+             "this process / broker / other processes |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     for p in phases:
+        cpu = p.extra.get("cpu")
+        load = (f"{cpu['self']:.2f} / {cpu['broker']:.2f} / {cpu['other']:.2f}" if cpu
+                else "-")
         lines.append(f"| {p.name} | {p.readings:,} | {p.seconds:.2f} | {p.rate:,.0f} | "
-                     f"{p.rate / b:.3f} |")
+                     f"{p.rate / b:.3f} | {load} |")
     lines.append("")
     if lat is not None:
+        cpu = lat["cpu"]
         lines += [f"- reading-to-forecast latency p50: **{lat['p50']:.0f} ms**",
                   f"- reading-to-forecast latency p99: **{lat['p99']:.0f} ms** "
                   f"(max {lat['max']:.0f} ms; {lat['forecasts']:,} forecasts over "
-                  f"{lat['steps']} steps, paced at {lat['rate_achieved']:,.0f} readings/s "
-                  f"for {lat['publish_s']:.0f} s)"]
+                  f"{lat['steps']} steps; readings paced at {lat['rate_achieved']:,.0f}/s "
+                  f"(target {lat['rate_target']:,.0f}/s) for {lat['publish_s']:.0f} s by a "
+                  f"producer process; CPU cores worker / producer / broker / other processes "
+                  f"{cpu['self']:.2f} / {cpu['producer']:.2f} / {cpu['broker']:.2f} / "
+                  f"{cpu['other']:.2f}, averaged over the phase)"]
     lines += [f"- full pipeline / aiokafka raw, (c)/(b): **{c / b:.3f}**",
               f"- goal >= {GOAL:,} readings/s per worker: "
-              f"**{'met' if c >= GOAL else 'NOT met'}** ({c:,.0f} readings/s)"]
+              f"**{'met' if c >= GOAL else 'NOT met'}** ({c:,.0f} readings/s with the "
+              "library defaults)"]
+    for p in phases[3:]:
+        lines.append(f"- {p.name}: {p.rate:,.0f} readings/s "
+                     f"(goal {'met' if p.rate >= GOAL else 'not met'})")
     if core_rate is not None:
-        lines.append(f"- core path alone (process_records, no Kafka): {core_rate:,.0f} "
-                     "readings/s")
-    ex = phases[2].extra
+        lines.append(f"- core path alone (process_records over the same records, no Kafka): "
+                     f"{core_rate:,.0f} readings/s")
+    ex = pipe.extra
     lines += [f"- pipeline outputs: {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
               f"{ex['dead_letters']} dead letters in {ex['batches']} batches; group join + "
-              f"first fetch {ex['join_s']:.2f} s (excluded)", ""]
+              f"first fetch {ex['join_s']:.2f} s (excluded from the window)", ""]
     if pieces:
         total = sum(s for _, s in pieces)
-        lines += ["Where the time goes (pieces timed one by one, no Kafka except fetch and "
-                  "produce):", "", "| piece | seconds | share | µs/reading |",
-                  "| --- | ---: | ---: | ---: |"]
+        lines += ["Where the time goes (pieces timed one by one over the same records; fetch at "
+                  "the raw aiokafka rate, produce with the worker's `_produce`):", "",
+                  "| piece | seconds | share | µs/reading |", "| --- | ---: | ---: | ---: |"]
         for name, s in pieces:
             lines.append(f"| {name} | {s:.2f} | {100 * s / total:.0f}% | "
                          f"{1e6 * s / n:.2f} |")
@@ -585,6 +660,29 @@ def append_results(path: Path, text: str) -> None:
 # --- main ----------------------------------------------------------------------------------
 
 
+class Runner:
+    """Runs timed phases after waiting for the machine to be quiet, noting the CPU load."""
+
+    def __init__(self, meter: CpuMeter, quiet_budget_s: float) -> None:
+        self.meter = meter
+        self.quiet_left = quiet_budget_s
+
+    def quiet(self) -> None:
+        if self.quiet_left <= 0:
+            return
+        waited, other = self.meter.wait_quiet(min(self.quiet_left, 60.0))
+        self.quiet_left -= waited
+        if waited > 1.0:
+            print(f"[bench] waited {waited:.0f} s for other processes to quiet down (their "
+                  f"load now {other:.2f} cores)", flush=True)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, float]]:
+        self.quiet()
+        self.meter.start()
+        res = fn(*args)
+        return res, self.meter.read()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -594,11 +692,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-record", action="store_true", help="do not append to --results")
-    ap.add_argument("--lat-rate", type=float, default=25_000,
+    ap.add_argument("--lat-rate", type=float, default=20_000,
                     help="paced readings/s of the latency run")
-    ap.add_argument("--lat-seconds", type=float, default=24.0)
+    ap.add_argument("--lat-seconds", type=float, default=25.0)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-single-thread", action="store_true",
+                    help="skip the extra pipeline run with torch.set_num_threads(1)")
+    ap.add_argument("--quiet-wait", type=float, default=120.0,
+                    help="seconds in all to wait for other processes to go quiet before phases")
     ap.add_argument("--top", type=int, default=15, help="functions shown per profile table")
     args = ap.parse_args(argv)
     n = args.sensors * args.steps
@@ -606,11 +708,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {n:,} readings (< 1,000,000: not the reference size)", flush=True)
     when = datetime.now(UTC)
     info = machine_info()
-    print(f"[bench] {when:%Y-%m-%d %H:%M:%S} UTC, {info['nproc']} CPUs ({info['cpu']}), "
+    print(f"[bench] {when:%Y-%m-%d %H:%M:%S} UTC, nproc {info['nproc']} ({info['cpu']}), "
           f"torch threads {info['torch threads']}", flush=True)
+    import torch
+
+    default_threads = torch.get_num_threads()
 
     with EmbeddedBroker() as broker:
         bs = broker.bootstrap_servers
+        runner = Runner(CpuMeter(broker._proc.pid if broker._proc else None), args.quiet_wait)
         cfg = stream_config(bs, "bench", args.interval_ms, args.partitions)
         k = cfg.kafka
         t = time.perf_counter()
@@ -623,24 +729,42 @@ def main(argv: list[str] | None = None) -> int:
               f"{pub.readings:,} in {pub.seconds:.1f} s ({pub.readings / pub.seconds:,.0f}/s, "
               "kafka-python producer; not measured)", flush=True)
 
-        phases = [bench_kafka_python(bs, k.readings_topic, args.partitions, n)]
-        print(f"[bench] (a) {phases[-1].name}: {phases[-1].rate:,.0f} readings/s", flush=True)
-        phases.append(asyncio.run(_bench_aiokafka(bs, k.readings_topic, args.partitions, n)))
-        print(f"[bench] (b) {phases[-1].name}: {phases[-1].rate:,.0f} readings/s", flush=True)
-        phases.append(bench_pipeline(cfg, n))
+        phases: list[Phase] = []
+
+        def record(p: Phase, cpu: dict[str, float], label: str) -> None:
+            p.extra["cpu"] = cpu
+            phases.append(p)
+            print(f"[bench] {label} {p.name}: {p.readings:,} in {p.seconds:.2f} s = "
+                  f"{p.rate:,.0f} readings/s (CPU cores self/broker/other {cpu['self']:.2f}/"
+                  f"{cpu['broker']:.2f}/{cpu['other']:.2f})", flush=True)
+
+        record(*runner.run(bench_kafka_python, bs, k.readings_topic, args.partitions, n), "(a)")
+        record(*runner.run(lambda: asyncio.run(
+            _bench_aiokafka(bs, k.readings_topic, args.partitions, n))), "(b)")
+        record(*runner.run(bench_pipeline, cfg, n), "(c)")
         ex = phases[-1].extra
-        print(f"[bench] (c) {phases[-1].name}: {phases[-1].rate:,.0f} readings/s "
-              f"({ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
-              f"{ex['dead_letters']} dead letters, {ex['batches']} batches, join+first fetch "
-              f"{ex['join_s']:.2f} s excluded, wall {ex['wall_s']:.1f} s)", flush=True)
+        print(f"[bench]     {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
+              f"{ex['dead_letters']} dead letters, {ex['batches']} batches; join + first fetch "
+              f"{ex['join_s']:.2f} s excluded; wall {ex['wall_s']:.1f} s", flush=True)
         if phases[-1].readings != n or ex["accepted"] != n:
             raise RuntimeError(f"pipeline consumed {phases[-1].readings:,} / accepted "
                                f"{ex['accepted']:,} of {n:,} readings")
+        if default_threads > 1 and not args.no_single_thread:
+            torch.set_num_threads(1)
+            try:
+                cfg1 = stream_config(bs, "bench1", args.interval_ms, args.partitions,
+                                     input_prefix="bench")
+                p1, cpu1 = runner.run(bench_pipeline, cfg1, n)
+            finally:
+                torch.set_num_threads(default_threads)
+            p1.name = "full pipeline, torch.set_num_threads(1)"
+            record(p1, cpu1, "(c')")
 
         lat = None
         if not args.no_latency:
+            runner.quiet()
             lat = bench_latency(bs, args.sensors, args.interval_ms, args.lat_rate,
-                                args.lat_seconds)
+                                args.lat_seconds, runner.meter)
             print(f"[bench] latency: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max "
                   f"{lat['max']:.0f} ms over {lat['forecasts']:,} forecasts "
                   f"({lat['readings']:,} readings paced at {lat['rate_achieved']:,.0f}/s, "
@@ -653,10 +777,12 @@ def main(argv: list[str] | None = None) -> int:
                                                         n))
             gc.collect()
             gc.freeze()  # the worker never holds 1M records: keep the GC from walking them
+            runner.quiet()
             core_s, core_n = run_core_path(cfg, batches)
             core_rate = core_n / core_s
             print(f"[bench] core path (process_records, no Kafka, {len(batches)} batches): "
                   f"{core_s:.2f} s = {core_rate:,.0f} readings/s", flush=True)
+            runner.quiet()
             tm, outs = breakdown(cfg, batches)
             prof_cfg = stream_config(bs, "prof", args.interval_ms, 1)
             ensure_topics(bs, output_topics(prof_cfg))

@@ -88,6 +88,9 @@ class EmbeddedBroker:
         if self.running:
             return self
         url = f"tcp://{self.host}:{self.port}"
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((self.host, self.port)) == 0:
+                raise BrokerError(f"port {self.port} on {self.host} is already in use")
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.log_file is None:
             cmd.append("--silent")
@@ -101,6 +104,8 @@ class EmbeddedBroker:
                                       start_new_session=True)
         try:
             wait_for_kafka(self.bootstrap_servers, self.ready_timeout_s)
+            if self._proc.poll() is not None:
+                raise BrokerError(f"embedded broker exited with code {self._proc.returncode}")
         except BrokerError:
             code = self._proc.poll()
             self.stop()

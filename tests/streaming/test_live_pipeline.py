@@ -197,3 +197,21 @@ def test_cli_rejects_bad_config(tmp_path: Path):
     r = _stfm("run", "--config", str(bad), "--fresh")
     assert r.returncode == 2 and "unknown key model.hidden" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_alerts_tail_prints_alerts(broker, unique):
+    topic = f"alerts-{unique}"
+    ensure_topics(broker.bootstrap_servers, [topic])
+    producer = make_producer(broker.bootstrap_servers)
+    producer.send(topic, orjson.dumps({
+        "id": "drift:s7:1", "kind": "drift", "sensors": ["s7"], "ts": 1767571200000,
+        "severity": "warning", "detail": {"text": "page_hinkley fired on abs_residual"}}))
+    producer.send(topic, b"garbage")
+    producer.flush()
+    producer.close()
+    r = _stfm("alerts", "tail", "--bootstrap-servers", broker.bootstrap_servers, "--topic",
+              topic, "--from-beginning", "--max", "2", "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert "s7" in lines[0] and "page_hinkley fired" in lines[0] and "2026-01-05" in lines[0]
+    assert "unreadable alert" in lines[1]

@@ -1,0 +1,55 @@
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from kafka import KafkaAdminClient
+
+from connectors.broker import BrokerError, EmbeddedBroker, free_port, wait_for_kafka
+from connectors.kafka_io import ensure_topics
+
+pytestmark = pytest.mark.broker
+
+
+def test_fixture_broker_serves_kafka(broker, unique):
+    ensure_topics(broker.bootstrap_servers, [f"t-{unique}"], partitions=3)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        assert f"t-{unique}" in admin.list_topics()
+    finally:
+        admin.close()
+
+
+def test_context_manager_stops_the_process():
+    with EmbeddedBroker() as b:
+        proc = b._proc
+        assert b.running
+    assert proc is not None and proc.poll() is not None
+
+
+def test_port_in_use_is_a_clear_error(broker):
+    with pytest.raises(BrokerError):
+        EmbeddedBroker(port=broker.port, ready_timeout_s=3).start()
+
+
+def test_stfm_broker_command_starts_and_stops():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "broker", "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for_kafka(f"127.0.0.1:{port}", 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the port is free again once the broker is gone
+        try:
+            EmbeddedBroker(port=port, ready_timeout_s=5).start().stop()
+            break
+        except BrokerError:
+            time.sleep(0.2)
+    else:
+        pytest.fail("broker port still busy after stfm broker exited")
