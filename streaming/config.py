@@ -40,6 +40,7 @@ class ModelConfig:
     dropout: float = 0.0
     lr: float = 3e-3
     learn: bool = True                  # supervised step when realized values arrive
+    learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
     seed: int = 0
 
     def validate(self) -> None:
@@ -50,6 +51,8 @@ class ModelConfig:
             raise ConfigError("model.dropout must be in [0, 1)")
         if self.lr < 0:
             raise ConfigError("model.lr must be >= 0")
+        if self.learn_batch < 0:
+            raise ConfigError("model.learn_batch must be >= 0")
 
 
 @dataclass

@@ -114,6 +114,7 @@ class StreamCore:
         self._last_step: int | None = None
         self._pending: dict[int, _Pending] = {}
         self.forecasts_made = 0
+        self._rng = np.random.default_rng(cfg.model.seed)
         step_ms = cfg.patching.interval_ms * p
         self._season = cfg.drift.season_ms // step_ms if cfg.drift.season_ms else 0
         self._season_mean = np.full((0, max(self._season, 1)), np.nan)
@@ -232,6 +233,14 @@ class StreamCore:
                                            self.sensors[:n].copy(), yhat, self.model.version))
         self.forecasts_made += n
 
+    def _learn_rows(self, y_mask: np.ndarray) -> np.ndarray:
+        """Sensors of one online step: all with a target, or a seeded sample of them."""
+        rows = np.flatnonzero(y_mask.any(axis=1))
+        b = self.cfg.model.learn_batch
+        if b and len(rows) > b:
+            rows = np.sort(self._rng.choice(rows, size=b, replace=False))
+        return rows
+
     def _seasonal_residual(self, step: ClosedStep, scale: np.ndarray) -> np.ndarray | None:
         """|step mean − the same step one season ago| / std: a seasonal-naive reference error."""
         if not self._season:
@@ -278,6 +287,7 @@ class StreamCore:
                       where=cnt > 0)
             y_mask = ~np.isnan(y)
             y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
-            self.model.learn_many(pend.x, pend.mask, pend.side, y_norm.astype(np.float32),
-                                  y_mask)
+            rows = self._learn_rows(y_mask)
+            self.model.learn_many(pend.x[rows], pend.mask[rows], pend.side[rows],
+                                  y_norm[rows].astype(np.float32), y_mask[rows])
         return stat

@@ -157,7 +157,7 @@ class LiveWorker:
             group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
-            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
         producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5,
                                     max_batch_size=1024 * 1024, acks=1)
         await producer.start()
@@ -174,54 +174,68 @@ class LiveWorker:
                 pass  # not the main thread (tests run the worker in a thread)
         last_data = time.monotonic()
         last_status = time.monotonic()
+        inflight: asyncio.Task[None] | None = None
         try:
             while not self._stop.is_set():
                 batch = await self._fetch(consumer)
                 now = time.monotonic()
                 if batch:
-                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value,
-                                      m.timestamp) for tp, msgs in batch.items() for m in msgs]
-                    out, _ = process_records(self.core, records, self.cfg, self.stats)
-                    await self._produce(producer, out)
-                    await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                    if inflight is not None:
+                        await inflight  # one batch in flight: order kept, memory bounded
+                    inflight = asyncio.create_task(self._handle(consumer, producer, batch))
                     last_data = now
+                elif inflight is not None and inflight.done():
+                    await inflight
+                    inflight = None
                 if now - last_status >= self.status_every_s:
                     last_status = now
                     await self._update_lag(consumer)
                     log.info("status %s", orjson.dumps(self.stats.as_dict()).decode())
                 if self.max_messages is not None and self.stats.messages >= self.max_messages:
                     break
-                if (self.idle_exit_s is not None and not batch
+                if (self.idle_exit_s is not None and not batch and inflight is None
                         and now - last_data >= self.idle_exit_s):
                     await self._update_lag(consumer)
                     if sum(self.stats.lag.values()) == 0:
                         log.info("idle for %.1fs with no lag: stopping", self.idle_exit_s)
                         break
+            if inflight is not None:
+                await inflight
+                inflight = None
         finally:
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
             await consumer.stop()
             await producer.stop()
         return self.stats
 
-    async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
-        """One micro-batch: events first, then readings.
+    async def _handle(self, consumer: Any, producer: Any, batch: dict[Any, list[Any]]) -> None:
+        """Process one batch off the event loop (so fetching goes on), produce, then commit."""
+        records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                   for tp, msgs in batch.items() for m in msgs]
+        out, _ = await asyncio.to_thread(process_records, self.core, records, self.cfg,
+                                         self.stats)
+        await self._produce(producer, out)
+        await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
 
-        Fetched separately because ``getmany`` fills ``max_records`` from the partitions in
-        order, so a readings backlog would starve the small events topic and its events
-        would arrive after their steps closed.
+    async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
+        """One micro-batch of readings plus the events fetched so far.
+
+        Events are fetched on their own because ``getmany`` fills ``max_records`` from the
+        partitions in order, so a readings backlog would starve the small events topic and
+        its events would arrive after their steps closed. Until the first fetch response of
+        an events partition is in, we wait for it briefly.
         """
         k = self.cfg.kafka
-        assigned = consumer.assignment()
-        ev_tps = [tp for tp in assigned if tp.topic == k.events_topic]
-        rd_tps = [tp for tp in assigned if tp.topic != k.events_topic]
-        batch: dict[Any, list[Any]] = {}
+        rd_tps = [tp for tp in consumer.assignment() if tp.topic != k.events_topic]
+        batch: dict[Any, list[Any]] = dict(await consumer.getmany(
+            *rd_tps, timeout_ms=k.fetch_timeout_ms, max_records=k.max_batch))
+        ev_tps = [tp for tp in consumer.assignment() if tp.topic == k.events_topic]
         if ev_tps:
-            batch.update(await consumer.getmany(*ev_tps, timeout_ms=0, max_records=k.max_batch))
-        if rd_tps:
-            batch.update(await consumer.getmany(*rd_tps, timeout_ms=k.fetch_timeout_ms,
-                                                max_records=k.max_batch))
-        else:
-            batch.update(await consumer.getmany(timeout_ms=k.fetch_timeout_ms,
-                                                max_records=k.max_batch))
+            unknown = any(consumer.highwater(tp) is None for tp in ev_tps)
+            batch.update(await consumer.getmany(
+                *ev_tps, timeout_ms=k.fetch_timeout_ms if unknown else 0,
+                max_records=k.max_batch))
         return batch
 
     async def _update_lag(self, consumer: Any) -> None:
@@ -233,12 +247,36 @@ class LiveWorker:
         self.stats.lag = lag
 
     async def _produce(self, producer: Any, out: Outputs) -> None:
+        """Send every output in whole record batches and wait for the broker's acks.
+
+        Keys are partitioned as Kafka's default partitioner does (murmur2), so a key always
+        lands on the same partition whichever client produced it.
+        """
+        from aiokafka.partitioner import DefaultPartitioner
+
         k = self.cfg.kafka
         futures = []
-        send = producer.send
         for topic, msgs in ((k.forecasts_topic, out.forecasts), (k.alerts_topic, out.alerts),
                             (k.dead_letter_topic, out.dead_letters)):
-            for key, value in msgs:
-                futures.append(await send(topic, value, key=key))
+            if not msgs:
+                continue
+            parts = sorted(await producer.partitions_for(topic))
+            by_part: dict[int, list[tuple[bytes | None, bytes]]] = {}
+            if len(parts) == 1:
+                by_part[parts[0]] = list(msgs)
+            else:
+                for key, value in msgs:
+                    p = DefaultPartitioner()(key, parts, parts) if key is not None else parts[0]
+                    by_part.setdefault(p, []).append((key, value))
+            for p, items in by_part.items():
+                batch = producer.create_batch()
+                for key, value in items:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=p))
+                        batch = producer.create_batch()
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            raise ValueError(f"an output message for {topic} is larger than "
+                                             "the producer's max batch size")
+                futures.append(await producer.send_batch(batch, topic, partition=p))
         if futures:
             await asyncio.gather(*futures)
