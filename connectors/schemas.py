@@ -53,6 +53,7 @@ class ReadingBatch:
     ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    partition: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.sensors)
@@ -189,8 +190,11 @@ def decode_readings(
                 partition=partitions[i] if partitions is not None else None,
                 offset=offsets[i] if offsets is not None else None,
                 key=keys[i] if keys is not None else None))
+    source = np.asarray(src, dtype=np.int64)
+    part = (np.asarray(partitions, dtype=np.int64)[source] if partitions is not None
+            else np.zeros(len(source), np.int64))
     batch = ReadingBatch(sensors, np.asarray(tss, dtype=np.int64),
-                         np.asarray(vals, dtype=np.float64), np.asarray(src, dtype=np.int64))
+                         np.asarray(vals, dtype=np.float64), source, part)
     return batch, dead
 
 

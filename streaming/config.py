@@ -41,6 +41,7 @@ class ModelConfig:
     lr: float = 3e-3
     learn: bool = True                  # supervised step when realized values arrive
     learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
+    torch_threads: int = 1              # intra-op threads of the live worker (0 = torch's)
     seed: int = 0
 
     def validate(self) -> None:
@@ -51,6 +52,8 @@ class ModelConfig:
             raise ConfigError("model.dropout must be in [0, 1)")
         if self.lr < 0:
             raise ConfigError("model.lr must be >= 0")
+        if self.torch_threads < 0:
+            raise ConfigError("model.torch_threads must be >= 0")
         if self.learn_batch < 0:
             raise ConfigError("model.learn_batch must be >= 0")
 
@@ -87,12 +90,13 @@ class KafkaConfig:
     partitions: int = 1                 # for topics the worker creates
     max_batch: int = 20_000             # records per fetch
     fetch_timeout_ms: int = 200
+    fetch_max_wait_ms: int = 10         # broker-side wait of a fetch; 500 (default) stalls
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 60_000
 
     def validate(self) -> None:
-        _positive(self, "kafka", "partitions", "max_batch", "fetch_timeout_ms",
+        _positive(self, "kafka", "partitions", "max_batch", "fetch_timeout_ms", "fetch_max_wait_ms",
                   "session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ConfigError("kafka.heartbeat_interval_ms must be < kafka.session_timeout_ms")

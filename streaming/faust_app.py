@@ -16,7 +16,7 @@ from typing import Any
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
-from streaming.worker import Record, WorkerStats, process_records
+from streaming.worker import Record, WorkerStats, apply_torch_threads, process_records
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
     """Run the Faust worker in this process until stopped (or idle for ``idle_exit_s``)."""
     from faust.worker import Worker
 
+    apply_torch_threads(cfg)
     stats = WorkerStats()
     app = build_app(cfg, core, stats)
     worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)

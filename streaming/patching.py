@@ -86,11 +86,13 @@ class IncrementalPatcher:
 
     cfg: PatchingConfig
     registry: SensorRegistry = field(default_factory=SensorRegistry)
-    max_ts: int | None = None       # newest reading time seen
+    max_ts: int | None = None       # newest reading time seen (any partition)
     next_open: int | None = None    # first step that is not closed yet
     stats: PatcherStats = field(default_factory=PatcherStats)
 
     def __post_init__(self) -> None:
+        self.part_max: dict[int, int] = {}  # newest reading time per input partition
+        self.active: set[int] = set()       # partitions the clock waits for (empty = all seen)
         self._open: dict[int, _OpenStep] = {}
         self._events: dict[int, np.ndarray] = {}
         self._step_ms = self.cfg.interval_ms * self.cfg.patch_len
@@ -98,9 +100,24 @@ class IncrementalPatcher:
 
     # --- public -------------------------------------------------------------------------
 
+    def set_partitions(self, active: set[int]) -> None:
+        """Partitions with data still to come; the clock waits for each of them.
+
+        The live worker passes its assigned partitions that are not caught up, so a
+        partition that has not delivered yet holds closing back, and an idle one does not.
+        """
+        self.active = set(active)
+
+    def _clock_parts(self) -> set[int]:
+        return self.active if self.active else set(self.part_max)
+
     @property
     def watermark(self) -> int | None:
-        return None if self.max_ts is None else self.max_ts - self.cfg.lateness_ms
+        """Event time up to which every active partition has delivered, minus the lateness."""
+        parts = self._clock_parts()
+        if not parts or any(p not in self.part_max for p in parts):
+            return None
+        return min(self.part_max[p] for p in parts) - self.cfg.lateness_ms
 
     def step_of(self, ts: np.ndarray | int) -> np.ndarray | int:
         """Step index of a timestamp (nearest grid point, then ``// patch_len``)."""
@@ -125,7 +142,8 @@ class IncrementalPatcher:
                 rejected.append((int(i), f"unknown sensor {batch.sensors[i][:80]!r}"))
             self.stats.unknown_sensor += int((~ok).sum())
         ts = batch.ts
-        late, ahead = self._admission(ts, ok)
+        part = batch.partition if len(batch.partition) == n else np.zeros(n, np.int64)
+        late, ahead = self._admission(ts, ok, part)
         for i in np.flatnonzero(late):
             rejected.append((int(i), "late: its step already closed (older than the watermark)"))
         for i in np.flatnonzero(ahead):
@@ -170,6 +188,7 @@ class IncrementalPatcher:
         return {
             "sensors": list(self.registry.ids), "fixed": self.registry.fixed,
             "max_ts": self.max_ts, "next_open": self.next_open,
+            "part_max": dict(self.part_max), "active": sorted(self.active),
             "open": {k: (v.values.copy(), v.n) for k, v in self._open.items()},
             "events": {k: v.copy() for k, v in self._events.items()},
             "stats": dict(vars(self.stats)),
@@ -178,6 +197,8 @@ class IncrementalPatcher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.registry = SensorRegistry(state["sensors"], fixed=state["fixed"])
         self.max_ts = state["max_ts"]
+        self.part_max = {int(k): int(v) for k, v in state["part_max"].items()}
+        self.active = {int(p) for p in state["active"]}
         self.next_open = state["next_open"]
         self._open = {int(k): _OpenStep(np.array(v[0]), int(v[1]))
                       for k, v in state["open"].items()}
@@ -190,39 +211,58 @@ class IncrementalPatcher:
         """First step still open at watermark ``wm``: steps with end - half <= wm are closed."""
         return (wm + self._half) // self._step_ms
 
-    def _admission(self, ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Late / too-far-ahead flags, each reading judged against the readings before it."""
+    def _admission(self, ts: np.ndarray, ok: np.ndarray,
+                   part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Late / too-far-ahead flags, each reading judged against the readings before it.
+
+        The event-time clock is the minimum over input partitions of the newest reading
+        each has delivered, so a partition read ahead of another (a backlog read one
+        partition after the other) does not make the other's readings late.
+        """
+        lo = np.iinfo(np.int64).min
         n = len(ts)
         gap = self.cfg.max_gap_steps * self._step_ms
-        prev = np.empty(n, np.int64)
-        run = np.where(ok, ts, np.iinfo(np.int64).min)
+        run = np.where(ok, ts, lo)
+        run[0] = max(run[0], self.max_ts if self.max_ts is not None else lo)
         np.maximum.accumulate(run, out=run)
-        start = self.max_ts if self.max_ts is not None else np.iinfo(np.int64).min
-        prev[0] = start
-        prev[1:] = np.maximum(run[:-1], start)
-        has_prev = prev != np.iinfo(np.int64).min
-        ahead = ok & has_prev & (ts - prev > gap)
+        prev = np.empty(n, np.int64)
+        prev[0] = self.max_ts if self.max_ts is not None else lo
+        prev[1:] = run[:-1]
+        ahead = ok & (prev != lo) & (ts - prev > gap)
         if ahead.any():
-            return self._admission_sequential(ts, ok)
-        late = self._late(ts, prev, has_prev, ok)
-        new_max = int(run[-1])
-        if new_max != np.iinfo(np.int64).min:
-            self.max_ts = new_max if self.max_ts is None else max(self.max_ts, new_max)
+            return self._admission_sequential(ts, ok, part)
+        seen = set(np.unique(part[ok]).tolist())
+        clock = self.active | seen if self.active else set(self.part_max) | seen
+        hi = np.iinfo(np.int64).max
+        base = np.full(n, hi, np.int64)
+        for p in sorted(clock | set(self.part_max)):
+            r = np.where(ok & (part == p), ts, lo)
+            r[0] = max(r[0], self.part_max.get(p, lo))
+            np.maximum.accumulate(r, out=r)
+            if p in clock:
+                pp = np.empty(n, np.int64)
+                pp[0] = self.part_max.get(p, lo)
+                pp[1:] = r[:-1]
+                # an expected partition that has not delivered yet holds the clock back
+                wait = p in self.active
+                np.minimum(base, np.where(pp == lo, lo if wait else hi, pp), out=base)
+            if r[-1] != lo:
+                self.part_max[p] = int(r[-1])
+        blocked = (base == hi) | (base == lo)
+        floor = np.where(blocked, lo, self._closed_before(np.where(blocked, 0, base)
+                                                          - self.cfg.lateness_ms))
+        if self.next_open is not None:
+            floor = np.maximum(floor, self.next_open)
+        np.maximum.accumulate(floor, out=floor)  # a closed step stays closed
+        late = ok & (self.step_of(ts) < floor)
+        if run[-1] != lo:
+            self.max_ts = int(run[-1])
         return late, ahead
 
-    def _late(self, ts: np.ndarray, prev: np.ndarray, has_prev: np.ndarray,
-              ok: np.ndarray) -> np.ndarray:
-        step = self.step_of(ts)
-        closed = np.where(has_prev, self._closed_before(prev - self.cfg.lateness_ms),
-                          np.iinfo(np.int64).min)
-        if self.next_open is not None:
-            closed = np.maximum(closed, self.next_open)
-        return ok & (step < closed)
-
-    def _admission_sequential(self, ts: np.ndarray,
-                              ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _admission_sequential(self, ts: np.ndarray, ok: np.ndarray,
+                              part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Slow path, only for batches holding a reading far ahead: excluded readings must not
-        # advance the watermark, which the vectorized running maximum cannot express.
+        # advance the clock, which the vectorized running maximum cannot express.
         n = len(ts)
         gap = self.cfg.max_gap_steps * self._step_ms
         late = np.zeros(n, bool)
@@ -233,15 +273,18 @@ class IncrementalPatcher:
             if not ok[i]:
                 continue
             t = int(ts[i])
-            if mx is not None:
-                if t - mx > gap:
-                    ahead[i] = True
-                    continue
-                c = int(self._closed_before(mx - self.cfg.lateness_ms))
+            if mx is not None and t - mx > gap:
+                ahead[i] = True
+                continue
+            wm = self.watermark
+            if wm is not None:
+                c = int(self._closed_before(wm))
                 floor = c if floor is None else max(floor, c)
             if floor is not None and int(self.step_of(t)) < floor:
                 late[i] = True
             mx = t if mx is None else max(mx, t)
+            p = int(part[i])
+            self.part_max[p] = max(self.part_max.get(p, t), t)
         self.max_ts = mx
         return late, ahead
 
@@ -276,9 +319,10 @@ class IncrementalPatcher:
             op.n += len(sel)
 
     def _close_ready(self) -> list[ClosedStep]:
-        if self.max_ts is None:
+        wm = self.watermark
+        if wm is None:
             return []
-        first_open = int(self._closed_before(self.max_ts - self.cfg.lateness_ms))
+        first_open = int(self._closed_before(wm))
         closed: list[ClosedStep] = []
         if self.next_open is not None and first_open <= self.next_open:
             return closed

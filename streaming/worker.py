@@ -84,13 +84,26 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def apply_torch_threads(cfg: StreamConfig) -> None:
+    """Set torch's intra-op threads as configured (1 by default: the worker's tensors are
+    small, and extra threads fight the fetch loop for 2 cores)."""
+    import torch
+
+    if cfg.model.torch_threads > 0:
+        torch.set_num_threads(cfg.model.torch_threads)
+
+
 def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
-                    stats: WorkerStats | None = None) -> tuple[Outputs, CoreOutput]:
+                    stats: WorkerStats | None = None,
+                    active_partitions: set[int] | None = None) -> tuple[Outputs, CoreOutput]:
     """Validate a micro-batch, run it through the core and encode every output.
 
     Events of the batch are applied before its readings. Every message that cannot be used
-    becomes a dead letter with its reason.
+    becomes a dead letter with its reason. ``active_partitions`` are the readings partitions
+    with data still to come (the event-time clock waits for them).
     """
+    if active_partitions is not None:
+        core.patcher.set_partitions(active_partitions)
     known = frozenset(core.sensors) if core.patcher.registry.fixed else None
     kcfg = cfg.kafka
     rd = [r for r in records if r.topic != kcfg.events_topic]
@@ -151,12 +164,14 @@ class LiveWorker:
     async def run(self) -> WorkerStats:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+        apply_torch_threads(self.cfg)
         k = self.cfg.kafka
         consumer = AIOKafkaConsumer(
             k.readings_topic, k.events_topic, bootstrap_servers=k.bootstrap_servers,
             group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
             fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
         producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5,
                                     max_batch_size=1024 * 1024, acks=1)
@@ -180,9 +195,15 @@ class LiveWorker:
                 batch = await self._fetch(consumer)
                 now = time.monotonic()
                 if batch:
+                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value,
+                                      m.timestamp) for tp, msgs in batch.items() for m in msgs]
+                    out, _ = process_records(self.core, records, self.cfg, self.stats,
+                                             await self._active_partitions(consumer, batch))
                     if inflight is not None:
-                        await inflight  # one batch in flight: order kept, memory bounded
-                    inflight = asyncio.create_task(self._handle(consumer, producer, batch))
+                        await inflight  # outputs and commits stay in batch order
+                    offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+                    inflight = asyncio.create_task(self._deliver(consumer, producer, out,
+                                                                 offsets))
                     last_data = now
                 elif inflight is not None and inflight.done():
                     await inflight
@@ -209,14 +230,28 @@ class LiveWorker:
             await producer.stop()
         return self.stats
 
-    async def _handle(self, consumer: Any, producer: Any, batch: dict[Any, list[Any]]) -> None:
-        """Process one batch off the event loop (so fetching goes on), produce, then commit."""
-        records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                   for tp, msgs in batch.items() for m in msgs]
-        out, _ = await asyncio.to_thread(process_records, self.core, records, self.cfg,
-                                         self.stats)
+    async def _deliver(self, consumer: Any, producer: Any, out: Outputs,
+                       offsets: dict[Any, int]) -> None:
+        """Produce a batch's outputs, then commit its input offsets (at-least-once).
+
+        Runs while the next batch is fetched and processed: the CPU-bound core stays on the
+        event loop (a worker thread lost to GIL contention on 2 cores) and only the network
+        round trips overlap.
+        """
         await self._produce(producer, out)
-        await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        await consumer.commit(offsets)
+
+    async def _active_partitions(self, consumer: Any, batch: dict[Any, list[Any]]) -> set[int]:
+        """Readings partitions with data still to come: in this batch or not caught up."""
+        k = self.cfg.kafka
+        active = {tp.partition for tp in batch if tp.topic != k.events_topic}
+        for tp in consumer.assignment():
+            if tp.topic == k.events_topic or tp.partition in active:
+                continue
+            hw = consumer.highwater(tp)
+            if hw is None or await consumer.position(tp) < hw:
+                active.add(tp.partition)
+        return active
 
     async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
         """One micro-batch of readings plus the events fetched so far.

@@ -139,3 +139,33 @@ def test_patching_config_rejects_bad_values(bad):
 
     with pytest.raises(ConfigError, match="patching."):
         StreamConfig.from_dict({"patching": bad})
+
+
+def test_partitions_read_one_after_the_other_lose_nothing():
+    """A backlog read partition by partition: the clock is the slowest partition's."""
+    p = patcher()
+    rows_a = [("a", t * IV, float(t)) for t in range(40)]
+    rows_b = [("b", t * IV, -float(t)) for t in range(40)]
+    b1 = batch(rows_a)
+    b1.partition = np.zeros(len(rows_a), np.int64)
+    closed, rej = p.update(b1)
+    assert rej == [] and [c.step for c in closed] == list(range(9))  # only partition 0 known
+    b2 = batch(rows_b)
+    b2.partition = np.ones(len(rows_b), np.int64)
+    closed2, rej2 = p.update(b2)
+    # partition 1 starts behind: its readings of already-closed steps are late, the rest not
+    assert all(why.startswith("late") for _, why in rej2)
+    assert len(rej2) == 9 * P
+
+    q = patcher()
+    q.set_partitions({0, 1})
+    both = batch(rows_a[:20] + rows_b[:20])
+    both.partition = np.array([0] * 20 + [1] * 20)
+    closed, rej = q.update(both)
+    assert rej == []
+    assert [c.step for c in closed] == [0, 1, 2, 3]   # min over partitions: b is at t=19
+    rest = batch(rows_b[20:] + rows_a[20:])
+    rest.partition = np.array([1] * 20 + [0] * 20)
+    closed, rej = q.update(rest)
+    assert rej == []
+    assert np.isfinite(closed[0].values).all()  # both sensors present in every closed step
