@@ -16,14 +16,20 @@ N / elapsed. (c): the consumer's ``getmany`` is wrapped for the duration of the 
 the first non-empty fetch returns (group join, assignment and that first fetch round trip are
 excluded), and ``LiveWorker._produce`` is wrapped (subclass) to note when the outputs of the last
 batch were acknowledged by the broker; rate = N / (last ack - first fetch). The last offset
-commit (one round trip) and the consumer/producer shutdown are outside the window.
+commit (one round trip) and the consumer/producer shutdown are outside the window. (c') repeats
+(c) with ``torch.set_num_threads(1)`` (skip with ``--no-single-thread``): on a small machine
+torch's intra-op threads compete with the event loop, the broker and any other process.
+
+The machine may be shared: before each timed phase the script waits (``--quiet-wait`` seconds in
+all) until other processes use < 0.25 cores, and it reports the average CPU cores used during
+each phase by this process, the broker and everything else.
 
 Latency: a separate paced run on fresh topics and a fresh group. A producer *process* (a thread
 would fight the worker for the GIL, which a real deployment does not) publishes readings at
 ``--lat-rate`` readings/s while a ``LiveWorker`` consumes them. Per forecast message, latency =
 its Kafka CreateTime (set by the worker's producer) - the CreateTime of the reading that closed
-its step, i.e. the first reading (in topic order) whose ts >= step_end - interval/2 + lateness
-(``IncrementalPatcher._closed_before``).
+its step, i.e. the first reading (in topic order; the earliest CreateTime) whose
+ts >= step_end - interval/2 + lateness (``IncrementalPatcher._closed_before``).
 
 Where the time goes: the records of the topic are read once more (not timed) and run through
 ``process_records`` without Kafka (a) plainly, for the core-path rate, (b) under cProfile, and
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import cProfile
 import gc
 import io
@@ -47,6 +54,7 @@ import os
 import platform
 import pstats
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -74,7 +82,7 @@ START = datetime(2026, 1, 5, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)
 DAY_MS = 86_400_000
 BATCH = 20_000                      # records per fetch, as the worker's kafka.max_batch default
-FETCH_MAX_BYTES = 64 * 1024 * 1024  # fetch sizes as in LiveWorker, for all three consumers
+FETCH_MAX_BYTES = 64 * 1024 * 1024  # fetch sizes of the raw consumers (a) and (b)
 PARTITION_FETCH_BYTES = 16 * 1024 * 1024
 GOAL = 100_000                      # readings/s per worker
 REF_KAFKA_PYTHON = 62_000           # reference figures on this machine class
@@ -262,6 +270,7 @@ async def read_records(bs: str, topic: str, partitions: int, n: int | None = Non
     await consumer.start()
     batches: list[list[Record]] = []
     build_s = 0.0
+    gc.disable()  # the records pile up here (never in the worker): keep GC out of build_s
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
@@ -282,6 +291,7 @@ async def read_records(bs: str, topic: str, partitions: int, n: int | None = Non
             batches.append(records)
             count += len(records)
     finally:
+        gc.enable()
         await consumer.stop()
     return batches, build_s
 
@@ -290,31 +300,39 @@ async def read_records(bs: str, topic: str, partitions: int, n: int | None = Non
 
 
 class TimedWorker(LiveWorker):
-    """LiveWorker that notes when the outputs of each batch were acknowledged."""
+    """LiveWorker that notes when it produced the outputs of each batch and when they were
+    acknowledged."""
 
-    last_ack: float | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.produces: list[tuple[float, float]] = []
+
+    @property
+    def last_ack(self) -> float | None:
+        return self.produces[-1][1] if self.produces else None
 
     async def _produce(self, producer: Any, out: Outputs) -> None:
+        t = time.perf_counter()
         await super()._produce(producer, out)
-        self.last_ack = time.perf_counter()
+        self.produces.append((t, time.perf_counter()))
 
 
 @contextmanager
 def fetch_clock() -> Iterator[dict[str, Any]]:
-    """Wrap ``AIOKafkaConsumer.getmany`` while the block runs, noting the first non-empty fetch
-    (its return time and the number of empty polls before it, i.e. the group join)."""
+    """Wrap ``AIOKafkaConsumer.getmany`` while the block runs, noting every call (entry, exit,
+    records) and the return of the first non-empty one (before it: the group join)."""
     from aiokafka import AIOKafkaConsumer
 
     orig = AIOKafkaConsumer.getmany
-    clock: dict[str, Any] = {"first": None, "empty_before": 0}
+    clock: dict[str, Any] = {"first": None, "calls": []}
 
     async def getmany(self: Any, *partitions: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
         res = await orig(self, *partitions, **kwargs)
-        if clock["first"] is None:
-            if res:
-                clock["first"] = time.perf_counter()
-            else:
-                clock["empty_before"] += 1
+        now = time.perf_counter()
+        clock["calls"].append((t, now, sum(len(v) for v in res.values())))
+        if clock["first"] is None and res:
+            clock["first"] = now
         return res
 
     AIOKafkaConsumer.getmany = getmany  # type: ignore[method-assign]
@@ -335,7 +353,26 @@ def bench_pipeline(cfg: StreamConfig, n: int) -> Phase:
     if clock["first"] is None or worker.last_ack is None:
         raise RuntimeError("the worker processed nothing")
     elapsed = worker.last_ack - clock["first"]
-    extra = {"wall_s": t_done - t_start, "join_s": clock["first"] - t_start,
+    # the live loop per batch: getmany (events, then readings) -> Records + process_records
+    # -> _produce -> commit
+    calls = [c for c in clock["calls"] if clock["first"] <= c[0] < worker.last_ack]
+    entries = [t0 for t0, _, _ in clock["calls"]]
+    exits = [t1 for _, t1, _ in clock["calls"]]
+    fetch_s = sum(t1 - t0 for t0, t1, _ in calls)
+    produce_s = sum(p1 - p0 for p0, p1 in worker.produces)
+    stalls = sum(1 for t0, t1, k in calls if not k and t1 - t0 > 0.01)
+    last_exit = [bisect.bisect_right(exits, p0) - 1 for p0, _ in worker.produces]
+    # sequential loop: no getmany starts between a batch's fetch and the produce of its outputs
+    overlapped = any(i + 1 < len(entries) and entries[i + 1] < p0
+                     for i, (p0, _) in zip(last_exit, worker.produces, strict=True))
+    process_s = other_s = None
+    if not overlapped:
+        process_s = sum(p0 - exits[i] for i, (p0, _) in zip(last_exit, worker.produces,
+                                                             strict=True))
+        other_s = elapsed - fetch_s - process_s - produce_s
+    loop = {"fetch_s": fetch_s, "empty_polls": stalls, "overlapped": overlapped,
+            "process_s": process_s, "produce_s": produce_s, "other_s": other_s}
+    extra = {"wall_s": t_done - t_start, "join_s": clock["first"] - t_start, "loop": loop,
              "batches": stats.batches, "accepted": stats.readings_accepted,
              "forecasts": stats.forecasts, "alerts": stats.alerts,
              "dead_letters": stats.dead_letters, "model": core.model.version}
@@ -399,7 +436,7 @@ def closing_times(values: list[bytes], kafka_ts: np.ndarray, cfg: StreamConfig
 
 def bench_latency(bs: str, n_sensors: int, interval_ms: int, rate: float,
                   seconds: float, meter: CpuMeter) -> dict[str, Any]:
-    cfg = stream_config(bs, "lat", interval_ms, 1)
+    cfg = stream_config(bs, f"lat-{uuid.uuid4().hex[:6]}", interval_ms, 1)  # fresh topics
     k = cfg.kafka
     ensure_topics(bs, [k.readings_topic, k.events_topic, *output_topics(cfg)])
     n_steps = max(int(rate * seconds / n_sensors), 4 * cfg.patching.patch_len)
@@ -574,7 +611,17 @@ def machine_info() -> dict[str, str]:
     import kafka
     import torch
 
-    return {"nproc": str(len(os.sched_getaffinity(0))), "cpu": model,
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
+        changed = [line[3:] for line in dirty.splitlines() if line[3:] != "benchmarks/RESULTS.md"]
+        if changed:
+            rev += f" + uncommitted changes in {', '.join(changed)}"
+    except (OSError, subprocess.CalledProcessError):
+        rev = "unknown"
+    return {"nproc": str(len(os.sched_getaffinity(0))), "cpu": model, "code": rev,
             "python": platform.python_version(), "torch": torch.__version__,
             "torch threads": str(torch.get_num_threads()), "aiokafka": aiokafka.__version__,
             "kafka-python": kafka.__version__, "numpy": np.__version__}
@@ -589,6 +636,17 @@ def command_line() -> str:
     return shlex.join([shown, *sys.argv])
 
 
+def loop_text(lp: dict[str, Any]) -> str:
+    """Where the live loop spent its time (additive only when the loop is sequential)."""
+    if lp["overlapped"]:
+        return (f"the worker overlaps processing with fetching, so the parts do not add up: "
+                f"in getmany {lp['fetch_s']:.2f} s ({lp['empty_polls']} polls timed out "
+                f"empty), produce + acks {lp['produce_s']:.2f} s")
+    return (f"waiting in getmany {lp['fetch_s']:.2f} s ({lp['empty_polls']} polls timed out "
+            f"empty), Records + process_records {lp['process_s']:.2f} s, produce + acks "
+            f"{lp['produce_s']:.2f} s, commit + rest {lp['other_s']:.2f} s")
+
+
 def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[str, float]],
            n: int, core_rate: float | None, args: argparse.Namespace, when: datetime,
            info: dict[str, str]) -> str:
@@ -600,7 +658,8 @@ def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[s
              f"Machine: nproc {info['nproc']}, CPU {info['cpu']}; Python {info['python']}, "
              f"torch {info['torch']} ({info['torch threads']} intra-op threads by default), "
              f"aiokafka {info['aiokafka']}, kafka-python {info['kafka-python']}, numpy "
-             f"{info['numpy']}; embedded Tansu broker on the same machine.", "",
+             f"{info['numpy']}; embedded Tansu broker on the same machine. Code: {info['code']}.",
+             "",
              f"Topic: {args.sensors} sensors x {args.steps} steps = {n:,} readings, "
              f"{args.partitions} partition(s), interval {args.interval_ms} ms.", "",
              "| phase | readings | seconds | readings/s | ratio vs aiokafka | CPU cores: "
@@ -633,9 +692,13 @@ def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[s
     if core_rate is not None:
         lines.append(f"- core path alone (process_records over the same records, no Kafka): "
                      f"{core_rate:,.0f} readings/s")
+    for p in phases[2:]:
+        lines.append(f"- live loop of '{p.name}' ({p.seconds:.2f} s): "
+                     f"{loop_text(p.extra['loop'])}")
     ex = pipe.extra
     lines += [f"- pipeline outputs: {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
-              f"{ex['dead_letters']} dead letters in {ex['batches']} batches; group join + "
+              f"{ex['dead_letters']:,} dead letters ({ex['accepted']:,} of {n:,} readings "
+              f"accepted) in {ex['batches']} batches; group join + "
               f"first fetch {ex['join_s']:.2f} s (excluded from the window)", ""]
     if pieces:
         total = sum(s for _, s in pieces)
@@ -737,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {label} {p.name}: {p.readings:,} in {p.seconds:.2f} s = "
                   f"{p.rate:,.0f} readings/s (CPU cores self/broker/other {cpu['self']:.2f}/"
                   f"{cpu['broker']:.2f}/{cpu['other']:.2f})", flush=True)
+            if "loop" in p.extra:
+                print(f"[bench]     loop: {loop_text(p.extra['loop'])}", flush=True)
 
         record(*runner.run(bench_kafka_python, bs, k.readings_topic, args.partitions, n), "(a)")
         record(*runner.run(lambda: asyncio.run(
@@ -746,9 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench]     {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
               f"{ex['dead_letters']} dead letters, {ex['batches']} batches; join + first fetch "
               f"{ex['join_s']:.2f} s excluded; wall {ex['wall_s']:.1f} s", flush=True)
-        if phases[-1].readings != n or ex["accepted"] != n:
-            raise RuntimeError(f"pipeline consumed {phases[-1].readings:,} / accepted "
-                               f"{ex['accepted']:,} of {n:,} readings")
+        if phases[-1].readings != n:
+            raise RuntimeError(f"pipeline consumed {phases[-1].readings:,} of {n:,} readings")
+        if ex["accepted"] != n:
+            print(f"[bench] WARNING: only {ex['accepted']:,} of {n:,} readings were accepted; "
+                  f"the rest went to the dead-letter topic", flush=True)
         if default_threads > 1 and not args.no_single_thread:
             torch.set_num_threads(1)
             try:
