@@ -114,6 +114,17 @@ def _decode(raw: object) -> Any:
         raise ValueError(f"not valid JSON: {exc}") from None
 
 
+def _dead_letter(raw: object, reason: str, i: int, topic: str,
+                 partitions: Sequence[int] | None, offsets: Sequence[int] | None,
+                 keys: Sequence[bytes | None] | None) -> DeadLetter:
+    data = (bytes(raw) if isinstance(raw, bytes | bytearray | memoryview)
+            else str(raw).encode("utf-8", errors="replace"))
+    return DeadLetter(raw=data, reason=reason, topic=topic,
+                      partition=partitions[i] if partitions is not None else None,
+                      offset=offsets[i] if offsets is not None else None,
+                      key=keys[i] if keys is not None else None)
+
+
 def decode_readings(
     raws: Sequence[bytes], *, known_sensors: set[str] | frozenset[str] | None = None,
     topic: str = "readings", partitions: Sequence[int] | None = None,
@@ -183,13 +194,7 @@ def decode_readings(
                 vals.append(fv)
                 src.append(i)
         except ValueError as exc:
-            dead.append(DeadLetter(
-                raw=bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else
-                str(raw).encode("utf-8", errors="replace"),
-                reason=str(exc), topic=topic,
-                partition=partitions[i] if partitions is not None else None,
-                offset=offsets[i] if offsets is not None else None,
-                key=keys[i] if keys is not None else None))
+            dead.append(_dead_letter(raw, str(exc), i, topic, partitions, offsets, keys))
     source = np.asarray(src, dtype=np.int64)
     part = (np.asarray(partitions, dtype=np.int64)[source] if partitions is not None
             else np.zeros(len(source), np.int64))
@@ -238,13 +243,7 @@ def decode_events(
             out.append(ev)
             src.append(i)
         except ValueError as exc:
-            dead.append(DeadLetter(
-                raw=bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else
-                str(raw).encode("utf-8", errors="replace"),
-                reason=str(exc), topic=topic,
-                partition=partitions[i] if partitions is not None else None,
-                offset=offsets[i] if offsets is not None else None,
-                key=keys[i] if keys is not None else None))
+            dead.append(_dead_letter(raw, str(exc), i, topic, partitions, offsets, keys))
     return EventBatch(out, src), dead
 
 

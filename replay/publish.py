@@ -84,7 +84,11 @@ def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = "r
                 producer.send(topic, value=value, key=key)
                 stats.readings += 1
             else:
+                # events are rare: deliver each before the readings that follow it, so a
+                # consumer never sees those readings (and closes their steps) first
+                producer.flush()
                 producer.send(events_topic, value=value, key=key)
+                producer.flush()
                 stats.events += 1
             pending += 1
             if pending >= 5000:

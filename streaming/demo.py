@@ -66,7 +66,14 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
         forecasts = _collect(bs, topics.forecasts)
         alerts = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.alerts,
                                                              idle_timeout_s=0.5)]
+        dead = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.dead_letter,
+                                                           idle_timeout_s=0.5)]
     summary = _summary(rec, truths, core, stats.as_dict(), alerts)
+    reasons: dict[str, int] = {}
+    for d in dead:
+        key = f"{d['topic']}: {d['reason']}"
+        reasons[key] = reasons.get(key, 0) + 1
+    summary["dead_letter_reasons"] = reasons
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     png = _plot(rec, truths, forecasts, alerts, out_dir / "demo.png")
     _print_summary(summary, png, time.monotonic() - t0)
@@ -120,6 +127,8 @@ def _print_summary(s: dict[str, Any], png: Path, seconds: float) -> None:
     print("\n=== stfm demo summary ===")
     print(f"readings consumed   {s['readings_consumed']:,}  (accepted {s['readings_accepted']:,},"
           f" dead letters {s['dead_letters']})")
+    for reason, n in s.get("dead_letter_reasons", {}).items():
+        print(f"  dead letter x{n}: {reason}")
     print(f"forecasts produced  {s['forecasts']:,}   model {s['model_version']}")
     print(f"online MAE          {s['online_mae']:.3f}  "
           f"(normalized {s['online_mae_normalized']:.3f})")
