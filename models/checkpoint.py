@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from models.backbone import STBackbone, STBackboneConfig
 from models.patch_transformer import PatchTransformer, PatchTransformerConfig
 
 FORMAT_VERSION = 1
-ARCHITECTURES = {"patch_transformer": (PatchTransformer, PatchTransformerConfig)}
+ARCHITECTURES = {"patch_transformer": (PatchTransformer, PatchTransformerConfig),
+                 "st_backbone": (STBackbone, STBackboneConfig)}
 
 
 class CheckpointError(RuntimeError):

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 
 class PatchEmbedding(nn.Module):
-    """Embed ``[B, K, P]`` patches with their masks and ``[B, K, E]`` side channels."""
+    """Embed ``[..., P]`` patches with their masks and ``[..., E]`` side channels."""
 
     def __init__(self, patch_len: int, d_model: int, side_channels: int = 1) -> None:
         super().__init__()
@@ -22,5 +22,5 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
         m = mask.to(x.dtype)
         if side is None:
-            side = x.new_zeros(*x.shape[:2], self.side_channels)
+            side = x.new_zeros(*x.shape[:-1], self.side_channels)
         return self.proj(torch.cat([x * m, m, side], dim=-1))
