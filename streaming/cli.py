@@ -122,6 +122,25 @@ def cmd_replay_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from connectors.recordings import load_graph, read_recording
+    from replay.pretrain import PretrainConfig, pretrain
+
+    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+    if args.graph:
+        rec.edge_index, rec.edge_weight = load_graph(args.graph, list(rec.sensors))
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"graph"}
+    cfg = PretrainConfig(graph=args.graph_layer,
+                         **{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    result = pretrain(rec, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"best_val": result.best_val, "epochs": result.epochs_run,
+                      "samples_per_s": round(result.samples_per_s, 1),
+                      "checkpoint": result.checkpoint}))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from connectors.kafka_io import ensure_topics
     from streaming.worker import LiveWorker
@@ -218,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=1, help="partitions if topics are created")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_publish)
+
+    p = rp.add_parser("pretrain", help="pretrain the spatio-temporal backbone on a recording")
+    p.add_argument("file")
+    p.add_argument("--out", required=True, help="output directory (best/ and last/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
+    p.add_argument("--graph", help="adjacency CSV (N x N) or edge list for the sensors")
+    p.add_argument("--no-graph", dest="graph_layer", action="store_false",
+                   help="train without the graph layer")
+    for name, typ in (("epochs", int), ("batch_size", int), ("lr", float), ("d_model", int),
+                      ("n_layers", int), ("n_heads", int), ("patch_len", int),
+                      ("context_patches", int), ("horizon", int), ("train_rows", int),
+                      ("val_rows", int), ("patience", int), ("seed", int),
+                      ("w_forecast", float), ("w_masked", float), ("w_contrastive", float),
+                      ("mask_ratio", float), ("device", str)):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay_pretrain)
 
     p = sub.add_parser("run", help="run the live worker")
     _add_config_flags(p)
