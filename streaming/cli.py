@@ -122,13 +122,43 @@ def cmd_replay_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_record(args: argparse.Namespace) -> int:
+    from connectors.recordings import write_recording
+    from replay.record import record_topic
+
+    rec, stats = record_topic(args.bootstrap_servers, args.topic, events_topic=args.events_topic,
+                              start_offset=args.from_offset, end_offset=args.to_offset,
+                              start=args.from_ts, end=args.to_ts, progress=not args.quiet)
+    write_recording(rec, args.out)
+    print(f"recorded {stats.readings} readings ({rec.n_sensors} sensors x {rec.n_steps} rows), "
+          f"{stats.events} events, {stats.invalid} invalid messages left out → {args.out}")
+    return 0
+
+
+def _add_range_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    p.add_argument("--topic", default="readings")
+    p.add_argument("--events-topic", default=None)
+    p.add_argument("--from-offset", type=int, help="first offset (every partition)")
+    p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
+    p.add_argument("--from-ts", help="first message time (ISO-8601 or epoch ms)")
+    p.add_argument("--to-ts", help="end time, exclusive (ISO-8601 or epoch ms)")
+
+
 def cmd_replay_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
     from connectors.recordings import load_graph, read_recording
     from replay.pretrain import PretrainConfig, pretrain
 
-    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+    if args.file:
+        rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+    else:
+        from replay.record import record_topic
+
+        rec, _ = record_topic(args.bootstrap_servers, args.topic, start_offset=args.from_offset,
+                              end_offset=args.to_offset, start=args.from_ts, end=args.to_ts,
+                              progress=not args.quiet)
     if args.graph:
         rec.edge_index, rec.edge_weight = load_graph(args.graph, list(rec.sensors))
     fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"graph"}
@@ -238,8 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_publish)
 
-    p = rp.add_parser("pretrain", help="pretrain the spatio-temporal backbone on a recording")
-    p.add_argument("file")
+    p = rp.add_parser("record", help="record a topic range into a file")
+    p.add_argument("--out", required=True, help="output file (.npz, .csv or .h5)")
+    _add_range_flags(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay_record)
+
+    p = rp.add_parser("pretrain", help="pretrain the backbone on a recording or topic range")
+    p.add_argument("file", nargs="?", help="recording file (or give --topic and a range)")
+    _add_range_flags(p)
     p.add_argument("--out", required=True, help="output directory (best/ and last/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
