@@ -250,6 +250,10 @@ def pretrain(rec: Recording, out_dir: str | Path, cfg: PretrainConfig, *,
                      state["best_val"])
     meta = {"pretrain": asdict(cfg), "loc": data.loc.tolist(), "scale": data.scale.tolist(),
             "sensors": list(rec.sensors), "interval_ms": rec.interval_ms}
+    if "edge_index" in graph:
+        meta["edge_index"] = graph["edge_index"].cpu().tolist()
+        if "edge_weight" in graph:
+            meta["edge_weight"] = graph["edge_weight"].cpu().tolist()
     samples = 0
     t_train = 0.0
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):

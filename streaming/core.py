@@ -48,6 +48,7 @@ class _Pending:
     loc: np.ndarray
     scale: np.ndarray
     yhat: np.ndarray
+    steps: np.ndarray
 
 
 @dataclass
@@ -224,9 +225,10 @@ class StreamCore:
         x = np.where(mask, (raw - loc[:, None, None]) / scale[:, None, None], 0.0)
         x = x.astype(np.float32)
         side = np.log1p(self._ring_events[:n])[..., None].astype(np.float32)
-        z = self.model.predict_many(x, mask, side)
+        steps = np.arange(step.step - x.shape[1] + 1, step.step + 1)
+        z = self.model.predict_many(x, mask, side, steps=steps, sensors=self.sensors[:n])
         yhat = z.astype(np.float64) * scale[:, None] + loc[:, None]
-        self._pending[step.step] = _Pending(x, mask, side, loc, scale, yhat)
+        self._pending[step.step] = _Pending(x, mask, side, loc, scale, yhat, steps)
         interval = self.cfg.patching.interval_ms
         horizon_ts = step.end_ts + interval * np.arange(self.cfg.model.horizon, dtype=np.int64)
         out.forecasts.append(ForecastBlock(step.step, step.end_ts, horizon_ts,
@@ -289,5 +291,6 @@ class StreamCore:
             y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
             rows = self._learn_rows(y_mask)
             self.model.learn_many(pend.x[rows], pend.mask[rows], pend.side[rows],
-                                  y_norm[rows].astype(np.float32), y_mask[rows])
+                                  y_norm[rows].astype(np.float32), y_mask[rows],
+                                  steps=pend.steps, sensors=[self.sensors[i] for i in rows])
         return stat

@@ -157,11 +157,18 @@ def _stfm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, check=False)
 
 
-@pytest.mark.parametrize("engine", ["aiokafka", "faust"])
-def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str):
+@pytest.mark.parametrize(("engine", "model"), [("aiokafka", "fresh"), ("faust", "fresh"),
+                                               ("aiokafka", "checkpoint")])
+def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str, model: str):
     rec, truths = simulate(SimConfig(n_sensors=6, n_days=2, seed=1))
     data = tmp_path / "net.npz"
     write_simulation(rec, truths, data)
+    model_flags = ["--fresh"]
+    if model == "checkpoint":
+        pt = _stfm("replay", "pretrain", str(data), "--out", str(tmp_path / "pt"), "--epochs",
+                   "1", "--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--quiet")
+        assert pt.returncode == 0, pt.stderr[-2000:]
+        model_flags = ["--checkpoint", str(tmp_path / "pt" / "best")]
     bs = broker.bootstrap_servers
     topic = f"readings-{unique}"
     pub = _stfm("replay", "publish", str(data), "--bootstrap-servers", bs, "--topic", topic,
@@ -175,7 +182,7 @@ def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str):
         f'dead_letter_topic = "dead-letter-{unique}"\n')
     summary = tmp_path / "summary.json"
     run = _stfm("run", "--config", str(cfg_file), "--bootstrap-servers", bs, "--group-id",
-                f"g-{unique}", "--fresh", "--engine", engine, "--idle-exit", "3",
+                f"g-{unique}", *model_flags, "--engine", engine, "--idle-exit", "3",
                 "--summary", str(summary))
     assert run.returncode == 0, run.stderr[-3000:]
     s = json.loads(summary.read_text())
@@ -196,6 +203,7 @@ def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str):
     assert s["worker"]["forecasts"] == n_steps * rec.n_sensors > 0
     assert sum(1 for _ in read_topic(bs, f"forecasts-{unique}")) == s["worker"]["forecasts"]
     assert np.isfinite(s["metrics"]["mae"])
+    assert s["model_version"].startswith("best+" if model == "checkpoint" else "fresh-s0+")
 
 
 def test_cli_rejects_bad_config(tmp_path: Path):
