@@ -62,6 +62,8 @@ class PretrainConfig:
     patience: int = 3
     seed: int = 0
     device: str = "auto"
+    init_checkpoint: str = ""      # start from these weights (fine-tuning) instead of random
+    trainable: str = "all"         # "all", or "head": only the forecast head (linear probe)
 
     def validate(self) -> PretrainConfig:
         for k in ("patch_len", "context_patches", "horizon", "d_model", "n_heads", "n_layers",
@@ -72,6 +74,8 @@ class PretrainConfig:
             raise ValueError("pretrain.d_model must be divisible by pretrain.n_heads")
         if min(self.w_forecast, self.w_masked, self.w_contrastive) < 0:
             raise ValueError("pretrain objective weights must be >= 0")
+        if self.trainable not in ("all", "head"):
+            raise ValueError(f"pretrain.trainable must be 'all' or 'head', not {self.trainable!r}")
         return self
 
 
@@ -232,9 +236,19 @@ def pretrain(rec: Recording, out_dir: str | Path, cfg: PretrainConfig, *,
     if len(data.starts["train"]) == 0 or len(data.starts["val"]) == 0:
         raise ValueError("recording too short for one training and one validation window")
     model, graph = build_model(rec, cfg)
+    if cfg.init_checkpoint:
+        from models.checkpoint import load_checkpoint
+
+        init, _ = load_checkpoint(cfg.init_checkpoint)
+        if init.cfg != model.cfg:
+            raise ValueError(f"{cfg.init_checkpoint}: architecture {init.cfg} does not match "
+                             f"{model.cfg}")
+        model.load_state_dict(init.state_dict())
     model.to(device)
     graph = {k: v.to(device) for k, v in graph.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = (model.forecast_head.parameters() if cfg.trainable == "head"
+              else model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
     last = out / "last"
