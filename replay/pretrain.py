@@ -246,8 +246,10 @@ def pretrain(rec: Recording, out_dir: str | Path, cfg: PretrainConfig, *,
         model.load_state_dict(init.state_dict())
     model.to(device)
     graph = {k: v.to(device) for k, v in graph.items()}
-    params = (model.forecast_head.parameters() if cfg.trainable == "head"
-              else model.parameters())
+    if cfg.trainable == "head":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("forecast_head."))
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
