@@ -99,3 +99,21 @@ def test_pretrained_checkpoint_serves_in_the_online_core(rec, tmp_path):
     random_init = OnlineModel(STBackbone(loaded.model.cfg), cfg.model, meta={
         "extra": {"sensors": list(rec.sensors)}})
     assert run(loaded) < 0.95 * run(random_init)  # tiny model, 4 epochs: ~13 % better
+
+
+def test_torchrun_data_parallel(rec, tmp_path):
+    """Two ranks (gloo on CPU) train one model: gradients are averaged, rank 0 saves it."""
+    data = tmp_path / "net.npz"
+    write_simulation(rec, [], data)
+    from connectors.broker import free_port
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={free_port()}"]
+    r = subprocess.run([*torchrun, "-m", "streaming.cli", "replay", "pretrain", str(data),
+                        "--out", str(tmp_path / "ddp"), "--epochs", "2", "--d-model", "16",
+                        "--n-heads", "2", "--n-layers", "1", "--quiet"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 2 and results[0]["best_val"] == results[1]["best_val"]
+    load_checkpoint(tmp_path / "ddp" / "best")
