@@ -233,3 +233,12 @@ def test_alerts_tail_prints_alerts(broker, unique):
     lines = r.stdout.strip().splitlines()
     assert "s7" in lines[0] and "page_hinkley fired" in lines[0] and "2026-01-05" in lines[0]
     assert "unreadable alert" in lines[1]
+
+
+def test_cli_bad_checkpoint_is_one_clear_line(tmp_path: Path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text('{"format_version": 0, "architecture": "st_backbone"}')
+    r = _stfm("run", "--checkpoint", str(ck), "--bootstrap-servers", "127.0.0.1:1")
+    assert r.returncode == 2
+    assert "format version 0 is not supported" in r.stderr and "Traceback" not in r.stderr
