@@ -134,12 +134,15 @@ class _GraphContext:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         ids = torch.tensor([self.node_of.get(s, -1) for s in sensors], dtype=torch.long)
-        live = {int(n): i for i, n in enumerate(ids.tolist()) if n >= 0}
         ei, ew = self.edges
-        keep = [j for j in range(ei.shape[1]) if int(ei[0, j]) in live and int(ei[1, j]) in live]
-        edge_index = torch.tensor([[live[int(ei[0, j])] for j in keep],
-                                   [live[int(ei[1, j])] for j in keep]], dtype=torch.long)
-        edge_weight = torch.from_numpy(ew[keep]) if keep else None
+        live = np.full(len(self.node_of), -1, np.int64)   # checkpoint node -> live index
+        known_ids = ids.numpy()
+        live[known_ids[known_ids >= 0]] = np.flatnonzero(known_ids >= 0)
+        src, dst = (live[ei[0]], live[ei[1]]) if ei.size else (ei[0], ei[1])
+        keep = (src >= 0) & (dst >= 0)
+        edge_index = torch.from_numpy(np.stack([src[keep], dst[keep]]))
+        edge_weight = torch.from_numpy(ew[keep]) if keep.any() else None
+        keep = bool(keep.any())
         lap = None
         if self.model.cfg.lap_pe_dim:
             lap = torch.zeros(len(sensors), self.model.cfg.lap_pe_dim)
