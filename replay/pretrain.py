@@ -157,11 +157,16 @@ def _device(name: str) -> torch.device:
 
 
 def _losses(model: STBackbone, b: dict[str, torch.Tensor], cfg: PretrainConfig,
-            graph: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
+            graph: dict[str, Any], gen: torch.Generator,
+            last_token: bool = False) -> dict[str, torch.Tensor]:
+    """The weighted objectives; ``last_token`` scores only the forecast made with the full
+    lookback (the standard metric, whose targets all lie inside the window's split)."""
     out: dict[str, torch.Tensor] = {}
     if cfg.w_forecast:
         pred = model(b["x"], b["mask"], b["steps"], **graph)
-        out["forecast"] = regression_loss(pred, b["y"], b["y_mask"])
+        sel = slice(-1, None) if last_token else slice(None)
+        out["forecast"] = regression_loss(pred[..., sel, :], b["y"][..., sel, :],
+                                          b["y_mask"][..., sel, :])
     if cfg.w_masked:
         out["masked"] = masked_patch_loss(model, b["x"], b["mask"], b["steps"],
                                           ratio=cfg.mask_ratio, block=cfg.block_mask,
@@ -211,7 +216,7 @@ def evaluate(model: STBackbone, data: WindowData, split: str, cfg: PretrainConfi
     starts = data.starts[split]
     for i in range(0, len(starts), cfg.batch_size):
         b = batch_of(data, starts[i:i + cfg.batch_size], cfg, device)
-        parts = _losses(model, b, cfg, graph, gen)
+        parts = _losses(model, b, cfg, graph, gen, last_token=True)
         parts["total"] = _total(parts, cfg)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * len(b["x"])
@@ -230,8 +235,17 @@ def pretrain(rec: Recording, out_dir: str | Path, cfg: PretrainConfig, *,
     device = _device(cfg.device)
     if device.type == "cuda" and dist:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        return _train(rec, out, cfg, dist, rank, world, device, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int, world: int,
+           device: torch.device, resume: bool, progress: bool) -> PretrainResult:
     data = prepare(rec, cfg)
     if len(data.starts["train"]) == 0 or len(data.starts["val"]) == 0:
         raise ValueError("recording too short for one training and one validation window")
@@ -275,7 +289,8 @@ def pretrain(rec: Recording, out_dir: str | Path, cfg: PretrainConfig, *,
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if state["bad_epochs"] >= cfg.patience:
             break
-        model.train()
+        # a linear probe learns on the frozen encoder's features: no dropout in them
+        model.train(cfg.trainable == "all")
         order = data.starts["train"][torch.randperm(len(data.starts["train"]),
                                                     generator=gen).numpy()]
         loss_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
