@@ -38,13 +38,13 @@ def test_stfm_broker_command_starts_and_stops():
     proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "broker", "--port", str(port)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        wait_for_kafka(f"127.0.0.1:{port}", 20)
+        wait_for_kafka(f"127.0.0.1:{port}", 60)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the port is free again once the broker is gone
         try:
             EmbeddedBroker(port=port, ready_timeout_s=5).start().stop()
