@@ -175,7 +175,7 @@ def stream_config(bs: str, prefix: str, interval_ms: int, partitions: int,
 
 
 def fresh_core(cfg: StreamConfig) -> StreamCore:
-    return StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model))
+    return StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt))
 
 
 def output_topics(cfg: StreamConfig) -> list[str]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from models.adapter import Adapter
 from models.attention import KVCache, TemporalBlock
 from models.embedding import PatchEmbedding
 from models.graph import GraphLayer
@@ -43,6 +44,7 @@ class STBackboneConfig:
     lap_pe_dim: int = 8           # Laplacian positional-encoding dims (0 = none)
     graph: bool = True            # build the graph layer (still optional at run time)
     proj_dim: int = 32            # contrastive projection size
+    adapter_dim: int = 0          # bottleneck adapter before the output norm (0 = none)
 
     def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)
@@ -64,6 +66,7 @@ class STBackbone(nn.Module):
         self.blocks = nn.ModuleList(TemporalBlock(d, cfg.n_heads, cfg.context_patches,
                                                   cfg.dropout) for _ in range(cfg.n_layers))
         self.graph_layer = GraphLayer(d, cfg.dropout) if cfg.graph else None
+        self.adapter = Adapter(d, cfg.adapter_dim) if cfg.adapter_dim > 0 else None
         self.norm = nn.LayerNorm(d)
         self.forecast_head = nn.Linear(d, cfg.horizon)
         self.reconstruction_head = nn.Linear(d, cfg.patch_len)
@@ -83,6 +86,8 @@ class STBackbone(nn.Module):
             block.reset_parameters()
         if self.graph_layer is not None:
             self.graph_layer.reset_parameters()
+        if self.adapter is not None:
+            self.adapter.reset_parameters()
         self.norm.reset_parameters()
         nn.init.zeros_(self.forecast_head.weight)
         nn.init.zeros_(self.forecast_head.bias)
@@ -132,7 +137,16 @@ class STBackbone(nn.Module):
         h = h.reshape(s, n, t, d)
         if self.graph_layer is not None and edge_index is not None:
             h = self.graph_layer(h, edge_index, edge_weight)
+        if self.adapter is not None:
+            h = self.adapter(h)
         return self.norm(h), new
+
+    def add_adapter(self, bottleneck: int) -> None:
+        """Attach a zero-initialized adapter (outputs unchanged until it learns)."""
+        if self.adapter is None:
+            dev = self.norm.weight.device
+            self.adapter = Adapter(self.cfg.d_model, bottleneck).to(dev)
+            self.cfg.adapter_dim = bottleneck
 
     def forecast(self, h: Tensor, x: Tensor, mask: Tensor) -> Tensor:
         """Next ``horizon`` points after each token ``[S, N, T, H]``, anchored at the mean of

@@ -59,6 +59,7 @@ class PretrainConfig:
     stride: int = 0                # rows between window starts (0 = patch_len)
     train_rows: int = 0            # rows of the training split (0 = 80 % of the data)
     val_rows: int = 0              # rows of the validation split (0 = 10 % of the data)
+    test_rows: int = 0             # rows of the test split after validation (0 = the rest)
     patience: int = 3
     seed: int = 0
     device: str = "auto"
@@ -74,6 +75,9 @@ class PretrainConfig:
             raise ValueError("pretrain.d_model must be divisible by pretrain.n_heads")
         if min(self.w_forecast, self.w_masked, self.w_contrastive) < 0:
             raise ValueError("pretrain objective weights must be >= 0")
+        for k in ("train_rows", "val_rows", "test_rows", "stride"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"pretrain.{k} must be >= 0")
         if self.trainable not in ("all", "head"):
             raise ValueError(f"pretrain.trainable must be 'all' or 'head', not {self.trainable!r}")
         return self
@@ -106,8 +110,10 @@ def prepare(rec: Recording, cfg: PretrainConfig) -> WindowData:
     n_rows = rec.n_steps
     train = cfg.train_rows or int(0.8 * n_rows)
     val = cfg.val_rows or int(0.1 * n_rows)
-    if train + val > n_rows:
-        raise ValueError(f"train_rows + val_rows = {train + val} exceeds the {n_rows} rows")
+    end = train + val + cfg.test_rows if cfg.test_rows else n_rows
+    if end > n_rows:
+        raise ValueError(f"train_rows + val_rows + test_rows = {end} exceeds the recording's "
+                         f"{n_rows} rows")
     vals = rec.values.astype(np.float64)
     loc = np.nanmean(vals[:train], axis=0)
     scale = np.nanstd(vals[:train], axis=0)
@@ -130,7 +136,7 @@ def prepare(rec: Recording, cfg: PretrainConfig) -> WindowData:
         loc=loc, scale=scale, span=span,
         starts={"train": starts(0, train), "val": starts(train - span + cfg.horizon
                                                          if train >= span else 0, train + val),
-                "test": starts(train + val - span + cfg.horizon, n_rows)})
+                "test": starts(train + val - span + cfg.horizon, end)})
 
 
 def batch_of(data: WindowData, starts: np.ndarray, cfg: PretrainConfig,
@@ -253,10 +259,11 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
     if cfg.init_checkpoint:
         from models.checkpoint import load_checkpoint
 
-        init, _ = load_checkpoint(cfg.init_checkpoint)
+        init, init_meta = load_checkpoint(cfg.init_checkpoint)
         if init.cfg != model.cfg:
             raise ValueError(f"{cfg.init_checkpoint}: architecture {init.cfg} does not match "
                              f"{model.cfg}")
+        _check_init_data(cfg.init_checkpoint, init_meta, rec, data)
         model.load_state_dict(init.state_dict())
     model.to(device)
     graph = {k: v.to(device) for k, v in graph.items()}
@@ -274,6 +281,8 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
         state = json.loads((last / "progress.json").read_text())
         if rank == 0:
             log.info("resuming after epoch %d (best validation %.5f)", state["epoch"],
@@ -343,15 +352,39 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
                           checkpoint=str(out / "best"))
 
 
+def _check_init_data(path: str, meta: dict[str, Any], rec: Recording,
+                     data: WindowData) -> None:
+    """A checkpoint to fine-tune from must know the same sensors (its node embeddings are
+    per sensor); a different normalization is allowed but logged, since its features then
+    see shifted inputs until fine-tuning adapts."""
+    meta = meta.get("extra", meta)
+    sensors = meta.get("sensors")
+    if sensors is not None and list(sensors) != list(rec.sensors):
+        missing = sorted(set(rec.sensors) - set(sensors))[:5]
+        extra = sorted(set(sensors) - set(rec.sensors))[:5]
+        raise ValueError(f"{path}: pretrained on other sensors than this recording "
+                         f"(not in the checkpoint: {missing}; only in the checkpoint: {extra}"
+                         f"{'; same sensors in another order' if not missing + extra else ''})")
+    loc, scale = meta.get("loc"), meta.get("scale")
+    if loc is not None and scale is not None:
+        dloc = np.max(np.abs(np.asarray(loc) - data.loc) / data.scale)
+        if dloc > 0.1 or np.max(np.abs(np.log(np.asarray(scale) / data.scale))) > 0.1:
+            log.warning("%s: normalization differs from this recording's training rows "
+                        "(largest location shift %.2f standard deviations)", path, dloc)
+
+
 def _save_last(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                gen: torch.Generator, state: dict[str, Any]) -> None:
     """The resumable state, replaced atomically (temp dir + rename)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "torch_rng": torch.get_rng_state()},
-               tmp / "state.pt")
+    blob = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        blob["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    torch.save(blob, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps(state))
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

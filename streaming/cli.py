@@ -27,6 +27,18 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="online learning rate (0 = frozen model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--graph", help="sensor-graph recording (.npz) or adjacency; fixes sensors")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any configuration key, e.g. --set adapt.params=heads+norms")
+
+
+def _set_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. adapt.lr=0.001), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -43,6 +55,7 @@ def load_config(args: argparse.Namespace) -> Any:
         "model.seed": getattr(args, "seed", None),
         "drift.detector": getattr(args, "detector", None),
         "graph": getattr(args, "graph", None),
+        **_set_overrides(getattr(args, "set_", [])),
     }
     return StreamConfig.load(getattr(args, "config", None), overrides)
 
@@ -53,9 +66,10 @@ def build_core(cfg: Any, checkpoint: str | None) -> Any:
     from streaming.online import OnlineModel
 
     if checkpoint:
-        model = OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model)
+        model = OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model,
+                                            cfg.adapt)
     else:
-        model = OnlineModel.fresh(cfg.patching, cfg.model)
+        model = OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt)
     sensors = positions = None
     if cfg.graph:
         from connectors.recordings import read_recording
@@ -171,6 +185,34 @@ def cmd_replay_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_backtest(args: argparse.Namespace) -> int:
+    from connectors.recordings import read_recording
+    from replay.backtest import backtest, write_report
+    from streaming.core import StreamCore
+    from streaming.worker import apply_torch_threads
+
+    if not args.fresh and not args.checkpoint:
+        print("stfm replay backtest: pass --checkpoint DIR or --fresh", file=sys.stderr)
+        return 2
+    rec = read_recording(args.file, start=args.start, interval_ms=args.rec_interval_ms)
+    if args.interval_ms is None and rec.interval_ms and not args.config:
+        args.interval_ms = rec.interval_ms      # the recording's grid unless told otherwise
+    cfg = load_config(args)
+    if rec.interval_ms and cfg.patching.interval_ms != rec.interval_ms:
+        print(f"stfm replay backtest: patching.interval_ms={cfg.patching.interval_ms} but "
+              f"{args.file} is sampled every {rec.interval_ms} ms", file=sys.stderr)
+        return 2
+    apply_torch_threads(cfg)
+    model = build_core(cfg, None if args.fresh else args.checkpoint).model
+    core = StreamCore(cfg, model, sensors=list(rec.sensors))
+    res = backtest(rec, core, feedback=args.feedback, start_row=args.start_row,
+                   end_row=args.end_row, progress=not args.quiet)
+    summary = write_report(res, args.out, from_row=args.score_from_row or args.start_row,
+                           title=Path(args.file).name)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from connectors.kafka_io import ensure_topics
     from streaming.worker import LiveWorker
@@ -252,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
-    rp = sub.add_parser("replay", help="recorded data: publish, ...").add_subparsers(
-        dest="replay_command", required=True)
+    rp = sub.add_parser("replay", help="recorded data: publish, record, pretrain, backtest"
+                        ).add_subparsers(dest="replay_command", required=True)
     p = rp.add_parser("publish", help="publish a recording to Kafka in timestamp order")
     p.add_argument("file")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
@@ -287,12 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ in (("epochs", int), ("batch_size", int), ("lr", float), ("d_model", int),
                       ("n_layers", int), ("n_heads", int), ("patch_len", int),
                       ("context_patches", int), ("horizon", int), ("train_rows", int),
-                      ("val_rows", int), ("patience", int), ("seed", int),
-                      ("w_forecast", float), ("w_masked", float), ("w_contrastive", float),
-                      ("mask_ratio", float), ("device", str)):
+                      ("val_rows", int), ("test_rows", int), ("stride", int),
+                      ("patience", int), ("seed", int), ("w_forecast", float),
+                      ("w_masked", float), ("w_contrastive", float),
+                      ("mask_ratio", float), ("device", str), ("init_checkpoint", str),
+                      ("trainable", str)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_pretrain)
+
+    p = rp.add_parser("backtest", help="run the online core over a recording (no Kafka) "
+                                       "and write a report with plots")
+    p.add_argument("file", help="recording file (.npz, .csv or .h5)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="model checkpoint directory")
+    g.add_argument("--fresh", action="store_true", help="start from a randomly initialized model")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--feedback", choices=["delayed", "immediate"], default="delayed",
+                   help="delayed: learn when the stream delivers the truth (live behaviour); "
+                        "immediate: the FSNet/OneNet protocol, for comparisons only")
+    p.add_argument("--start-row", type=int, default=0)
+    p.add_argument("--end-row", type=int, default=None)
+    p.add_argument("--score-from-row", type=int, default=0,
+                   help="count only forecasts whose horizon starts here (warm-up before)")
+    p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--rec-interval-ms", type=int,
+                   help="interval of a file without timestamps")
+    _add_config_flags(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay_backtest)
 
     p = sub.add_parser("run", help="run the live worker")
     _add_config_flags(p)

@@ -78,6 +78,53 @@ class DriftConfig:
                 raise ConfigError(f"drift.{k} must be >= 0")
 
 
+ADAPT_GROUPS = ("heads", "norms", "adapters")
+
+
+@dataclass
+class AdaptConfig:
+    """Online adaptation (DESIGN.md "Online adaptation")."""
+
+    params: str = "all"                 # "all", or '+'-joined groups: heads+norms+adapters
+    adapter_dim: int = 8                # bottleneck of the adapter added for "adapters"
+    supervised: bool = True             # a step on the forecast loss when truth arrives
+    contrastive_weight: float = 0.1     # InfoNCE step on the newest window (0 = off)
+    contrastive_every: int = 1          # take that step on every k-th realized window
+    replay_size: int = 256              # reservoir of past windows (0 = no replay)
+    replay_k: int = 1                   # replayed windows mixed into each supervised step
+    penalty: str = "l2sp"               # pull toward the pretrained weights: none|l2sp|ewc
+    penalty_weight: float = 1e-3
+    ewc_decay: float = 0.99             # EMA of squared gradients for the online Fisher
+    normalization: str = "running"      # running: all-time stats; checkpoint: its frozen stats
+    boost_lr: float = 3.0               # learning-rate factor right after a drift alert
+    boost_updates: int = 1              # extra update passes per step while boosted
+    boost_steps: int = 48               # steps over which a boost decays back to 1
+    rollback_factor: float = 50.0       # loss > factor x running median loss = exploding
+    snapshot_every: int = 20            # good updates between snapshots of adapted weights
+
+    def validate(self) -> None:
+        if self.params != "all":
+            bad = [g for g in self.params.split("+") if g not in ADAPT_GROUPS]
+            if bad or not self.params:
+                raise ConfigError(f"adapt.params must be 'all' or '+'-joined of "
+                                  f"{', '.join(ADAPT_GROUPS)}; got {self.params!r}")
+        if self.penalty not in ("none", "l2sp", "ewc"):
+            raise ConfigError(f"adapt.penalty must be none, l2sp or ewc, not {self.penalty!r}")
+        if self.normalization not in ("running", "checkpoint"):
+            raise ConfigError("adapt.normalization must be running or checkpoint, "
+                              f"not {self.normalization!r}")
+        for k in ("contrastive_weight", "replay_size", "replay_k", "penalty_weight",
+                  "boost_updates", "boost_steps"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"adapt.{k} must be >= 0, got {getattr(self, k)!r}")
+        _positive(self, "adapt", "adapter_dim", "snapshot_every", "rollback_factor",
+                  "contrastive_every")
+        if self.boost_lr < 1:
+            raise ConfigError(f"adapt.boost_lr must be >= 1, got {self.boost_lr!r}")
+        if not 0 < self.ewc_decay < 1:
+            raise ConfigError(f"adapt.ewc_decay must be in (0, 1), got {self.ewc_decay!r}")
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -109,6 +156,7 @@ class StreamConfig:
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
 
@@ -116,6 +164,7 @@ class StreamConfig:
         self.patching.validate()
         self.model.validate()
         self.drift.validate()
+        self.adapt.validate()
         self.kafka.validate()
         return self
 

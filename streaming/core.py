@@ -116,6 +116,19 @@ class StreamCore:
         self._pending: dict[int, _Pending] = {}
         self.forecasts_made = 0
         self._rng = np.random.default_rng(cfg.model.seed)
+        self._graph_model = model._graph is not None
+        self._learned_at: int | None = None
+        self._feedback_stat: np.ndarray | None = None
+        self._newest: tuple = ()
+        self._pinned: dict[str, tuple[float, float]] = {}
+        self._pin_idx: tuple | None = None
+        extra = model.meta.get("extra", {})
+        if cfg.adapt.normalization == "checkpoint":
+            if not {"sensors", "loc", "scale"} <= set(extra):
+                raise ValueError("adapt.normalization = 'checkpoint' needs a checkpoint with "
+                                 "normalization statistics (from `stfm replay pretrain`)")
+            self._pinned = {s: (float(m), float(sd)) for s, m, sd in
+                            zip(extra["sensors"], extra["loc"], extra["scale"], strict=True)}
         step_ms = cfg.patching.interval_ms * p
         self._season = cfg.drift.season_ms // step_ms if cfg.drift.season_ms else 0
         self._season_mean = np.full((0, max(self._season, 1)), np.nan)
@@ -213,13 +226,20 @@ class StreamCore:
     def _on_closed(self, step: ClosedStep, out: CoreOutput) -> None:
         self._advance_ring(step)
         n = step.values.shape[0]
-        loc, scale = self.normalizer.loc_scale(n)
-        stats = {"abs_residual": self._realize(step),
+        loc, scale = self._loc_scale(n)
+        realized = self._realize(step)
+        if realized is None and self._feedback_stat is not None:
+            realized = self._feedback_stat
+        self._feedback_stat = None
+        stats = {"abs_residual": realized,
                  "seasonal_residual": self._seasonal_residual(step, scale)}
-        out.alerts.extend(self.drift.update(step.step, step.end_ts, self.sensors[:n],
-                                            {k: v for k, v in stats.items() if v is not None}))
+        alerts = self.drift.update(step.step, step.end_ts, self.sensors[:n],
+                                   {k: v for k, v in stats.items() if v is not None})
+        for a in alerts:
+            self.model.boost(a["sensors"], step.step)
+        out.alerts.extend(alerts)
         self.normalizer.learn_many(step.values)
-        loc, scale = self.normalizer.loc_scale(n)
+        loc, scale = self._loc_scale(n)
         raw = self._ring[:n]
         mask = ~np.isnan(raw)
         x = np.where(mask, (raw - loc[:, None, None]) / scale[:, None, None], 0.0)
@@ -234,6 +254,29 @@ class StreamCore:
         out.forecasts.append(ForecastBlock(step.step, step.end_ts, horizon_ts,
                                            self.sensors[:n].copy(), yhat, self.model.version))
         self.forecasts_made += n
+        self._newest = (x, mask, side, steps)
+        if self._learned_at == step.step:   # truth arrived: contrast the newest window too
+            self.model.contrast_many(x, mask, side, steps=steps, sensors=self.sensors[:n],
+                                     step=step.step)
+        for i, a in enumerate(self.model.drain_alerts()):
+            a.setdefault("ts", step.end_ts)
+            a.setdefault("id", f"data-quality:{step.step}:{i}")
+            out.alerts.append(a)
+
+    def _loc_scale(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalization statistics of the first ``n`` sensors: the running ones, or the
+        checkpoint's frozen ones for the sensors it knows (``adapt.normalization``)."""
+        loc, scale = self.normalizer.loc_scale(n)
+        if self._pinned:
+            if self._pin_idx is None or len(self._pin_idx[0]) != n:
+                names = self.sensors[:n]
+                rows = [i for i, s in enumerate(names) if s in self._pinned]
+                self._pin_idx = (names, np.array(rows, np.int64),
+                                 np.array([self._pinned[names[i]] for i in rows]).reshape(-1, 2))
+            _, rows, vals = self._pin_idx
+            if len(rows):
+                loc[rows], scale[rows] = vals[:, 0], vals[:, 1]
+        return loc, scale
 
     def _learn_rows(self, y_mask: np.ndarray) -> np.ndarray:
         """Sensors of one online step: all with a target, or a seeded sample of them."""
@@ -276,21 +319,48 @@ class StreamCore:
             pend = self._pending.pop(j)
             if step.step - j >= k:
                 continue  # its truth fell out of the context after a long gap
-            n = pend.yhat.shape[0]
-            y = self._truth(j, n)
-            err = y - pend.yhat
-            err_norm = err / pend.scale[:, None]
-            self.metrics.add(err, err_norm)
-            self.metrics.realized_forecasts += n
-            ok = ~np.isnan(err_norm)
-            cnt = ok.sum(axis=1)
-            stat = np.full(n, np.nan)
-            np.divide(np.abs(np.where(ok, err_norm, 0.0)).sum(axis=1), cnt, out=stat,
-                      where=cnt > 0)
-            y_mask = ~np.isnan(y)
-            y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
-            rows = self._learn_rows(y_mask)
-            self.model.learn_many(pend.x[rows], pend.mask[rows], pend.side[rows],
-                                  y_norm[rows].astype(np.float32), y_mask[rows],
-                                  steps=pend.steps, sensors=[self.sensors[i] for i in rows])
+            stat = self._score_and_learn(pend, self._truth(j, pend.yhat.shape[0]), step.step)
         return stat
+
+    def _score_and_learn(self, pend: _Pending, y: np.ndarray, now: int) -> np.ndarray:
+        """Score a realized forecast, learn from it; returns the mean absolute normalized
+        error per sensor (the drift monitors' residual statistic)."""
+        n = pend.yhat.shape[0]
+        err = y - pend.yhat
+        err_norm = err / pend.scale[:, None]
+        self.metrics.add(err, err_norm)
+        self.metrics.realized_forecasts += n
+        ok = ~np.isnan(err_norm)
+        cnt = ok.sum(axis=1)
+        stat = np.full(n, np.nan)
+        np.divide(np.abs(np.where(ok, err_norm, 0.0)).sum(axis=1), cnt, out=stat, where=cnt > 0)
+        self._learn(pend, y, now)
+        self._learned_at = now
+        return stat
+
+    def _learn(self, pend: _Pending, y: np.ndarray, now: int) -> None:
+        """The supervised update on a realized forecast (shared by both feedback modes)."""
+        y_mask = ~np.isnan(y)
+        y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
+        rows = self._learn_rows(y_mask)
+        if self._graph_model:
+            rows = np.arange(len(y))   # the graph layer needs the whole region
+        self.model.learn_many(pend.x[rows], pend.mask[rows], pend.side[rows],
+                              y_norm[rows].astype(np.float32), y_mask[rows],
+                              steps=pend.steps, sensors=[self.sensors[i] for i in rows],
+                              step=now)
+
+    def feedback(self, step: int, y: np.ndarray) -> bool:
+        """Immediate feedback (the FSNet/OneNet protocol, for comparisons only): score and
+        learn from the forecast made at ``step`` with its true values ``y`` ``[N, H]`` (input
+        scale, NaN unknown) now, instead of when the stream delivers them. Returns whether a
+        forecast of that step was pending."""
+        pend = self._pending.pop(step, None)
+        if pend is None:
+            return False
+        y = np.asarray(y, np.float64)[:pend.yhat.shape[0]]
+        self._feedback_stat = self._score_and_learn(pend, y, step)
+        x, mask, side, steps = self._newest
+        self.model.contrast_many(x, mask, side, steps=steps, sensors=self.sensors[:len(x)],
+                                 step=step)
+        return True

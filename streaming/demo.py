@@ -44,7 +44,7 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
                                       "patching": {"interval_ms": rec.interval_ms or 300_000},
                                       "model": {"seed": seed}})
         ensure_topics(bs, topics.all())
-        core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model),
+        core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
                           sensors=list(rec.sensors),
                           positions=np.stack([rec.lat, rec.lon], 1) if rec.lat is not None
                           else None)

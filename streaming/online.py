@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -11,40 +12,66 @@ import torch
 from models.backbone import STBackbone
 from models.checkpoint import load_checkpoint
 from models.graph import laplacian_pe
+from models.objectives import contrastive_loss
 from models.patch_transformer import PatchTransformer, PatchTransformerConfig
-from streaming.config import ModelConfig, PatchingConfig
+from streaming.adaptation import Anchor, Booster, RollbackGuard, select_parameters
+from streaming.config import AdaptConfig, ModelConfig, PatchingConfig
+from streaming.reservoir import ReservoirBuffer
+
+log = logging.getLogger(__name__)
 
 
 class OnlineModel:
-    """Wraps a forecaster: ``predict_many`` (no state change) and ``learn_many`` (one step).
+    """Wraps a forecaster: ``predict_many`` (no state change), ``learn_many`` (a supervised
+    update when realized values arrive) and ``contrast_many`` (an InfoNCE update on the
+    newest window).
 
     Inputs are ``[B, K, P]`` windows already z-scored per sensor; outputs are ``[B, H]`` in the
-    same units.
+    same units. Updates touch only the parameters ``adapt.params`` selects, mix in windows
+    from a reservoir replay buffer, are pulled toward the initial (pretrained) weights, are
+    boosted for sensors with a recent drift alert, and roll back to the last good snapshot
+    on a NaN or exploding loss (reported through ``drain_alerts``).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, name: str = "fresh",
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, adapt: AdaptConfig | None = None) -> None:
         self.model = model
         self.cfg = cfg
+        self.adapt = adapt or AdaptConfig()
         self.name = name
-        self._graph = _GraphContext(model, meta or {}) if isinstance(model, STBackbone) else None
-        self.n_updates = 0
+        self.meta = meta or {}
+        self._graph = _GraphContext(model, self.meta) if isinstance(model, STBackbone) else None
+        self.n_updates = 0       # realized windows learned from (the model_version counter)
         self.n_skipped = 0
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.n_steps = 0         # optimizer steps (boosts add passes)
+        self.params = select_parameters(model, self.adapt)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.lr)
+        self.anchor = Anchor(self.params, self.adapt)
+        self.booster = Booster(self.adapt)
+        self.guard = RollbackGuard(self.params, self.optimizer, self.adapt)
+        self.replay = ReservoirBuffer(self.adapt.replay_size, seed=cfg.seed)
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        self._alerts: list[dict] = []
+        self._contrast_calls = 0
+        self.can_contrast = isinstance(model, STBackbone)
+        if self.adapt.contrastive_weight > 0 and not self.can_contrast:
+            log.info("%s has no projection head: contrastive updates are off",
+                     type(model).__name__)
         self.model.eval()
 
     @classmethod
-    def fresh(cls, patching: PatchingConfig, cfg: ModelConfig) -> OnlineModel:
+    def fresh(cls, patching: PatchingConfig, cfg: ModelConfig,
+              adapt: AdaptConfig | None = None) -> OnlineModel:
         torch.manual_seed(cfg.seed)
         net = PatchTransformer(PatchTransformerConfig(
             patch_len=patching.patch_len, context_patches=cfg.context_patches,
             horizon=cfg.horizon, d_model=cfg.d_model, n_heads=cfg.n_heads,
             n_layers=cfg.n_layers, dropout=cfg.dropout))
-        return cls(net, cfg, name=f"fresh-s{cfg.seed}")
+        return cls(net, cfg, name=f"fresh-s{cfg.seed}", adapt=adapt)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, patching: PatchingConfig,
-                        cfg: ModelConfig) -> OnlineModel:
+                        cfg: ModelConfig, adapt: AdaptConfig | None = None) -> OnlineModel:
         """Load a checkpoint; its architecture must fit the patching and horizon in use."""
         torch.manual_seed(cfg.seed)
         net, meta = load_checkpoint(path)
@@ -54,7 +81,7 @@ class OnlineModel:
             if arch.get(key) != want:
                 raise ValueError(f"checkpoint {path}: {key}={arch.get(key)} but the "
                                  f"configuration asks for {want}")
-        return cls(net, cfg, name=Path(path).name, meta=meta)
+        return cls(net, cfg, name=Path(path).name, meta=meta, adapt=adapt)
 
     @property
     def version(self) -> str:
@@ -79,34 +106,172 @@ class OnlineModel:
             return np.zeros((0, self.cfg.horizon), np.float32)
         return self._forward(x, mask, side, steps, sensors).numpy()
 
+    # --- updates ------------------------------------------------------------------------
+
+    def boost(self, sensors: list[str], step: int) -> None:
+        """A drift alert on ``sensors`` at ``step``: adapt faster there for a while."""
+        self.booster.boost(sensors, step)
+
+    def drain_alerts(self) -> list[dict]:
+        """``data-quality`` alerts raised by rollbacks since the last call."""
+        out, self._alerts = self._alerts, []
+        return out
+
+    def _losses(self, items: list[dict]) -> torch.Tensor:
+        """Masked Huber loss of each window; windows that fit together go through one
+        forward pass (the current window and its replayed ones usually do)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            key = (it["x"].shape, tuple(it["sensors"] or ()) if self._graph else None)
+            groups.setdefault(key, []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for idx in groups.values():
+            sel = [items[i] for i in idx]
+            if self._graph is None:
+                pred = self.model(*(torch.from_numpy(np.concatenate([it[k] for it in sel]))
+                                    for k in ("x", "mask", "side")))
+                preds = torch.split(pred, [len(it["x"]) for it in sel])
+            else:
+                preds = self._graph.forecast_many(
+                    *(torch.from_numpy(np.stack([it[k] for it in sel]))
+                      for k in ("x", "mask", "side")),
+                    np.stack([np.asarray(it["steps"]) for it in sel]), sel[0]["sensors"])
+            for i, it, pr in zip(idx, sel, preds, strict=True):
+                y = torch.nan_to_num(torch.from_numpy(it["y"]))
+                err = torch.nn.functional.huber_loss(pr, y, reduction="none", delta=1.0)
+                m = torch.from_numpy(it["y_mask"]).to(err.dtype)
+                if it.get("weight") is not None:
+                    m = m * torch.from_numpy(it["weight"])[:, None]
+                out[i] = (err * m).sum() / m.sum().clamp_min(1e-6)
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _apply(self, loss: torch.Tensor, lr_factor: float, where: str, step: int | None,
+               sensors: list[str] | None) -> float:
+        """Penalty, backward, clip, step; or a rollback when the loss or weights go bad."""
+        value = float(loss.detach())
+        why = self.guard.is_bad(value)
+        if why is None:
+            pen = self.anchor.penalty(self.params)
+            total = loss if pen is None else loss + pen
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.anchor.observe_grads(self.params)
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.cfg.lr * lr_factor
+            self.optimizer.step()
+            self.n_steps += 1
+            if self.guard.weights_ok():
+                self.guard.accept(value)
+                return value
+            why = "non-finite weights after the update"
+        self.guard.restore()
+        self.n_skipped += 1
+        self._alerts.append({
+            "kind": "data-quality", "sensors": list(sensors or []), "step": step,
+            "detector": "online-update", "statistic": f"{where} loss",
+            "severity": "warning",
+            "detail": {"reason": why, "action": "restored the last good snapshot of the "
+                       "adapted weights", "rollbacks": self.guard.rollbacks,
+                       "model_version": self.version}})
+        return math.nan
+
     def learn_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, y: np.ndarray,
                    y_mask: np.ndarray, *, steps: np.ndarray | None = None,
-                   sensors: list[str] | None = None) -> float:
-        """One supervised step on the masked Huber loss; returns the loss (NaN when skipped).
+                   sensors: list[str] | None = None, step: int | None = None) -> float:
+        """Supervised update(s) on the masked Huber loss of realized values, with replayed
+        windows mixed in; returns the loss of the last pass (NaN when skipped or rolled back).
 
         Huber (quadratic up to one normalized unit, linear beyond) keeps a few sensors with
         sudden large errors, e.g. at a level shift, from dragging the shared model around.
+        ``step`` (the current step) times drift boosts.
         """
-        if not self.cfg.learn or self.cfg.lr == 0 or not y_mask.any():
+        if (not self.cfg.learn or not self.adapt.supervised or self.cfg.lr == 0
+                or not y_mask.any()):
             return math.nan
-        self.model.train()
-        yt = torch.from_numpy(y)
-        mt = torch.from_numpy(y_mask)
-        pred = self._forward(x, mask, side, steps, sensors)
-        err = torch.nn.functional.huber_loss(pred, torch.nan_to_num(yt), reduction="none",
-                                             delta=1.0)
-        loss = (err * mt).sum() / mt.sum()
-        self.model.eval()
-        value = float(loss.detach())
-        if not math.isfinite(value):
+        if not np.isfinite(x[mask]).all():
+            self._alerts.append({
+                "kind": "data-quality", "sensors": list(sensors or []), "step": step,
+                "detector": "online-update", "statistic": "input window",
+                "severity": "warning",
+                "detail": {"reason": "non-finite normalized input; update skipped",
+                           "model_version": self.version}})
             self.n_skipped += 1
-            return value
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.n_updates += 1
+            return math.nan
+        item = {"x": x, "mask": mask, "side": side, "y": y.astype(np.float32),
+                "y_mask": y_mask, "steps": steps, "sensors": sensors}
+        factors = (self.booster.factors(sensors, step) if sensors is not None
+                   and step is not None else [1.0])
+        top = max(factors)
+        cur = dict(item)
+        if top > 1.0 and self._graph is None and len(factors) == len(x):
+            cur["weight"] = np.asarray(factors, np.float32)
+        passes = 1 + (self.adapt.boost_updates if top > 1.0 else 0)
+        replayed = self.replay.sample(self.adapt.replay_k)
+        value = math.nan
+        self.model.train()
+        try:
+            for _ in range(passes):
+                loss = self._losses([cur, *replayed]).mean()
+                value = self._apply(loss, top, "supervised", step, sensors)
+                if math.isnan(value):
+                    break
+        finally:
+            self.model.eval()
+        if not math.isnan(value):
+            self.n_updates += 1
+            self.replay.add(item)
         return value
+
+    def contrast_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
+                      steps: np.ndarray | None = None, sensors: list[str] | None = None,
+                      step: int | None = None) -> float:
+        """One InfoNCE update over two augmented views of the newest window (positives: the
+        same sensor and token; negatives: the other sensors and tokens)."""
+        w = self.adapt.contrastive_weight
+        if (w == 0 or not self.can_contrast or not self.cfg.learn or self.cfg.lr == 0
+                or len(x) < 2 or steps is None or sensors is None):
+            return math.nan
+        self._contrast_calls += 1
+        if (self._contrast_calls - 1) % self.adapt.contrastive_every:
+            return math.nan
+        assert self._graph is not None
+        kw = self._graph.kwargs(sensors)
+        st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
+        self.model.train()
+        try:
+            loss = w * contrastive_loss(self.model, torch.from_numpy(x)[None],
+                                        torch.from_numpy(mask)[None], st, generator=self._gen,
+                                        side=torch.from_numpy(side)[None], **kw)
+            top = max(self.booster.factors(sensors, step)) if step is not None else 1.0
+            return self._apply(loss, top, "contrastive", step, sensors)
+        finally:
+            self.model.eval()
+
+    # --- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything an online run changes: weights, optimizer, penalty reference and
+        Fisher, replay buffer, boosts, rollback snapshot, counters, generator."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "anchor": self.anchor.state_dict(), "booster": self.booster.state_dict(),
+                "guard": self.guard.state_dict(), "replay": self.replay.state_dict(),
+                "n_updates": self.n_updates, "n_skipped": self.n_skipped,
+                "n_steps": self.n_steps, "contrast_calls": self._contrast_calls,
+                "generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.anchor.load_state_dict(state["anchor"])
+        self.booster.load_state_dict(state["booster"])
+        self.guard.load_state_dict(state["guard"])
+        self.replay.load_state_dict(state["replay"])
+        self.n_updates = int(state["n_updates"])
+        self.n_skipped = int(state["n_skipped"])
+        self.n_steps = int(state["n_steps"])
+        self._contrast_calls = int(state["contrast_calls"])
+        self._gen.set_state(state["generator"])
 
 
 class _GraphContext:
@@ -152,10 +317,19 @@ class _GraphContext:
         self._cache = (key, graph)
         return graph
 
+    def kwargs(self, sensors: list[str]) -> dict:
+        ids, lap, edge_index, edge_weight = self._for(sensors)
+        return {"node_ids": ids, "lap_pe": lap, "edge_index": edge_index,
+                "edge_weight": edge_weight}
+
     def forecast(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
                  steps: np.ndarray, sensors: list[str]) -> torch.Tensor:
-        ids, lap, edge_index, edge_weight = self._for(sensors)
-        st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
-        y = self.model(x[None], mask[None], st, side=side[None], node_ids=ids, lap_pe=lap,
-                       edge_index=edge_index, edge_weight=edge_weight)
-        return y[0, :, -1]
+        return self.forecast_many(x[None], mask[None], side[None],
+                                  np.asarray(steps).reshape(1, -1), sensors)[0]
+
+    def forecast_many(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
+                      steps: np.ndarray, sensors: list[str]) -> torch.Tensor:
+        """Last-token forecasts ``[S, N, H]`` of ``S`` windows of the same sensors."""
+        st = torch.as_tensor(np.asarray(steps), dtype=torch.long)
+        y = self.model(x, mask, st, side=side, **self.kwargs(sensors))
+        return y[:, :, -1]

@@ -117,3 +117,24 @@ def test_torchrun_data_parallel(rec, tmp_path):
     results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 2 and results[0]["best_val"] == results[1]["best_val"]
     load_checkpoint(tmp_path / "ddp" / "best")
+
+
+def test_explicit_test_border_and_bad_split(rec):
+    cfg = _cfg(train_rows=800, val_rows=200, test_rows=400)
+    data = prepare(rec, cfg)
+    assert data.starts["test"].max() + data.span <= 1400
+    assert data.starts["test"].min() >= 1000 - data.span + cfg.horizon
+    with pytest.raises(ValueError, match="exceeds the recording"):
+        prepare(rec, _cfg(train_rows=800, val_rows=200, test_rows=rec.n_steps))
+    with pytest.raises(ValueError, match="test_rows"):
+        _cfg(test_rows=-1).validate()
+
+
+def test_fine_tuning_checkpoint_must_know_the_sensors(rec, tmp_path):
+    from dataclasses import replace
+
+    res = pretrain(rec, tmp_path / "pt", _cfg(epochs=1), progress=False)
+    renamed = replace(rec, sensors=[f"x{i}" for i in range(rec.n_sensors)])
+    with pytest.raises(ValueError, match="other sensors"):
+        pretrain(renamed, tmp_path / "ft", _cfg(epochs=1, init_checkpoint=res.checkpoint),
+                 progress=False)

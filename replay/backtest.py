@@ -1,0 +1,271 @@
+"""Backtest: the live worker's online core driven by a recorded file, in time order, no Kafka.
+
+The recording is cut into micro-batches of grid rows and fed to the same ``StreamCore`` the
+live worker uses (events first, then readings, as a worker applies a fetched batch), so a
+figure measured here holds for the live system. Deterministic under the model seed.
+
+Two feedback modes:
+
+* ``delayed`` (default; what a live system lives in): a forecast is scored before anything
+  of its horizon is known and the model learns from it only once the stream has delivered
+  all of its true values.
+* ``immediate`` (the FSNet/OneNet protocol, for comparison with older tables only): right
+  after each forecast the model is told its true values and updated before the next one.
+
+The report: cumulative online MSE/MAE over time, per-sensor errors, alerts, model versions,
+steps per second, and PNG plots (error over time with alert markers; forecasts vs truth).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from connectors.recordings import Recording
+from connectors.schemas import EventBatch, ReadingBatch
+from streaming.core import StreamCore
+
+FEEDBACK = ("delayed", "immediate")
+
+
+@dataclass
+class BacktestResult:
+    """What one pass produced; errors are forecast minus truth on the input scale."""
+
+    sensors: list[str]
+    steps: np.ndarray               # int64 [F]: step of each forecast block
+    ts: np.ndarray                  # int64 [F]: its timestamp (end of the step)
+    rows: np.ndarray                # int64 [F]: recording row of the first horizon point
+    yhat: np.ndarray                # float32 [F, N, H]
+    truth: np.ndarray               # float32 [F, N, H] (NaN beyond the recording or missing)
+    versions: list[str]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    rejected_readings: int = 0
+    rejected_events: int = 0
+
+    def scored(self, from_row: int = 0) -> np.ndarray:
+        """Forecast blocks counted in the metrics: made at or after ``from_row`` and with
+        every horizon point inside the recording."""
+        full = ~np.isnan(self.truth).all(axis=1).any(axis=1)
+        return np.flatnonzero((self.rows >= from_row) & full)
+
+    def metrics(self, from_row: int = 0) -> dict[str, float]:
+        """Cumulative MSE/MAE = mean over all scored online steps, sensors and horizon points."""
+        sel = self.scored(from_row)
+        err = (self.yhat[sel] - self.truth[sel]).astype(np.float64)
+        ok = ~np.isnan(err)
+        n = int(ok.sum())
+        return {"steps": int(len(sel)), "points": n,
+                "mse": float(np.sum(err[ok] ** 2) / n) if n else float("nan"),
+                "mae": float(np.sum(np.abs(err[ok])) / n) if n else float("nan"),
+                "steps_per_s": len(self.steps) / self.seconds if self.seconds else 0.0}
+
+    def curve(self, from_row: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Timestamps and the cumulative MSE and MAE after each scored step."""
+        sel = self.scored(from_row)
+        err = (self.yhat[sel] - self.truth[sel]).astype(np.float64)
+        ok = ~np.isnan(err)
+        cnt = np.cumsum(ok.sum(axis=(1, 2)))
+        sq = np.cumsum(np.where(ok, err**2, 0).sum(axis=(1, 2)))
+        ab = np.cumsum(np.where(ok, np.abs(err), 0).sum(axis=(1, 2)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.ts[sel], sq / cnt, ab / cnt
+
+    def per_sensor(self, from_row: int = 0) -> list[dict[str, Any]]:
+        sel = self.scored(from_row)
+        err = (self.yhat[sel] - self.truth[sel]).astype(np.float64)
+        out = []
+        for i, s in enumerate(self.sensors):
+            e = err[:, i]
+            e = e[~np.isnan(e)]
+            out.append({"sensor": s, "points": int(e.size),
+                        "mse": float(np.mean(e**2)) if e.size else float("nan"),
+                        "mae": float(np.mean(np.abs(e))) if e.size else float("nan")})
+        return out
+
+
+def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
+    """Rows ``[lo, hi)`` as a reading batch in time order (missing values left out)."""
+    vals = rec.values[lo:hi]
+    n = rec.n_sensors
+    obs = ~np.isnan(vals)
+    r, c = np.nonzero(obs)
+    return ReadingBatch(sensors=[rec.sensors[j] for j in c.tolist()],
+                        ts=rec.timestamps[lo:hi][r].astype(np.int64),
+                        values=vals[r, c].astype(np.float64),
+                        source=np.arange(len(r), dtype=np.int64),
+                        partition=np.zeros(len(r), np.int64)) if n else ReadingBatch()
+
+
+def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
+             batch_rows: int = 0, start_row: int = 0, end_row: int | None = None,
+             progress: bool = True) -> BacktestResult:
+    """Feed rows ``[start_row, end_row)`` of ``rec`` through ``core`` and collect its output.
+
+    ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows).
+    """
+    if feedback not in FEEDBACK:
+        raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
+    end_row = rec.n_steps if end_row is None else end_row
+    if not 0 <= start_row < end_row <= rec.n_steps:
+        raise ValueError(f"row range [{start_row}, {end_row}) is outside the recording's "
+                         f"{rec.n_steps} rows")
+    batch = batch_rows or core.cfg.patching.patch_len
+    row_of = {int(t): i for i, t in enumerate(rec.timestamps.tolist())}
+    col = {s: j for j, s in enumerate(rec.sensors)}
+    events = sorted(rec.events, key=lambda e: e["ts"])
+    ev_ts = np.array([e["ts"] for e in events], np.int64)
+    h = core.cfg.model.horizon
+    steps, tss, rows, yhats, truths, versions = [], [], [], [], [], []
+    alerts: list[dict[str, Any]] = []
+    rej_r = rej_e = 0
+    bar = tqdm(total=end_row - start_row, desc=f"backtest ({feedback})", unit="row",
+               disable=not progress, mininterval=0.5)
+    t0 = time.perf_counter()
+    for lo in range(start_row, end_row, batch):
+        hi = min(lo + batch, end_row)
+        t_lo = rec.timestamps[lo] if lo > start_row else np.iinfo(np.int64).min
+        e_lo, e_hi = np.searchsorted(ev_ts, [t_lo, rec.timestamps[hi - 1]], side="right")
+        if lo == start_row:
+            e_lo = 0
+        eb = EventBatch(events=events[e_lo:e_hi], source=list(range(e_hi - e_lo)))
+        out = core.process(_reading_batch(rec, lo, hi), eb)
+        rej_r += len(out.rejected_readings)
+        rej_e += len(out.rejected_events)
+        alerts.extend(out.alerts)
+        for block in out.forecasts:
+            first = row_of.get(int(block.horizon_ts[0]), -1)
+            y = np.full((len(block.sensors), h), np.nan)
+            idx = [row_of.get(int(t), -1) for t in block.horizon_ts]
+            have = [k for k, r in enumerate(idx) if 0 <= r < end_row]
+            cols = [col.get(s, -1) for s in block.sensors]
+            known = [i for i, c in enumerate(cols) if c >= 0]
+            if have and known:
+                sub = rec.values[np.array([idx[k] for k in have])][:, [cols[i] for i in known]]
+                y[np.ix_(known, have)] = sub.T
+            steps.append(block.step)
+            tss.append(block.ts)
+            rows.append(first)
+            yhats.append(block.yhat.astype(np.float32))
+            truths.append(y.astype(np.float32))
+            versions.append(block.model_version)
+            if feedback == "immediate":
+                core.feedback(block.step, y)
+        bar.update(hi - lo)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    n = len(core.sensors)
+    pad = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in yhats]
+    padt = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in truths]
+    return BacktestResult(
+        sensors=list(core.sensors), steps=np.asarray(steps, np.int64),
+        ts=np.asarray(tss, np.int64), rows=np.asarray(rows, np.int64),
+        yhat=np.stack(pad) if pad else np.zeros((0, n, h), np.float32),
+        truth=np.stack(padt) if padt else np.zeros((0, n, h), np.float32),
+        versions=versions, alerts=alerts, seconds=seconds, rejected_readings=rej_r,
+        rejected_events=rej_e)
+
+
+def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
+                 plot_sensors: int = 3, title: str = "backtest") -> dict[str, Any]:
+    """``report.json``, ``per_sensor.csv``, ``alerts.jsonl``, ``curve.csv`` and two PNGs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"title": title, **res.metrics(from_row),
+               "forecast_blocks": int(len(res.steps)), "alerts": len(res.alerts),
+               "alerts_by_kind": _count(a.get("kind", "?") for a in res.alerts),
+               "first_model_version": res.versions[0] if res.versions else None,
+               "last_model_version": res.versions[-1] if res.versions else None,
+               "rejected_readings": res.rejected_readings,
+               "rejected_events": res.rejected_events, "seconds": res.seconds}
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    per = res.per_sensor(from_row)
+    with open(out / "per_sensor.csv", "w") as f:
+        f.write("sensor,points,mse,mae\n")
+        for r in per:
+            f.write(f"{r['sensor']},{r['points']},{r['mse']:.6g},{r['mae']:.6g}\n")
+    with open(out / "alerts.jsonl", "w") as f:
+        for a in res.alerts:
+            f.write(json.dumps(a, default=_jsonable) + "\n")
+    ts, mse, mae = res.curve(from_row)
+    with open(out / "curve.csv", "w") as f:
+        f.write("ts,cumulative_mse,cumulative_mae\n")
+        for t, a, b in zip(ts.tolist(), mse.tolist(), mae.tolist(), strict=True):
+            f.write(f"{t},{a:.6g},{b:.6g}\n")
+    _plots(res, out, from_row, plot_sensors, title)
+    return summary
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in items:
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _plots(res: BacktestResult, out: Path, from_row: int, n_sensors: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts, mse, mae = res.curve(from_row)
+    sel = res.scored(from_row)
+    err = (res.yhat[sel] - res.truth[sel]).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        step_mse = np.nanmean(err**2, axis=(1, 2))
+    hours = (ts - ts[0]) / 3.6e6 if len(ts) else ts
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if len(ts):
+        w = max(1, len(step_mse) // 200)
+        smooth = np.convolve(np.nan_to_num(step_mse), np.ones(w) / w, mode="same")
+        ax.plot(hours, smooth, lw=0.8, alpha=0.6, label=f"step MSE (moving mean of {w})")
+        ax.plot(hours, mse, lw=1.5, label="cumulative MSE")
+        ax.plot(hours, mae, lw=1.5, label="cumulative MAE")
+        kinds = {}
+        for a in res.alerts:
+            x = (int(a["ts"]) - ts[0]) / 3.6e6
+            if 0 <= x <= hours[-1]:
+                c = "red" if a.get("kind") == "drift" else "orange"
+                kinds[a.get("kind")] = ax.axvline(x, color=c, lw=0.6, alpha=0.5)
+        for k, line in kinds.items():
+            line.set_label(f"{k} alert")
+    ax.set_xlabel("hours since the first scored forecast")
+    ax.set_ylabel("error (input scale)")
+    ax.set_title(f"{title}: online error")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "error_over_time.png", dpi=110)
+    plt.close(fig)
+
+    worst = sorted(range(len(res.sensors)),
+                   key=lambda i: -np.nan_to_num(np.nanmean(np.abs(err[:, i]))) if len(sel)
+                   else 0)[:n_sensors]
+    fig, axes = plt.subplots(max(1, len(worst)), 1, figsize=(10, 2.4 * max(1, len(worst))),
+                             squeeze=False)
+    last = sel[-min(len(sel), 500):]
+    for ax, i in zip(axes[:, 0], worst, strict=False):
+        x = (res.ts[last] - res.ts[last[0]]) / 3.6e6 if len(last) else []
+        ax.plot(x, res.truth[last, i, 0], lw=1, label="truth")
+        ax.plot(x, res.yhat[last, i, 0], lw=1, label="forecast (1 step ahead)")
+        ax.set_title(f"sensor {res.sensors[i]}", fontsize=9)
+        ax.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("hours (last scored forecasts)")
+    fig.tight_layout()
+    fig.savefig(out / "forecasts.png", dpi=110)
+    plt.close(fig)

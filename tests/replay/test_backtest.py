@@ -1,0 +1,119 @@
+"""replay backtest: same forecasts as the live worker, both feedback modes, the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from connectors.kafka_io import ensure_topics, read_topic
+from replay.backtest import backtest
+from replay.publish import publish_recording
+from replay.simulator import DriftSpec, SimConfig, simulate, write_simulation
+from streaming.config import StreamConfig
+from streaming.core import StreamCore
+from streaming.online import OnlineModel
+from streaming.worker import LiveWorker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _small_recording():
+    rec, _ = simulate(SimConfig(n_sensors=6, n_days=2, seed=3, n_events=0, drifts=[
+        DriftSpec("level_shift", sensor=2, onset_frac=0.7, magnitude=2.0)]))
+    return rec
+
+
+def _core(cfg: StreamConfig, sensors: list[str]) -> StreamCore:
+    return StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                      sensors=sensors)
+
+
+@pytest.mark.broker
+def test_backtest_and_live_worker_give_the_same_forecasts(broker, unique) -> None:
+    rec = _small_recording()
+    bs = broker.bootstrap_servers
+    topics = {f"{t}_topic": f"{t.replace('_', '-')}-{unique}"
+              for t in ("readings", "events", "forecasts", "alerts", "dead_letter")}
+    cfg = StreamConfig.from_dict({"kafka": {"bootstrap_servers": bs, "group_id": f"g-{unique}",
+                                            "max_batch": 500, **topics}})
+    k = cfg.kafka
+    ensure_topics(bs, [k.readings_topic, k.events_topic, k.forecasts_topic, k.alerts_topic,
+                       k.dead_letter_topic])
+    publish_recording(rec, bs, topic=k.readings_topic, events_topic=k.events_topic,
+                      progress=False)
+    live_core = _core(cfg, list(rec.sensors))
+    asyncio.run(LiveWorker(cfg, live_core, idle_exit_s=2.0).run())
+    live = {(f["sensor"], f["step"]): (f["yhat"], f["model_version"])
+            for f in (orjson.loads(v) for _, v, _, _ in read_topic(bs, k.forecasts_topic))}
+
+    offline_core = _core(cfg, list(rec.sensors))
+    res = backtest(rec, offline_core, progress=False)
+    offline = {}
+    for b, step in enumerate(res.steps.tolist()):
+        for i, s in enumerate(res.sensors):
+            offline[(s, step)] = (res.yhat[b, i], res.versions[b])
+    assert len(live) > 6 * 400 // 12 and set(live) == set(offline)
+    worst = max(float(np.max(np.abs(np.asarray(live[key][0]) - offline[key][0])))
+                for key in live)
+    assert worst < 1e-4, f"live and backtest forecasts differ by up to {worst}"
+    assert all(live[key][1] == offline[key][1] for key in live), "model versions differ"
+    assert live_core.model.n_updates == offline_core.model.n_updates > 0
+
+
+def test_immediate_feedback_learns_right_after_each_forecast() -> None:
+    rec = _small_recording()
+    cfg = StreamConfig.from_dict({"model": {"horizon": 24}})   # 2 steps ahead
+    delayed, immediate = _core(cfg, list(rec.sensors)), _core(cfg, list(rec.sensors))
+    rd = backtest(rec, delayed, feedback="delayed", progress=False)
+    ri = backtest(rec, immediate, feedback="immediate", progress=False)
+    np.testing.assert_array_equal(rd.steps, ri.steps)
+    n = len(ri.steps)
+    assert immediate.model.n_updates == n           # every forecast fed back at once
+    assert delayed.model.n_updates == n - 2         # the last two are still waiting for truth
+    np.testing.assert_array_equal(rd.yhat[0], ri.yhat[0])   # same model before any update
+    assert not np.allclose(rd.yhat[3:], ri.yhat[3:])
+    assert ri.versions[1].endswith("+1") and rd.versions[1].endswith("+0")
+    m = ri.metrics()
+    assert m["steps"] == n - 1 and np.isfinite(m["mse"])    # full horizons only
+
+
+def test_backtest_rejects_bad_arguments() -> None:
+    rec = _small_recording()
+    core = _core(StreamConfig(), list(rec.sensors))
+    with pytest.raises(ValueError, match="feedback"):
+        backtest(rec, core, feedback="sometimes")
+    with pytest.raises(ValueError, match="outside the recording"):
+        backtest(rec, core, start_row=10, end_row=rec.n_steps + 1)
+
+
+def test_cli_backtest_writes_report_and_plots(tmp_path: Path) -> None:
+    rec, truths = simulate(SimConfig(n_sensors=5, n_days=3, seed=5, n_events=3))
+    data = tmp_path / "sim.npz"
+    write_simulation(rec, truths, data)
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "backtest",
+                           str(data), "--fresh", "--out", str(out), "--quiet",
+                           "--score-from-row", "288", "--set", "adapt.replay_k=1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["steps"] > 40 and np.isfinite(summary["mse"]) and summary["mae"] > 0
+    assert summary["last_model_version"] != summary["first_model_version"]
+    per = (out / "per_sensor.csv").read_text().splitlines()
+    assert per[0] == "sensor,points,mse,mae" and len(per) == 1 + rec.n_sensors
+    curve = (out / "curve.csv").read_text().splitlines()
+    assert len(curve) == summary["steps"] + 1
+    for png in ("error_over_time.png", "forecasts.png"):
+        blob = (out / png).read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
+    bad = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "backtest",
+                          str(data), "--fresh", "--out", str(out), "--set", "adapt.penalty=l9"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode != 0 and "adapt.penalty" in bad.stderr
