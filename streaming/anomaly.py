@@ -1,0 +1,87 @@
+"""Anomaly likelihood: turns a raw per-sensor anomaly statistic into a score in [0, 1].
+
+The raw statistic (e.g. the absolute standardized forecast residual) is noisy and its scale
+differs per sensor and over time. Following Numenta's anomaly likelihood (Ahmad et al.,
+Neurocomputing 2017), each sensor keeps a long-run distribution of the raw statistic
+(exponentially weighted mean and variance) and a short moving average; the score is the
+Gaussian tail probability that the short average is that far above the long-run mean,
+log-compressed so that 0.5 means "likelihood 0.99" and 1.0 means "likelihood 1 - 1e-10".
+Vectorized over sensors; ``learn_many`` folds a new value per sensor in and returns the
+scores (the statistic is scored against the state *before* it is learned).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+_LOG_FLOOR = math.log(1e-10)
+
+
+class AnomalyLikelihood:
+    """Per-sensor anomaly likelihood of a raw statistic (NaN = no value this step)."""
+
+    def __init__(self, long_window: int = 2000, short_window: int = 10,
+                 warmup: int = 100, min_std: float = 1e-3) -> None:
+        if not 0 < short_window < long_window:
+            raise ValueError("anomaly likelihood needs 0 < short_window < long_window")
+        self.long_alpha = 1.0 / long_window
+        self.short_alpha = 2.0 / (short_window + 1)
+        self.warmup = warmup
+        self.min_std = min_std
+        self.count = np.zeros(0, np.int64)
+        self.mean = np.zeros(0)
+        self.var = np.zeros(0)
+        self.short = np.zeros(0)
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.count):
+            pad = n - len(self.count)
+            self.count = np.concatenate([self.count, np.zeros(pad, np.int64)])
+            self.mean = np.concatenate([self.mean, np.zeros(pad)])
+            self.var = np.concatenate([self.var, np.zeros(pad)])
+            self.short = np.concatenate([self.short, np.zeros(pad)])
+
+    def learn_many(self, raw: np.ndarray) -> np.ndarray:
+        """Score ``raw`` ``[N]`` against each sensor's history, then learn it. Scores are 0
+        during a sensor's warm-up and where ``raw`` is NaN."""
+        raw = np.asarray(raw, np.float64)
+        n = len(raw)
+        self._grow(n)
+        ok = ~np.isnan(raw)
+        c = self.count[:n]
+        short = np.where(c > 0, self.short[:n] + self.short_alpha * (raw - self.short[:n]), raw)
+        std = np.sqrt(np.maximum(self.var[:n], self.min_std**2))
+        z = (short - self.mean[:n]) / std
+        tail = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2.0)) if n else np.zeros(0)
+        log_tail = np.log(np.maximum(tail, 1e-300))
+        score = np.clip(log_tail / _LOG_FLOOR, 0.0, 1.0)
+        score = np.where(ok & (c >= self.warmup), score, 0.0)
+        # learn: running moments with a 1/count step until the long window is reached
+        alpha = np.maximum(1.0 / (c + 1), self.long_alpha)
+        d = raw - self.mean[:n]
+        new_mean = self.mean[:n] + alpha * d
+        new_var = (1 - alpha) * (self.var[:n] + alpha * d * d)
+        self.mean[:n] = np.where(ok, new_mean, self.mean[:n])
+        self.var[:n] = np.where(ok, new_var, self.var[:n])
+        self.short[:n] = np.where(ok, short, self.short[:n])
+        self.count[:n] = c + ok
+        return score
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count.copy(), "mean": self.mean.copy(), "var": self.var.copy(),
+                "short": self.short.copy(), "long_alpha": self.long_alpha,
+                "short_alpha": self.short_alpha, "warmup": self.warmup,
+                "min_std": self.min_std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = np.array(state["count"], np.int64)
+        self.mean = np.array(state["mean"], np.float64)
+        self.var = np.array(state["var"], np.float64)
+        self.short = np.array(state["short"], np.float64)
+        self.long_alpha = float(state["long_alpha"])
+        self.short_alpha = float(state["short_alpha"])
+        self.warmup = int(state["warmup"])
+        self.min_std = float(state["min_std"])
