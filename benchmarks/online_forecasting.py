@@ -79,7 +79,7 @@ def warmup(rec: Recording, horizon: int, out: Path, args: argparse.Namespace) ->
                          graph=False, epochs=args.pre_epochs, batch_size=32, lr=1e-3,
                          w_forecast=1.0, w_masked=0.5, w_contrastive=0.05, stride=2,
                          train_rows=TRAIN, val_rows=VAL - TRAIN, test_rows=END - VAL,
-                         patience=3, seed=args.seed)
+                         patience=3, select_on="forecast", seed=args.seed)
     t0 = time.perf_counter()
     res = pretrain(rec, out, cfg, progress=False)
     return res.checkpoint, {"epochs": res.epochs_run, "best_val": res.best_val,
@@ -231,11 +231,12 @@ def table(rows: list[dict[str, Any]], warm: dict, args: argparse.Namespace,
           f"Model: STBackbone d_model {args.d_model}, {args.layers} layers, patch length 1, "
           f"lookback {LOOKBACK} tokens (both protocols), no graph. Warm-up: pretraining on "
           f"rows [0, {TRAIN}) (forecast + 0.5 x masked + 0.05 x InfoNCE, <= {args.pre_epochs} "
-          f"epochs, early stopping on [{TRAIN}, {VAL})). Online: `replay backtest` path "
-          f"(StreamCore), batch size 1, Adam lr {args.lr}, adapt.params={args.params}, "
+          f"epochs, early stopping on the forecast loss of [{TRAIN}, {VAL})). Online: "
+          f"`replay backtest` path (StreamCore), batch size 1, Adam lr {args.lr}, "
+          f"adapt.params={args.params}, "
           f"Huber loss, reservoir replay 256 windows / {args.replay_k} mixed per step, L2-SP "
           f"{args.penalty}, InfoNCE weight {args.contrastive} every {args.contrastive_every} "
-          "realized windows, drift boost x{args.boost} "
+          f"realized windows, drift boost x{args.boost} "
           "decaying over 48 steps (+1 update pass while boosted). Metrics: cumulative MSE / "
           "MAE on z-scored values (train-split statistics) over every forecast whose "
           f"horizon lies in [{VAL}, {END}).", ""]

@@ -61,6 +61,8 @@ class PretrainConfig:
     val_rows: int = 0              # rows of the validation split (0 = 10 % of the data)
     test_rows: int = 0             # rows of the test split after validation (0 = the rest)
     patience: int = 3
+    select_on: str = "total"       # validation loss for early stopping and best/: total or a
+                                   # single objective (forecast, masked, contrastive)
     seed: int = 0
     device: str = "auto"
     init_checkpoint: str = ""      # start from these weights (fine-tuning) instead of random
@@ -78,6 +80,12 @@ class PretrainConfig:
         for k in ("train_rows", "val_rows", "test_rows", "stride"):
             if getattr(self, k) < 0:
                 raise ValueError(f"pretrain.{k} must be >= 0")
+        if self.select_on not in ("total", "forecast", "masked", "contrastive"):
+            raise ValueError("pretrain.select_on must be total, forecast, masked or "
+                             f"contrastive, not {self.select_on!r}")
+        if self.select_on != "total" and not getattr(self, f"w_{self.select_on}"):
+            raise ValueError(f"pretrain.select_on={self.select_on!r} needs "
+                             f"w_{self.select_on} > 0")
         if self.trainable not in ("all", "head"):
             raise ValueError(f"pretrain.trainable must be 'all' or 'head', not {self.trainable!r}")
         return self
@@ -329,9 +337,9 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
                   **{f"val_{k}": v for k, v in val.items()}}
         state["history"].append(record)
         state["epoch"] = epoch
-        improved = val["total"] < state["best_val"] - 1e-6
+        improved = val[cfg.select_on] < state["best_val"] - 1e-6
         if improved:
-            state["best_val"] = val["total"]
+            state["best_val"] = val[cfg.select_on]
             state["bad_epochs"] = 0
         else:
             state["bad_epochs"] += 1

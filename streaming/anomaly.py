@@ -6,6 +6,7 @@ Neurocomputing 2017), each sensor keeps a long-run distribution of the raw stati
 (exponentially weighted mean and variance) and a short moving average; the score is the
 Gaussian tail probability that the short average is that far above the long-run mean,
 log-compressed so that 0.5 means "likelihood 0.99" and 1.0 means "likelihood 1 - 1e-10".
+The newest raw value is scored the same way, so a one-step spike is not averaged away.
 Vectorized over sensors; ``learn_many`` folds a new value per sensor in and returns the
 scores (the statistic is scored against the state *before* it is learned).
 """
@@ -54,7 +55,8 @@ class AnomalyLikelihood:
         c = self.count[:n]
         short = np.where(c > 0, self.short[:n] + self.short_alpha * (raw - self.short[:n]), raw)
         std = np.sqrt(np.maximum(self.var[:n], self.min_std**2))
-        z = (short - self.mean[:n]) / std
+        # the short average finds sustained rises, the raw value one-step spikes it dilutes
+        z = np.maximum(short - self.mean[:n], raw - self.mean[:n]) / std
         tail = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2.0)) if n else np.zeros(0)
         log_tail = np.log(np.maximum(tail, 1e-300))
         score = np.clip(log_tail / _LOG_FLOOR, 0.0, 1.0)

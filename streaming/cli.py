@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("patience", int), ("seed", int), ("w_forecast", float),
                       ("w_masked", float), ("w_contrastive", float),
                       ("mask_ratio", float), ("device", str), ("init_checkpoint", str),
-                      ("trainable", str)):
+                      ("trainable", str), ("select_on", str)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_pretrain)

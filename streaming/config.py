@@ -78,6 +78,30 @@ class DriftConfig:
                 raise ConfigError(f"drift.{k} must be >= 0")
 
 
+@dataclass
+class AnomalyConfig:
+    """Per-step anomaly score (likelihood of the newest residual) and its alert policy."""
+
+    long_window: int = 2000             # steps of the long-run residual distribution
+    short_window: int = 10              # steps of the short moving average that is scored
+    warmup_steps: int = 100             # scored steps per sensor before it may alert
+    threshold: float = 0.9              # score that fires an anomaly alert (tail 1e-9)
+    clear_threshold: float = 0.5        # a fired sensor re-arms below this (hysteresis)
+    critical: float = 0.99
+    cooldown_steps: int = 24
+    merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
+
+    def validate(self) -> None:
+        _positive(self, "anomaly", "long_window", "short_window")
+        if self.short_window >= self.long_window:
+            raise ConfigError("anomaly.short_window must be < anomaly.long_window")
+        if not 0 <= self.clear_threshold <= self.threshold <= 1:
+            raise ConfigError("anomaly needs 0 <= clear_threshold <= threshold <= 1")
+        for k in ("warmup_steps", "cooldown_steps", "merge_hops"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"anomaly.{k} must be >= 0")
+
+
 ADAPT_GROUPS = ("heads", "norms", "adapters")
 
 
@@ -157,6 +181,7 @@ class StreamConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
 
@@ -165,6 +190,7 @@ class StreamConfig:
         self.model.validate()
         self.drift.validate()
         self.adapt.validate()
+        self.anomaly.validate()
         self.kafka.validate()
         return self
 

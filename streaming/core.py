@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from connectors.schemas import EventBatch, ReadingBatch
+from streaming.alert_policy import AlertPolicy, AlertPolicyConfig
+from streaming.anomaly import AnomalyLikelihood
 from streaming.config import StreamConfig
 from streaming.drift import ResidualDriftMonitor
 from streaming.normalization import OnlineNormalizer
@@ -33,8 +35,20 @@ class ForecastBlock:
 
 
 @dataclass
+class ScoreBlock:
+    """Anomaly scores in [0, 1] of every known sensor for one closed step."""
+
+    step: int
+    ts: int
+    sensors: list[str]
+    score: np.ndarray            # float64 [N]; 0 while a sensor warms up
+    residual: np.ndarray         # float64 [N]: the raw statistic (NaN = not scored)
+
+
+@dataclass
 class CoreOutput:
     forecasts: list[ForecastBlock] = field(default_factory=list)
+    scores: list[ScoreBlock] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     rejected_readings: list[tuple[int, str]] = field(default_factory=list)
     rejected_events: list[tuple[int, str]] = field(default_factory=list)
@@ -123,6 +137,13 @@ class StreamCore:
         self._pinned: dict[str, tuple[float, float]] = {}
         self._pin_idx: tuple | None = None
         extra = model.meta.get("extra", {})
+        a = cfg.anomaly
+        self.anomaly = AnomalyLikelihood(a.long_window, a.short_window, warmup=a.warmup_steps)
+        self.policy = AlertPolicy(
+            AlertPolicyConfig(threshold=a.threshold, clear_threshold=a.clear_threshold,
+                              critical=a.critical, warmup_steps=0,
+                              cooldown_steps=a.cooldown_steps, merge_hops=a.merge_hops),
+            kind="anomaly", edge_index=extra.get("edge_index"), sensors=extra.get("sensors"))
         if cfg.adapt.normalization == "checkpoint":
             if not {"sensors", "loc", "scale"} <= set(extra):
                 raise ValueError("adapt.normalization = 'checkpoint' needs a checkpoint with "
@@ -227,6 +248,7 @@ class StreamCore:
         self._advance_ring(step)
         n = step.values.shape[0]
         loc, scale = self._loc_scale(n)
+        self._score(step, out)
         realized = self._realize(step)
         if realized is None and self._feedback_stat is not None:
             realized = self._feedback_stat
@@ -262,6 +284,30 @@ class StreamCore:
             a.setdefault("ts", step.end_ts)
             a.setdefault("id", f"data-quality:{step.step}:{i}")
             out.alerts.append(a)
+
+    def _score(self, step: ClosedStep, out: CoreOutput) -> None:
+        """Anomaly score of the step that just closed: the mean absolute normalized error of
+        the previous step's forecast on the points now observed, turned into a likelihood."""
+        prev = self._pending.get(step.step - 1)
+        n = step.values.shape[0]
+        raw = np.full(n, np.nan)
+        if prev is not None:
+            m = prev.yhat.shape[0]
+            pts = min(step.values.shape[1], prev.yhat.shape[1])
+            err = np.abs(step.values[:m, :pts] - prev.yhat[:, :pts]) / prev.scale[:, None]
+            ok = ~np.isnan(err)
+            cnt = ok.sum(axis=1)
+            np.divide(np.where(ok, err, 0.0).sum(axis=1), cnt, out=raw[:m], where=cnt > 0)
+        score = self.anomaly.learn_many(raw)
+        names = self.sensors[:n]
+        out.scores.append(ScoreBlock(step.step, step.end_ts, list(names), score, raw))
+        detail = {s: {"detector": "anomaly-likelihood", "statistic": "nowcast |residual|/std",
+                      "residual": round(float(r), 4), "long_mean": round(float(mu), 4)}
+                  for s, r, mu, sc in zip(names, raw, self.anomaly.mean[:n], score, strict=True)
+                  if sc >= self.cfg.anomaly.threshold}
+        scored = np.where(self.anomaly.count[:n] > self.cfg.anomaly.warmup_steps, score, np.nan)
+        out.alerts.extend(self.policy.update(step.step, step.end_ts, list(names), scored,
+                                             detail))
 
     def _loc_scale(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Normalization statistics of the first ``n`` sensors: the running ones, or the

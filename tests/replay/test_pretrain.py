@@ -138,3 +138,10 @@ def test_fine_tuning_checkpoint_must_know_the_sensors(rec, tmp_path):
     with pytest.raises(ValueError, match="other sensors"):
         pretrain(renamed, tmp_path / "ft", _cfg(epochs=1, init_checkpoint=res.checkpoint),
                  progress=False)
+
+
+def test_select_on_a_single_objective(rec, tmp_path):
+    res = pretrain(rec, tmp_path / "sel", _cfg(epochs=2, select_on="forecast"), progress=False)
+    assert res.best_val == min(h["val_forecast"] for h in res.history)
+    with pytest.raises(ValueError, match="select_on"):
+        _cfg(select_on="masked", w_masked=0.0).validate()

@@ -40,3 +40,47 @@ def test_nan_is_skipped_and_state_round_trips() -> None:
     np.testing.assert_array_equal(other.learn_many(x), al.learn_many(x))
     with pytest.raises(ValueError):
         AnomalyLikelihood(long_window=5, short_window=10)
+
+
+def _core_run(rec):
+    from replay.backtest import backtest
+    from streaming.config import StreamConfig
+    from streaming.core import StreamCore
+    from streaming.online import OnlineModel
+
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": rec.interval_ms}})
+    core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                      sensors=list(rec.sensors))
+    return core, backtest(rec, core, progress=False)
+
+
+def test_no_anomaly_alert_on_a_stationary_recording_of_50k_readings() -> None:
+    # The residual drift monitor (Page-Hinkley on |residual|) still raises 1-2 false drift
+    # alerts per 50k stationary readings at its defaults; calibrating it is open work, so this
+    # test holds the anomaly-likelihood policy to zero and the drift monitor to that level.
+    from replay.simulator import SimConfig, simulate
+
+    rec, truths = simulate(SimConfig(n_sensors=10, n_days=17.5, seed=11, n_events=0,
+                                     drifts=[]))
+    assert truths == [] and rec.values.size >= 50_000
+    core, res = _core_run(rec)
+    anomalies = [a["id"] for a in res.alerts if a["kind"] == "anomaly"]
+    assert anomalies == []
+    assert sum(a["kind"] == "drift" for a in res.alerts) <= 2
+    assert core.anomaly.count.min() > 300          # every sensor was scored
+
+
+def test_a_spike_raises_one_explained_anomaly_alert() -> None:
+    from replay.simulator import SimConfig, simulate
+
+    rec, _ = simulate(SimConfig(n_sensors=6, n_days=8, seed=12, n_events=0, drifts=[]))
+    row = 6 * 288 + 100
+    rec.values[row:row + 6, 2] += 8 * np.nanstd(rec.values[:, 2])
+    _, res = _core_run(rec)
+    anomalies = [a for a in res.alerts if a["kind"] == "anomaly"]
+    assert len(anomalies) == 1, anomalies
+    a = anomalies[0]
+    assert a["sensors"] == [rec.sensors[2]]
+    assert abs(a["ts"] - rec.timestamps[row]) <= 2 * 3_600_000
+    expl = a["detail"]["explained"][rec.sensors[2]]
+    assert expl["detector"] == "anomaly-likelihood" and expl["residual"] > 3
