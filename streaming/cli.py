@@ -60,16 +60,20 @@ def load_config(args: argparse.Namespace) -> Any:
     return StreamConfig.load(getattr(args, "config", None), overrides)
 
 
-def build_core(cfg: Any, checkpoint: str | None) -> Any:
-    """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``."""
-    from streaming.core import StreamCore
+def build_model(cfg: Any, checkpoint: str | None) -> Any:
+    """A fresh online model for ``cfg``, or one loaded from ``checkpoint``."""
     from streaming.online import OnlineModel
 
     if checkpoint:
-        model = OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model,
-                                            cfg.adapt)
-    else:
-        model = OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt)
+        return OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model, cfg.adapt)
+    return OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt)
+
+
+def build_core(cfg: Any, checkpoint: str | None) -> Any:
+    """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``."""
+    from streaming.core import StreamCore
+
+    model = build_model(cfg, checkpoint)
     sensors = positions = None
     if cfg.graph:
         from connectors.recordings import read_recording
@@ -203,8 +207,8 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
               f"{args.file} is sampled every {rec.interval_ms} ms", file=sys.stderr)
         return 2
     apply_torch_threads(cfg)
-    model = build_core(cfg, None if args.fresh else args.checkpoint).model
-    core = StreamCore(cfg, model, sensors=list(rec.sensors))
+    core = StreamCore(cfg, build_model(cfg, None if args.fresh else args.checkpoint),
+                      sensors=list(rec.sensors))
     res = backtest(rec, core, feedback=args.feedback, start_row=args.start_row,
                    end_row=args.end_row, progress=not args.quiet)
     summary = write_report(res, args.out, from_row=args.score_from_row or args.start_row,

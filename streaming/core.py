@@ -301,12 +301,13 @@ class StreamCore:
         score = self.anomaly.learn_many(raw)
         names = self.sensors[:n]
         out.scores.append(ScoreBlock(step.step, step.end_ts, list(names), score, raw))
-        detail = {s: {"detector": "anomaly-likelihood", "statistic": "nowcast |residual|/std",
-                      "residual": round(float(r), 4), "long_mean": round(float(mu), 4)}
-                  for s, r, mu, sc in zip(names, raw, self.anomaly.mean[:n], score, strict=True)
-                  if sc >= self.cfg.anomaly.threshold}
-        scored = np.where(self.anomaly.count[:n] > self.cfg.anomaly.warmup_steps, score, np.nan)
-        out.alerts.extend(self.policy.update(step.step, step.end_ts, list(names), scored,
+        detail = {names[i]: {"detector": "anomaly-likelihood",
+                             "statistic": "nowcast |residual|/std",
+                             "residual": round(float(raw[i]), 4),
+                             "long_mean": round(float(self.anomaly.mean[i]), 4)}
+                  for i in np.flatnonzero(score >= self.cfg.anomaly.threshold)}
+        # the likelihood scores 0 while a sensor warms up, so the policy needs no warm-up
+        out.alerts.extend(self.policy.update(step.step, step.end_ts, list(names), score,
                                              detail))
 
     def _loc_scale(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -314,10 +315,10 @@ class StreamCore:
         checkpoint's frozen ones for the sensors it knows (``adapt.normalization``)."""
         loc, scale = self.normalizer.loc_scale(n)
         if self._pinned:
-            if self._pin_idx is None or len(self._pin_idx[0]) != n:
+            if self._pin_idx is None or self._pin_idx[0] != n:   # sensors only ever grow
                 names = self.sensors[:n]
                 rows = [i for i, s in enumerate(names) if s in self._pinned]
-                self._pin_idx = (names, np.array(rows, np.int64),
+                self._pin_idx = (n, np.array(rows, np.int64),
                                  np.array([self._pinned[names[i]] for i in rows]).reshape(-1, 2))
             _, rows, vals = self._pin_idx
             if len(rows):
@@ -388,9 +389,8 @@ class StreamCore:
         """The supervised update on a realized forecast (shared by both feedback modes)."""
         y_mask = ~np.isnan(y)
         y_norm = ((np.nan_to_num(y) - pend.loc[:, None]) / pend.scale[:, None])
-        rows = self._learn_rows(y_mask)
-        if self._graph_model:
-            rows = np.arange(len(y))   # the graph layer needs the whole region
+        # the graph layer needs the whole region; a per-sensor model may take a sample
+        rows = np.arange(len(y)) if self._graph_model else self._learn_rows(y_mask)
         self.model.learn_many(pend.x[rows], pend.mask[rows], pend.side[rows],
                               y_norm[rows].astype(np.float32), y_mask[rows],
                               steps=pend.steps, sensors=[self.sensors[i] for i in rows],
