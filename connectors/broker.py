@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +77,7 @@ class EmbeddedBroker:
         self.ready_timeout_s = ready_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle = None
+        self._workdir: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -100,8 +103,10 @@ class EmbeddedBroker:
             out = self._log_handle
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
+        # Tansu writes a `<group>-data` folder per consumer group into its working directory
+        self._workdir = tempfile.mkdtemp(prefix="stfm-broker-")
         self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+                                      cwd=self._workdir, start_new_session=True)
         try:
             wait_for_kafka(self.bootstrap_servers, self.ready_timeout_s)
             if self._proc.poll() is not None:
@@ -130,6 +135,9 @@ class EmbeddedBroker:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -49,6 +49,14 @@ class BacktestResult:
     seconds: float = 0.0
     rejected_readings: int = 0
     rejected_events: int = 0
+    score_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    score_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # ^ the last recording row fed when each anomaly score came out (when it was known)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    score_components: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [S, N]
+    score_raw: dict[str, np.ndarray] = field(default_factory=dict)  # component statistics
+    statistics: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
+    # ^ what the drift monitors were fed per step (kept with ``keep_statistics``)
 
     def scored(self, from_row: int = 0) -> np.ndarray:
         """Forecast blocks counted in the metrics: made at or after ``from_row`` and with
@@ -106,7 +114,7 @@ def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
 
 def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
              batch_rows: int = 0, start_row: int = 0, end_row: int | None = None,
-             progress: bool = True) -> BacktestResult:
+             progress: bool = True, keep_statistics: bool = False) -> BacktestResult:
     """Feed rows ``[start_row, end_row)`` of ``rec`` through ``core`` and collect its output.
 
     ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows).
@@ -125,6 +133,10 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     h = core.cfg.model.horizon
     steps, tss, rows, yhats, truths, versions = [], [], [], [], [], []
     alerts: list[dict[str, Any]] = []
+    s_steps: list[int] = []
+    s_rows: list[int] = []
+    s_blocks: list[Any] = []
+    statistics: list[tuple[int, dict[str, np.ndarray]]] = []
     rej_r = rej_e = 0
     bar = tqdm(total=end_row - start_row, desc=f"backtest ({feedback})", unit="row",
                disable=not progress, mininterval=0.5)
@@ -140,6 +152,12 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         rej_r += len(out.rejected_readings)
         rej_e += len(out.rejected_events)
         alerts.extend(out.alerts)
+        if keep_statistics:
+            statistics.extend(out.statistics)
+        for sb in out.scores:
+            s_steps.append(sb.step)
+            s_rows.append(hi - 1)
+            s_blocks.append(sb)
         for block in out.forecasts:
             first = row_of.get(int(block.horizon_ts[0]), -1)
             y = np.full((len(block.sensors), h), np.nan)
@@ -164,13 +182,28 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     n = len(core.sensors)
     pad = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in yhats]
     padt = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in truths]
+
+    def stack_scores(get: Any) -> np.ndarray:
+        mat = np.full((len(s_blocks), n), np.nan, np.float32)
+        for i, sb in enumerate(s_blocks):
+            v = get(sb)
+            if v is not None:
+                mat[i, :len(v)] = v
+        return mat
+
+    names = sorted({c for sb in s_blocks for c in sb.components})
     return BacktestResult(
         sensors=list(core.sensors), steps=np.asarray(steps, np.int64),
         ts=np.asarray(tss, np.int64), rows=np.asarray(rows, np.int64),
         yhat=np.stack(pad) if pad else np.zeros((0, n, h), np.float32),
         truth=np.stack(padt) if padt else np.zeros((0, n, h), np.float32),
         versions=versions, alerts=alerts, seconds=seconds, rejected_readings=rej_r,
-        rejected_events=rej_e)
+        rejected_events=rej_e, score_steps=np.asarray(s_steps, np.int64),
+        score_rows=np.asarray(s_rows, np.int64), scores=stack_scores(lambda sb: sb.score),
+        score_components={c: stack_scores(lambda sb, c=c: sb.components.get(c))
+                          for c in names},
+        score_raw={c: stack_scores(lambda sb, c=c: sb.raw.get(c)) for c in names},
+        statistics=statistics)
 
 
 def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,

@@ -43,7 +43,7 @@ def _starts(consumer: Any, tps: list[Any], start_offset: int | None,
     return lo
 
 
-def _consume(bootstrap_servers: str, topic: str, *, start_offset: int | None = None,
+def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | None = None,
              end_offset: int | None = None, start_ts: int | None = None,
              end_ts: int | None = None, idle_timeout_s: float = 1.5,
              progress: bool = True) -> tuple[list[bytes], int]:
@@ -100,7 +100,7 @@ def record_topic(bootstrap_servers: str, topic: str = "readings", *,
     start_ts = parse_ts(start) if start is not None else None
     end_ts = parse_ts(end) if end is not None else None
     stats = RecordStats()
-    raws, n_parts = _consume(bootstrap_servers, topic, start_offset=start_offset,
+    raws, n_parts = consume_range(bootstrap_servers, topic, start_offset=start_offset,
                              end_offset=end_offset, start_ts=start_ts, end_ts=end_ts,
                              progress=progress)
     stats.messages = len(raws)
@@ -121,8 +121,8 @@ def record_topic(bootstrap_servers: str, topic: str = "readings", *,
     stats.readings = len(batch)
     events: list[dict[str, Any]] = []
     if events_topic is not None:
-        ev_raws, _ = _consume(bootstrap_servers, events_topic, start_ts=start_ts, end_ts=end_ts,
-                           progress=False)
+        ev_raws, _ = consume_range(bootstrap_servers, events_topic, start_ts=start_ts,
+                                   end_ts=end_ts, progress=False)
         evb, ev_dead = decode_events(ev_raws, topic=events_topic)
         stats.invalid += len(ev_dead)
         events = [e for e in evb.events if times[0] <= e["ts"] <= times[-1]]

@@ -76,12 +76,18 @@ class AlertPolicy:
                 self.last[s] = step
                 self.disarmed.add(s)
             score = firing[top]
+            text = f"{self.kind} score {score:.3f} >= {c.threshold:g} on {top}"
+            if len(group) > 1:
+                text += f" and {len(group) - 1} graph neighbour(s)"
+            why = (detail or {}).get(top, {}).get("text")
+            if why:
+                text += f": {why}"
             alert = {
                 "id": f"{self.kind}:{top}:{step}", "kind": self.kind, "sensors": group,
                 "ts": int(ts), "step": int(step), "score": round(score, 6),
                 "severity": "critical" if score >= c.critical else "warning",
                 "detail": {"scores": {s: round(firing[s], 6) for s in group},
-                           "threshold": c.threshold,
+                           "threshold": c.threshold, "text": text,
                            **({"explained": {s: detail[s] for s in group if s in detail}}
                               if detail else {})}}
             if len(group) > 1:

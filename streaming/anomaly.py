@@ -5,7 +5,10 @@ differs per sensor and over time. Following Numenta's anomaly likelihood (Ahmad 
 Neurocomputing 2017), each sensor keeps a long-run distribution of the raw statistic
 (exponentially weighted mean and variance) and a short moving average; the score is the
 Gaussian tail probability that the short average is that far above the long-run mean,
-log-compressed so that 0.5 means "likelihood 0.99" and 1.0 means "likelihood 1 - 1e-10".
+compressed as ``score = 1 - tail ** (1/9)``: 0.23 at tail 0.1, 0.5 at tail 0.002, 0.9 at
+tail 1e-9, 0.99 at 1e-18. The compression never saturates (the log tail is computed stably for
+large deviations), so the most extreme values keep their order, which a corpus-wide threshold
+(NAB) and severities need.
 The newest raw value is scored the same way, so a one-step spike is not averaged away.
 Vectorized over sensors; ``learn_many`` folds a new value per sensor in and returns the
 scores (the statistic is scored against the state *before* it is learned).
@@ -18,7 +21,20 @@ from typing import Any
 
 import numpy as np
 
-_LOG_FLOOR = math.log(1e-10)
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def log_tail(z: np.ndarray) -> np.ndarray:
+    """``log P(N(0,1) > z)``, stable far into the tail (asymptotic series beyond z = 8)."""
+    z = np.asarray(z, np.float64)
+    out = np.empty_like(z)
+    small = z <= 8.0
+    out[small] = np.log(0.5 * np.vectorize(math.erfc, otypes=[float])(z[small] / _SQRT2))
+    zb = z[~small]
+    out[~small] = (-0.5 * zb * zb - np.log(zb) - _LOG_SQRT_2PI
+                   + np.log1p(-1.0 / (zb * zb) + 3.0 / zb**4))
+    return out
 
 
 class AnomalyLikelihood:
@@ -57,9 +73,8 @@ class AnomalyLikelihood:
         std = np.sqrt(np.maximum(self.var[:n], self.min_std**2))
         # the short average finds sustained rises, the raw value one-step spikes it dilutes
         z = np.maximum(short - self.mean[:n], raw - self.mean[:n]) / std
-        tail = 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2.0)) if n else np.zeros(0)
-        log_tail = np.log(np.maximum(tail, 1e-300))
-        score = np.clip(log_tail / _LOG_FLOOR, 0.0, 1.0)
+        z = np.nan_to_num(z, nan=0.0)
+        score = -np.expm1(log_tail(z) / 9.0) if n else np.zeros(0)   # 1 - tail ** (1/9)
         score = np.where(ok & (c >= self.warmup), score, 0.0)
         # learn: running moments with a 1/count step until the long window is reached
         alpha = np.maximum(1.0 / (c + 1), self.long_alpha)

@@ -274,6 +274,49 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(value: str | None) -> int | None:
+    """``--from-ts``/``--to-ts``: epoch ms or ISO-8601."""
+    from connectors.schemas import parse_ts
+
+    if value is None:
+        return None
+    try:
+        return parse_ts(int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise SystemExit(f"bad time {value!r}: {exc}") from None
+
+
+def cmd_alerts_report(args: argparse.Namespace) -> int:
+    from replay.alerts_report import (
+        AlertsReportError,
+        format_table,
+        read_alerts_file,
+        read_alerts_topic,
+        write_report,
+    )
+
+    try:
+        if args.file:
+            alerts = read_alerts_file(args.file)
+            source = args.file
+        else:
+            alerts, problems = read_alerts_topic(
+                args.bootstrap_servers, args.topic, start_offset=args.from_offset,
+                end_offset=args.to_offset,
+                start_ts=_time_arg(args.from_ts), end_ts=_time_arg(args.to_ts))
+            for p in problems:
+                log.warning("left out: %s", p)
+            source = f"{args.topic} on {args.bootstrap_servers}"
+    except AlertsReportError as exc:
+        raise SystemExit(f"alerts report: {exc}") from None
+    summary = write_report(alerts, args.out, title=source)
+    print(format_table(alerts, limit=args.limit))
+    print(f"\n{summary['alerts']} alerts from {source}: by kind {summary['by_kind']}, "
+          f"by severity {summary['by_severity']}, {summary['with_events']} naming events "
+          f"→ {args.out}/alerts.csv, summary.json, timeline.png")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streaming.demo import run_demo
 
@@ -374,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write a JSON summary here on exit")
     p.set_defaults(func=cmd_run)
 
-    ap_alerts = sub.add_parser("alerts", help="alerts: tail").add_subparsers(
+    ap_alerts = sub.add_parser("alerts", help="alerts: tail, report").add_subparsers(
         dest="alerts_command", required=True)
     p = ap_alerts.add_parser("tail", help="print alerts as they arrive")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
@@ -384,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0,
                    help="stop after this many seconds without alerts (0 = never)")
     p.set_defaults(func=cmd_alerts_tail)
+    p = ap_alerts.add_parser("report", help="table + PNG timeline of an alerts file or topic "
+                                            "range")
+    p.add_argument("file", nargs="?", help="alerts JSON-lines file (else: read the topic)")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    p.add_argument("--topic", default="alerts")
+    p.add_argument("--from-offset", type=int, help="first offset (every partition)")
+    p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
+    p.add_argument("--from-ts", help="first message time (ISO-8601 or epoch ms)")
+    p.add_argument("--to-ts", help="end time, exclusive (ISO-8601 or epoch ms)")
+    p.add_argument("--out", default="alerts-report")
+    p.add_argument("--limit", type=int, default=50, help="rows of the printed table")
+    p.set_defaults(func=cmd_alerts_report)
 
     p = sub.add_parser("demo", help="broker + simulated network + live worker, end to end")
     p.add_argument("--out", default="demo-output")

@@ -58,12 +58,22 @@ class ModelConfig:
             raise ConfigError("model.learn_batch must be >= 0")
 
 
+DRIFT_CHANNELS = ("abs_residual", "seasonal_residual", "embedding_distance")
+
+
 @dataclass
 class DriftConfig:
+    """Per-sensor drift monitors (river detectors) on residual and embedding channels."""
+
     detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
+    channels: str = "abs_residual+seasonal_residual+embedding_distance"  # '+'-joined
     threshold: float = 10.0             # Page-Hinkley lambda (in standardized-error units)
     delta: float = 0.5                  # Page-Hinkley tolerated increase (standardized units)
+    clip: float = 8.0                   # standardized values are clipped to [-clip, clip]
     adwin_delta: float = 1e-4
+    kswin_alpha: float = 1e-4
+    kswin_window: int = 100
+    kswin_stat_size: int = 30
     warmup_steps: int = 48              # steps per sensor and channel before alerts may fire
     cooldown_steps: int = 24            # steps after an alert on a sensor before the next
     season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
@@ -72,7 +82,13 @@ class DriftConfig:
         if self.detector not in ("page_hinkley", "adwin", "kswin"):
             raise ConfigError(
                 f"drift.detector must be page_hinkley, adwin or kswin, not {self.detector!r}")
-        _positive(self, "drift", "threshold", "adwin_delta")
+        bad = [c for c in self.channels.split("+") if c not in DRIFT_CHANNELS]
+        if bad or not self.channels:
+            raise ConfigError(f"drift.channels: unknown channel {bad[0] if bad else ''!r} "
+                              f"(known: {'+'.join(DRIFT_CHANNELS)})")
+        _positive(self, "drift", "threshold", "adwin_delta", "kswin_alpha", "clip")
+        if not 0 < self.kswin_stat_size < self.kswin_window:
+            raise ConfigError("drift needs 0 < kswin_stat_size < kswin_window")
         for k in ("delta", "warmup_steps", "cooldown_steps", "season_ms"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"drift.{k} must be >= 0")
@@ -90,6 +106,8 @@ class AnomalyConfig:
     critical: float = 0.99
     cooldown_steps: int = 24
     merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
+    embedding: bool = True              # also score the embedding's distance to its centroid
+    event_window_steps: int = 2         # alerts (any kind) name events this close on their sensors
 
     def validate(self) -> None:
         _positive(self, "anomaly", "long_window", "short_window")
@@ -97,7 +115,7 @@ class AnomalyConfig:
             raise ConfigError("anomaly.short_window must be < anomaly.long_window")
         if not 0 <= self.clear_threshold <= self.threshold <= 1:
             raise ConfigError("anomaly needs 0 <= clear_threshold <= threshold <= 1")
-        for k in ("warmup_steps", "cooldown_steps", "merge_hops"):
+        for k in ("warmup_steps", "cooldown_steps", "merge_hops", "event_window_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"anomaly.{k} must be >= 0")
 
@@ -174,6 +192,18 @@ class KafkaConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Worker checkpoints: all online state + the input offsets it reflects."""
+
+    dir: str | None = None              # checkpoint store (shared by a group's workers)
+    every_steps: int = 24               # closed steps between periodic checkpoints
+    keep: int = 3                       # checkpoints kept per store
+
+    def validate(self) -> None:
+        _positive(self, "checkpoint", "every_steps", "keep")
+
+
+@dataclass
 class StreamConfig:
     """Everything the online core and the live worker need."""
 
@@ -183,6 +213,7 @@ class StreamConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
 
     def validate(self) -> StreamConfig:
@@ -192,6 +223,7 @@ class StreamConfig:
         self.adapt.validate()
         self.anomaly.validate()
         self.kafka.validate()
+        self.checkpoint.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

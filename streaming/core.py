@@ -7,6 +7,7 @@ drive this same class, so the same input order gives the same outputs.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,9 @@ class ScoreBlock:
     step: int
     ts: int
     sensors: list[str]
-    score: np.ndarray            # float64 [N]; 0 while a sensor warms up
-    residual: np.ndarray         # float64 [N]: the raw statistic (NaN = not scored)
+    score: np.ndarray            # float64 [N]: combined score (max of the components)
+    components: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N] in [0, 1]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N] statistic (NaN: none)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class CoreOutput:
     forecasts: list[ForecastBlock] = field(default_factory=list)
     scores: list[ScoreBlock] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    statistics: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
+    # ^ (step, channel -> [N]) the drift monitors were fed
     rejected_readings: list[tuple[int, str]] = field(default_factory=list)
     rejected_events: list[tuple[int, str]] = field(default_factory=list)
 
@@ -117,6 +121,8 @@ class StreamCore:
         self.patcher = IncrementalPatcher(cfg.patching, registry)
         self.normalizer = OnlineNormalizer()
         self.drift = ResidualDriftMonitor(cfg.drift)
+        self._channels = set(cfg.drift.channels.split("+"))
+        self._events_log: deque[dict[str, Any]] = deque()
         self.metrics = OnlineMetrics()
         self.positions = positions          # [N, 2] lat/lon, to place events without a sensor
         p, k = cfg.patching.patch_len, cfg.model.context_patches
@@ -139,6 +145,10 @@ class StreamCore:
         extra = model.meta.get("extra", {})
         a = cfg.anomaly
         self.anomaly = AnomalyLikelihood(a.long_window, a.short_window, warmup=a.warmup_steps)
+        self.embedding_anomaly = AnomalyLikelihood(a.long_window, a.short_window,
+                                                   warmup=a.warmup_steps)
+        self._centroid = np.zeros((0, 0))       # [N, d] running mean embedding per sensor
+        self._centroid_n = np.zeros(0, np.int64)
         self.policy = AlertPolicy(
             AlertPolicyConfig(threshold=a.threshold, clear_threshold=a.clear_threshold,
                               critical=a.critical, warmup_steps=0,
@@ -158,6 +168,62 @@ class StreamCore:
     @property
     def sensors(self) -> list[str]:
         return self.patcher.registry.ids
+
+    # --- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the core has learned or buffered: patcher, normalizer, model (weights,
+        optimizer, replay, ...), context ring, pending forecasts, drift monitors, anomaly
+        likelihoods, alert policy, metrics. Plain data: arrays, numbers, strings, dicts."""
+        return {
+            "patcher": self.patcher.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "model": self.model.state_dict(),
+            "drift": self.drift.state_dict(),
+            "anomaly": self.anomaly.state_dict(),
+            "embedding_anomaly": self.embedding_anomaly.state_dict(),
+            "policy": self.policy.state_dict(),
+            "metrics": dict(vars(self.metrics)),
+            "ring": self._ring.copy(), "ring_events": self._ring_events.copy(),
+            "last_step": self._last_step,
+            "pending": {int(j): dict(vars(p)) for j, p in self._pending.items()},
+            "forecasts_made": self.forecasts_made,
+            "rng": self._rng.bit_generator.state,
+            "learned_at": self._learned_at,
+            "feedback_stat": self._feedback_stat,
+            "newest": list(self._newest),
+            "centroid": self._centroid.copy(), "centroid_n": self._centroid_n.copy(),
+            "season_mean": self._season_mean.copy(), "season_step": self._season_step.copy(),
+            "events_log": list(self._events_log),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output into a core built with the same configuration."""
+        self.patcher.load_state_dict(state["patcher"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.model.load_state_dict(state["model"])
+        self.drift.load_state_dict(state["drift"])
+        self.anomaly.load_state_dict(state["anomaly"])
+        self.embedding_anomaly.load_state_dict(state["embedding_anomaly"])
+        self.policy.load_state_dict(state["policy"])
+        self.metrics = OnlineMetrics(**state["metrics"])
+        self._ring = np.array(state["ring"], np.float64)
+        self._ring_events = np.array(state["ring_events"], np.float32)
+        self._last_step = None if state["last_step"] is None else int(state["last_step"])
+        self._pending = {int(j): _Pending(**{k: np.asarray(v) for k, v in p.items()})
+                         for j, p in state["pending"].items()}
+        self.forecasts_made = int(state["forecasts_made"])
+        self._rng.bit_generator.state = state["rng"]
+        self._learned_at = None if state["learned_at"] is None else int(state["learned_at"])
+        fs = state["feedback_stat"]
+        self._feedback_stat = None if fs is None else np.asarray(fs)
+        self._newest = tuple(state["newest"])
+        self._centroid = np.array(state["centroid"], np.float64)
+        self._centroid_n = np.array(state["centroid_n"], np.int64)
+        self._season_mean = np.array(state["season_mean"], np.float64)
+        self._season_step = np.array(state["season_step"], np.int64)
+        self._events_log = deque(state["events_log"])
+        self._pin_idx = None
 
     # --- driving ------------------------------------------------------------------------
 
@@ -199,8 +265,52 @@ class StreamCore:
             else:
                 self._ring_events[s, k - 1 - age] += 1.0
                 p.stats.events += 1
-        rejected += [(where[j], why) for j, why in p.add_events(current, self._sensor_of)]
+                self._log_event(ev, s)
+        bad = p.add_events(current, self._sensor_of)
+        refused = {j for j, _ in bad}
+        for j, ev in enumerate(current):
+            if j not in refused:
+                self._log_event(ev, self._sensor_of(ev))
+        rejected += [(where[j], why) for j, why in bad]
         return sorted(rejected)
+
+    def _log_event(self, ev: dict[str, Any], s: int | None) -> None:
+        """Remember an accepted event so that alerts on its sensor can name it."""
+        if s is None:
+            return
+        attrs = ev.get("attrs") or {}
+        dur = attrs.get("duration_ms")
+        if dur is None and "duration_steps" in attrs:
+            dur = attrs["duration_steps"] * self.cfg.patching.interval_ms
+        self._events_log.append({"type": ev.get("type"), "ts": int(ev["ts"]),
+                                 "sensor": self.sensors[s], "duration_ms": int(dur or 0),
+                                 **({"attrs": attrs} if attrs else {})})
+
+    def _name_events(self, alerts: list[dict[str, Any]], now_ts: int) -> None:
+        """Attach the events that coincide with each alert on the same sensors: an event
+        whose span (plus ``anomaly.event_window_steps`` steps) covers the alert's step, or,
+        for the seasonal reference, the step one season earlier."""
+        step_ms = self.cfg.patching.interval_ms * self.cfg.patching.patch_len
+        win = self.cfg.anomaly.event_window_steps * step_ms
+        season = self.cfg.drift.season_ms
+        keep_ms = win + max(season, step_ms * self.cfg.model.context_patches) + step_ms
+        while self._events_log and self._events_log[0]["ts"] + \
+                self._events_log[0]["duration_ms"] + keep_ms < now_ts:
+            self._events_log.popleft()
+        if not self._events_log:
+            return
+        for a in alerts:
+            lags = (0, season) if a.get("statistic") == "seasonal_residual" and season else (0,)
+            sensors = set(a.get("sensors", []))
+            hits = [ev for ev in self._events_log if ev["sensor"] in sensors and any(
+                ev["ts"] - step_ms <= a["ts"] - lag <= ev["ts"] + ev["duration_ms"] + win
+                for lag in lags)]
+            if hits:
+                a["events"] = hits
+                names = ", ".join(f"{ev['type']} on {ev['sensor']}" for ev in hits[:3])
+                if isinstance(a.get("detail"), dict):
+                    a["detail"]["text"] = (a["detail"].get("text", "") +
+                                           f"; coincides with {names}").lstrip("; ")
 
     def _sensor_of(self, ev: dict[str, Any]) -> int | None:
         s = ev.get("sensor")
@@ -245,21 +355,16 @@ class StreamCore:
         return y
 
     def _on_closed(self, step: ClosedStep, out: CoreOutput) -> None:
+        first_alert = len(out.alerts)
         self._advance_ring(step)
         n = step.values.shape[0]
         loc, scale = self._loc_scale(n)
-        self._score(step, out)
+        residual = self._nowcast_residual(step)
         realized = self._realize(step)
         if realized is None and self._feedback_stat is not None:
             realized = self._feedback_stat
         self._feedback_stat = None
-        stats = {"abs_residual": realized,
-                 "seasonal_residual": self._seasonal_residual(step, scale)}
-        alerts = self.drift.update(step.step, step.end_ts, self.sensors[:n],
-                                   {k: v for k, v in stats.items() if v is not None})
-        for a in alerts:
-            self.model.boost(a["sensors"], step.step)
-        out.alerts.extend(alerts)
+        seasonal = self._seasonal_residual(step, scale)
         self.normalizer.learn_many(step.values)
         loc, scale = self._loc_scale(n)
         raw = self._ring[:n]
@@ -276,6 +381,17 @@ class StreamCore:
         out.forecasts.append(ForecastBlock(step.step, step.end_ts, horizon_ts,
                                            self.sensors[:n].copy(), yhat, self.model.version))
         self.forecasts_made += n
+        distance = self._embedding_distance(n)
+        self._score(step, residual, distance, out)
+        stats = {"abs_residual": realized, "seasonal_residual": seasonal,
+                 "embedding_distance": distance}
+        stats = {c: v for c, v in stats.items() if v is not None and c in self._channels}
+        out.statistics.append((step.step, stats))
+        alerts = self.drift.update(step.step, step.end_ts, self.sensors[:n], stats)
+        for a in alerts:
+            self.model.boost(a["sensors"], step.step)
+        out.alerts.extend(alerts)
+        self._name_events(out.alerts[first_alert:], step.end_ts)
         self._newest = (x, mask, side, steps)
         if self._learned_at == step.step:   # truth arrived: contrast the newest window too
             self.model.contrast_many(x, mask, side, steps=steps, sensors=self.sensors[:n],
@@ -285,9 +401,9 @@ class StreamCore:
             a.setdefault("id", f"data-quality:{step.step}:{i}")
             out.alerts.append(a)
 
-    def _score(self, step: ClosedStep, out: CoreOutput) -> None:
-        """Anomaly score of the step that just closed: the mean absolute normalized error of
-        the previous step's forecast on the points now observed, turned into a likelihood."""
+    def _nowcast_residual(self, step: ClosedStep) -> np.ndarray:
+        """Mean absolute normalized error of the previous step's forecast on the points of
+        the step that just closed (its first ``patch_len`` horizon points), per sensor."""
         prev = self._pending.get(step.step - 1)
         n = step.values.shape[0]
         raw = np.full(n, np.nan)
@@ -298,14 +414,66 @@ class StreamCore:
             ok = ~np.isnan(err)
             cnt = ok.sum(axis=1)
             np.divide(np.where(ok, err, 0.0).sum(axis=1), cnt, out=raw[:m], where=cnt > 0)
-        score = self.anomaly.learn_many(raw)
+        return raw
+
+    def _embedding_distance(self, n: int) -> np.ndarray | None:
+        """Distance of each sensor's newest window embedding to its running centroid, in
+        units of the centroid's typical distance scale (the likelihood standardizes it)."""
+        if not self.cfg.anomaly.embedding:
+            return None
+        emb = self.model.last_embedding
+        if emb is None or emb.shape[0] != n:
+            return None
+        emb = emb.astype(np.float64)
+        if self._centroid.shape != emb.shape:
+            grow = n - self._centroid.shape[0]
+            if self._centroid.shape[1:] != emb.shape[1:]:
+                self._centroid = np.zeros((0, emb.shape[1]))
+                self._centroid_n = np.zeros(0, np.int64)
+                grow = n
+            self._centroid = np.concatenate([self._centroid, emb[n - grow:]])
+            self._centroid_n = np.concatenate([self._centroid_n, np.zeros(grow, np.int64)])
+        dist = np.sqrt(((emb - self._centroid) ** 2).mean(axis=1))
+        dist[self._centroid_n == 0] = np.nan
+        alpha = np.maximum(1.0 / (self._centroid_n + 1), 1.0 / self.cfg.anomaly.long_window)
+        self._centroid += alpha[:, None] * (emb - self._centroid)
+        self._centroid_n += 1
+        return dist
+
+    def _score(self, step: ClosedStep, residual: np.ndarray, distance: np.ndarray | None,
+               out: CoreOutput) -> None:
+        """Anomaly score of the step that just closed, in [0, 1] per sensor: the maximum of
+        the likelihood of the nowcast residual and, when on, of the embedding's distance to
+        its running centroid; the alert policy turns it into ``anomaly`` alerts."""
+        n = step.values.shape[0]
+        comps = {"residual": self.anomaly.learn_many(residual)}
+        if distance is not None:
+            comps["embedding"] = self.embedding_anomaly.learn_many(distance)
+        score = np.max(np.stack(list(comps.values())), axis=0)
         names = self.sensors[:n]
-        out.scores.append(ScoreBlock(step.step, step.end_ts, list(names), score, raw))
-        detail = {names[i]: {"detector": "anomaly-likelihood",
-                             "statistic": "nowcast |residual|/std",
-                             "residual": round(float(raw[i]), 4),
-                             "long_mean": round(float(self.anomaly.mean[i]), 4)}
-                  for i in np.flatnonzero(score >= self.cfg.anomaly.threshold)}
+        raw = {"residual": residual}
+        if distance is not None:
+            raw["embedding"] = distance
+        out.scores.append(ScoreBlock(step.step, step.end_ts, list(names), score, comps, raw))
+        detail = {}
+        for i in np.flatnonzero(score >= self.cfg.anomaly.threshold):
+            which = max(comps, key=lambda c: comps[c][i])
+            d: dict[str, Any] = {"detector": "anomaly-likelihood", "component": which,
+                                 "residual": round(float(residual[i]), 4),
+                                 "residual_long_mean": round(float(self.anomaly.mean[i]), 4)}
+            d["statistic"] = ("nowcast |residual|/std" if which == "residual"
+                              else "embedding distance to running centroid")
+            if distance is not None:
+                d["embedding_distance"] = round(float(distance[i]), 4)
+                d["embedding_long_mean"] = round(float(self.embedding_anomaly.mean[i]), 4)
+            d["scores"] = {c: round(float(v[i]), 4) for c, v in comps.items()}
+            if which == "residual":
+                d["text"] = (f"nowcast |residual|/std {residual[i]:.2f} vs normal "
+                             f"{self.anomaly.mean[i]:.2f}")
+            else:
+                d["text"] = (f"embedding distance {distance[i]:.3f} vs normal "
+                             f"{self.embedding_anomaly.mean[i]:.3f}")
+            detail[names[i]] = d
         # the likelihood scores 0 while a sensor warms up, so the policy needs no warm-up
         out.alerts.extend(self.policy.update(step.step, step.end_ts, list(names), score,
                                              detail))

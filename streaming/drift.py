@@ -1,6 +1,7 @@
-"""Drift monitoring on forecast residuals with river detectors, and the alert policy.
+"""Drift monitoring on forecast residuals and embeddings with river detectors.
 
-Two residual channels per sensor, both in units of the sensor's running std:
+Three channels per sensor (``drift.channels``), the first two in units of the sensor's
+running std:
 
 - ``abs_residual``: the mean absolute error of the model's realized forecast of a step. It
   catches changes the model does not absorb (variance, shape).
@@ -8,8 +9,12 @@ Two residual channels per sensor, both in units of the sensor's running std:
   season earlier, i.e. the error of a seasonal-naive reference forecast. An online model with
   instance normalization absorbs a level shift within a step, so its own error spikes only
   briefly; the seasonal reference keeps seeing the shift for a whole season.
+- ``embedding_distance``: the distance of the newest window's embedding to the sensor's
+  running centroid (a change of shape the forecast head may not show).
 
-Each channel is standardized against its own recent level, the step's common mode across
+Errors and distances are skewed (a few large values), so each channel is log-transformed
+(``log(x + 0.1)``), standardized against its own recent level, clipped to ``drift.clip``; the
+step's common mode across
 sensors is removed (a disturbance of the shared model or a holiday hits every sensor), and
 a river detector (Page-Hinkley "up" by default) watches the result. Only increases of an
 error raise alerts. The policy adds a warm-up, a per-sensor cooldown shared by the channels,
@@ -35,7 +40,57 @@ def make_detector(cfg: DriftConfig, seed: int = 0) -> Any:
                                  threshold=cfg.threshold, alpha=1.0, mode="up")
     if cfg.detector == "adwin":
         return drift.ADWIN(delta=cfg.adwin_delta, clock=1, grace_period=cfg.warmup_steps)
-    return drift.KSWIN(alpha=cfg.adwin_delta, window_size=100, stat_size=30, seed=seed)
+    return drift.KSWIN(alpha=cfg.kswin_alpha, window_size=cfg.kswin_window,
+                       stat_size=cfg.kswin_stat_size, seed=seed)
+
+
+_PH_FIELDS = ("_drift_detected", "_sum_increase", "_sum_decrease", "_min_increase",
+              "_max_decrease")
+
+
+def detector_state(det: Any) -> dict[str, Any]:
+    """The mutable state of a river detector as plain numbers, lists and bytes-as-lists, so
+    that a checkpoint holds no pickled objects. Construction parameters come from the
+    configuration and are not saved."""
+    if isinstance(det, drift.PageHinkley):
+        return {"type": "page_hinkley", **{k: float(getattr(det, k)) for k in _PH_FIELDS},
+                "mean_n": float(det._x_mean.n), "mean": float(det._x_mean._mean)}
+    if isinstance(det, drift.ADWIN):
+        return {"type": "adwin", "drift_detected": bool(det._drift_detected),
+                "helper": np.frombuffer(det._helper.__getstate__(), np.uint8).copy()}
+    if isinstance(det, drift.KSWIN):
+        version, internal, gauss = det._rng.getstate()
+        return {"type": "kswin", "drift_detected": bool(det._drift_detected),
+                "p_value": float(det.p_value), "n": int(det.n),
+                "window": np.asarray(det.window, np.float64),
+                "rng": (int(version), np.asarray(internal, np.int64),
+                        None if gauss is None else float(gauss))}
+    raise TypeError(f"no checkpoint format for detector {type(det).__name__}")
+
+
+def load_detector_state(det: Any, state: dict[str, Any]) -> None:
+    """Put ``state`` (from ``detector_state``) into a freshly made detector of the same type."""
+    kind = state.get("type")
+    if isinstance(det, drift.PageHinkley) and kind == "page_hinkley":
+        for k in _PH_FIELDS:
+            setattr(det, k, bool(state[k]) if k == "_drift_detected" else float(state[k]))
+        det._x_mean.n = float(state["mean_n"])
+        det._x_mean._mean = float(state["mean"])
+    elif isinstance(det, drift.ADWIN) and kind == "adwin":
+        det._drift_detected = bool(state["drift_detected"])
+        det._helper.__setstate__(bytes(np.asarray(state["helper"], np.uint8)))
+    elif isinstance(det, drift.KSWIN) and kind == "kswin":
+        det._drift_detected = bool(state["drift_detected"])
+        det.p_value = float(state["p_value"])
+        det.n = int(state["n"])
+        det.window.clear()
+        det.window.extend(float(v) for v in np.asarray(state["window"]))
+        version, internal, gauss = state["rng"]
+        det._rng.setstate((int(version), tuple(int(v) for v in np.asarray(internal)),
+                           None if gauss is None else float(gauss)))
+    else:
+        raise ValueError(f"checkpointed detector {kind!r} does not match the configured "
+                         f"{type(det).__name__} (drift.detector changed?)")
 
 
 @dataclass
@@ -63,6 +118,25 @@ class ResidualDriftMonitor:
             states.append(_ChannelState(make_detector(self.cfg, seed=len(states))))
         return states[i]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"channels": {c: [{"n": st.n, "mean": st.mean, "var": st.var,
+                                  "detector": detector_state(st.detector)} for st in states]
+                             for c, states in self.channels.items()},
+                "cooldown": {int(i): int(v) for i, v in self.cooldown.items()},
+                "n_alerts": self.n_alerts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.channels = {}
+        for c, states in state["channels"].items():
+            out = []
+            for i, st in enumerate(states):
+                det = make_detector(self.cfg, seed=i)
+                load_detector_state(det, st["detector"])
+                out.append(_ChannelState(det, int(st["n"]), float(st["mean"]), float(st["var"])))
+            self.channels[str(c)] = out
+        self.cooldown = {int(i): int(v) for i, v in state["cooldown"].items()}
+        self.n_alerts = int(state["n_alerts"])
+
     def update(self, step: int, ts: int, names: list[str],
                stats: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Feed one step's statistic per channel and sensor (NaN = nothing to score)."""
@@ -74,7 +148,7 @@ class ResidualDriftMonitor:
         fired: dict[int, tuple[str, float, float, float, _ChannelState]] = {}
         for channel, stat in stats.items():
             scored: list[tuple[int, float, float, _ChannelState]] = []
-            for i, x in enumerate(stat.tolist()):
+            for i, x in enumerate(np.log(np.asarray(stat, np.float64) + 0.1).tolist()):
                 if math.isnan(x):
                     continue
                 st = self._state(channel, i)
@@ -84,13 +158,13 @@ class ResidualDriftMonitor:
                     st.mean += d / st.n
                     st.var += (d * (x - st.mean) - st.var) / st.n
                     continue
-                sd = max(math.sqrt(max(st.var, 0.0)), 0.05 * abs(st.mean), 1e-6)
+                sd = max(math.sqrt(max(st.var, 0.0)), 0.05)   # log units: a 5 % floor
                 scored.append((i, x, (x - st.mean) / sd, st))
             common = 0.0
             if len(scored) >= self.common_mode_min:
                 common = float(np.median([z for _, _, z, _ in scored]))
             for i, x, z_abs, st in scored:
-                z = z_abs - common
+                z = min(max(z_abs - common, -cfg.clip), cfg.clip)
                 st.detector.update(z if cfg.detector == "page_hinkley" else x)
                 hit = st.detector.drift_detected and (cfg.detector == "page_hinkley" or z > 0)
                 if st.detector.drift_detected:
@@ -111,11 +185,14 @@ class ResidualDriftMonitor:
             alerts.append({
                 "id": f"drift:{name}:{step}", "kind": "drift", "sensors": [name], "ts": int(ts),
                 "step": int(step), "detector": cfg.detector, "statistic": channel,
-                "severity": "critical" if z > 6 else "warning",
-                "detail": {"value": round(x, 6), "baseline_mean": round(st.mean, 6),
-                           "baseline_std": round(math.sqrt(max(st.var, 0.0)), 6),
+                "severity": "critical" if z >= cfg.clip else "warning",
+                "detail": {"value": round(math.exp(x) - 0.1, 6),
+                           "baseline": round(math.exp(st.mean) - 0.1, 6),
+                           "log_value": round(x, 6), "log_baseline_mean": round(st.mean, 6),
+                           "log_baseline_std": round(math.sqrt(max(st.var, 0.0)), 6),
                            "z": round(z, 3), "common_mode_z": round(common, 3),
                            "text": f"{cfg.detector} fired on {channel} of {name}: "
-                                   f"{x:.3f} vs normal {st.mean:.3f} (z={z:.1f})"},
+                                   f"{math.exp(x) - 0.1:.3f} vs normal "
+                                   f"{math.exp(st.mean) - 0.1:.3f} (z={z:.1f})"},
             })
         return alerts

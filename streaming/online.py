@@ -53,6 +53,9 @@ class OnlineModel:
         self._gen = torch.Generator().manual_seed(cfg.seed)
         self._alerts: list[dict] = []
         self._contrast_calls = 0
+        self.last_embedding: np.ndarray | None = None   # [B, d] of the last predict_many
+        head = model.forecast_head if isinstance(model, STBackbone) else model.head
+        head.register_forward_pre_hook(self._capture_embedding)
         self.can_contrast = isinstance(model, STBackbone)
         if self.adapt.contrastive_weight > 0 and not self.can_contrast:
             log.info("%s has no projection head: contrastive updates are off",
@@ -96,12 +99,19 @@ class OnlineModel:
             raise ValueError("the spatio-temporal backbone needs the step indices and sensors")
         return self._graph.forecast(xt, mt, st, steps, sensors)
 
+    def _capture_embedding(self, _module: torch.nn.Module, inputs: tuple) -> None:
+        # the forecast head's input is the window's embedding; keep it only when serving
+        if not torch.is_grad_enabled():
+            h = inputs[0]
+            self.last_embedding = (h[0, :, -1] if h.dim() == 4 else h).detach().numpy()
+
     @torch.no_grad()
     def predict_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
                      steps: np.ndarray | None = None,
                      sensors: list[str] | None = None) -> np.ndarray:
         """Forecasts ``[B, H]`` for windows ``[B, K, P]``; ``steps`` ``[K]`` are the windows'
         step indices and ``sensors`` their ids (used by the spatio-temporal backbone)."""
+        self.last_embedding = None
         if len(x) == 0:
             return np.zeros((0, self.cfg.horizon), np.float32)
         return self._forward(x, mask, side, steps, sensors).numpy()

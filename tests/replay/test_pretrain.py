@@ -114,7 +114,13 @@ def test_torchrun_data_parallel(rec, tmp_path):
                         "--n-heads", "2", "--n-layers", "1", "--quiet"],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    # both ranks print a JSON summary to the same pipe, possibly on one line
+    dec = json.JSONDecoder()
+    results, text, i = [], r.stdout, r.stdout.find("{")
+    while i >= 0:
+        obj, end = dec.raw_decode(text, i)
+        results.append(obj)
+        i = text.find("{", end)
     assert len(results) == 2 and results[0]["best_val"] == results[1]["best_val"]
     load_checkpoint(tmp_path / "ddp" / "best")
 

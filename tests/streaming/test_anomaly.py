@@ -18,9 +18,9 @@ def test_quiet_on_noise_high_on_burst() -> None:
     scores = np.stack([al.learn_many(r) for r in raw])
     assert (scores[:100] == 0).all()              # warm-up
     calm = scores[200:2500]
-    assert np.quantile(calm, 0.999) < 0.5
+    assert np.quantile(calm, 0.999) < 0.7            # tail > 1e-5
     assert scores[2500:2515, 1].max() > 0.8
-    assert scores[2500:2515, [0, 2]].max() < 0.5
+    assert scores[2500:2515, [0, 2]].max() < 0.7
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
@@ -55,18 +55,14 @@ def _core_run(rec):
 
 
 def test_no_anomaly_alert_on_a_stationary_recording_of_50k_readings() -> None:
-    # The residual drift monitor (Page-Hinkley on |residual|) still raises 1-2 false drift
-    # alerts per 50k stationary readings at its defaults; calibrating it is open work, so this
-    # test holds the anomaly-likelihood policy to zero and the drift monitor to that level.
+    # the acceptance test: default settings, no alert of any kind
     from replay.simulator import SimConfig, simulate
 
     rec, truths = simulate(SimConfig(n_sensors=10, n_days=17.5, seed=11, n_events=0,
                                      drifts=[]))
     assert truths == [] and rec.values.size >= 50_000
     core, res = _core_run(rec)
-    anomalies = [a["id"] for a in res.alerts if a["kind"] == "anomaly"]
-    assert anomalies == []
-    assert sum(a["kind"] == "drift" for a in res.alerts) <= 2
+    assert [a["id"] for a in res.alerts] == []
     assert core.anomaly.count.min() > 300          # every sensor was scored
 
 
@@ -84,3 +80,42 @@ def test_a_spike_raises_one_explained_anomaly_alert() -> None:
     assert abs(a["ts"] - rec.timestamps[row]) <= 2 * 3_600_000
     expl = a["detail"]["explained"][rec.sensors[2]]
     assert expl["detector"] == "anomaly-likelihood" and expl["residual"] > 3
+
+
+def test_an_alert_names_the_events_on_its_sensor_and_only_those() -> None:
+    from replay.simulator import SimConfig, simulate
+
+    rec, _ = simulate(SimConfig(n_sensors=6, n_days=8, seed=12, n_events=0, drifts=[]))
+    row = 6 * 288 + 100
+    rec.values[row:row + 6, 2] += 8 * np.nanstd(rec.values[:, 2])
+    t = int(rec.timestamps[row])
+    rec.events = [
+        {"type": "roadworks", "ts": t - 300_000, "sensor": rec.sensors[2],
+         "attrs": {"duration_steps": 6}},
+        {"type": "concert", "ts": t, "sensor": rec.sensors[4]},          # other sensor
+        {"type": "old-incident", "ts": t - 2 * 86_400_000, "sensor": rec.sensors[2]},
+    ]
+    _, res = _core_run(rec)
+    anomalies = [a for a in res.alerts if a["kind"] == "anomaly"]
+    assert len(anomalies) == 1
+    a = anomalies[0]
+    assert [ev["type"] for ev in a["events"]] == ["roadworks"]
+    assert a["events"][0]["sensor"] == rec.sensors[2]
+    assert "coincides with roadworks" in a["detail"]["text"]
+    assert all("events" not in b for b in res.alerts if b is not a)
+
+
+def test_score_blocks_carry_components_and_raw_statistics() -> None:
+    from replay.simulator import SimConfig, simulate
+
+    rec, _ = simulate(SimConfig(n_sensors=4, n_days=3, seed=3, n_events=0, drifts=[]))
+    core, res = _core_run(rec)
+    assert set(res.score_components) == {"residual", "embedding"}
+    assert set(res.score_raw) == {"residual", "embedding"}
+    comb = res.scores
+    both = np.fmax(res.score_components["residual"], res.score_components["embedding"])
+    np.testing.assert_allclose(comb, both)
+    assert ((comb >= 0) & (comb <= 1)).all()
+    emb = res.score_raw["embedding"]
+    assert np.isfinite(emb[5:]).all() and (emb[5:] >= 0).all()
+    assert core.model.last_embedding.shape == (4, core.cfg.model.d_model)
