@@ -419,10 +419,11 @@ class LiveWorker:
         return self.stats
 
     def _region_offsets(self, partition: int) -> dict[str, int]:
-        """Offsets a region's state reflects: its readings partition and the events."""
+        """Offsets a region's state reflects: its readings partition and the events
+        partition of the same number (co-partitioned topics)."""
         k = self.cfg.kafka
         return {f"{t}-{p}": off for (t, p), off in self._positions.items()
-                if (t == k.readings_topic and p == partition) or t == k.events_topic}
+                if p == partition and t in (k.readings_topic, k.events_topic)}
 
     async def _checkpoint(self, consumer: Any, regions: list[int]) -> None:
         """Write each region's state with the offsets it reflects, then commit them. Call
