@@ -108,12 +108,11 @@ def row_scores(res: Any, mat: np.ndarray, n_rows: int) -> np.ndarray:
 
 def cooldown(scores: np.ndarray, window: int) -> np.ndarray:
     """Keep a row's score only when none of the previous ``window`` rows scored as high."""
-    out = scores.copy()
-    for r in range(1, len(scores)):
-        lo = max(0, r - window)
-        if scores[lo:r].max() >= scores[r]:
-            out[r] = 0.0
-    return out
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    before = sliding_window_view(np.concatenate([np.full(window, -np.inf), scores[:-1]]),
+                                 window).max(axis=1)
+    return np.where(before >= scores, 0.0, scores)
 
 
 def score_streams(streams: dict[str, np.ndarray], names: list[str], lengths: list[int],

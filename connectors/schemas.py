@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,11 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+def format_minute(ms: int) -> str:
+    """``YYYY-MM-DD HH:MM`` (UTC) of an epoch-ms timestamp, for tables and logs."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
 
 
 def parse_ts(ts: object) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from connectors.schemas import format_minute
 
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
@@ -76,10 +77,6 @@ def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
     return alerts, problems
 
 
-def _fmt_ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
-
-
 def alert_row(a: dict[str, Any]) -> dict[str, str]:
     """One table row: what fired where, on which statistic, with which values."""
     d = a.get("detail") or {}
@@ -87,12 +84,12 @@ def alert_row(a: dict[str, Any]) -> dict[str, str]:
     detector = a.get("detector") or expl.get("detector") or ""
     statistic = a.get("statistic") or expl.get("statistic") or ""
     score = a.get("score", d.get("z", "") if isinstance(d, dict) else "")
-    events = "; ".join(f"{e.get('type')}@{_fmt_ts(e['ts'])}" for e in a.get("events", [])
+    events = "; ".join(f"{e.get('type')}@{format_minute(e['ts'])}" for e in a.get("events", [])
                        if isinstance(e, dict) and "ts" in e)
     sensors = ",".join(map(str, a["sensors"]))
     if a.get("region"):
         sensors = f"{a['region']} ({sensors})"
-    return {"time": _fmt_ts(a["ts"]), "kind": a["kind"], "severity": a.get("severity", ""),
+    return {"time": format_minute(a["ts"]), "kind": a["kind"], "severity": a.get("severity", ""),
             "sensors": sensors, "detector": str(detector), "statistic": str(statistic),
             "score": str(score), "events": events,
             "text": str(d.get("text", "")) if isinstance(d, dict) else "",

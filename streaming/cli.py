@@ -274,6 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
     from connectors.kafka_io import make_consumer
+    from connectors.schemas import format_minute
 
     consumer = make_consumer(args.bootstrap_servers, args.topic, group_id=None,
                              from_beginning=args.from_beginning,
@@ -285,7 +286,7 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
             try:
                 a = json.loads(msg.value)
                 sensors = ",".join(a.get("sensors", []))
-                ts = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.get("ts", 0) / 1000))
+                ts = format_minute(a.get("ts", 0))
                 print(f"{ts}  {a.get('kind', '?'):<12} {a.get('severity', ''):<8} {sensors:<20} "
                       f"{a.get('detail', {}).get('text', '')}", flush=True)
             except (ValueError, AttributeError):

@@ -425,13 +425,10 @@ class StreamCore:
         if emb is None or emb.shape[0] != n:
             return None
         emb = emb.astype(np.float64)
-        if self._centroid.shape != emb.shape:
-            grow = n - self._centroid.shape[0]
-            if self._centroid.shape[1:] != emb.shape[1:]:
-                self._centroid = np.zeros((0, emb.shape[1]))
-                self._centroid_n = np.zeros(0, np.int64)
-                grow = n
-            self._centroid = np.concatenate([self._centroid, emb[n - grow:]])
+        grow = n - self._centroid.shape[0]
+        if grow > 0:                                    # sensors only ever join
+            self._centroid = np.concatenate([self._centroid.reshape(-1, emb.shape[1]),
+                                             emb[n - grow:]])
             self._centroid_n = np.concatenate([self._centroid_n, np.zeros(grow, np.int64)])
         dist = np.sqrt(((emb - self._centroid) ** 2).mean(axis=1))
         dist[self._centroid_n == 0] = np.nan

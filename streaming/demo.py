@@ -14,16 +14,13 @@ import numpy as np
 from connectors.broker import EmbeddedBroker
 from connectors.kafka_io import Topics, ensure_topics, read_topic
 from connectors.recordings import Recording
+from connectors.schemas import format_minute
 from replay.publish import publish_recording
 from replay.simulator import DriftTruth, SimConfig, simulate, write_simulation
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
 from streaming.online import OnlineModel
 from streaming.worker import LiveWorker
-
-
-def _fmt_ts(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
 
 
 def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0) -> int:
@@ -95,8 +92,8 @@ def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
     for t in truths:
         hits = [a for a in alerts if set(a["sensors"]) & set(t.sensors) and a["ts"] >= t.onset_ts]
         first = min(hits, key=lambda a: a["ts"]) if hits else None
-        rows.append({"kind": t.kind, "sensors": t.sensors, "onset": _fmt_ts(t.onset_ts),
-                     "first_alert": _fmt_ts(first["ts"]) if first else None,
+        rows.append({"kind": t.kind, "sensors": t.sensors, "onset": format_minute(t.onset_ts),
+                     "first_alert": format_minute(first["ts"]) if first else None,
                      "delay_steps": (first["ts"] - t.onset_ts) / step_ms if first else None})
     onset = {s: t.onset_ts for t in truths for s in t.sensors}
     season = core.cfg.drift.season_ms

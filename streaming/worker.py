@@ -348,7 +348,7 @@ class LiveWorker:
             try:
                 await c.start()
                 c.subscribe([k.readings_topic, k.events_topic],
-                            listener=_SeekOnAssign(self, c))
+                            listener=_RegionRebalance(self, c))
             except BaseException:
                 await c.stop()
                 raise
@@ -556,7 +556,7 @@ class LiveWorker:
             await asyncio.gather(*futures)
 
 
-class _SeekOnAssign(ConsumerRebalanceListener):
+class _RegionRebalance(ConsumerRebalanceListener):
     """Rebalance hooks: a region leaving this worker is checkpointed and dropped (after its
     outputs were produced); a region arriving is restored from its checkpoint, and every
     assigned partition is sought to the offset its state reflects."""
