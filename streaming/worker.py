@@ -176,8 +176,8 @@ class LiveWorker:
     checkpoint store when one is configured, so when partitions move between the workers of
     a group the new owner picks a region up where its last checkpoint left it. Events go to
     the core of the same partition number (co-partitioned topics), else to the core that
-    knows the event's sensor. ``core`` serves the first region; ``core_factory`` builds the
-    others (needed when the worker owns more than one readings partition).
+    knows the event's sensor. ``core`` serves the first region (``cores[p]`` afterwards);
+    ``core_factory`` builds the others (needed for more than one readings partition).
     """
 
     def __init__(self, cfg: StreamConfig, core: StreamCore | None = None, *,
@@ -187,7 +187,6 @@ class LiveWorker:
         if core is None and core_factory is None:
             raise ValueError("LiveWorker needs a core or a core_factory")
         self.cfg = cfg
-        self.core = core                       # the first region's core (kept for callers)
         self._spare = core
         self.core_factory = core_factory
         self.cores: dict[int, StreamCore] = {}  # readings partition -> its region's core

@@ -24,20 +24,11 @@ def _core(rec, **over):
 
 
 def _outputs(core, rec, lo, hi):
-    from connectors.schemas import EventBatch
-    from replay.backtest import _reading_batch
+    from replay.backtest import backtest
 
-    fc, alerts, scores = [], [], []
-    ev = [e for e in rec.events if rec.timestamps[lo] <= e["ts"] <= rec.timestamps[hi - 1]]
-    for r in range(lo, hi, 12):
-        evb = EventBatch(events=[e for e in ev if rec.timestamps[r] <= e["ts"]
-                                 <= rec.timestamps[min(r + 12, hi) - 1]])
-        evb.source = list(range(len(evb.events)))
-        out = core.process(_reading_batch(rec, r, min(r + 12, hi)), evb)
-        fc += [(b.step, b.model_version, b.yhat.copy()) for b in out.forecasts]
-        alerts += [a["id"] for a in out.alerts]
-        scores += [b.score.copy() for b in out.scores]
-    return fc, alerts, scores
+    res = backtest(rec, core, start_row=lo, end_row=hi, progress=False)
+    fc = list(zip(res.steps.tolist(), res.versions, res.yhat, strict=True))
+    return fc, [a["id"] for a in res.alerts], list(res.scores)
 
 
 @pytest.mark.parametrize("detector", ["page_hinkley", "adwin", "kswin"])
