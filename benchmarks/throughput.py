@@ -540,7 +540,9 @@ def breakdown(cfg: StreamConfig, batches: list[list[Record]]) -> tuple[_Timer, l
     tm = _Timer()
     core = fresh_core(cfg)
     # instance attributes shadow the methods: the core calls the timed versions
-    core.patcher.update = tm.wrap("patcher", core.patcher.update)  # type: ignore[method-assign]
+    core.patcher.admit = tm.wrap("patcher", core.patcher.admit)  # type: ignore[method-assign]
+    core.patcher.close_ready = tm.wrap("patcher",  # type: ignore[method-assign]
+                                       core.patcher.close_ready)
     core.model.predict_many = tm.wrap("model forward",  # type: ignore[method-assign]
                                       core.model.predict_many)
     core.model.learn_many = tm.wrap("learn step", core.model.learn_many)  # type: ignore

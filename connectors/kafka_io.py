@@ -55,6 +55,44 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
         admin.close()
 
 
+def topic_partitions(bootstrap_servers: str, names: Iterable[str],
+                     timeout_s: float = 15.0) -> dict[str, int]:
+    """Partition count of each existing topic among ``names`` (missing ones left out)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers,
+                             request_timeout_ms=int(timeout_s * 1000) + 1000)
+    try:
+        out = {}
+        existing = consumer.topics()
+        for n in dict.fromkeys(names):
+            if n in existing:
+                parts = consumer.partitions_for_topic(n)
+                out[n] = len(parts) if parts else 0
+        return out
+    finally:
+        consumer.close()
+
+
+def create_topics(bootstrap_servers: str, names: Iterable[str],
+                  partitions: int) -> dict[str, tuple[int, bool]]:
+    """Create each topic with ``partitions`` unless it exists; returns ``name -> (partitions,
+    created)`` so a caller can say which existing ones have another layout."""
+    names = list(dict.fromkeys(names))
+    before = topic_partitions(bootstrap_servers, names)
+    ensure_topics(bootstrap_servers, [n for n in names if n not in before], partitions)
+    after = topic_partitions(bootstrap_servers, names)
+    return {n: (after.get(n, 0), n not in before) for n in names}
+
+
+def partition_of(key: str, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives a message key."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    parts = list(range(n_partitions))
+    return int(DefaultPartitioner()(key.encode(), parts, parts))
+
+
 def make_producer(bootstrap_servers: str, **overrides: object):
     """A kafka-python producer tuned for throughput (batched, lingering a little)."""
     from kafka import KafkaProducer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,25 @@ class DeadLetter:
     partition: int | None = None
     offset: int | None = None
     key: bytes | None = None
+
+    def unique_key(self) -> bytes | None:
+        """``topic:partition:offset`` of the original message: unique, so a consumer can
+        deduplicate dead letters re-emitted after a crash (the original key is in the body)."""
+        if self.partition is None or self.offset is None:
+            return self.key
+        return f"{self.topic}:{self.partition}:{self.offset}".encode()
+
+    def handle(self) -> tuple[str, int | None, int | None, str, str | None]:
+        """Plain data to rebuild this dead letter later (``from_handle``)."""
+        return (self.topic, self.partition, self.offset,
+                base64.b64encode(self.raw).decode("ascii"),
+                None if self.key is None else base64.b64encode(self.key).decode("ascii"))
+
+    @classmethod
+    def from_handle(cls, handle: Any, reason: str) -> DeadLetter:
+        topic, partition, offset, raw, key = handle
+        return cls(base64.b64decode(raw), reason, topic, partition, offset,
+                   None if key is None else base64.b64decode(key))
 
     def to_message(self) -> bytes:
         """The dead-letter record: the original bytes (text when UTF-8, else base64) + reason."""
@@ -55,6 +74,8 @@ class ReadingBatch:
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     partition: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    refs: Callable[[int], Any] | None = None
+    # ^ reading index -> the driver's handle (plain data) for a dead letter decided later
 
     def __len__(self) -> int:
         return len(self.sensors)
@@ -69,6 +90,32 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON data: NaN and infinities become null, numpy scalars and
+    arrays plain numbers and lists, anything else unknown its ``str``."""
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text (never a bare ``NaN``) for reports, summaries and alerts files."""
+    import json
+
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 
 
 def format_minute(ms: int) -> str:
@@ -269,5 +316,5 @@ def encode_forecast(sensor: str, ts: int, horizon_ts: Sequence[int], yhat: Seque
 
 
 def encode_alert(alert: dict[str, Any]) -> bytes:
-    """One ``alerts`` message (see ``streaming.drift.Alert``)."""
-    return orjson.dumps(alert, option=orjson.OPT_SERIALIZE_NUMPY)
+    """One ``alerts`` message (NaN written as null)."""
+    return orjson.dumps(json_safe(alert))

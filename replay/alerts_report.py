@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from connectors.schemas import format_minute
+from connectors.schemas import format_minute, to_json
 
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
@@ -59,17 +59,20 @@ def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
                       start_offset: int | None = None, end_offset: int | None = None,
                       start_ts: int | None = None, end_ts: int | None = None,
                       progress: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
-    """Alerts of a topic range (same bounds on every partition) and the problems of the
-    messages that were not alerts (each named by its position)."""
+    """Alerts of a topic range (offsets: same bounds on every partition; times: the alerts'
+    own ``ts``, end exclusive) and the problems of the messages that were not alerts (each
+    named by its position)."""
     from replay.record import consume_range
 
     values, _ = consume_range(bootstrap_servers, topic, start_offset=start_offset,
-                              end_offset=end_offset, start_ts=start_ts, end_ts=end_ts,
-                              progress=progress)
+                              end_offset=end_offset, progress=progress)
     alerts, problems = [], []
     for i, v in enumerate(values):
         try:
-            alerts.append(_check(json.loads(v), f"{topic} message {i}"))
+            a = _check(json.loads(v), f"{topic} message {i}")
+            if (start_ts is None or a["ts"] >= start_ts) and (end_ts is None
+                                                               or a["ts"] < end_ts):
+                alerts.append(a)
         except json.JSONDecodeError as exc:
             problems.append(f"{topic} message {i}: not JSON ({exc.msg})")
         except AlertsReportError as exc:
@@ -181,6 +184,6 @@ def write_report(alerts: list[dict[str, Any]], out_dir: str | Path,
         for a in alerts:
             w.writerow(alert_row(a))
     summary = summarize(alerts)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(to_json(summary, indent=2))
     plot_timeline(alerts, out / "timeline.png", title=title)
     return summary

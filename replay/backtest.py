@@ -18,7 +18,6 @@ steps per second, and PNG plots (error over time with alert markers; forecasts v
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from connectors.recordings import Recording
-from connectors.schemas import EventBatch, ReadingBatch
+from connectors.schemas import EventBatch, ReadingBatch, to_json
 from streaming.core import StreamCore
 
 FEEDBACK = ("delayed", "immediate")
@@ -171,7 +170,9 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
             steps.append(block.step)
             tss.append(block.ts)
             rows.append(first)
-            yhats.append(block.yhat.astype(np.float32))
+            at = (block.rows if block.rows is not None
+                  else np.arange(len(block.sensors), dtype=np.int64))
+            yhats.append((at, block.yhat.astype(np.float32)))
             truths.append(y.astype(np.float32))
             versions.append(block.model_version)
             if feedback == "immediate":
@@ -180,8 +181,11 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     seconds = time.perf_counter() - t0
     bar.close()
     n = len(core.sensors)
-    pad = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in yhats]
-    padt = [np.pad(a, ((0, n - a.shape[0]), (0, 0)), constant_values=np.nan) for a in truths]
+    yhat_all = np.full((len(yhats), n, h), np.nan, np.float32)
+    truth_all = np.full((len(yhats), n, h), np.nan, np.float32)
+    for f, ((at, yh), tr) in enumerate(zip(yhats, truths, strict=True)):
+        yhat_all[f, at] = yh       # a sensor has forecasts from its first reading on
+        truth_all[f, at] = tr
 
     def stack_scores(get: Any) -> np.ndarray:
         mat = np.full((len(s_blocks), n), np.nan, np.float32)
@@ -195,8 +199,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     return BacktestResult(
         sensors=list(core.sensors), steps=np.asarray(steps, np.int64),
         ts=np.asarray(tss, np.int64), rows=np.asarray(rows, np.int64),
-        yhat=np.stack(pad) if pad else np.zeros((0, n, h), np.float32),
-        truth=np.stack(padt) if padt else np.zeros((0, n, h), np.float32),
+        yhat=yhat_all, truth=truth_all,
         versions=versions, alerts=alerts, seconds=seconds, rejected_readings=rej_r,
         rejected_events=rej_e, score_steps=np.asarray(s_steps, np.int64),
         score_rows=np.asarray(s_rows, np.int64), scores=stack_scores(lambda sb: sb.score),
@@ -218,7 +221,7 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
                "last_model_version": res.versions[-1] if res.versions else None,
                "rejected_readings": res.rejected_readings,
                "rejected_events": res.rejected_events, "seconds": res.seconds}
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.json").write_text(to_json(summary, indent=2))
     per = res.per_sensor(from_row)
     with open(out / "per_sensor.csv", "w") as f:
         f.write("sensor,points,mse,mae\n")
@@ -226,7 +229,7 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
             f.write(f"{r['sensor']},{r['points']},{r['mse']:.6g},{r['mae']:.6g}\n")
     with open(out / "alerts.jsonl", "w") as f:
         for a in res.alerts:
-            f.write(json.dumps(a, default=_jsonable) + "\n")
+            f.write(to_json(a) + "\n")
     ts, mse, mae = res.curve(from_row)
     with open(out / "curve.csv", "w") as f:
         f.write("ts,cumulative_mse,cumulative_mae\n")
@@ -241,14 +244,6 @@ def _count(items: Any) -> dict[str, int]:
     for k in items:
         out[k] = out.get(k, 0) + 1
     return out
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def _plots(res: BacktestResult, out: Path, from_row: int, n_sensors: int, title: str) -> None:

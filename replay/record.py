@@ -1,8 +1,8 @@
 """Record a Kafka topic range into a ``Recording`` (and a file ``replay publish`` reads back).
 
-The range is given per topic by offsets or timestamps (the same bounds apply to every
-partition). Readings are validated as the live worker does; an invalid one is counted and
-left out, never guessed at. Rows are the distinct timestamps, sensors in order of first
+The range is given by offsets (the same bounds apply to every partition) and by the
+readings' own timestamps. Readings are validated as the live worker does; an invalid one is
+counted and left out, never guessed at. Rows are the distinct timestamps, sensors in order of first
 appearance (sorted when the topic has several partitions), so ``record(publish(rec))``
 gives back ``rec``.
 """
@@ -19,7 +19,13 @@ from tqdm import tqdm
 
 from connectors.kafka_io import make_consumer
 from connectors.recordings import Recording
-from connectors.schemas import decode_events, decode_readings, parse_ts
+from connectors.schemas import (
+    ReadingBatch,
+    decode_events,
+    decode_readings,
+    format_minute,
+    parse_ts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,12 @@ class RecordStats:
     readings: int = 0
     events: int = 0
     invalid: int = 0
+    outside: int = 0          # valid readings outside the requested time range
     reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _when(ts: int | None) -> str:
+    return "-" if ts is None else format_minute(ts)
 
 
 def _starts(consumer: Any, tps: list[Any], start_offset: int | None,
@@ -95,21 +106,36 @@ def record_topic(bootstrap_servers: str, topic: str = "readings", *,
                  end_offset: int | None = None, start: str | int | None = None,
                  end: str | int | None = None, interval_ms: int | None = None,
                  progress: bool = True) -> tuple[Recording, RecordStats]:
-    """Consume a topic range and build the recording it holds (``start``/``end`` are times:
-    epoch ms or ISO-8601; ``end`` is exclusive)."""
+    """Consume a topic range and build the recording it holds.
+
+    ``start``/``end`` (epoch ms or ISO-8601; ``end`` exclusive) select readings by their
+    own ``ts``, not by when they were written to Kafka; offsets bound what is read.
+    """
     start_ts = parse_ts(start) if start is not None else None
     end_ts = parse_ts(end) if end is not None else None
     stats = RecordStats()
     raws, n_parts = consume_range(bootstrap_servers, topic, start_offset=start_offset,
-                             end_offset=end_offset, start_ts=start_ts, end_ts=end_ts,
-                             progress=progress)
+                                  end_offset=end_offset, progress=progress)
     stats.messages = len(raws)
     batch, dead = decode_readings(raws, topic=topic)
     for d in dead:
         stats.reasons[d.reason] = stats.reasons.get(d.reason, 0) + 1
     stats.invalid = len(dead)
+    if start_ts is not None or end_ts is not None:
+        keep = np.ones(len(batch), bool)
+        if start_ts is not None:
+            keep &= batch.ts >= start_ts
+        if end_ts is not None:
+            keep &= batch.ts < end_ts
+        stats.outside = int((~keep).sum())
+        batch = ReadingBatch([s for s, k in zip(batch.sensors, keep.tolist(), strict=True)
+                              if k], batch.ts[keep], batch.values[keep], batch.source[keep],
+                             batch.partition[keep])
     if len(batch) == 0:
-        raise ValueError(f"no valid readings in the requested range of {topic!r}")
+        where = "" if start_ts is None and end_ts is None else (
+            f" with ts in [{_when(start_ts)}, {_when(end_ts)})")
+        raise ValueError(f"no valid readings in the requested range of {topic!r}{where} "
+                         f"({stats.messages} messages read, {stats.invalid} invalid)")
     sensors = list(dict.fromkeys(batch.sensors))
     if n_parts > 1:
         sensors.sort()  # partitions are read one after the other: arrival order is lost
@@ -121,8 +147,7 @@ def record_topic(bootstrap_servers: str, topic: str = "readings", *,
     stats.readings = len(batch)
     events: list[dict[str, Any]] = []
     if events_topic is not None:
-        ev_raws, _ = consume_range(bootstrap_servers, events_topic, start_ts=start_ts,
-                                   end_ts=end_ts, progress=False)
+        ev_raws, _ = consume_range(bootstrap_servers, events_topic, progress=False)
         evb, ev_dead = decode_events(ev_raws, topic=events_topic)
         stats.invalid += len(ev_dead)
         events = [e for e in evb.events if times[0] <= e["ts"] <= times[-1]]

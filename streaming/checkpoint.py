@@ -29,7 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 FORMAT = "stfm-worker-state"
-VERSION = 1
+VERSION = 2          # 2: the patcher keeps a quorum clock, held readings, sensor starts
 _ND = "__ndarray__"
 
 

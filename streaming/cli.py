@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("stfm")
+_DEFAULT_GROUP = "stfm-worker"
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    from connectors.schemas import to_json as strict
+
+    return strict(obj, indent)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -96,6 +103,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
     print(f"embedded broker on {broker.bootstrap_servers} (in-memory); Ctrl-C stops it",
           flush=True)
+    if args.partitions:
+        from connectors.kafka_io import Topics, create_topics
+
+        made = create_topics(broker.bootstrap_servers, Topics().all(), args.partitions)
+        print(f"topics {', '.join(made)} with {args.partitions} partition(s) each (a topic "
+              "a plain producer creates on this broker gets 4)", flush=True)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -159,8 +172,9 @@ def _add_range_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events-topic", default=None)
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
-    p.add_argument("--from-ts", help="first message time (ISO-8601 or epoch ms)")
-    p.add_argument("--to-ts", help="end time, exclusive (ISO-8601 or epoch ms)")
+    p.add_argument("--from-ts", help="first reading time, by the readings' own ts "
+                                     "(ISO-8601 or epoch ms)")
+    p.add_argument("--to-ts", help="end reading time, exclusive (ISO-8601 or epoch ms)")
 
 
 def cmd_replay_pretrain(args: argparse.Namespace) -> int:
@@ -183,7 +197,7 @@ def cmd_replay_pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(graph=args.graph_layer,
                          **{k: v for k, v in vars(args).items() if k in fields and v is not None})
     result = pretrain(rec, args.out, cfg, resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"best_val": result.best_val, "epochs": result.epochs_run,
+    print(to_json({"best_val": result.best_val, "epochs": result.epochs_run,
                       "samples_per_s": round(result.samples_per_s, 1),
                       "checkpoint": result.checkpoint}))
     return 0
@@ -213,8 +227,68 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
                    end_row=args.end_row, progress=not args.quiet)
     summary = write_report(res, args.out, from_row=args.score_from_row or args.start_row,
                            title=Path(args.file).name)
-    print(json.dumps(summary, default=str))
+    print(to_json(summary))
     return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from connectors.kafka_io import create_topics, topic_partitions
+
+    cfg = load_config(args)
+    k = cfg.kafka
+    names = args.topics or [k.readings_topic, k.events_topic, k.forecasts_topic,
+                            k.alerts_topic, k.dead_letter_topic]
+    if args.topics_command == "list":
+        have = topic_partitions(k.bootstrap_servers, names)
+        for n in names:
+            print(f"{n:<24} {have[n]} partition(s)" if n in have else f"{n:<24} (missing)")
+        return 0
+    made = create_topics(k.bootstrap_servers, names, args.partitions)
+    differ = 0
+    for n, (parts, created) in made.items():
+        if created:
+            print(f"{n:<24} created with {parts} partition(s)")
+        elif parts == args.partitions:
+            print(f"{n:<24} exists with {parts} partition(s)")
+        else:
+            differ += 1
+            print(f"{n:<24} exists with {parts} partition(s), not {args.partitions}: Kafka "
+                  "cannot change that in place; delete the topic (a new embedded broker "
+                  "starts empty) or use other topic names")
+    return 1 if differ else 0
+
+
+def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
+    """Say how the input topics are partitioned, i.e. which sensors share a model: every
+    readings partition is a region with its own core (model, state, alerts)."""
+    from connectors.kafka_io import partition_of, topic_partitions
+
+    k = cfg.kafka
+    parts = topic_partitions(k.bootstrap_servers, [k.readings_topic, k.events_topic])
+    n = parts.get(k.readings_topic, 0)
+    if n == 1:
+        log.info("readings topic %r has 1 partition: one region, all sensors share one "
+                 "model", k.readings_topic)
+    elif n > 1:
+        split = ""
+        if sensors:
+            by: dict[int, list[str]] = {}
+            for s in sensors:
+                by.setdefault(partition_of(s, n), []).append(s)
+            split = "; ".join(f"region {p}: {len(v)} sensors ({', '.join(v[:3])}"
+                              f"{', ...' if len(v) > 3 else ''})" for p, v in sorted(by.items()))
+            split = f" Keyed by sensor id: {split}."
+        log.warning("readings topic %r has %d partitions: each is its own region with its "
+                    "own model, state and alerts, and sensors are split among them by "
+                    "message key.%s For one model over all sensors, create the topics with "
+                    "one partition before publishing (`stfm topics create --partitions 1`, "
+                    "or `stfm broker --partitions 1`).", k.readings_topic, n, split)
+        ev = parts.get(k.events_topic, 0)
+        if ev not in (0, n):
+            log.warning("events topic %r has %d partitions but readings %d: events are "
+                        "routed to regions by sensor instead of by partition", k.events_topic,
+                        ev, n)
+    return parts
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -225,6 +299,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("stfm run: pass --checkpoint DIR or --fresh", file=sys.stderr)
         return 2
     cfg = load_config(args)
+    if args.engine == "faust" and cfg.kafka.group_id == _DEFAULT_GROUP:
+        # its consumers use Faust's own assignor: sharing a group with the aiokafka engine
+        # fails with InconsistentGroupProtocolError
+        cfg.kafka.group_id = f"{_DEFAULT_GROUP}-faust"
+        log.info("faust engine: consumer group %r", cfg.kafka.group_id)
     if args.engine == "faust" and cfg.checkpoint.dir:
         print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka",
               file=sys.stderr)
@@ -243,15 +322,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     ensure_topics(k.bootstrap_servers, [k.readings_topic, k.events_topic, k.forecasts_topic,
                                         k.alerts_topic, k.dead_letter_topic],
                   partitions=k.partitions)
+    log_region_layout(cfg, list(core.sensors) if core.patcher.registry.fixed else None)
     worker = None
     if args.engine == "faust":
-        from streaming.faust_app import run_faust_worker
+        from streaming.faust_app import FaustGroupError, run_faust_worker
 
-        stats = run_faust_worker(cfg, core, idle_exit_s=args.idle_exit)
+        try:
+            stats = run_faust_worker(cfg, core, idle_exit_s=args.idle_exit)
+        except FaustGroupError as exc:
+            print(f"stfm run: {exc}", file=sys.stderr)
+            return 3
     else:
         ckpt = None if args.fresh else args.checkpoint
         worker = LiveWorker(cfg, core, core_factory=lambda: build_core(cfg, ckpt),
-                            idle_exit_s=args.idle_exit, status_every_s=args.status_every)
+                            idle_exit_s=args.idle_exit, status_every_s=args.status_every,
+                            from_beginning=args.from_beginning)
         try:
             stats = asyncio.run(worker.run())
         except BrokerUnavailable as exc:
@@ -266,9 +351,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     "patcher": dict(vars(c.patcher.stats)),
                                     "model_version": c.model.version, "sensors": len(c.sensors)}
                            for p, c in sorted(regions.items())}}
+    if worker is not None and worker.nothing_to_read:
+        summary["nothing_to_read"] = worker.nothing_to_read
+        print(f"stfm run: {worker.nothing_to_read}", file=sys.stderr)
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps(summary, default=str))
+        Path(args.summary).write_text(to_json(summary, indent=2))
+    print(to_json(summary))
     return 0
 
 
@@ -358,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--partitions", type=int, default=1,
+                   help="create the worker's five topics with this many partitions at start "
+                        "(0 = create none; a topic a producer auto-creates gets 4)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("simulate", help="write a simulated sensor network with injected drifts")
@@ -444,7 +535,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write a JSON summary here on exit")
     p.add_argument("--status-every", type=float, default=10.0,
                    help="seconds between status log lines (lag per partition, counts)")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="read the input topics from their start with a fresh state, ignoring "
+                        "the group's committed offsets and checkpoints")
     p.set_defaults(func=cmd_run)
+
+    tp = sub.add_parser("topics", help="create or list the topics (and their partitions)"
+                        ).add_subparsers(dest="topics_command", required=True)
+    p = tp.add_parser("create", help="create the topics with a partition layout; one "
+                                     "readings partition = one region with its own model")
+    p.add_argument("topics", nargs="*", help="topic names (default: the five the worker uses)")
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--config", help="TOML configuration file (its [kafka] topic names)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    p.set_defaults(func=cmd_topics)
+    p = tp.add_parser("list", help="the topics' partition counts")
+    p.add_argument("topics", nargs="*", help="topic names (default: the five the worker uses)")
+    p.add_argument("--config", help="TOML configuration file (its [kafka] topic names)")
+    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    p.set_defaults(func=cmd_topics)
 
     ap_alerts = sub.add_parser("alerts", help="alerts: tail, report").add_subparsers(
         dest="alerts_command", required=True)
@@ -463,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="alerts")
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
-    p.add_argument("--from-ts", help="first message time (ISO-8601 or epoch ms)")
-    p.add_argument("--to-ts", help="end time, exclusive (ISO-8601 or epoch ms)")
+    p.add_argument("--from-ts", help="first alert time, by the alerts' own ts (ISO-8601 "
+                                     "or epoch ms)")
+    p.add_argument("--to-ts", help="end alert time, exclusive (ISO-8601 or epoch ms)")
     p.add_argument("--out", default="alerts-report")
     p.add_argument("--limit", type=int, default=50, help="rows of the printed table")
     p.set_defaults(func=cmd_alerts_report)

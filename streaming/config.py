@@ -21,13 +21,34 @@ class ConfigError(ValueError):
 class PatchingConfig:
     interval_ms: int = 300_000          # sampling grid (5 min)
     patch_len: int = 12                 # grid points per patch = one time step
-    lateness_ms: int = 600_000          # out-of-order tolerance behind the newest reading
-    max_gap_steps: int = 100_000        # a reading further ahead than this is rejected
+    lateness_ms: int = 600_000          # out-of-order tolerance behind the event-time clock
+    max_future_ms: int | None = None    # readings further ahead of the clock are held, then
+    #                                     dead-lettered as `future` (None: 3 steps)
+    clock_quorum: int = 3               # sensors that must reach a time before the clock does
+    value_abs_max: float = 1e12         # |value| beyond this → dead-letter `out_of_range`
+    value_ranges: dict[str, list[float]] = field(default_factory=dict)
+    # ^ per-sensor plausible [min, max]; keys are sensor ids or globs ("pm25/*")
+    future_rearm_steps: int = 24        # closed steps before a `future` sensor is re-flagged
+
+    def future_ms(self) -> int:
+        """How far ahead of the clock a reading may be (``max_future_ms`` or 3 steps)."""
+        if self.max_future_ms is not None:
+            return self.max_future_ms
+        return 3 * self.interval_ms * self.patch_len
 
     def validate(self) -> None:
-        _positive(self, "patching", "interval_ms", "patch_len", "max_gap_steps")
+        _positive(self, "patching", "interval_ms", "patch_len", "clock_quorum",
+                  "value_abs_max", "future_rearm_steps")
         if self.lateness_ms < 0:
             raise ConfigError("patching.lateness_ms must be >= 0")
+        if self.max_future_ms is not None and self.max_future_ms < 0:
+            raise ConfigError("patching.max_future_ms must be >= 0")
+        for key, bounds in self.value_ranges.items():
+            if (not isinstance(bounds, list | tuple) or len(bounds) != 2
+                    or not all(isinstance(b, int | float) and not isinstance(b, bool)
+                               for b in bounds) or not bounds[0] <= bounds[1]):
+                raise ConfigError(f"patching.value_ranges.{key} must be [min, max] with "
+                                  f"min <= max, got {bounds!r}")
 
 
 @dataclass
@@ -316,6 +337,27 @@ def _coerce(typ: Any, value: Any, key: str) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(typ) is dict:
+        if isinstance(value, dict):       # --set patching.value_ranges.s1=[0,5] gives a str
+            import json
+
+            out = {}
+            for k, v in value.items():
+                try:
+                    out[k] = json.loads(v) if isinstance(v, str) else v
+                except ValueError:
+                    raise ConfigError(f"{key}.{k} must be JSON/TOML, got {v!r}") from None
+            return out
+        if isinstance(value, str):        # --set patching.value_ranges='{"s1": [0, 5]}'
+            import json
+
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                return parsed
+        raise ConfigError(f"{key} must be a table, got {value!r}")
     else:  # pragma: no cover - only the types above are used
         return value
     raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")

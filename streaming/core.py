@@ -13,19 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from connectors.schemas import EventBatch, ReadingBatch
+from connectors.schemas import EventBatch, ReadingBatch, format_minute
 from streaming.alert_policy import AlertPolicy, AlertPolicyConfig
 from streaming.anomaly import AnomalyLikelihood
 from streaming.config import StreamConfig
 from streaming.drift import ResidualDriftMonitor
 from streaming.normalization import OnlineNormalizer
 from streaming.online import OnlineModel
-from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
+from streaming.patching import ClosedStep, FutureFlag, IncrementalPatcher, SensorRegistry
 
 
 @dataclass
 class ForecastBlock:
-    """Forecasts of every known sensor made when one step closed."""
+    """Forecasts made when one step closed, for every sensor that existed at that step."""
 
     step: int
     ts: int                      # end of the step
@@ -33,6 +33,7 @@ class ForecastBlock:
     sensors: list[str]
     yhat: np.ndarray             # float64 [N, H] on the input scale
     model_version: str
+    rows: np.ndarray | None = None  # int64 [N]: the sensors' indices in the core (None: 0..N-1)
 
 
 @dataclass
@@ -56,6 +57,9 @@ class CoreOutput:
     # ^ (step, channel -> [N]) the drift monitors were fed
     rejected_readings: list[tuple[int, str]] = field(default_factory=list)
     rejected_events: list[tuple[int, str]] = field(default_factory=list)
+    rejected_held: list[tuple[Any, str]] = field(default_factory=list)
+    # ^ readings held back in earlier batches (ahead of the clock) that turned out bad:
+    #   (the handle their batch gave in ``ReadingBatch.refs``, reason)
 
 
 @dataclass
@@ -65,7 +69,7 @@ class _Pending:
     side: np.ndarray
     loc: np.ndarray
     scale: np.ndarray
-    yhat: np.ndarray
+    yhat: np.ndarray             # NaN for sensors that did not exist yet
     steps: np.ndarray
 
 
@@ -227,19 +231,48 @@ class StreamCore:
 
     # --- driving ------------------------------------------------------------------------
 
-    def process(self, readings: ReadingBatch, events: EventBatch | None = None) -> CoreOutput:
-        """Consume one batch (events first, then readings) and return what it produced."""
+    def process(self, readings: ReadingBatch, events: EventBatch | None = None, *,
+                now_ms: int | None = None) -> CoreOutput:
+        """Consume one batch and return what it produced.
+
+        Readings are judged and stored first, then the batch's events are counted (into
+        the steps still open, which include every step this batch closes, so the order is
+        that of a worker applying events before readings), then the steps the watermark
+        passed are closed. ``now_ms`` (processing time; live only) bounds how far ahead of
+        it a reading may be stamped.
+        """
         out = CoreOutput()
+        adm = self.patcher.admit(readings, now_ms)
+        out.rejected_readings = adm.rejected
+        out.rejected_held = adm.rejected_held
+        for flag in adm.flags:
+            out.alerts.append(self._future_alert(flag))
         if events is not None and len(events):
-            if not self.patcher.registry.fixed:
-                self.patcher.registry.lookup(readings.sensors)  # events may name new sensors
-            out.rejected_events = self._add_events(events)
-        closed, out.rejected_readings = self.patcher.update(readings)
-        for step in closed:
+            out.rejected_events = self._add_events(events, now_ms)
+        for step in self.patcher.close_ready():
             self._on_closed(step, out)
         return out
 
-    def _add_events(self, events: EventBatch) -> list[tuple[int, str]]:
+    def _future_alert(self, flag: FutureFlag) -> dict[str, Any]:
+        """A data-quality alert for a sensor whose readings arrive stamped far ahead."""
+        ref = flag.clock_ts
+        against = "the network's event-time clock" if ref is not None else "processing time"
+        ahead = (flag.ts - ref) / 3_600_000 if ref is not None else None
+        text = (f"{flag.sensor} sends readings stamped "
+                + (f"{ahead:.1f} h ahead of {against}" if ahead is not None
+                   else f"ahead of {against}")
+                + f" (reading at {format_minute(flag.ts)}); they go to dead-letter as "
+                "'future' and do not move the clock")
+        return {"id": f"data-quality:future:{flag.sensor}:{flag.ts}", "kind": "data-quality",
+                "sensors": [flag.sensor], "ts": int(ref if ref is not None else flag.ts),
+                "step": self.patcher.next_open, "detector": "event-time-clock",
+                "statistic": "reading timestamp", "severity": "warning",
+                "detail": {"text": text, "reading_ts": int(flag.ts),
+                           "clock_ts": None if ref is None else int(ref),
+                           "reason": flag.reason}}
+
+    def _add_events(self, events: EventBatch, now_ms: int | None = None
+                    ) -> list[tuple[int, str]]:
         """Count events as side information of the steps they fall in.
 
         Events come on their own topic, so they may arrive after their step closed; such an
@@ -266,7 +299,7 @@ class StreamCore:
                 self._ring_events[s, k - 1 - age] += 1.0
                 p.stats.events += 1
                 self._log_event(ev, s)
-        bad = p.add_events(current, self._sensor_of)
+        bad = p.add_events(current, self._sensor_of, now_ms)
         refused = {j for j, _ in bad}
         for j, ev in enumerate(current):
             if j not in refused:
@@ -375,12 +408,18 @@ class StreamCore:
         steps = np.arange(step.step - x.shape[1] + 1, step.step + 1)
         z = self.model.predict_many(x, mask, side, steps=steps, sensors=self.sensors[:n])
         yhat = z.astype(np.float64) * scale[:, None] + loc[:, None]
-        self._pending[step.step] = _Pending(x, mask, side, loc, scale, yhat, steps)
+        exists = self.patcher.exists(n, step.step)
+        yhat = self._guard_finite(yhat, exists, raw, loc, step, out)
+        self._pending[step.step] = _Pending(x, mask, side, loc, scale,
+                                            np.where(exists[:, None], yhat, np.nan), steps)
         interval = self.cfg.patching.interval_ms
         horizon_ts = step.end_ts + interval * np.arange(self.cfg.model.horizon, dtype=np.int64)
+        rows = np.flatnonzero(exists)
+        names = self.sensors
         out.forecasts.append(ForecastBlock(step.step, step.end_ts, horizon_ts,
-                                           self.sensors[:n].copy(), yhat, self.model.version))
-        self.forecasts_made += n
+                                           [names[i] for i in rows], yhat[rows],
+                                           self.model.version, rows))
+        self.forecasts_made += len(rows)
         distance = self._embedding_distance(n)
         self._score(step, residual, distance, out)
         stats = {"abs_residual": realized, "seasonal_residual": seasonal,
@@ -400,6 +439,29 @@ class StreamCore:
             a.setdefault("ts", step.end_ts)
             a.setdefault("id", f"data-quality:{step.step}:{i}")
             out.alerts.append(a)
+
+    def _guard_finite(self, yhat: np.ndarray, exists: np.ndarray, raw: np.ndarray,
+                      loc: np.ndarray, step: ClosedStep, out: CoreOutput) -> np.ndarray:
+        """Never serve a non-finite forecast: a sensor whose forecast is not finite gets its
+        last observed value (its running mean if none is in the window) and a data-quality
+        alert names it."""
+        bad = exists & ~np.isfinite(yhat).all(axis=1)
+        if not bad.any():
+            return yhat
+        yhat = yhat.copy()
+        for i in np.flatnonzero(bad):
+            seen = raw[i][~np.isnan(raw[i])]
+            last = seen[-1] if len(seen) else loc[i]
+            yhat[i] = last if np.isfinite(last) else 0.0
+        names = [self.sensors[i] for i in np.flatnonzero(bad)]
+        out.alerts.append({
+            "id": f"data-quality:forecast:{step.step}", "kind": "data-quality",
+            "sensors": names, "ts": step.end_ts, "step": step.step,
+            "detector": "forecast-guard", "statistic": "forecast", "severity": "warning",
+            "detail": {"text": f"non-finite forecast for {len(names)} sensor(s) "
+                               f"({', '.join(names[:5])}); served the last observed value",
+                       "model_version": self.model.version}})
+        return yhat
 
     def _nowcast_residual(self, step: ClosedStep) -> np.ndarray:
         """Mean absolute normalized error of the previous step's forecast on the points of
@@ -538,6 +600,7 @@ class StreamCore:
         """Score a realized forecast, learn from it; returns the mean absolute normalized
         error per sensor (the drift monitors' residual statistic)."""
         n = pend.yhat.shape[0]
+        y = np.where(np.isnan(pend.yhat), np.nan, y)   # no target for a sensor not yet there
         err = y - pend.yhat
         err_norm = err / pend.scale[:, None]
         self.metrics.add(err, err_norm)

@@ -14,7 +14,7 @@ import numpy as np
 from connectors.broker import EmbeddedBroker
 from connectors.kafka_io import Topics, ensure_topics, read_topic
 from connectors.recordings import Recording
-from connectors.schemas import format_minute
+from connectors.schemas import format_minute, to_json
 from replay.publish import publish_recording
 from replay.simulator import DriftTruth, SimConfig, simulate, write_simulation
 from streaming.config import StreamConfig
@@ -71,7 +71,7 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
         key = f"{d['topic']}: {d['reason']}"
         reasons[key] = reasons.get(key, 0) + 1
     summary["dead_letter_reasons"] = reasons
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / "summary.json").write_text(to_json(summary, indent=2))
     png = _plot(rec, truths, forecasts, alerts, out_dir / "demo.png")
     _print_summary(summary, png, time.monotonic() - t0)
     return 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -46,7 +49,8 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats) -> Any:
         async for events in stream.take_events(k.max_batch, within=within):
             records = [Record(e.message.topic, e.message.partition, e.message.offset,
                               e.message.key, e.message.value) for e in events]
-            out, _ = process_records(core, records, cfg, stats)
+            out, _ = process_records(core, records, cfg, stats,
+                                     now_ms=int(time.time() * 1000))
             futs = []
             for topic, msgs in ((k.forecasts_topic, out.forecasts),
                                 (k.alerts_topic, out.alerts),
@@ -69,10 +73,35 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
     stats = WorkerStats()
     app = build_app(cfg, core, stats)
     worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    k = cfg.kafka
+    assigned = {"ever": False}
+    limit = max(k.connect_timeout_s, 4 * k.session_timeout_ms / 1000)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(_app: Any, assigned_tps: Any, **_kw: Any) -> None:
+        if assigned_tps:
+            assigned["ever"] = True
+
+    def _refused() -> None:
+        # A group the default engine's workers formed refuses Faust's consumers
+        # (InconsistentGroupProtocolError): Faust logs it and retries forever, and it cannot
+        # be stopped cleanly before it joined, so the process ends here with the reason.
+        if not assigned["ever"]:
+            msg = _never_assigned(cfg, limit)
+            log.error("%s", msg)
+            sys.stderr.write(f"stfm run: {msg}\n")
+            sys.stderr.flush()
+            os._exit(3)
+
+    watchdog = threading.Timer(limit, _refused)
+    watchdog.daemon = True
+    watchdog.start()
 
     if idle_exit_s is not None:
         @app.timer(0.5)
         async def _idle_check() -> None:
+            if not assigned["ever"]:
+                return              # still joining (or refused: the watchdog says so)
             last = stats.last_processed or stats.started
             if time.time() - last < idle_exit_s:
                 return
@@ -93,4 +122,19 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
+    watchdog.cancel()
+    if not assigned["ever"]:
+        raise FaustGroupError(_never_assigned(cfg, limit))
     return stats
+
+
+def _never_assigned(cfg: StreamConfig, limit: float) -> str:
+    k = cfg.kafka
+    return (f"the Faust worker was not assigned a partition of {k.readings_topic!r} in "
+            f"consumer group {k.group_id!r} within {limit:.0f}s: workers of the default "
+            "engine in that group refuse Faust's consumers (InconsistentGroupProtocolError), "
+            "or the topics are missing. Use another --group-id for the Faust engine.")
+
+
+class FaustGroupError(RuntimeError):
+    """The Faust worker never got a partition (its group is held by another protocol)."""

@@ -58,7 +58,10 @@ class OnlineModel:
         head.register_forward_pre_hook(self._capture_embedding)
         self.can_contrast = isinstance(model, STBackbone)
         if self.adapt.contrastive_weight > 0 and not self.can_contrast:
-            log.info("%s has no projection head: contrastive updates are off",
+            log.info("online adaptation: supervised updates only. Contrastive updates "
+                     "(adapt.contrastive_weight=%g) need the spatio-temporal backbone's "
+                     "projection head (a checkpoint from `stfm replay pretrain`); the %s "
+                     "served here has none", self.adapt.contrastive_weight,
                      type(model).__name__)
         self.model.eval()
 

@@ -118,12 +118,15 @@ def apply_torch_threads(cfg: StreamConfig) -> None:
 
 def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
                     stats: WorkerStats | None = None,
-                    active_partitions: set[int] | None = None) -> tuple[Outputs, CoreOutput]:
+                    active_partitions: set[int] | None = None,
+                    now_ms: int | None = None) -> tuple[Outputs, CoreOutput]:
     """Validate a micro-batch, run it through the core and encode every output.
 
-    Events of the batch are applied before its readings. Every message that cannot be used
-    becomes a dead letter with its reason. ``active_partitions`` are the readings partitions
-    with data still to come (the event-time clock waits for them).
+    Every message that cannot be used becomes one dead letter with its reason(s), keyed
+    ``topic:partition:offset``. ``active_partitions`` are the readings partitions with data
+    still to come (the event-time clock waits for them); ``now_ms`` is processing time (live
+    only: a reading stamped further ahead of it than ``patching.max_future_ms`` is
+    ``future``).
     """
     if active_partitions is not None:
         core.patcher.set_partitions(active_partitions)
@@ -135,6 +138,12 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
         [r.value for r in rd], known_sensors=known, topic=kcfg.readings_topic,
         partitions=[r.partition for r in rd], offsets=[r.offset for r in rd],
         keys=[r.key for r in rd])
+
+    def handle(i: int) -> tuple:
+        r = rd[int(readings.source[i])]
+        return DeadLetter(r.value, "", r.topic, r.partition, r.offset, r.key).handle()
+
+    readings.refs = handle
     events = EventBatch()
     if ev:
         events, dead_ev = decode_events(
@@ -142,23 +151,27 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
             partitions=[r.partition for r in ev], offsets=[r.offset for r in ev],
             keys=[r.key for r in ev])
         dead.extend(dead_ev)
-    core_out = core.process(readings, events)
+    accepted = core.patcher.stats.accepted
+    core_out = core.process(readings, events, now_ms=now_ms)
     for i, reason in core_out.rejected_readings:
         r = rd[int(readings.source[i])]
         dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
     for i, reason in core_out.rejected_events:
         r = ev[events.source[i]]
         dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
+    for h, reason in core_out.rejected_held:
+        if h is not None:
+            dead.append(DeadLetter.from_handle(h, reason))
     out = Outputs()
     for block in core_out.forecasts:
         out.forecasts.extend(encode_forecasts(block))
     for a in core_out.alerts:
         out.alerts.append((a["id"].encode(), encode_alert(a)))
-    for d in dead:
-        out.dead_letters.append((d.key, d.to_message()))
+    for d in _one_per_message(dead):
+        out.dead_letters.append((d.unique_key(), d.to_message()))
     if stats is not None:
         stats.messages += len(records)
-        stats.readings_accepted += len(readings) - len(core_out.rejected_readings)
+        stats.readings_accepted += core.patcher.stats.accepted - accepted
         stats.events_accepted += len(events) - len(core_out.rejected_events)
         stats.forecasts += len(out.forecasts)
         stats.alerts += len(out.alerts)
@@ -166,6 +179,25 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
         stats.batches += 1
         stats.last_processed = time.time()
     return out, core_out
+
+
+def _one_per_message(dead: list[DeadLetter]) -> list[DeadLetter]:
+    """One dead letter per input message: the channels of a multichannel reading rejected
+    for different reasons share one, with the reasons joined."""
+    seen: dict[tuple[str, int | None, int | None], DeadLetter] = {}
+    out: list[DeadLetter] = []
+    for d in dead:
+        if d.partition is None or d.offset is None:
+            out.append(d)
+            continue
+        k = (d.topic, d.partition, d.offset)
+        first = seen.get(k)
+        if first is None:
+            seen[k] = d
+            out.append(d)
+        elif d.reason not in first.reason:
+            first.reason = f"{first.reason}; {d.reason}"
+    return out
 
 
 class LiveWorker:
@@ -183,7 +215,7 @@ class LiveWorker:
     def __init__(self, cfg: StreamConfig, core: StreamCore | None = None, *,
                  core_factory: Callable[[], StreamCore] | None = None,
                  idle_exit_s: float | None = None, max_messages: int | None = None,
-                 status_every_s: float = 10.0) -> None:
+                 status_every_s: float = 10.0, from_beginning: bool = False) -> None:
         if core is None and core_factory is None:
             raise ValueError("LiveWorker needs a core or a core_factory")
         self.cfg = cfg
@@ -202,6 +234,9 @@ class LiveWorker:
         self._ckpt_steps: dict[int, int] = {}
         self._inflight: asyncio.Task[None] | None = None    # delivery of the last batch
         self._assigned_at = time.monotonic()    # idleness counts from data or an assignment
+        # --from-beginning: the first assignment ignores committed offsets and checkpoints
+        self._from_beginning = from_beginning
+        self.nothing_to_read: str | None = None  # said once when the group is at the end
 
     def stop(self) -> None:
         self._stop.set()
@@ -228,7 +263,8 @@ class LiveWorker:
             raise ValueError(f"this worker owns readings partition {partition} besides "
                              "another one: give it a core_factory")
         store = self.store(partition)
-        ck = store.load_latest() if store is not None else None
+        ck = (store.load_latest() if store is not None and not self._from_beginning
+              else None)
         if ck is not None:
             core.load_state_dict(ck.state)
             for name, off in ck.offsets.items():
@@ -270,7 +306,7 @@ class LiveWorker:
         out = Outputs()
         for p, recs in sorted(by_part.items()):
             o, _ = process_records(self.region(p), recs, self.cfg, self.stats,
-                                   {p} & active)
+                                   {p} & active, now_ms=int(time.time() * 1000))
             out.forecasts += o.forecasts
             out.alerts += o.alerts
             out.dead_letters += o.dead_letters
@@ -393,6 +429,8 @@ class LiveWorker:
                 elif self._inflight is not None and self._inflight.done():
                     await self._inflight
                     self._inflight = None
+                elif self.nothing_to_read is None and self.stats.messages == 0:
+                    await self._check_at_end(consumer)
                 if now - last_status >= self.status_every_s:
                     last_status = now
                     await self._update_lag(consumer)
@@ -416,6 +454,29 @@ class LiveWorker:
             await consumer.stop()
             await producer.stop()
         return self.stats
+
+    async def _check_at_end(self, consumer: Any) -> None:
+        """Say once, loudly, when this group resumed every readings partition at its end:
+        a second ``stfm run`` in the same group otherwise processes nothing in silence."""
+        k = self.cfg.kafka
+        tps = [tp for tp in consumer.assignment() if tp.topic == k.readings_topic]
+        if not tps:
+            return
+        ends = []
+        for tp in tps:
+            hw = consumer.highwater(tp)     # known once a fetch answered for the partition
+            if hw is None or hw == 0:
+                return
+            pos = await consumer.position(tp)   # nothing processed yet: where we resumed
+            if pos < hw:
+                return
+            ends.append(f"{tp.topic}-{tp.partition} at offset {pos} of {hw}")
+        self.nothing_to_read = (
+            f"nothing to read: consumer group {k.group_id!r} already processed "
+            f"{', '.join(ends)} (its committed offsets or checkpoints are at the end). To "
+            "process the topic again start over with `stfm run --from-beginning` (fresh "
+            "state) or use another `--group-id`.")
+        log.warning("%s", self.nothing_to_read)
 
     def _region_offsets(self, partition: int) -> dict[str, int]:
         """Offsets a region's state reflects: its readings partition and the events
@@ -593,3 +654,8 @@ class _RegionRebalance(ConsumerRebalanceListener):
             if off is not None:
                 self.consumer.seek(tp, off)
                 log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)
+            elif w._from_beginning:
+                await self.consumer.seek_to_beginning(tp)
+                log.info("%s-%d: from the beginning (--from-beginning)", tp.topic,
+                         tp.partition)
+        w._from_beginning = False               # only the first assignment starts over

@@ -65,3 +65,16 @@ def test_cli_record(broker, unique, rec, tmp_path):
     back = read_recording(out)
     np.testing.assert_array_equal(back.values, rec.values)
     assert back.sensors == list(rec.sensors)
+
+
+def test_record_selects_by_reading_time(broker, unique, rec):
+    bs = broker.bootstrap_servers
+    topic = f"r4-{unique}"
+    publish_recording(rec, bs, topic=topic, events_topic=f"e4-{unique}", progress=False)
+    t0, t1 = int(rec.timestamps[10]), int(rec.timestamps[20])
+    got, stats = record_topic(bs, topic, start=t0, end=t1, progress=False)
+    np.testing.assert_array_equal(got.timestamps, rec.timestamps[10:20])
+    np.testing.assert_array_equal(got.values, rec.values[10:20])
+    assert stats.outside == rec.values.size - got.values.size
+    with pytest.raises(ValueError, match="no valid readings .* with ts in"):
+        record_topic(bs, topic, start="2031-01-01T00:00Z", progress=False)

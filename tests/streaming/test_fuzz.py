@@ -1,11 +1,13 @@
 """Property-based fuzz of the worker's input path (decode -> core -> outputs).
 
 More than 10,000 generated malformed and adversarial messages (broken bytes, wrong JSON
-shapes and types, unknown sensors, out-of-range, late and far-future timestamps, NaN/inf,
-deep nesting, huge strings) are interleaved with valid readings and fed batch by batch to the
-same ``process_records`` the live worker runs. Properties: nothing raises, every bad message
-becomes exactly one dead letter carrying its bytes and a reason, every valid reading is
-accepted by the model's patcher, and forecasts keep coming out finite.
+shapes and types, unknown sensors, out-of-range, late and future timestamps of real
+sensors, absurd finite values, NaN/inf, deep nesting, huge strings) are interleaved with
+valid readings and fed batch by batch to the same ``process_records`` the live worker runs.
+Properties: nothing raises, every bad message becomes exactly one dead letter carrying its
+bytes and a reason (a reading stamped ahead may be held a while before its sensor's next
+reading shows it was wrong), every valid reading is accepted, and the forecasts are exactly
+those of a control run that saw only the valid readings.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def _bad_messages(t_now: int) -> st.SearchStrategy[bytes]:
                            st.text(min_size=1, max_size=30).filter(lambda s: s not in SENSORS))
     bad_ts = st.one_of(st.none(), st.booleans(), st.floats(), st.text(max_size=12),
                        st.integers(max_value=-1), st.integers(min_value=5_000_000_000_000),
-                       st.just(T0 - 30 * 86_400_000))                         # late
+                       st.just(T0 - 30 * 86_400_000),                         # late
+                       st.integers(4 * 3_600_000, 30 * 86_400_000).map(lambda d: t_now + d))
     bad_value = st.one_of(st.text(max_size=8), st.booleans(), st.lists(st.floats(), max_size=2),
-                          st.just("NaN"), st.just({"x": 1}))
+                          st.just("NaN"), st.just({"x": 1}),
+                          st.floats(1.01e12, 1e308), st.floats(-1e308, -1.01e12),  # absurd
+                          st.integers(10**13, 10**400))
     good_sensor = st.sampled_from(SENSORS)
     good_ts = st.just(t_now)
     good_value = st.floats(-1e6, 1e6)
@@ -71,17 +76,22 @@ def _bad_messages(t_now: int) -> st.SearchStrategy[bytes]:
 
 
 class _Stream:
-    """The worker state that persists across generated batches."""
+    """The worker state that persists across generated batches, and a control worker that
+    sees only the valid readings."""
 
     def __init__(self) -> None:
         cfg = StreamConfig.load(None, {"patching.interval_ms": INTERVAL})
         self.cfg = cfg
         self.core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
                                sensors=SENSORS)
+        self.control = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                                  sensors=SENSORS)
         self.stats = WorkerStats()
         self.row = 0
         self.offset = 0
         self.bad = 0
+        self.bad_offsets: set[int] = set()
+        self.dead_offsets: list[int] = []
         self.valid = 0
         self.forecasts = 0
 
@@ -114,20 +124,33 @@ def test_fuzzed_batches_never_crash_and_every_bad_message_is_dead_lettered(data)
     msgs = [m if m is not None else next(rest) for m in msgs]
     records = [Record("readings", 0, s.offset + j, None, m) for j, m in enumerate(msgs)]
     s.offset += len(records)
-    before = (s.stats.readings_accepted, s.stats.dead_letters)
-    out, core_out = process_records(s.core, records, s.cfg, s.stats)
+    now = T0 + 400 * 86_400_000
+    out, core_out = process_records(s.core, records, s.cfg, s.stats, now_ms=now)
+    clean = [r for r, m in zip(records, msgs, strict=True) if m in valid]
+    _, control_out = process_records(s.control, clean, s.cfg, now_ms=now)
     s.row += rows
     s.bad += len(bad)
     s.valid += len(valid)
-    assert s.stats.readings_accepted - before[0] == len(valid)
-    assert s.stats.dead_letters - before[1] == len(bad)
+    s.bad_offsets |= {r.offset for r, m in zip(records, msgs, strict=True) if m not in valid}
     dead = [json.loads(v) for _, v in out.dead_letters]
-    assert sorted(d["offset"] for d in dead) == sorted(
-        r.offset for r, m in zip(records, msgs, strict=True) if m not in valid)
+    s.dead_offsets += [d["offset"] for d in dead]
     assert all(d["reason"] and ("original" in d or "original_b64" in d) for d in dead)
-    for block in core_out.forecasts:
+    assert [k for k, _ in out.dead_letters] == [f"readings:0:{d['offset']}".encode()
+                                                for d in dead]
+    # every bad message is dead-lettered once, now or (held ahead of the clock) later
+    held = {h[2] for hs in s.core.patcher._held.values() for h in (x.handle for x in hs)}
+    assert len(s.dead_offsets) == len(set(s.dead_offsets))
+    assert set(s.dead_offsets) | held == s.bad_offsets
+    assert s.stats.readings_accepted == s.valid == s.control.patcher.stats.accepted
+    # the other sensors' outputs are exactly the clean run's
+    assert len(core_out.forecasts) == len(control_out.forecasts)
+    for block, ref in zip(core_out.forecasts, control_out.forecasts, strict=True):
+        assert block.step == ref.step and block.sensors == ref.sensors
+        np.testing.assert_array_equal(block.yhat, ref.yhat)
         assert np.isfinite(block.yhat).all()
         s.forecasts += len(block.sensors)
+    assert {a["kind"] for a in core_out.alerts} - {"data-quality"} == \
+        {a["kind"] for a in control_out.alerts} - {"data-quality"}
 
 
 def test_fuzz_volume() -> None:

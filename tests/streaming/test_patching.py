@@ -17,9 +17,8 @@ def batch(rows):
                         np.arange(len(rows)))
 
 
-def patcher(lateness=0, sensors=None, max_gap_steps=1000):
-    cfg = PatchingConfig(interval_ms=IV, patch_len=P, lateness_ms=lateness,
-                         max_gap_steps=max_gap_steps)
+def patcher(lateness=0, sensors=None, **extra):
+    cfg = PatchingConfig(interval_ms=IV, patch_len=P, lateness_ms=lateness, **extra)
     return IncrementalPatcher(cfg, SensorRegistry(sensors, fixed=sensors is not None))
 
 
@@ -91,13 +90,39 @@ def test_result_independent_of_batching():
 
 
 def test_unknown_sensor_and_far_future_rejected():
-    p = patcher(sensors=["a"], max_gap_steps=10)
-    closed, rej = p.update(batch([("a", 0, 1.0), ("b", 0, 1.0), ("a", 10**9, 1.0),
-                                  ("a", IV, 2.0)]))
+    p = patcher(sensors=["a"])
+    closed, rej = p.update(batch([("a", 0, 1.0), ("a", IV, 1.5), ("b", 0, 1.0),
+                                  ("a", 10**9, 1.0), ("a", 2 * IV, 2.0)]))
     reasons = dict(rej)
-    assert "unknown sensor 'b'" in reasons[1]
-    assert "too far ahead" in reasons[2]
-    assert p.max_ts == IV  # the rejected far-future reading did not move the watermark
+    assert "unknown sensor 'b'" in reasons[2]
+    # held while it could still be the start of a gap, then its sensor's next reading shows
+    # it was stamped ahead: dead-lettered, and the clock never moved
+    assert reasons[3].startswith("future") and "later readings" in reasons[3]
+    assert p.clock[0] == 2 and p.last_admission.flags[0].sensor == "a"
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 1e13, float(10**301)])
+def test_absurd_values_are_out_of_range(value):
+    p = patcher()
+    closed, rej = p.update(batch([("a", 0, 1.0), ("a", IV, value), ("a", 2 * IV, 2.0)]))
+    assert [i for i, _ in rej] == [1] and rej[0][1].startswith("out_of_range")
+    assert "patching.value_abs_max" in rej[0][1] and p.stats.out_of_range == 1
+
+
+def test_value_ranges_per_sensor_and_by_glob():
+    p = patcher(value_ranges={"pm25/*": [0, 1000], "t1": [-40.0, 60.0]})
+    closed, rej = p.update(batch([("pm25/a", 0, -1.0), ("pm25/a", IV, 12.0),
+                                  ("t1", 0, 80.0), ("t1", IV, 20.0), ("other", 0, -1e6),
+                                  ("pm25/a", 2 * IV, None)]))
+    assert [i for i, _ in rej] == [0, 2]
+    assert "[0, 1000]" in rej[0][1] and "'t1'" in rej[1][1]
+
+
+def test_a_sensor_exists_from_its_first_accepted_reading():
+    p = patcher(sensors=["a", "b"])
+    p.update(batch([("a", t * IV, 1.0) for t in range(12)] + [("b", 9 * IV, 2.0)]))
+    assert p.first_step.tolist() == [0, 2]
+    assert p.exists(2, 1).tolist() == [True, False] and p.exists(2, 2).tolist() == [True, True]
 
 
 def test_state_round_trip():
