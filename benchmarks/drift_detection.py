@@ -8,7 +8,7 @@
 * system: ``replay.backtest`` runs the live ``StreamCore`` once per recording (fresh model,
   online learning; drift boosts off so every detector sees the same statistics) and keeps
   what the drift monitors were fed each step; each detector below is then replayed over
-  those statistics (``ResidualDriftMonitor``, so the same code as live).
+  those statistics (``DriftMonitor`` and the alert gate, so the same code as live).
 * detectors: Page-Hinkley, ADWIN and KSWIN (river) on each channel alone and on all
   channels; the anomaly-likelihood policy (the core's ``anomaly`` alerts); the combined
   policy = the default drift monitor (all channels) + anomaly alerts, as the live worker
@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import publish  # noqa: E402
 
 from replay.simulator import SimConfig, simulate  # noqa: E402
+from streaming.alert_gate import AlertGate  # noqa: E402
 from streaming.config import DRIFT_CHANNELS, DriftConfig, StreamConfig  # noqa: E402
-from streaming.drift import ResidualDriftMonitor  # noqa: E402
+from streaming.drift import DriftMonitor  # noqa: E402
 
 
 def run_core(seed: int, days: float, sensors: int, drifts: bool) -> dict[str, Any]:
@@ -72,14 +73,15 @@ def run_core(seed: int, days: float, sensors: int, drifts: bool) -> dict[str, An
 
 def replay_detector(run: dict[str, Any], cfg: DriftConfig) -> list[tuple[int, str]]:
     """(step, sensor) of every alert ``cfg``'s monitor raises over the run's statistics."""
-    mon = ResidualDriftMonitor(cfg)
+    mon = DriftMonitor(cfg)
+    gate = AlertGate(run["cfg"])
     names = run["res"].sensors
     keep = set(cfg.channels.split("+"))
     out = []
     for step, stats in run["res"].statistics:
         sub = {c: v for c, v in stats.items() if c in keep}
-        for a in mon.update(step, 0, names, sub):
-            out.extend((step, s) for s in a["sensors"])
+        for a in gate.update("drift", step, 0, mon.update(names, sub)):
+            out.extend((step, s) for s in a.sensors)
     return out
 
 
@@ -171,7 +173,8 @@ def main() -> int:
              f"sensors x {args.days:g} days, {readings:,} readings in all; 1 step = 1 h. "
              f"Defaults: {base.detector}, threshold {base.threshold:g}, delta {base.delta:g}, "
              f"clip {base.clip:g}, warm-up {base.warmup_steps}, cooldown "
-             f"{base.cooldown_steps}. {time.perf_counter() - t0:.0f} s on {os.cpu_count()} "
+             f"{StreamConfig().alerts.drift_cooldown_steps}. "
+             f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} "
              "cores.", "",
              "| detector | detection rate | median delay (h) | p90 delay (h) | "
              "false alarms / 10k readings | false alarms |", "|---|---|---|---|---|---|"]

@@ -131,7 +131,7 @@ def main() -> int:
     ap.add_argument("--patch-len", type=int, default=1)
     ap.add_argument("--context", type=int, default=32, help="model.context_patches")
     ap.add_argument("--cooldown", type=int, default=0,
-                    help="rows of the cooldown stream (default: anomaly.cooldown_steps x "
+                    help="rows of the cooldown stream (default: alerts.anomaly_cooldown_steps x "
                          "patch length)")
     ap.add_argument("--limit-files", type=int, default=0, help="first N series (smoke runs)")
     ap.add_argument("--only", default="", help="comma-separated substrings of series names")
@@ -144,9 +144,10 @@ def main() -> int:
     import torch
 
     from replay.backtest import backtest
-    from streaming.cli import _set_overrides, build_model
+    from stfm.cli import _set_overrides
     from streaming.config import StreamConfig
     from streaming.core import StreamCore
+    from streaming.factory import build_model
 
     torch.set_num_threads(1)
     names, values, stamps, windows = load_corpus(args.data_dir, args.limit_files, args.only)
@@ -167,7 +168,7 @@ def main() -> int:
     streams = {"combined": row_scores(res, res.scores, n_rows)}
     for c, mat in res.score_components.items():
         streams[c] = row_scores(res, mat, n_rows)
-    cd = args.cooldown or cfg.anomaly.cooldown_steps * p
+    cd = args.cooldown or cfg.alerts.anomaly_cooldown_steps * p
     streams["combined+cooldown"] = np.stack(
         [cooldown(streams["combined"][:, j], cd) for j in range(len(names))], axis=1)
     lengths = [len(v) for v in values]

@@ -71,12 +71,12 @@ import orjson
 from connectors.broker import EmbeddedBroker
 from connectors.kafka_io import ensure_topics, make_producer
 from connectors.recordings import Recording
-from connectors.schemas import DeadLetter, EventBatch, decode_readings, encode_alert
 from replay.publish import iter_messages, publish_recording
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
+from streaming.microbatch import Outputs, Record, process_records
 from streaming.online import OnlineModel
-from streaming.worker import LiveWorker, Outputs, Record, encode_forecasts, process_records
+from streaming.worker import LiveWorker
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)
@@ -536,45 +536,33 @@ class _Timer:
 
 
 def breakdown(cfg: StreamConfig, batches: list[list[Record]]) -> tuple[_Timer, list[Outputs]]:
-    """The steps of ``process_records``, called one by one with a timer around each."""
+    """The real ``process_records`` over the batches, with timers around its pieces."""
+    from streaming import microbatch
+
     tm = _Timer()
     core = fresh_core(cfg)
     # instance attributes shadow the methods: the core calls the timed versions
     core.patcher.admit = tm.wrap("patcher", core.patcher.admit)  # type: ignore[method-assign]
     core.patcher.close_ready = tm.wrap("patcher",  # type: ignore[method-assign]
                                        core.patcher.close_ready)
-    core.model.predict_many = tm.wrap("model forward",  # type: ignore[method-assign]
-                                      core.model.predict_many)
+    core.model.predict_with_embedding = tm.wrap(  # type: ignore[method-assign]
+        "model forward", core.model.predict_with_embedding)
     core.model.learn_many = tm.wrap("learn step", core.model.learn_many)  # type: ignore
     core.drift.update = tm.wrap("drift", core.drift.update)  # type: ignore[method-assign]
-    kc = cfg.kafka
+    core.process = tm.wrap("core.process", core.process)  # type: ignore[method-assign]
+    decode = microbatch.decode_readings
+    microbatch.decode_readings = tm.wrap("decode+validate", decode)
     outs: list[Outputs] = []
-    for records in batches:
-        t0 = time.perf_counter()
-        known = frozenset(core.sensors) if core.patcher.registry.fixed else None
-        rd = [r for r in records if r.topic != kc.events_topic]
-        readings, dead = decode_readings(
-            [r.value for r in rd], known_sensors=known, topic=kc.readings_topic,
-            partitions=[r.partition for r in rd], offsets=[r.offset for r in rd],
-            keys=[r.key for r in rd])
-        t1 = time.perf_counter()
-        core_out = core.process(readings, EventBatch())
-        t2 = time.perf_counter()
-        for i, reason in core_out.rejected_readings:
-            r = rd[int(readings.source[i])]
-            dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
-        out = Outputs()
-        for block in core_out.forecasts:
-            out.forecasts.extend(encode_forecasts(block))
-        for a in core_out.alerts:
-            out.alerts.append((a["id"].encode(), encode_alert(a)))
-        for d in dead:
-            out.dead_letters.append((d.key, d.to_message()))
-        t3 = time.perf_counter()
-        tm.add("decode+validate", t1 - t0)
-        tm.add("core.process", t2 - t1)
-        tm.add("encode outputs", t3 - t2)
-        outs.append(out)
+    try:
+        for records in batches:
+            t0 = time.perf_counter()
+            out, _ = process_records(core, records, cfg)
+            tm.add("process_records", time.perf_counter() - t0)
+            outs.append(out)
+    finally:
+        microbatch.decode_readings = decode
+    tm.s["encode outputs"] = (tm.s.pop("process_records") - tm.s["decode+validate"]
+                              - tm.s["core.process"])
     inner = sum(tm.s.get(k, 0.0) for k in ("patcher", "model forward", "learn step", "drift"))
     tm.s["core other (ring, normalizer, truth, metrics)"] = tm.s.pop("core.process") - inner
     return tm, outs
@@ -582,16 +570,16 @@ def breakdown(cfg: StreamConfig, batches: list[list[Record]]) -> tuple[_Timer, l
 
 async def time_produce(cfg: StreamConfig, outs: list[Outputs]) -> float:
     """Produce the encoded outputs batch by batch, exactly as the worker does (acks awaited)."""
-    from aiokafka import AIOKafkaProducer
+    from connectors import kafka_async
 
-    producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=5,
-                                max_batch_size=1024 * 1024, acks=1)
-    await producer.start()
-    worker = LiveWorker(cfg, fresh_core(cfg))
+    producer = await kafka_async.start_producer(cfg.kafka.bootstrap_servers)
+    k = cfg.kafka
     try:
         t = time.perf_counter()
         for out in outs:
-            await worker._produce(producer, out)
+            await kafka_async.produce(producer, {k.forecasts_topic: out.forecasts,
+                                                 k.alerts_topic: out.alerts,
+                                                 k.dead_letter_topic: out.dead_letters})
         return time.perf_counter() - t
     finally:
         await producer.stop()

@@ -300,21 +300,83 @@ def decode_events(
     return EventBatch(out, src), dead
 
 
-def encode_reading(sensor: str, ts: int, value: float | None) -> bytes:
-    """One ``readings`` message (NaN is written as null = missing)."""
-    if value is not None and not math.isfinite(value):
-        value = None
-    return orjson.dumps({"sensor": sensor, "ts": int(ts), "value": value})
+ALERT_KINDS = ("drift", "anomaly", "data-quality")
+SEVERITIES = ("info", "warning", "critical")
 
 
-def encode_forecast(sensor: str, ts: int, horizon_ts: Sequence[int], yhat: Sequence[float],
-                    model_version: str, step: int) -> bytes:
-    """One ``forecasts`` message; ``ts`` is the end of the step the forecast was made at."""
-    return orjson.dumps({"sensor": sensor, "ts": int(ts), "step": int(step),
-                         "horizon_ts": list(horizon_ts), "yhat": list(yhat),
-                         "model_version": model_version})
+@dataclass
+class Alert:
+    """One alert, complete when built (the gate builds every one): what fired, where, when,
+    how sure, and why in words. ``detail`` holds the detector's numbers; ``events`` the
+    events that coincide with it on its sensors."""
+
+    id: str
+    kind: str                    # drift | anomaly | data-quality
+    sensors: list[str]
+    ts: int                      # event time (epoch ms) it refers to
+    step: int | None
+    severity: str                # info | warning | critical
+    detector: str
+    statistic: str
+    text: str
+    score: float | None = None
+    region: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``alerts`` message (``detail.text`` carries the text)."""
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "sensors": list(self.sensors),
+                               "ts": int(self.ts), "step": self.step,
+                               "severity": self.severity, "detector": self.detector,
+                               "statistic": self.statistic}
+        if self.score is not None:
+            out["score"] = self.score
+        if self.region is not None:
+            out["region"] = self.region
+        out["detail"] = {**self.detail, "text": self.text}
+        if self.events:
+            out["events"] = list(self.events)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "alert") -> Alert:
+        """Validate an ``alerts`` message; a ``ValueError`` names the field and ``where``.
+
+        Messages of earlier versions (anomaly alerts without a top-level ``detector`` and
+        ``statistic``) take them from their top sensor's explanation.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: an alert must be a JSON object, got {type(d).__name__}")
+        for key, typ in (("kind", str), ("ts", int), ("sensors", list)):
+            if not isinstance(d.get(key), typ) or isinstance(d.get(key), bool):
+                raise ValueError(f"{where}: alert field {key!r} missing or not "
+                                 f"{typ.__name__}: {d.get(key)!r}")
+        detail = d.get("detail") if isinstance(d.get("detail"), dict) else {}
+        explained = detail.get("explained") if isinstance(detail.get("explained"), dict) else {}
+        first = next(iter(explained.values()), {}) if explained else {}
+        first = first if isinstance(first, dict) else {}
+        score = d.get("score")
+        sensors = [str(s) for s in d["sensors"]]
+        return cls(id=str(d.get("id") or f"{d['kind']}:{','.join(sensors)}:{d['ts']}"),
+                   kind=d["kind"], sensors=sensors, ts=d["ts"], step=d.get("step"),
+                   severity=str(d.get("severity", "")),
+                   detector=str(d.get("detector") or first.get("detector", "")),
+                   statistic=str(d.get("statistic") or first.get("statistic", "")),
+                   text=str(detail.get("text", "")),
+                   score=float(score) if isinstance(score, int | float) else None,
+                   region=d.get("region"), events=list(d.get("events") or []),
+                   detail={k: v for k, v in detail.items() if k != "text"})
 
 
-def encode_alert(alert: dict[str, Any]) -> bytes:
+def encode_alert(alert: Alert) -> bytes:
     """One ``alerts`` message (NaN written as null)."""
-    return orjson.dumps(json_safe(alert))
+    return orjson.dumps(json_safe(alert.to_dict()))
+
+
+def decode_alert(raw: bytes | str, where: str = "alert") -> Alert:
+    """An ``alerts`` message back into an ``Alert``; a ``ValueError`` names ``where``."""
+    try:
+        return Alert.from_dict(orjson.loads(raw), where)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc})") from None

@@ -24,19 +24,17 @@ from models.adapter import Adapter
 from models.attention import KVCache, TemporalBlock
 from models.embedding import PatchEmbedding
 from models.graph import GraphLayer
+from models.shape import ModelShape
 
 EPOCH_DAY_OF_WEEK = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
 
 @dataclass
-class STBackboneConfig:
-    patch_len: int = 12
-    context_patches: int = 8      # attention window, in tokens
-    horizon: int = 12             # grid points forecast after each token
+class STBackboneConfig(ModelShape):
+    """The shape (``context_patches`` is the attention window in tokens, ``horizon`` the grid
+    points forecast after each token) plus the backbone's own parts."""
+
     d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.0
     side_channels: int = 1        # event-count channels per token
     steps_per_day: int = 24       # patches per day for the time-of-day embedding (0 = none)
     day_of_week: bool = True
@@ -167,9 +165,19 @@ class STBackbone(nn.Module):
                 node_ids: Tensor | None = None, lap_pe: Tensor | None = None,
                 edge_index: Tensor | None = None, edge_weight: Tensor | None = None) -> Tensor:
         """Forecasts after every token of ``[S, N, T, P]`` windows: ``[S, N, T, H]``."""
+        return self.forecast_and_embed(x, mask, steps, side=side, node_ids=node_ids,
+                                       lap_pe=lap_pe, edge_index=edge_index,
+                                       edge_weight=edge_weight)[0]
+
+    def forecast_and_embed(self, x: Tensor, mask: Tensor, steps: Tensor, *,
+                           side: Tensor | None = None, node_ids: Tensor | None = None,
+                           lap_pe: Tensor | None = None, edge_index: Tensor | None = None,
+                           edge_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The forecasts ``[S, N, T, H]`` and the token embeddings ``[S, N, T, d]`` (the
+        forecast head's input), from one pass."""
         tok = self.tokens(x, mask, steps, side=side, node_ids=node_ids, lap_pe=lap_pe)
         h, _ = self.encode(tok, edge_index=edge_index, edge_weight=edge_weight)
-        return self.forecast(h, x, mask)
+        return self.forecast(h, x, mask), h
 
     def step(self, x: Tensor, mask: Tensor, steps: Tensor, caches: list[KVCache] | None, *,
              side: Tensor | None = None, node_ids: Tensor | None = None,

@@ -9,17 +9,11 @@ from torch import Tensor, nn
 
 from models.embedding import PatchEmbedding
 from models.revin import RevIN
+from models.shape import ModelShape
 
 
 @dataclass
-class PatchTransformerConfig:
-    patch_len: int = 12
-    context_patches: int = 8
-    horizon: int = 12
-    d_model: int = 32
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.0
+class PatchTransformerConfig(ModelShape):
     side_channels: int = 1
 
     def to_dict(self) -> dict[str, int | float]:
@@ -62,9 +56,15 @@ class PatchTransformer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, side: Tensor | None = None) -> Tensor:
         """``x``, ``mask``: ``[B, K, P]``; ``side``: ``[B, K, E]``; returns ``[B, horizon]``."""
+        return self.forecast_and_embed(x, mask, side)[0]
+
+    def forecast_and_embed(self, x: Tensor, mask: Tensor,
+                           side: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The forecasts ``[B, horizon]`` and the window's embedding ``[B, d_model]`` (the
+        forecast head's input), from one pass."""
         k = x.shape[1]
         z, loc, scale = self.revin(x, mask)
         h = self.embed(z, mask, side) + self.pos[-k:]
         h = self.encoder(h, mask=self.causal_mask[:k, :k])
-        y = self.head(self.norm(h[:, -1]))
-        return RevIN.inverse(y, loc, scale)
+        emb = self.norm(h[:, -1])
+        return RevIN.inverse(self.head(emb), loc, scale), emb

@@ -1,7 +1,7 @@
 """Alerts report: an alerts file or a range of the ``alerts`` topic as a table and a timeline.
 
-Input is what the worker publishes (one JSON object per alert: ``id``, ``kind``,
-``sensors``, ``ts``, ``severity``, ``detail``, optionally ``events``), from a JSON-lines file
+Input is what the worker publishes (one ``connectors.schemas.Alert`` per message), from a
+JSON-lines file
 (``alerts.jsonl`` of ``replay backtest``, or a topic dump) or straight from the topic. The
 report: a printed table, ``alerts.csv`` (one row per alert), ``summary.json`` (counts by
 kind, severity, sensor, detector) and ``timeline.png`` (one row per sensor, a marker per
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from connectors.schemas import format_minute, to_json
+from connectors.schemas import Alert, format_minute, to_json
 
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
@@ -26,18 +26,14 @@ class AlertsReportError(ValueError):
     """An alerts source that cannot be read; the message names the place."""
 
 
-def _check(a: Any, where: str) -> dict[str, Any]:
-    if not isinstance(a, dict):
-        raise AlertsReportError(f"{where}: an alert must be a JSON object, got "
-                                f"{type(a).__name__}")
-    for key, typ in (("kind", str), ("ts", int), ("sensors", list)):
-        if not isinstance(a.get(key), typ) or isinstance(a.get(key), bool):
-            raise AlertsReportError(f"{where}: alert field {key!r} missing or not "
-                                    f"{typ.__name__}: {a.get(key)!r}")
-    return a
+def _alert(a: Any, where: str) -> Alert:
+    try:
+        return Alert.from_dict(a, where)
+    except ValueError as exc:
+        raise AlertsReportError(str(exc)) from None
 
 
-def read_alerts_file(path: str | Path) -> list[dict[str, Any]]:
+def read_alerts_file(path: str | Path) -> list[Alert]:
     """Alerts of a JSON-lines file (blank lines skipped); a bad line raises naming it."""
     p = Path(path)
     if not p.exists():
@@ -51,14 +47,14 @@ def read_alerts_file(path: str | Path) -> list[dict[str, Any]]:
                 a = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise AlertsReportError(f"{p} line {no}: not JSON ({exc.msg})") from None
-            out.append(_check(a, f"{p} line {no}"))
+            out.append(_alert(a, f"{p} line {no}"))
     return out
 
 
 def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
                       start_offset: int | None = None, end_offset: int | None = None,
                       start_ts: int | None = None, end_ts: int | None = None,
-                      progress: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+                      progress: bool = False) -> tuple[list[Alert], list[str]]:
     """Alerts of a topic range (offsets: same bounds on every partition; times: the alerts'
     own ``ts``, end exclusive) and the problems of the messages that were not alerts (each
     named by its position)."""
@@ -69,9 +65,8 @@ def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
     alerts, problems = [], []
     for i, v in enumerate(values):
         try:
-            a = _check(json.loads(v), f"{topic} message {i}")
-            if (start_ts is None or a["ts"] >= start_ts) and (end_ts is None
-                                                               or a["ts"] < end_ts):
+            a = _alert(json.loads(v), f"{topic} message {i}")
+            if (start_ts is None or a.ts >= start_ts) and (end_ts is None or a.ts < end_ts):
                 alerts.append(a)
         except json.JSONDecodeError as exc:
             problems.append(f"{topic} message {i}: not JSON ({exc.msg})")
@@ -80,42 +75,36 @@ def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
     return alerts, problems
 
 
-def alert_row(a: dict[str, Any]) -> dict[str, str]:
+def alert_row(a: Alert) -> dict[str, str]:
     """One table row: what fired where, on which statistic, with which values."""
-    d = a.get("detail") or {}
-    expl = next(iter((d.get("explained") or {}).values()), {}) if isinstance(d, dict) else {}
-    detector = a.get("detector") or expl.get("detector") or ""
-    statistic = a.get("statistic") or expl.get("statistic") or ""
-    score = a.get("score", d.get("z", "") if isinstance(d, dict) else "")
-    events = "; ".join(f"{e.get('type')}@{format_minute(e['ts'])}" for e in a.get("events", [])
+    events = "; ".join(f"{e.get('type')}@{format_minute(e['ts'])}" for e in a.events
                        if isinstance(e, dict) and "ts" in e)
-    sensors = ",".join(map(str, a["sensors"]))
-    if a.get("region"):
-        sensors = f"{a['region']} ({sensors})"
-    return {"time": format_minute(a["ts"]), "kind": a["kind"], "severity": a.get("severity", ""),
-            "sensors": sensors, "detector": str(detector), "statistic": str(statistic),
-            "score": str(score), "events": events,
-            "text": str(d.get("text", "")) if isinstance(d, dict) else "",
-            "id": str(a.get("id", ""))}
+    sensors = ",".join(a.sensors)
+    if a.region:
+        sensors = f"{a.region} ({sensors})"
+    score = a.score if a.score is not None else a.detail.get("z", "")
+    return {"time": format_minute(a.ts), "kind": a.kind, "severity": a.severity,
+            "sensors": sensors, "detector": a.detector, "statistic": a.statistic,
+            "score": str(score), "events": events, "text": a.text, "id": a.id}
 
 
-def summarize(alerts: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(alerts: list[Alert]) -> dict[str, Any]:
     rows = [alert_row(a) for a in alerts]
     return {
         "alerts": len(alerts),
         "first": rows[0]["time"] if rows else None,
         "last": max(r["time"] for r in rows) if rows else None,
-        "by_kind": dict(Counter(a["kind"] for a in alerts)),
-        "by_severity": dict(Counter(a.get("severity", "") for a in alerts)),
+        "by_kind": dict(Counter(a.kind for a in alerts)),
+        "by_severity": dict(Counter(a.severity for a in alerts)),
         "by_detector": dict(Counter(f"{r['detector']} on {r['statistic']}" for r in rows)),
-        "by_sensor": dict(Counter(s for a in alerts for s in a["sensors"]).most_common()),
-        "with_events": sum(bool(a.get("events")) for a in alerts),
+        "by_sensor": dict(Counter(s for a in alerts for s in a.sensors).most_common()),
+        "with_events": sum(bool(a.events) for a in alerts),
     }
 
 
-def format_table(alerts: list[dict[str, Any]], limit: int = 50) -> str:
+def format_table(alerts: list[Alert], limit: int = 50) -> str:
     """The first ``limit`` alerts (time order) as a fixed-width text table."""
-    rows = [alert_row(a) for a in sorted(alerts, key=lambda a: a["ts"])][:limit]
+    rows = [alert_row(a) for a in sorted(alerts, key=lambda a: a.ts)][:limit]
     cols = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events")
     width = {c: min(max([len(c)] + [len(r[c]) for r in rows]), 36) for c in cols}
     line = "  ".join(c.ljust(width[c]) for c in cols)
@@ -126,7 +115,7 @@ def format_table(alerts: list[dict[str, Any]], limit: int = 50) -> str:
     return "\n".join(out)
 
 
-def plot_timeline(alerts: list[dict[str, Any]], path: str | Path, max_sensors: int = 40,
+def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
                   title: str = "alerts") -> Path:
     """One row per sensor (the ``max_sensors`` with most alerts), time on x."""
     import matplotlib
@@ -136,7 +125,7 @@ def plot_timeline(alerts: list[dict[str, Any]], path: str | Path, max_sensors: i
     import matplotlib.pyplot as plt
     import numpy as np
 
-    counts = Counter(s for a in alerts for s in a["sensors"])
+    counts = Counter(s for a in alerts for s in a.sensors)
     sensors = sorted(s for s, _ in counts.most_common(max_sensors))
     y = {s: i for i, s in enumerate(sensors)}
     fig, ax = plt.subplots(figsize=(12, max(3.0, 0.28 * len(sensors) + 1.5)))
@@ -144,17 +133,17 @@ def plot_timeline(alerts: list[dict[str, Any]], path: str | Path, max_sensors: i
     colours = {"critical": "tab:red", "warning": "tab:orange"}
     seen: set[tuple[str, str]] = set()
     for a in alerts:
-        t = np.datetime64(int(a["ts"]), "ms")
-        for ev in a.get("events", []):
+        t = np.datetime64(int(a.ts), "ms")
+        for ev in a.events:
             if isinstance(ev, dict) and ev.get("sensor") in y:
                 ax.plot([np.datetime64(int(ev["ts"]), "ms")] * 2,
                         [y[ev["sensor"]] - 0.4, y[ev["sensor"]] + 0.4], color="0.6", lw=2)
-        for s in a["sensors"]:
+        for s in a.sensors:
             if s not in y:
                 continue
-            key = (a["kind"], a.get("severity", ""))
-            ax.scatter([t], [y[s]], marker=markers.get(a["kind"], "s"),
-                       color=colours.get(a.get("severity", ""), "tab:blue"), s=36,
+            key = (a.kind, a.severity)
+            ax.scatter([t], [y[s]], marker=markers.get(a.kind, "s"),
+                       color=colours.get(a.severity, "tab:blue"), s=36,
                        label=f"{key[0]} ({key[1]})" if key not in seen else None, zorder=3)
             seen.add(key)
     ax.set_yticks(range(len(sensors)), sensors, fontsize=7)
@@ -172,12 +161,12 @@ def plot_timeline(alerts: list[dict[str, Any]], path: str | Path, max_sensors: i
     return out
 
 
-def write_report(alerts: list[dict[str, Any]], out_dir: str | Path,
+def write_report(alerts: list[Alert], out_dir: str | Path,
                  title: str = "alerts") -> dict[str, Any]:
     """``alerts.csv``, ``summary.json`` and ``timeline.png`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    alerts = sorted(alerts, key=lambda a: a["ts"])
+    alerts = sorted(alerts, key=lambda a: a.ts)
     with (out / "alerts.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()

@@ -150,7 +150,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         out = core.process(_reading_batch(rec, lo, hi), eb)
         rej_r += len(out.rejected_readings)
         rej_e += len(out.rejected_events)
-        alerts.extend(out.alerts)
+        alerts.extend(a.to_dict() for a in out.alerts)
         if keep_statistics:
             statistics.extend(out.statistics)
         for sb in out.scores:

@@ -31,19 +31,18 @@ from models.backbone import STBackbone, STBackboneConfig
 from models.checkpoint import save_checkpoint
 from models.graph import laplacian_pe
 from models.objectives import contrastive_loss, masked_patch_loss, regression_loss
+from models.shape import ModelShape
+from streaming.config import ConfigError, build_section, read_toml
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 
 
 @dataclass
-class PretrainConfig:
-    patch_len: int = 12
-    context_patches: int = 8
-    horizon: int = 12
+class PretrainConfig(ModelShape):
+    """``[pretrain]``: the backbone's shape (``models.shape``) and how it is trained."""
+
     d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
     dropout: float = 0.1
     lap_pe_dim: int = 8
     graph: bool = True
@@ -68,26 +67,39 @@ class PretrainConfig:
     init_checkpoint: str = ""      # start from these weights (fine-tuning) instead of random
     trainable: str = "all"         # "all", or "head": only the forecast head (linear probe)
 
+    @classmethod
+    def load(cls, path: str | Path | None = None,
+             overrides: dict[str, Any] | None = None) -> PretrainConfig:
+        """``[pretrain]`` of a TOML file with ``{"pretrain.key": value}`` overrides, typed and
+        validated by the same system as the online configuration (errors name the key)."""
+        data = read_toml(path, overrides)
+        unknown = sorted(set(data) - {"pretrain"})
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]} (pretraining reads [pretrain])")
+        return build_section(cls, data.get("pretrain", {}), "pretrain").validate()
+
     def validate(self) -> PretrainConfig:
-        for k in ("patch_len", "context_patches", "horizon", "d_model", "n_heads", "n_layers",
-                  "epochs", "batch_size"):
+        bad = self.shape_errors("pretrain")
+        if bad:
+            raise ConfigError(bad[0])
+        for k in ("epochs", "batch_size"):
             if getattr(self, k) <= 0:
-                raise ValueError(f"pretrain.{k} must be > 0")
-        if self.d_model % self.n_heads:
-            raise ValueError("pretrain.d_model must be divisible by pretrain.n_heads")
-        if min(self.w_forecast, self.w_masked, self.w_contrastive) < 0:
-            raise ValueError("pretrain objective weights must be >= 0")
+                raise ConfigError(f"pretrain.{k} must be > 0")
+        for k in ("w_forecast", "w_masked", "w_contrastive"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"pretrain.{k} must be >= 0")
         for k in ("train_rows", "val_rows", "test_rows", "stride"):
             if getattr(self, k) < 0:
-                raise ValueError(f"pretrain.{k} must be >= 0")
+                raise ConfigError(f"pretrain.{k} must be >= 0")
         if self.select_on not in ("total", "forecast", "masked", "contrastive"):
-            raise ValueError("pretrain.select_on must be total, forecast, masked or "
-                             f"contrastive, not {self.select_on!r}")
+            raise ConfigError("pretrain.select_on must be total, forecast, masked or "
+                              f"contrastive, not {self.select_on!r}")
         if self.select_on != "total" and not getattr(self, f"w_{self.select_on}"):
-            raise ValueError(f"pretrain.select_on={self.select_on!r} needs "
-                             f"w_{self.select_on} > 0")
+            raise ConfigError(f"pretrain.select_on={self.select_on!r} needs "
+                              f"pretrain.w_{self.select_on} > 0")
         if self.trainable not in ("all", "head"):
-            raise ValueError(f"pretrain.trainable must be 'all' or 'head', not {self.trainable!r}")
+            raise ConfigError(f"pretrain.trainable must be 'all' or 'head', "
+                              f"not {self.trainable!r}")
         return self
 
 

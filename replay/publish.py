@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from connectors.kafka_io import ensure_topics, make_producer
+from connectors.kafka_io import Topics, ensure_topics, make_producer
 from connectors.recordings import Recording
 
 
@@ -51,8 +51,8 @@ def iter_messages(rec: Recording, *, skip_missing: bool = False
         yield "event", (ev.get("sensor") or ev["type"]).encode(), orjson.dumps(ev), ev["ts"]
 
 
-def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = "readings",
-                      events_topic: str = "events", speed: float = 0.0,
+def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = Topics.readings,
+                      events_topic: str = Topics.events, speed: float = 0.0,
                       skip_missing: bool = False, partitions: int = 1,
                       progress: bool = True) -> PublishStats:
     """Publish ``rec`` keyed by sensor, with readings and events interleaved by time.

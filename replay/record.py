@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from connectors.kafka_io import make_consumer
+from connectors.kafka_io import Topics, make_consumer
 from connectors.recordings import Recording
 from connectors.schemas import (
     ReadingBatch,
@@ -101,7 +101,7 @@ def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | Non
         consumer.close()
 
 
-def record_topic(bootstrap_servers: str, topic: str = "readings", *,
+def record_topic(bootstrap_servers: str, topic: str = Topics.readings, *,
                  events_topic: str | None = None, start_offset: int | None = None,
                  end_offset: int | None = None, start: str | int | None = None,
                  end: str | int | None = None, interval_ms: int | None = None,

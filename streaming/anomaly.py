@@ -16,10 +16,14 @@ scores (the statistic is scored against the state *before* it is learned).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.special import log_ndtr
+
+from streaming.alert_gate import Evidence
+from streaming.config import AnomalyConfig
 
 
 def log_tail(z: np.ndarray) -> np.ndarray:
@@ -92,3 +96,73 @@ class AnomalyLikelihood:
         self.short_alpha = float(state["short_alpha"])
         self.warmup = int(state["warmup"])
         self.min_std = float(state["min_std"])
+
+
+@dataclass
+class ScoreBlock:
+    """Anomaly scores in [0, 1] of every known sensor for one closed step."""
+
+    step: int
+    ts: int
+    sensors: list[str]
+    score: np.ndarray            # float64 [N]: combined score (max of the components)
+    components: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N] in [0, 1]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N] statistic (NaN: none)
+
+
+class AnomalyScorer:
+    """The per-step anomaly score of every sensor: the maximum of the likelihoods of the
+    nowcast residual and (``anomaly.embedding``) of the embedding's distance to its running
+    centroid. Sensors scoring at or above ``explain_at`` get evidence that says which
+    component and which values."""
+
+    def __init__(self, cfg: AnomalyConfig) -> None:
+        self.cfg = cfg
+        self.residual = AnomalyLikelihood(cfg.long_window, cfg.short_window,
+                                          warmup=cfg.warmup_steps)
+        self.embedding = AnomalyLikelihood(cfg.long_window, cfg.short_window,
+                                           warmup=cfg.warmup_steps)
+
+    def update(self, step: int, ts: int, names: list[str], residual: np.ndarray,
+               distance: np.ndarray | None, explain_at: float
+               ) -> tuple[ScoreBlock, dict[str, Evidence]]:
+        """Score one step (the likelihoods score, then learn, each statistic)."""
+        if len(residual) != len(names) or (distance is not None and len(distance) != len(names)):
+            raise ValueError(f"anomaly scorer: residual ({len(residual)}) and distance must "
+                             f"have one value per sensor ({len(names)})")
+        comps = {"residual": self.residual.learn_many(residual)}
+        raw = {"residual": residual}
+        if distance is not None:
+            comps["embedding"] = self.embedding.learn_many(distance)
+            raw["embedding"] = distance
+        score = np.max(np.stack(list(comps.values())), axis=0)
+        block = ScoreBlock(step, ts, list(names), score, comps, raw)
+        evidence = {}
+        for i in np.flatnonzero(score >= explain_at):
+            which = max(comps, key=lambda c: comps[c][i])
+            d: dict[str, Any] = {"detector": "anomaly-likelihood", "component": which,
+                                 "residual": round(float(residual[i]), 4),
+                                 "residual_long_mean": round(float(self.residual.mean[i]), 4)}
+            d["statistic"] = ("nowcast |residual|/std" if which == "residual"
+                              else "embedding distance to running centroid")
+            if distance is not None:
+                d["embedding_distance"] = round(float(distance[i]), 4)
+                d["embedding_long_mean"] = round(float(self.embedding.mean[i]), 4)
+            d["scores"] = {c: round(float(v[i]), 4) for c, v in comps.items()}
+            if which == "residual":
+                text = (f"nowcast |residual|/std {residual[i]:.2f} vs normal "
+                        f"{self.residual.mean[i]:.2f}")
+            else:
+                text = (f"embedding distance {distance[i]:.3f} vs normal "   # type: ignore[index]
+                        f"{self.embedding.mean[i]:.3f}")
+            evidence[names[i]] = Evidence(score=float(score[i]), detector="anomaly-likelihood",
+                                          statistic=d["statistic"], text=text, detail=d)
+        return block, evidence
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"residual": self.residual.state_dict(),
+                "embedding": self.embedding.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.residual.load_state_dict(state["residual"])
+        self.embedding.load_state_dict(state["embedding"])

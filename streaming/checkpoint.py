@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from connectors.kafka_async import TP
+
 log = logging.getLogger(__name__)
 
 FORMAT = "stfm-worker-state"
-VERSION = 2          # 2: the patcher keeps a quorum clock, held readings, sensor starts
+VERSION = 3          # 3: state per core stage, typed offsets (2: quorum clock, held readings)
 _ND = "__ndarray__"
 
 
@@ -75,7 +77,7 @@ class Checkpoint:
 
     seq: int
     path: Path
-    offsets: dict[str, int]
+    offsets: dict[TP, int]
     state: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +113,7 @@ class CheckpointStore:
                 out.append(p)
         return sorted(out, key=lambda p: int(p.name[5:]))
 
-    def save(self, state: dict[str, Any], offsets: dict[str, int],
+    def save(self, state: dict[str, Any], offsets: dict[TP, int],
              meta: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint atomically and durably; returns its directory."""
         existing = self.paths()
@@ -120,7 +122,8 @@ class CheckpointStore:
         torch.save(encode_state(state), buf)
         data = buf.getvalue()
         manifest = {"format": FORMAT, "version": VERSION, "seq": seq, "created": time.time(),
-                    "offsets": {str(k): int(v) for k, v in offsets.items()},
+                    "offsets": [[tp.topic, int(tp.partition), int(off)]
+                                for tp, off in sorted(offsets.items())],
                     "meta": meta or {},
                     "files": {"state.pt": {"sha256": _sha256(data), "bytes": len(data)}}}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -170,12 +173,15 @@ class CheckpointStore:
             state = torch.load(io.BytesIO(data), weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means unusable
             raise CheckpointError(f"{p}/state.pt: cannot be read safely ({exc})") from None
-        offsets = manifest.get("offsets", {})
-        if not isinstance(offsets, dict) or not all(
-                isinstance(v, int) and v >= 0 for v in offsets.values()):
-            raise CheckpointError(f"{p}/manifest.json: offsets must map topic-partition to a "
-                                  f"non-negative int, got {offsets!r}")
-        return Checkpoint(seq=int(manifest["seq"]), path=p, offsets=dict(offsets),
+        offsets = manifest.get("offsets", [])
+        if not isinstance(offsets, list) or not all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                and isinstance(e[1], int) and isinstance(e[2], int) and e[2] >= 0
+                for e in offsets):
+            raise CheckpointError(f"{p}/manifest.json: offsets must be [topic, partition, "
+                                  f"offset] entries with a non-negative offset, got {offsets!r}")
+        return Checkpoint(seq=int(manifest["seq"]), path=p,
+                          offsets={TP(t, part): off for t, part, off in offsets},
                           state=decode_state(state), meta=manifest.get("meta", {}))
 
     def load_latest(self) -> Checkpoint | None:

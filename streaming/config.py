@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connectors.kafka_io import Topics
+from models.shape import ModelShape, ModelSize
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it."""
@@ -52,25 +55,25 @@ class PatchingConfig:
 
 
 @dataclass
-class ModelConfig:
-    context_patches: int = 8            # K: tokens of history per sensor
-    horizon: int = 12                   # H: grid points forecast per step
-    d_model: int = 32
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.0
+class ModelConfig(ModelSize):
+    """The served model's size (``models.shape``) and how it learns online."""
+
     lr: float = 3e-3
     learn: bool = True                  # supervised step when realized values arrive
     learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
     torch_threads: int = 1              # intra-op threads of the live worker (0 = torch's)
     seed: int = 0
 
+    def shape(self, patching: PatchingConfig) -> ModelShape:
+        """The whole model shape: this size plus the patcher's patch length."""
+        return ModelShape(**{f.name: getattr(self, f.name)
+                             for f in dataclasses.fields(ModelSize)},
+                          patch_len=patching.patch_len)
+
     def validate(self) -> None:
-        _positive(self, "model", "context_patches", "horizon", "d_model", "n_heads", "n_layers")
-        if self.d_model % self.n_heads:
-            raise ConfigError("model.d_model must be divisible by model.n_heads")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError("model.dropout must be in [0, 1)")
+        bad = self.size_errors("model")
+        if bad:
+            raise ConfigError(bad[0])
         if self.lr < 0:
             raise ConfigError("model.lr must be >= 0")
         if self.torch_threads < 0:
@@ -96,7 +99,6 @@ class DriftConfig:
     kswin_window: int = 100
     kswin_stat_size: int = 30
     warmup_steps: int = 48              # steps per sensor and channel before alerts may fire
-    cooldown_steps: int = 24            # steps after an alert on a sensor before the next
     season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
 
     def validate(self) -> None:
@@ -110,35 +112,47 @@ class DriftConfig:
         _positive(self, "drift", "threshold", "adwin_delta", "kswin_alpha", "clip")
         if not 0 < self.kswin_stat_size < self.kswin_window:
             raise ConfigError("drift needs 0 < kswin_stat_size < kswin_window")
-        for k in ("delta", "warmup_steps", "cooldown_steps", "season_ms"):
+        for k in ("delta", "warmup_steps", "season_ms"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"drift.{k} must be >= 0")
 
 
 @dataclass
 class AnomalyConfig:
-    """Per-step anomaly score (likelihood of the newest residual) and its alert policy."""
+    """The per-step anomaly score: the likelihood of the newest residual (and embedding)."""
 
     long_window: int = 2000             # steps of the long-run residual distribution
     short_window: int = 10              # steps of the short moving average that is scored
-    warmup_steps: int = 100             # scored steps per sensor before it may alert
-    threshold: float = 0.9              # score that fires an anomaly alert (tail 1e-9)
-    clear_threshold: float = 0.5        # a fired sensor re-arms below this (hysteresis)
-    critical: float = 0.99
-    cooldown_steps: int = 24
-    merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
+    warmup_steps: int = 100             # scored steps per sensor before it may score > 0
     embedding: bool = True              # also score the embedding's distance to its centroid
-    event_window_steps: int = 2         # alerts (any kind) name events this close on their sensors
 
     def validate(self) -> None:
         _positive(self, "anomaly", "long_window", "short_window")
         if self.short_window >= self.long_window:
             raise ConfigError("anomaly.short_window must be < anomaly.long_window")
-        if not 0 <= self.clear_threshold <= self.threshold <= 1:
-            raise ConfigError("anomaly needs 0 <= clear_threshold <= threshold <= 1")
-        for k in ("warmup_steps", "cooldown_steps", "merge_hops", "event_window_steps"):
+        if self.warmup_steps < 0:
+            raise ConfigError("anomaly.warmup_steps must be >= 0")
+
+
+@dataclass
+class AlertsConfig:
+    """The alert gate: when a detector's evidence becomes an alert (``streaming.alert_gate``)."""
+
+    anomaly_threshold: float = 0.9      # anomaly score that fires an alert (tail 1e-9)
+    anomaly_clear: float = 0.5          # a fired sensor re-arms below this (hysteresis)
+    anomaly_critical: float = 0.99      # anomaly score of a "critical" alert
+    anomaly_cooldown_steps: int = 24    # steps after an anomaly alert on a sensor
+    drift_cooldown_steps: int = 24      # steps after a drift alert on a sensor
+    merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
+    event_window_steps: int = 2         # alerts name events this close on their sensors
+
+    def validate(self) -> None:
+        if not 0 <= self.anomaly_clear <= self.anomaly_threshold <= 1:
+            raise ConfigError("alerts needs 0 <= anomaly_clear <= anomaly_threshold <= 1")
+        for k in ("anomaly_cooldown_steps", "drift_cooldown_steps", "merge_hops",
+                  "event_window_steps"):
             if getattr(self, k) < 0:
-                raise ConfigError(f"anomaly.{k} must be >= 0")
+                raise ConfigError(f"alerts.{k} must be >= 0")
 
 
 ADAPT_GROUPS = ("heads", "norms", "adapters")
@@ -192,11 +206,11 @@ class AdaptConfig:
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "stfm-worker"
-    readings_topic: str = "readings"
-    events_topic: str = "events"
-    forecasts_topic: str = "forecasts"
-    alerts_topic: str = "alerts"
-    dead_letter_topic: str = "dead-letter"
+    readings_topic: str = Topics.readings
+    events_topic: str = Topics.events
+    forecasts_topic: str = Topics.forecasts
+    alerts_topic: str = Topics.alerts
+    dead_letter_topic: str = Topics.dead_letter
     partitions: int = 1                 # for topics the worker creates
     max_batch: int = 20_000             # records per fetch
     fetch_timeout_ms: int = 200
@@ -206,6 +220,11 @@ class KafkaConfig:
     max_poll_interval_ms: int = 60_000
     connect_timeout_s: float = 60.0     # broker unreachable at start: retry this long, then exit
     retry_backoff_max_s: float = 8.0    # longest wait between retries (doubles from 0.25 s)
+
+    def topics(self) -> Topics:
+        """The five topic names as configured."""
+        return Topics(self.readings_topic, self.events_topic, self.forecasts_topic,
+                      self.alerts_topic, self.dead_letter_topic)
 
     def validate(self) -> None:
         _positive(self, "kafka", "partitions", "max_batch", "fetch_timeout_ms", "fetch_max_wait_ms",
@@ -236,6 +255,7 @@ class StreamConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
@@ -246,6 +266,7 @@ class StreamConfig:
         self.drift.validate()
         self.adapt.validate()
         self.anomaly.validate()
+        self.alerts.validate()
         self.kafka.validate()
         self.checkpoint.validate()
         return self
@@ -261,24 +282,38 @@ class StreamConfig:
     def load(cls, path: str | Path | None = None,
              overrides: dict[str, Any] | None = None) -> StreamConfig:
         """Read ``path`` (TOML; optional), apply ``{"section.key": value}`` overrides, validate."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            p = Path(path)
-            try:
-                data = tomllib.loads(p.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file not found: {p}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-        for dotted, value in (overrides or {}).items():
-            if value is None:
-                continue
-            node = data
-            *parents, last = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path, overrides))
+
+
+def read_toml(path: str | Path | None, overrides: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """The tables of a TOML file (none: empty) with ``{"section.key": value}`` overrides
+    applied on top (``None`` values skipped); errors name the file."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {part} is a value, not a table")
+        node[last] = value
+    return data
+
+
+def build_section(cls: type, data: Any, section: str) -> Any:
+    """A config dataclass from a table, every key type-checked; errors name ``section.key``."""
+    return _build(cls, data, f"{section}." if section else "")
 
 
 def _positive(obj: object, section: str, *names: str) -> None:

@@ -17,8 +17,8 @@ Errors and distances are skewed (a few large values), so each channel is log-tra
 step's common mode across
 sensors is removed (a disturbance of the shared model or a holiday hits every sensor), and
 a river detector (Page-Hinkley "up" by default) watches the result. Only increases of an
-error raise alerts. The policy adds a warm-up, a per-sensor cooldown shared by the channels,
-and a severity.
+error count. ``update`` returns, per sensor, the evidence of its strongest firing channel;
+the alert gate (``streaming.alert_gate``) turns it into alerts (cooldown per sensor).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from river import drift
 
+from streaming.alert_gate import Evidence
 from streaming.config import DriftConfig
 
 
@@ -101,16 +102,14 @@ class _ChannelState:
     var: float = 0.0
 
 
-class ResidualDriftMonitor:
-    """Per-sensor drift detection on residual channels; ``update`` returns alert dicts."""
+class DriftMonitor:
+    """Per-sensor drift detection on residual and embedding channels (module docstring)."""
 
     def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5) -> None:
         self.cfg = cfg
         self.ewma = ewma
         self.common_mode_min = common_mode_min
         self.channels: dict[str, list[_ChannelState]] = {}
-        self.cooldown: dict[int, int] = {}
-        self.n_alerts = 0
 
     def _state(self, channel: str, i: int) -> _ChannelState:
         states = self.channels.setdefault(channel, [])
@@ -121,9 +120,7 @@ class ResidualDriftMonitor:
     def state_dict(self) -> dict[str, Any]:
         return {"channels": {c: [{"n": st.n, "mean": st.mean, "var": st.var,
                                   "detector": detector_state(st.detector)} for st in states]
-                             for c, states in self.channels.items()},
-                "cooldown": {int(i): int(v) for i, v in self.cooldown.items()},
-                "n_alerts": self.n_alerts}
+                             for c, states in self.channels.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.channels = {}
@@ -134,21 +131,19 @@ class ResidualDriftMonitor:
                 load_detector_state(det, st["detector"])
                 out.append(_ChannelState(det, int(st["n"]), float(st["mean"]), float(st["var"])))
             self.channels[str(c)] = out
-        self.cooldown = {int(i): int(v) for i, v in state["cooldown"].items()}
-        self.n_alerts = int(state["n_alerts"])
 
-    def update(self, step: int, ts: int, names: list[str],
-               stats: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        """Feed one step's statistic per channel and sensor (NaN = nothing to score)."""
+    def update(self, names: list[str], stats: dict[str, np.ndarray]) -> dict[str, Evidence]:
+        """Feed one step's statistic per channel and sensor (NaN = nothing to score); returns
+        the evidence of the sensors whose detector fired (the highest z per sensor)."""
         cfg = self.cfg
-        for i in list(self.cooldown):
-            self.cooldown[i] -= 1
-            if self.cooldown[i] <= 0:
-                del self.cooldown[i]
         fired: dict[int, tuple[str, float, float, float, _ChannelState]] = {}
         for channel, stat in stats.items():
+            stat = np.asarray(stat, np.float64)
+            if stat.ndim != 1 or len(stat) > len(names):
+                raise ValueError(f"drift monitor: {channel} must be one value per sensor "
+                                 f"(at most {len(names)}), got shape {stat.shape}")
             scored: list[tuple[int, float, float, _ChannelState]] = []
-            for i, x in enumerate(np.log(np.asarray(stat, np.float64) + 0.1).tolist()):
+            for i, x in enumerate(np.log(stat + 0.1).tolist()):
                 if math.isnan(x):
                     continue
                 st = self._state(channel, i)
@@ -174,25 +169,21 @@ class ResidualDriftMonitor:
                     d = x - st.mean
                     st.mean += self.ewma * d
                     st.var = (1 - self.ewma) * (st.var + self.ewma * d * d)
-                if hit and i not in self.cooldown and (i not in fired or z > fired[i][1]):
+                if hit and (i not in fired or z > fired[i][1]):
                     fired[i] = (channel, z, x, common, st)
-        alerts = []
+        out = {}
         for i in sorted(fired):
             channel, z, x, common, st = fired[i]
-            self.cooldown[i] = cfg.cooldown_steps + 1
-            self.n_alerts += 1
             name = names[i]
-            alerts.append({
-                "id": f"drift:{name}:{step}", "kind": "drift", "sensors": [name], "ts": int(ts),
-                "step": int(step), "detector": cfg.detector, "statistic": channel,
-                "severity": "critical" if z >= cfg.clip else "warning",
-                "detail": {"value": round(math.exp(x) - 0.1, 6),
-                           "baseline": round(math.exp(st.mean) - 0.1, 6),
-                           "log_value": round(x, 6), "log_baseline_mean": round(st.mean, 6),
-                           "log_baseline_std": round(math.sqrt(max(st.var, 0.0)), 6),
-                           "z": round(z, 3), "common_mode_z": round(common, 3),
-                           "text": f"{cfg.detector} fired on {channel} of {name}: "
-                                   f"{math.exp(x) - 0.1:.3f} vs normal "
-                                   f"{math.exp(st.mean) - 0.1:.3f} (z={z:.1f})"},
-            })
-        return alerts
+            out[name] = Evidence(
+                score=z, detector=cfg.detector, statistic=channel,
+                severity="critical" if z >= cfg.clip else "warning",
+                text=f"{cfg.detector} fired on {channel} of {name}: "
+                     f"{math.exp(x) - 0.1:.3f} vs normal {math.exp(st.mean) - 0.1:.3f} "
+                     f"(z={z:.1f})",
+                detail={"value": round(math.exp(x) - 0.1, 6),
+                        "baseline": round(math.exp(st.mean) - 0.1, 6),
+                        "log_value": round(x, 6), "log_baseline_mean": round(st.mean, 6),
+                        "log_baseline_std": round(math.sqrt(max(st.var, 0.0)), 6),
+                        "z": round(z, 3), "common_mode_z": round(common, 3)})
+        return out

@@ -19,7 +19,7 @@ from typing import Any
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
-from streaming.worker import Record, WorkerStats, apply_torch_threads, process_records
+from streaming.microbatch import Record, WorkerStats, apply_torch_threads, process_records
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,8 @@ class OnlineNormalizer:
 
     def learn_many(self, values: np.ndarray) -> None:
         """Fold a ``[N, P]`` block of values (NaN ignored) into the per-sensor statistics."""
+        if np.ndim(values) != 2:
+            raise ValueError(f"normalizer: values must be [N, P], got shape {np.shape(values)}")
         self._grow(values.shape[0])
         n = len(values)
         obs = ~np.isnan(values)

@@ -53,9 +53,7 @@ class OnlineModel:
         self._gen = torch.Generator().manual_seed(cfg.seed)
         self._alerts: list[dict] = []
         self._contrast_calls = 0
-        self.last_embedding: np.ndarray | None = None   # [B, d] of the last predict_many
-        head = model.forecast_head if isinstance(model, STBackbone) else model.head
-        head.register_forward_pre_hook(self._capture_embedding)
+        self.last_embedding: np.ndarray | None = None   # [B, d] of the last prediction
         self.can_contrast = isinstance(model, STBackbone)
         if self.adapt.contrastive_weight > 0 and not self.can_contrast:
             log.info("online adaptation: supervised updates only. Contrastive updates "
@@ -93,31 +91,42 @@ class OnlineModel:
     def version(self) -> str:
         return f"{self.name}+{self.n_updates}"
 
-    def _forward(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray,
-                 steps: np.ndarray | None, sensors: list[str] | None) -> torch.Tensor:
-        xt, mt, st = torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(side)
-        if self._graph is None:
-            return self.model(xt, mt, st)
-        if steps is None or sensors is None:
-            raise ValueError("the spatio-temporal backbone needs the step indices and sensors")
-        return self._graph.forecast(xt, mt, st, steps, sensors)
-
-    def _capture_embedding(self, _module: torch.nn.Module, inputs: tuple) -> None:
-        # the forecast head's input is the window's embedding; keep it only when serving
-        if not torch.is_grad_enabled():
-            h = inputs[0]
-            self.last_embedding = (h[0, :, -1] if h.dim() == 4 else h).detach().numpy()
+    @property
+    def is_spatial(self) -> bool:
+        """Whether the model couples sensors (the graph backbone): it learns from the whole
+        region at once, never from a sample of sensors."""
+        return self._graph is not None
 
     @torch.no_grad()
+    def predict_with_embedding(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
+                               steps: np.ndarray | None = None,
+                               sensors: list[str] | None = None
+                               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Forecasts ``[B, H]`` for windows ``[B, K, P]`` and the windows' embeddings
+        ``[B, d]`` (the forecast head's input), from one pass; ``steps`` ``[K]`` are the
+        windows' step indices and ``sensors`` their ids (the spatio-temporal backbone's)."""
+        if x.ndim != 3 or mask.shape != x.shape or side.shape[:2] != x.shape[:2]:
+            raise ValueError(f"online model: windows must be x, mask [B, K, P] and side "
+                             f"[B, K, E], got {x.shape}, {mask.shape}, {side.shape}")
+        if len(x) == 0:
+            self.last_embedding = None
+            return np.zeros((0, self.cfg.horizon), np.float32), None
+        xt, mt, st = torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(side)
+        if self._graph is None:
+            y, emb = self.model.forecast_and_embed(xt, mt, st)
+        else:
+            if steps is None or sensors is None:
+                raise ValueError("the spatio-temporal backbone needs the step indices and "
+                                 "sensors")
+            y, emb = self._graph.forecast_and_embed(xt, mt, st, steps, sensors)
+        self.last_embedding = emb.numpy()
+        return y.numpy(), self.last_embedding
+
     def predict_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
                      steps: np.ndarray | None = None,
                      sensors: list[str] | None = None) -> np.ndarray:
-        """Forecasts ``[B, H]`` for windows ``[B, K, P]``; ``steps`` ``[K]`` are the windows'
-        step indices and ``sensors`` their ids (used by the spatio-temporal backbone)."""
-        self.last_embedding = None
-        if len(x) == 0:
-            return np.zeros((0, self.cfg.horizon), np.float32)
-        return self._forward(x, mask, side, steps, sensors).numpy()
+        """Forecasts ``[B, H]`` for windows ``[B, K, P]`` (see ``predict_with_embedding``)."""
+        return self.predict_with_embedding(x, mask, side, steps=steps, sensors=sensors)[0]
 
     # --- updates ------------------------------------------------------------------------
 
@@ -335,10 +344,14 @@ class _GraphContext:
         return {"node_ids": ids, "lap_pe": lap, "edge_index": edge_index,
                 "edge_weight": edge_weight}
 
-    def forecast(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
-                 steps: np.ndarray, sensors: list[str]) -> torch.Tensor:
-        return self.forecast_many(x[None], mask[None], side[None],
-                                  np.asarray(steps).reshape(1, -1), sensors)[0]
+    def forecast_and_embed(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
+                           steps: np.ndarray, sensors: list[str]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-token forecasts ``[N, H]`` and embeddings ``[N, d]`` of one window."""
+        st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
+        y, h = self.model.forecast_and_embed(x[None], mask[None], st, side=side[None],
+                                             **self.kwargs(sensors))
+        return y[0, :, -1], h[0, :, -1]
 
     def forecast_many(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
                       steps: np.ndarray, sensors: list[str]) -> torch.Tensor:

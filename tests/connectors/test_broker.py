@@ -34,7 +34,7 @@ def test_port_in_use_is_a_clear_error(broker):
 
 def test_stfm_broker_command_starts_and_stops():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "broker", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "stfm.cli", "broker", "--port", str(port)],
                             stdout=subprocess.PIPE, text=True)
     try:
         wait_for_kafka(f"127.0.0.1:{port}", 60)

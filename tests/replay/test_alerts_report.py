@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replay.alerts_report import AlertsReportError, read_alerts_file, summarize
-from streaming.cli import main
+from stfm.cli import main
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 

@@ -98,7 +98,7 @@ def test_cli_backtest_writes_report_and_plots(tmp_path: Path) -> None:
     data = tmp_path / "sim.npz"
     write_simulation(rec, truths, data)
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "backtest",
+    proc = subprocess.run([sys.executable, "-m", "stfm.cli", "replay", "backtest",
                            str(data), "--fresh", "--out", str(out), "--quiet",
                            "--score-from-row", "288", "--set", "adapt.replay_k=1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -113,7 +113,7 @@ def test_cli_backtest_writes_report_and_plots(tmp_path: Path) -> None:
     for png in ("error_over_time.png", "forecasts.png"):
         blob = (out / png).read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
-    bad = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "backtest",
+    bad = subprocess.run([sys.executable, "-m", "stfm.cli", "replay", "backtest",
                           str(data), "--fresh", "--out", str(out), "--set", "adapt.penalty=l9"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "adapt.penalty" in bad.stderr

@@ -62,7 +62,7 @@ def test_resume_continues_exactly(rec, tmp_path):
 def test_cli_pretrain(rec, tmp_path):
     data = tmp_path / "net.npz"
     write_simulation(rec, [], data)
-    r = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "pretrain", str(data),
+    r = subprocess.run([sys.executable, "-m", "stfm.cli", "replay", "pretrain", str(data),
                         "--out", str(tmp_path / "ck"), "--epochs", "1", "--d-model", "16",
                         "--n-heads", "2", "--n-layers", "1", "--no-graph", "--quiet"],
                        capture_output=True, text=True, timeout=300, check=False)
@@ -109,7 +109,7 @@ def test_torchrun_data_parallel(rec, tmp_path):
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 f"--master_port={free_port()}"]
-    r = subprocess.run([*torchrun, "-m", "streaming.cli", "replay", "pretrain", str(data),
+    r = subprocess.run([*torchrun, "-m", "stfm.cli", "replay", "pretrain", str(data),
                         "--out", str(tmp_path / "ddp"), "--epochs", "2", "--d-model", "16",
                         "--n-heads", "2", "--n-layers", "1", "--quiet"],
                        capture_output=True, text=True, timeout=120, check=False)

@@ -58,7 +58,7 @@ def test_cli_record(broker, unique, rec, tmp_path):
     write_simulation(rec, [], src)
     publish_recording(rec, bs, topic=topic, events_topic=f"e3-{unique}", progress=False)
     out = tmp_path / "out.npz"
-    r = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", "record", "--topic",
+    r = subprocess.run([sys.executable, "-m", "stfm.cli", "replay", "record", "--topic",
                         topic, "--bootstrap-servers", bs, "--out", str(out), "--quiet"],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]

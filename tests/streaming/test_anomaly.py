@@ -63,7 +63,7 @@ def test_no_anomaly_alert_on_a_stationary_recording_of_50k_readings() -> None:
     assert truths == [] and rec.values.size >= 50_000
     core, res = _core_run(rec)
     assert [a["id"] for a in res.alerts] == []
-    assert core.anomaly.count.min() > 300          # every sensor was scored
+    assert core.scorer.residual.count.min() > 300          # every sensor was scored
 
 
 def test_a_spike_raises_one_explained_anomaly_alert() -> None:

@@ -67,7 +67,7 @@ def test_memory_stays_bounded_while_the_producer_outpaces_the_worker(
                    + "[patching]\npatch_len = 1\n[model]\nlearn_batch = 0\nhorizon = 4\n")
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "run", "--config", str(cfg),
+        [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
          "--bootstrap-servers", bs, "--group-id", f"g-{unique}", "--fresh",
          "--status-every", "1", "--summary", str(tmp_path / "s.json")],
         cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115

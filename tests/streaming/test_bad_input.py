@@ -15,8 +15,8 @@ import pytest
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
+from streaming.microbatch import Record, WorkerStats, process_records
 from streaming.online import OnlineModel
-from streaming.worker import Record, WorkerStats, process_records
 
 SENSORS = [f"s{i:02d}" for i in range(20)]
 IV = 300_000

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from connectors.broker import EmbeddedBroker, free_port
+from connectors.kafka_async import TP
 from connectors.kafka_io import ensure_topics, read_topic
 from connectors.recordings import Recording
 from replay.publish import publish_recording
@@ -24,7 +25,7 @@ def test_unreachable_broker_at_start_exits_nonzero_after_the_deadline(tmp_path: 
     port = free_port()
     t0 = time.monotonic()
     r = subprocess.run(
-        [sys.executable, "-m", "streaming.cli", "run", "--fresh", "--bootstrap-servers",
+        [sys.executable, "-m", "stfm.cli", "run", "--fresh", "--bootstrap-servers",
          f"127.0.0.1:{port}", "--set", "kafka.connect_timeout_s=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     took = time.monotonic() - t0
@@ -68,7 +69,7 @@ def test_worker_resumes_after_the_broker_restarts(tmp_path: Path) -> None:
                           progress=False)
         n_head = head.values.size               # one message per reading, NaN as null
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "run", "--config", str(cfg),
+            [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
              "--bootstrap-servers", bs, "--group-id", "g-faults", "--fresh",
              "--idle-exit", "20", "--summary", str(tmp_path / "summary.json")],
             cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -76,7 +77,7 @@ def test_worker_resumes_after_the_broker_restarts(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:      # wait until the head is fully processed
             ck = ckpts.paths() and CheckpointStore.read(ckpts.paths()[-1])
-            if ck and ck.offsets.get(f"{topics['readings']}-0") == n_head:
+            if ck and ck.offsets.get(TP(topics["readings"], 0)) == n_head:
                 break
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.1)

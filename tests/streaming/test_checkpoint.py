@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from connectors.kafka_async import TP
 from streaming.checkpoint import CheckpointError, CheckpointStore, decode_state, encode_state
 
 
@@ -40,9 +41,9 @@ def test_core_state_round_trips_through_a_checkpoint(tmp_path: Path, detector: s
     a = _core(rec, **{"drift.detector": detector})
     _outputs(a, rec, 0, cut)
     store = CheckpointStore(tmp_path, "core")
-    store.save(a.state_dict(), {"readings-0": cut})
+    store.save(a.state_dict(), {TP("readings", 0): cut})
     ck = store.load_latest()
-    assert ck is not None and ck.offsets == {"readings-0": cut}
+    assert ck is not None and ck.offsets == {TP("readings", 0): cut}
     b = _core(rec, **{"drift.detector": detector})
     b.load_state_dict(ck.state)
     fa, aa, sa = _outputs(a, rec, cut, rec.n_steps)
@@ -71,7 +72,7 @@ def test_encode_refuses_objects_it_cannot_load_safely() -> None:
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, caplog) -> None:
     store = CheckpointStore(tmp_path, "w", keep=3)
     for i in range(4):
-        store.save({"i": i, "arr": np.full(3, i)}, {"readings-0": 10 * i})
+        store.save({"i": i, "arr": np.full(3, i)}, {TP("readings", 0): 10 * i})
     assert [p.name for p in store.paths()] == ["ckpt-00000002", "ckpt-00000003",
                                                "ckpt-00000004"]
     newest = store.paths()[-1]
@@ -80,7 +81,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, ca
     (newest / "state.pt").write_bytes(bytes(blob))
     with caplog.at_level(logging.WARNING):
         ck = store.load_latest()
-    assert ck.state["i"] == 2 and ck.offsets == {"readings-0": 20}
+    assert ck.state["i"] == 2 and ck.offsets == {TP("readings", 0): 20}
     assert "checksum mismatch" in caplog.text and "ckpt-00000004" in caplog.text
     # half-written: a directory without its manifest, and a stray temporary directory
     (store.paths()[-2] / "manifest.json").unlink()         # ckpt 3 loses its manifest

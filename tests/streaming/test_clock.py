@@ -31,7 +31,7 @@ def _feed(rows, *, sizes=(500,), fast=True, parts=None, iv=IV, p=P, lateness=600
     """Feed ``rows`` in batches of the given sizes (cycled); the patcher and what came out:
     closed steps, rejected reading indices with reasons, flagged sensors."""
     pt = IncrementalPatcher(PatchingConfig(interval_ms=iv, patch_len=p, lateness_ms=lateness))
-    pt.fast_path = fast
+    pt.clock.fast_path = fast
     closed, rejected, flags = [], {}, []
     i = k = 0
     while i < len(rows):

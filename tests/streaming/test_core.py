@@ -68,7 +68,7 @@ def test_events_enter_the_context_even_when_late(rec):
         [{"type": "incident", "ts": t_recent, "sensor": rec.sensors[2]},
          {"type": "incident", "ts": t_old, "sensor": rec.sensors[2]},
          {"type": "incident", "ts": t_recent, "sensor": "unknown"}], [0, 1, 2]))
-    assert core._ring_events[2].sum() == 1.0
+    assert core.window.events[2].sum() == 1.0
     reasons = dict(out.rejected_events)
     assert set(reasons) == {1, 2}
     assert "older than the model's context" in reasons[1] and "no known sensor" in reasons[2]

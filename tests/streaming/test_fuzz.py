@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
+from streaming.microbatch import Record, WorkerStats, process_records
 from streaming.online import OnlineModel
-from streaming.worker import Record, WorkerStats, process_records
 
 SENSORS = [f"s{i}" for i in range(5)]
 INTERVAL = 300_000
@@ -138,7 +138,7 @@ def test_fuzzed_batches_never_crash_and_every_bad_message_is_dead_lettered(data)
     assert [k for k, _ in out.dead_letters] == [f"readings:0:{d['offset']}".encode()
                                                 for d in dead]
     # every bad message is dead-lettered once, now or (held ahead of the clock) later
-    held = {h[2] for hs in s.core.patcher._held.values() for h in (x.handle for x in hs)}
+    held = {h.handle[2] for h in s.core.patcher.clock.held}
     assert len(s.dead_offsets) == len(set(s.dead_offsets))
     assert set(s.dead_offsets) | held == s.bad_offsets
     assert s.stats.readings_accepted == s.valid == s.control.patcher.stats.accepted
@@ -149,8 +149,8 @@ def test_fuzzed_batches_never_crash_and_every_bad_message_is_dead_lettered(data)
         np.testing.assert_array_equal(block.yhat, ref.yhat)
         assert np.isfinite(block.yhat).all()
         s.forecasts += len(block.sensors)
-    assert {a["kind"] for a in core_out.alerts} - {"data-quality"} == \
-        {a["kind"] for a in control_out.alerts} - {"data-quality"}
+    assert {a.kind for a in core_out.alerts} - {"data-quality"} == \
+        {a.kind for a in control_out.alerts} - {"data-quality"}
 
 
 def test_fuzz_volume() -> None:

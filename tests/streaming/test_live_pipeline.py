@@ -153,7 +153,7 @@ def test_bad_messages_go_to_dead_letter_and_valid_ones_are_processed(broker, uni
 
 
 def _stfm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streaming.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stfm.cli", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 

@@ -98,7 +98,7 @@ def test_unknown_sensor_and_far_future_rejected():
     # held while it could still be the start of a gap, then its sensor's next reading shows
     # it was stamped ahead: dead-lettered, and the clock never moved
     assert reasons[3].startswith("future") and "later readings" in reasons[3]
-    assert p.clock[0] == 2 and p.last_admission.flags[0].sensor == "a"
+    assert p.clock.clock[0] == 2 and p.last_admission.flags[0].sensor == "a"
 
 
 @pytest.mark.parametrize("value", [1e308, -1e308, 1e13, float(10**301)])
@@ -121,7 +121,7 @@ def test_value_ranges_per_sensor_and_by_glob():
 def test_a_sensor_exists_from_its_first_accepted_reading():
     p = patcher(sensors=["a", "b"])
     p.update(batch([("a", t * IV, 1.0) for t in range(12)] + [("b", 9 * IV, 2.0)]))
-    assert p.first_step.tolist() == [0, 2]
+    assert p.clock.first_step.tolist() == [0, 2]
     assert p.exists(2, 1).tolist() == [True, False] and p.exists(2, 2).tolist() == [True, True]
 
 

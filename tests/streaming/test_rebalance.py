@@ -28,7 +28,7 @@ PARTS = 4
 
 def _worker(cfg: Path, bs: str, group: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "run", "--config", str(cfg),
+        [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
          "--bootstrap-servers", bs, "--group-id", group, "--fresh", "--idle-exit", "20"],
         cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 

@@ -43,7 +43,7 @@ def _config(tmp: Path, name: str, unique: str, store: Path, every: int) -> Path:
 
 def _worker(cfg: Path, bs: str, group: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "run", "--config", str(cfg),
+        [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
          "--bootstrap-servers", bs, "--group-id", group, "--fresh", "--idle-exit", "3",
          "--summary", str(log.with_suffix(".json"))],
         cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -133,18 +133,19 @@ def test_kill9_restart_gives_the_uninterrupted_result(broker, unique: str, tmp_p
     assert len(versions) > 10
 
     a, b = _final_state(store, f"ref-{unique}"), _final_state(store, f"bad-{unique}")
-    for k, va in a["model"]["model"].items():
-        assert torch.equal(va, b["model"]["model"][k]), k
-    assert a["model"]["n_updates"] == b["model"]["n_updates"] > 0
+    fa, fb = a["forecaster"], b["forecaster"]       # the stage that holds model and metrics
+    for k, va in fa["model"]["model"].items():
+        assert torch.equal(va, fb["model"]["model"][k]), k
+    assert fa["model"]["n_updates"] == fb["model"]["n_updates"] > 0
     # no reading missing from, or applied twice to, the model's history
     assert a["patcher"]["stats"] == b["patcher"]["stats"]
     assert a["patcher"]["stats"]["accepted"] == readings
-    assert (a["normalizer"]["count"] == b["normalizer"]["count"]).all()
-    assert a["metrics"] == b["metrics"]
+    assert (fa["normalizer"]["count"] == fb["normalizer"]["count"]).all()
+    assert fa["metrics"] == fb["metrics"]
     summary = json.loads((tmp_path / f"bad-{unique}.json").read_text())
     assert summary["worker"]["restored_from"] is not None
     print(f"\nSOAK kill-9: {readings:,} readings, {done} kills survived, "
           f"{len(bad_fc):,} forecasts (= uninterrupted run), {n_bad - len(bad_fc):,} "
           f"re-emitted duplicates (same key and value), lost readings = "
           f"{readings - b['patcher']['stats']['accepted']}, model updates "
-          f"{b['model']['n_updates']} (= uninterrupted: duplicates applied = 0)")
+          f"{fb['model']['n_updates']} (= uninterrupted: duplicates applied = 0)")

@@ -13,7 +13,7 @@ import pytest
 from connectors.kafka_io import ensure_topics, topic_partitions
 from replay.publish import publish_recording
 from replay.simulator import SimConfig, simulate
-from streaming.cli import log_region_layout
+from stfm.cli import log_region_layout
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
 from streaming.online import OnlineModel
@@ -81,7 +81,7 @@ def test_topics_create_makes_the_layout_explicit(broker, unique):
     names = [f"a-{unique}", f"b-{unique}"]
 
     def stfm(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streaming.cli", "topics", *args,
+        return subprocess.run([sys.executable, "-m", "stfm.cli", "topics", *args,
                                "--bootstrap-servers", bs], capture_output=True, text=True,
                               timeout=120, check=False)
 
@@ -104,7 +104,7 @@ def test_faust_in_a_group_of_the_default_engine_exits_with_the_reason(broker, un
     toml.write_text("[kafka]\n" + "".join(f'{t}_topic = "{getattr(k, f"{t}_topic")}"\n' for t in
                                           ("readings", "events", "forecasts", "alerts",
                                            "dead_letter")))
-    r = subprocess.run([sys.executable, "-m", "streaming.cli", "run", "--fresh", "--engine",
+    r = subprocess.run([sys.executable, "-m", "stfm.cli", "run", "--fresh", "--engine",
                         "faust", "--config", str(toml), "--bootstrap-servers",
                         k.bootstrap_servers, "--group-id", k.group_id, "--idle-exit", "2",
                         "--set", "kafka.connect_timeout_s=3", "--set",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -12,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from connectors.kafka_io import Topics
+
+TOPICS = Topics()
 log = logging.getLogger("stfm")
-_DEFAULT_GROUP = "stfm-worker"
 
 
 def to_json(obj: Any, indent: int | None = None) -> str:
@@ -65,33 +66,6 @@ def load_config(args: argparse.Namespace) -> Any:
         **_set_overrides(getattr(args, "set_", [])),
     }
     return StreamConfig.load(getattr(args, "config", None), overrides)
-
-
-def build_model(cfg: Any, checkpoint: str | None) -> Any:
-    """A fresh online model for ``cfg``, or one loaded from ``checkpoint``."""
-    from streaming.online import OnlineModel
-
-    if checkpoint:
-        return OnlineModel.from_checkpoint(checkpoint, cfg.patching, cfg.model, cfg.adapt)
-    return OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt)
-
-
-def build_core(cfg: Any, checkpoint: str | None) -> Any:
-    """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``."""
-    from streaming.core import StreamCore
-
-    model = build_model(cfg, checkpoint)
-    sensors = positions = None
-    if cfg.graph:
-        from connectors.recordings import read_recording
-
-        rec = read_recording(cfg.graph)
-        sensors = list(rec.sensors)
-        if rec.lat is not None and rec.lon is not None:
-            import numpy as np
-
-            positions = np.stack([rec.lat, rec.lon], axis=1)
-    return StreamCore(cfg, model, sensors=sensors, positions=positions)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -168,7 +142,7 @@ def cmd_replay_record(args: argparse.Namespace) -> int:
 
 def _add_range_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default="readings")
+    p.add_argument("--topic", default=TOPICS.readings)
     p.add_argument("--events-topic", default=None)
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
@@ -194,8 +168,11 @@ def cmd_replay_pretrain(args: argparse.Namespace) -> int:
     if args.graph:
         rec.edge_index, rec.edge_weight = load_graph(args.graph, list(rec.sensors))
     fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"graph"}
-    cfg = PretrainConfig(graph=args.graph_layer,
-                         **{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    overrides = {f"pretrain.{k}": v for k, v in vars(args).items()
+                 if k in fields and v is not None}
+    if not args.graph_layer:
+        overrides["pretrain.graph"] = False
+    cfg = PretrainConfig.load(args.config, {**overrides, **_set_overrides(args.set_)})
     result = pretrain(rec, args.out, cfg, resume=args.resume, progress=not args.quiet)
     print(to_json({"best_val": result.best_val, "epochs": result.epochs_run,
                       "samples_per_s": round(result.samples_per_s, 1),
@@ -207,7 +184,8 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     from connectors.recordings import read_recording
     from replay.backtest import backtest, write_report
     from streaming.core import StreamCore
-    from streaming.worker import apply_torch_threads
+    from streaming.factory import build_model
+    from streaming.microbatch import apply_torch_threads
 
     if not args.fresh and not args.checkpoint:
         print("stfm replay backtest: pass --checkpoint DIR or --fresh", file=sys.stderr)
@@ -298,16 +276,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.fresh and not args.checkpoint:
         print("stfm run: pass --checkpoint DIR or --fresh", file=sys.stderr)
         return 2
+    from streaming.config import KafkaConfig
+
     cfg = load_config(args)
-    if args.engine == "faust" and cfg.kafka.group_id == _DEFAULT_GROUP:
+    if args.engine == "faust" and cfg.kafka.group_id == KafkaConfig.group_id:
         # its consumers use Faust's own assignor: sharing a group with the aiokafka engine
         # fails with InconsistentGroupProtocolError
-        cfg.kafka.group_id = f"{_DEFAULT_GROUP}-faust"
+        cfg.kafka.group_id = f"{KafkaConfig.group_id}-faust"
         log.info("faust engine: consumer group %r", cfg.kafka.group_id)
     if args.engine == "faust" and cfg.checkpoint.dir:
         print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka",
               file=sys.stderr)
         return 2
+    from streaming.factory import build_core
+
     core = build_core(cfg, None if args.fresh else args.checkpoint)
     k = cfg.kafka
     from connectors.broker import BrokerError, wait_for_kafka
@@ -362,7 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
     from connectors.kafka_io import make_consumer
-    from connectors.schemas import format_minute
+    from connectors.schemas import decode_alert, format_minute
 
     consumer = make_consumer(args.bootstrap_servers, args.topic, group_id=None,
                              from_beginning=args.from_beginning,
@@ -372,13 +354,11 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     try:
         for msg in consumer:
             try:
-                a = json.loads(msg.value)
-                sensors = ",".join(a.get("sensors", []))
-                ts = format_minute(a.get("ts", 0))
-                print(f"{ts}  {a.get('kind', '?'):<12} {a.get('severity', ''):<8} {sensors:<20} "
-                      f"{a.get('detail', {}).get('text', '')}", flush=True)
-            except (ValueError, AttributeError):
-                print(f"(unreadable alert at offset {msg.offset}): {msg.value[:200]!r}")
+                a = decode_alert(msg.value, f"offset {msg.offset}")
+                print(f"{format_minute(a.ts)}  {a.kind:<12} {a.severity:<8} "
+                      f"{','.join(a.sensors):<20} {a.text}", flush=True)
+            except ValueError as exc:
+                print(f"(unreadable alert at offset {msg.offset}: {exc}): {msg.value[:200]!r}")
             n += 1
             if args.max and n >= args.max:
                 break
@@ -433,7 +413,7 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streaming.demo import run_demo
+    from stfm.demo import run_demo
 
     return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed)
 
@@ -464,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = rp.add_parser("publish", help="publish a recording to Kafka in timestamp order")
     p.add_argument("file")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default="readings")
-    p.add_argument("--events-topic", default="events")
+    p.add_argument("--topic", default=TOPICS.readings)
+    p.add_argument("--events-topic", default=TOPICS.events)
     p.add_argument("--speed", type=float, default=0.0,
                    help="replay factor (1 = real time); 0 = as fast as possible")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
@@ -491,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", help="adjacency CSV (N x N) or edge list for the sensors")
     p.add_argument("--no-graph", dest="graph_layer", action="store_false",
                    help="train without the graph layer")
+    p.add_argument("--config", help="TOML file; its [pretrain] table (flags override it)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any pretrain key, e.g. --set pretrain.mask_ratio=0.4")
     for name, typ in (("epochs", int), ("batch_size", int), ("lr", float), ("d_model", int),
                       ("n_layers", int), ("n_heads", int), ("patch_len", int),
                       ("context_patches", int), ("horizon", int), ("train_rows", int),
@@ -559,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="alerts_command", required=True)
     p = ap_alerts.add_parser("tail", help="print alerts as they arrive")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default="alerts")
+    p.add_argument("--topic", default=TOPICS.alerts)
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--max", type=int, default=0, help="stop after this many alerts")
     p.add_argument("--timeout", type=float, default=0.0,
@@ -569,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "range")
     p.add_argument("file", nargs="?", help="alerts JSON-lines file (else: read the topic)")
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default="alerts")
+    p.add_argument("--topic", default=TOPICS.alerts)
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
     p.add_argument("--from-ts", help="first alert time, by the alerts' own ts (ISO-8601 "

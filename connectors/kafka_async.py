@@ -1,0 +1,122 @@
+"""aiokafka at the edge of the live worker: clients, retries with backoff, batched producing.
+
+The worker's consumer commits manually (offsets only after outputs were acknowledged, or at
+checkpoints) and uses short group timeouts; the producer writes whole record batches per
+partition with Kafka's default partitioner (murmur2), so a key always lands on the same
+partition whichever client produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+
+class TP(NamedTuple):
+    """A topic partition (typed, instead of ``"topic-partition"`` strings)."""
+
+    topic: str
+    partition: int
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached within ``kafka.connect_timeout_s``."""
+
+
+async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
+                backoff_max_s: float, deadline_s: float | None = None,
+                stopped: Callable[[], bool] = lambda: False,
+                on_retry: Callable[[], None] = lambda: None) -> Any:
+    """``await op()`` until it succeeds, backing off from 0.25 s to ``backoff_max_s``;
+    ``deadline_s`` bounds the time (then ``BrokerUnavailable``), None retries until
+    ``stopped()``."""
+    from aiokafka.errors import KafkaError
+
+    t0 = time.monotonic()
+    wait = 0.25
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await op()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            on_retry()
+            spent = time.monotonic() - t0
+            if deadline_s is not None and spent + wait > deadline_s:
+                raise BrokerUnavailable(
+                    f"{what}: broker at {servers} not reachable for {spent:.0f}s "
+                    f"({type(exc).__name__}: {exc})") from None
+            if stopped() and deadline_s is None:
+                raise
+            log.warning("%s failed (attempt %d: %s: %s); retrying in %.2fs", what, attempt,
+                        type(exc).__name__, exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, backoff_max_s)
+
+
+async def start_producer(bootstrap_servers: str) -> Any:
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
+                         max_batch_size=1024 * 1024, acks=1, request_timeout_ms=10_000)
+    try:
+        await p.start()
+    except BaseException:
+        await p.stop()
+        raise
+    return p
+
+
+async def start_consumer(k: Any, topics: list[str], listener: Any) -> Any:
+    """A group consumer with manual commits and short timeouts (``k``: ``KafkaConfig``)."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(
+        bootstrap_servers=k.bootstrap_servers,
+        group_id=k.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
+        max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
+        fetch_max_wait_ms=k.fetch_max_wait_ms, request_timeout_ms=10_000,
+        fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+    try:
+        await c.start()
+        c.subscribe(topics, listener=listener)
+    except BaseException:
+        await c.stop()
+        raise
+    return c
+
+
+async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, bytes]]]) -> None:
+    """Send ``{topic: [(key, value), ...]}`` in whole record batches and wait for the acks."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    futures = []
+    for topic, msgs in messages.items():
+        if not msgs:
+            continue
+        parts = sorted(await producer.partitions_for(topic))
+        by_part: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        if len(parts) == 1:
+            by_part[parts[0]] = list(msgs)
+        else:
+            for key, value in msgs:
+                p = DefaultPartitioner()(key, parts, parts) if key is not None else parts[0]
+                by_part.setdefault(p, []).append((key, value))
+        for p, items in by_part.items():
+            batch = producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"an output message for {topic} is larger than the "
+                                         "producer's max batch size")
+            futures.append(await producer.send_batch(batch, topic, partition=p))
+    if futures:
+        await asyncio.gather(*futures)

@@ -1,0 +1,44 @@
+"""The shape of a forecasting model, defined once: the small model, the backbone, pretraining
+and the online configuration all reuse it (dataclass inheritance), so one validation and one
+set of names serve them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelSize:
+    """Context, horizon and width: what the online configuration's ``[model]`` section holds
+    (the patch length is the patcher's, ``[patching] patch_len``)."""
+
+    context_patches: int = 8        # K: tokens of history per sensor
+    horizon: int = 12               # H: grid points forecast per step
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    dropout: float = 0.0
+
+    def size_errors(self, section: str) -> list[str]:
+        """What is wrong with the shape, each naming its key (``model.d_model ...``)."""
+        bad = [f"{section}.{k} must be > 0, got {getattr(self, k)!r}"
+               for k in ("context_patches", "horizon", "d_model", "n_heads", "n_layers")
+               if getattr(self, k) <= 0]
+        if not bad and self.d_model % self.n_heads:
+            bad.append(f"{section}.d_model must be divisible by {section}.n_heads")
+        if not 0 <= self.dropout < 1:
+            bad.append(f"{section}.dropout must be in [0, 1)")
+        return bad
+
+
+@dataclass
+class ModelShape(ModelSize):
+    """A model's whole shape: its size plus the grid points per token."""
+
+    patch_len: int = 12
+
+    def shape_errors(self, section: str) -> list[str]:
+        bad = self.size_errors(section)
+        if self.patch_len <= 0:
+            bad.insert(0, f"{section}.patch_len must be > 0, got {self.patch_len!r}")
+        return bad

@@ -1,0 +1,247 @@
+"""The alert gate: every alert of every kind is decided and built here.
+
+Detectors say what they see, per sensor and step (``Evidence``); the gate decides what
+becomes an ``Alert``, per kind (``GateRule``): a threshold on the evidence's score, a warm-up
+(scored steps before a sensor may fire), hysteresis (after an alert a sensor re-arms only once
+its score fell below ``clear``), a cooldown (the earliest next alert on a sensor is
+``min_gap_steps`` after the last), and a graph merge (sensors that fire in the same step and
+are linked within ``merge_hops`` edges through other firing sensors become one regional
+alert). It then names the events that coincide with an alert on its sensors ("coincides with
+roadworks on s012"). One incident gives one alert, not one per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from connectors.schemas import Alert
+from streaming.config import StreamConfig
+
+
+@dataclass
+class Evidence:
+    """What a detector saw on one sensor at one step."""
+
+    score: float                  # in the kind's units (anomaly: [0, 1]; drift: z)
+    detector: str
+    statistic: str
+    text: str                     # why, in words
+    severity: str | None = None   # None: from the rule's ``critical`` score
+    detail: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None        # alert id (default ``kind:sensor:step``)
+
+
+@dataclass
+class GateRule:
+    """When evidence of one kind becomes an alert."""
+
+    threshold: float = -math.inf  # evidence score that fires
+    clear: float | None = None    # hysteresis: re-arm below this (None: no hysteresis)
+    critical: float = math.inf    # score of a "critical" alert
+    min_gap_steps: int = 0        # earliest next alert on a sensor: this many steps later
+    merge_hops: int = 0           # firing graph neighbours join one regional alert
+    warmup_steps: int = 0         # scored steps per sensor before it may fire
+    score_in_text: bool = False   # the text starts "<kind> score x >= threshold on s"
+
+
+def rules(cfg: StreamConfig) -> dict[str, GateRule]:
+    """The gate's rule per alert kind, from ``[alerts]``."""
+    a = cfg.alerts
+    return {
+        "anomaly": GateRule(threshold=a.anomaly_threshold, clear=a.anomaly_clear,
+                            critical=a.anomaly_critical, min_gap_steps=a.anomaly_cooldown_steps,
+                            merge_hops=a.merge_hops, score_in_text=True),
+        # a drift alert blocks its sensor for the next drift_cooldown_steps steps
+        "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1),
+        "data-quality": GateRule(),
+    }
+
+
+class AlertGate:
+    """Per kind and sensor gating, graph merging, event naming (see module docstring)."""
+
+    def __init__(self, cfg: StreamConfig, edge_index: np.ndarray | None = None,
+                 sensors: list[str] | None = None) -> None:
+        self.cfg = cfg
+        self.rules = rules(cfg)
+        self.neighbours: dict[str, set[str]] = {}
+        if edge_index is not None and sensors is not None:
+            ei = np.asarray(edge_index).reshape(2, -1)
+            for a, b in ei.T.tolist():
+                if a != b:
+                    self.neighbours.setdefault(sensors[a], set()).add(sensors[b])
+                    self.neighbours.setdefault(sensors[b], set()).add(sensors[a])
+        self.seen: dict[str, dict[str, int]] = {k: {} for k in self.rules}
+        self.last: dict[str, dict[str, int]] = {k: {} for k in self.rules}
+        self.disarmed: dict[str, set[str]] = {k: set() for k in self.rules}
+        self.events: deque[dict[str, Any]] = deque()   # accepted events, for naming
+        p = cfg.patching
+        self._step_ms = p.interval_ms * p.patch_len
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def update(self, kind: str, step: int | None, ts: int, evidence: dict[str, Evidence],
+               sensors: list[str] | None = None, scores: np.ndarray | None = None
+               ) -> list[Alert]:
+        """The alerts of one kind at one step. ``evidence`` holds what the detectors saw on
+        the sensors that may fire; ``scores`` (aligned with ``sensors``; NaN = not scored)
+        the kind's score of every sensor, when warm-up or hysteresis need all of them."""
+        if kind not in self.rules:
+            raise ValueError(f"alert gate: unknown alert kind {kind!r} "
+                             f"(known: {', '.join(self.rules)})")
+        rule = self.rules[kind]
+        seen, last, disarmed = self.seen[kind], self.last[kind], self.disarmed[kind]
+        if scores is None:
+            pairs = [(s, e.score) for s, e in evidence.items()]
+        else:
+            if sensors is None or len(sensors) != len(scores):
+                raise ValueError(f"alert gate: {kind} scores must align with its sensors")
+            pairs = list(zip(sensors, np.asarray(scores, np.float64).tolist(), strict=True))
+        firing: dict[str, float] = {}
+        for s, v in pairs:
+            if v != v:      # NaN: not scored
+                continue
+            seen[s] = seen.get(s, 0) + 1
+            if s in disarmed:
+                if rule.clear is not None and v < rule.clear:
+                    disarmed.discard(s)
+                continue
+            if (v >= rule.threshold and seen[s] > rule.warmup_steps
+                    and (step is None or s not in last
+                         or step - last[s] >= rule.min_gap_steps)
+                    and s in evidence):
+                firing[s] = v
+        alerts = []
+        for group in self._regions(list(firing), rule.merge_hops):
+            top = max(group, key=lambda s: firing[s])
+            for s in group:
+                if step is not None:
+                    last[s] = step
+                if rule.clear is not None:
+                    disarmed.add(s)
+            alerts.append(self._build(kind, rule, step, ts, group, top, firing, evidence))
+        return alerts
+
+    def report(self, kind: str, step: int | None, ts: int, sensors: list[str],
+               evidence: Evidence) -> Alert:
+        """One alert for a group its producer already decided on (data quality: a rolled
+        back update, a sensor stamping readings ahead, a non-finite forecast)."""
+        if kind not in self.rules:
+            raise ValueError(f"alert gate: unknown alert kind {kind!r}")
+        top = sensors[0] if sensors else ""
+        return Alert(id=evidence.key or f"{kind}:{top}:{step}", kind=kind,
+                     sensors=list(sensors), ts=int(ts),
+                     step=None if step is None else int(step),
+                     severity=evidence.severity or "warning", detector=evidence.detector,
+                     statistic=evidence.statistic, text=evidence.text,
+                     detail=dict(evidence.detail))
+
+    def _build(self, kind: str, rule: GateRule, step: int | None, ts: int, group: list[str],
+               top: str, firing: dict[str, float], evidence: dict[str, Evidence]) -> Alert:
+        ev = evidence[top]
+        score = firing[top]
+        if rule.score_in_text:
+            text = f"{kind} score {score:.3f} >= {rule.threshold:g} on {top}"
+            if len(group) > 1:
+                text += f" and {len(group) - 1} graph neighbour(s)"
+            if ev.text:
+                text += f": {ev.text}"
+            detail: dict[str, Any] = {
+                "scores": {s: round(firing[s], 6) for s in group}, "threshold": rule.threshold,
+                "explained": {s: {**evidence[s].detail, "text": evidence[s].text}
+                              for s in group}}
+            severity = ev.severity or ("critical" if score >= rule.critical else "warning")
+            out_score: float | None = round(score, 6)
+        else:
+            text, detail = ev.text, dict(ev.detail)
+            severity = ev.severity or ("critical" if score >= rule.critical else "warning")
+            out_score = None
+        return Alert(id=ev.key or f"{kind}:{top}:{step}", kind=kind, sensors=group, ts=int(ts),
+                     step=None if step is None else int(step), severity=severity,
+                     detector=ev.detector, statistic=ev.statistic, text=text, score=out_score,
+                     region=f"region:{top}" if len(group) > 1 else None, detail=detail)
+
+    def _regions(self, firing: list[str], hops: int) -> list[list[str]]:
+        """Connected groups of firing sensors (linked within ``hops`` graph hops)."""
+        if hops == 0:
+            return [[s] for s in firing]
+        left = set(firing)
+        out = []
+        for s in firing:
+            if s not in left:
+                continue
+            group, frontier = [s], [s]
+            left.discard(s)
+            while frontier:
+                nxt = []
+                for u in frontier:
+                    for v in self._within(u, hops):
+                        if v in left:
+                            left.discard(v)
+                            group.append(v)
+                            nxt.append(v)
+                frontier = nxt
+            out.append(sorted(group))
+        return out
+
+    def _within(self, s: str, hops: int) -> set[str]:
+        reach, frontier = set(), {s}
+        for _ in range(hops):
+            frontier = {v for u in frontier for v in self.neighbours.get(u, ())} - reach - {s}
+            reach |= frontier
+        return reach
+
+    # --- events -------------------------------------------------------------------------
+
+    def log_event(self, ev: dict[str, Any], sensor: str) -> None:
+        """Remember an accepted event on ``sensor`` so that alerts there can name it."""
+        attrs = ev.get("attrs") or {}
+        dur = attrs.get("duration_ms")
+        if dur is None and "duration_steps" in attrs:
+            dur = attrs["duration_steps"] * self.cfg.patching.interval_ms
+        self.events.append({"type": ev.get("type"), "ts": int(ev["ts"]), "sensor": sensor,
+                            "duration_ms": int(dur or 0), **({"attrs": attrs} if attrs else {})})
+
+    def name_events(self, alerts: list[Alert], now_ts: int) -> None:
+        """Attach the events that coincide with each alert on the same sensors: an event
+        whose span (plus ``alerts.event_window_steps`` steps) covers the alert's time, or,
+        for the seasonal reference, the time one season earlier. Events too old to matter
+        are forgotten."""
+        step_ms = self._step_ms
+        win = self.cfg.alerts.event_window_steps * step_ms
+        season = self.cfg.drift.season_ms
+        keep_ms = win + max(season, step_ms * self.cfg.model.context_patches) + step_ms
+        log = self.events
+        while log and log[0]["ts"] + log[0]["duration_ms"] + keep_ms < now_ts:
+            log.popleft()
+        if not log:
+            return
+        for a in alerts:
+            lags = (0, season) if a.statistic == "seasonal_residual" and season else (0,)
+            sensors = set(a.sensors)
+            hits = [ev for ev in log if ev["sensor"] in sensors and any(
+                ev["ts"] - step_ms <= a.ts - lag <= ev["ts"] + ev["duration_ms"] + win
+                for lag in lags)]
+            if hits:
+                a.events = hits
+                names = ", ".join(f"{ev['type']} on {ev['sensor']}" for ev in hits[:3])
+                a.text = f"{a.text}; coincides with {names}".lstrip("; ")
+
+    # --- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": {k: dict(v) for k, v in self.seen.items()},
+                "last": {k: dict(v) for k, v in self.last.items()},
+                "disarmed": {k: sorted(v) for k, v in self.disarmed.items()},
+                "events": list(self.events)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = {k: {str(s): int(n) for s, n in v.items()} for k, v in state["seen"].items()}
+        self.last = {k: {str(s): int(n) for s, n in v.items()} for k, v in state["last"].items()}
+        self.disarmed = {k: set(v) for k, v in state["disarmed"].items()}
+        self.events = deque(state["events"])

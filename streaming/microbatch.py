@@ -1,0 +1,176 @@
+"""One micro-batch through the online core: raw messages in, encoded outputs out.
+
+``process_records`` is what every driver runs per batch (the aiokafka worker, the Faust
+agent, the throughput benchmark): validate the messages at the edge, apply the batch to the
+region's core, and encode forecasts, alerts and dead letters (one per bad input message,
+keyed ``topic:partition:offset``). Nothing here touches Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from connectors.schemas import (
+    DeadLetter,
+    EventBatch,
+    decode_events,
+    decode_readings,
+    encode_alert,
+)
+from streaming.config import StreamConfig
+from streaming.core import CoreOutput, ForecastBlock, StreamCore
+
+
+@dataclass
+class Record:
+    """A raw input message, independent of the Kafka client that fetched it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int = 0
+
+
+@dataclass
+class Outputs:
+    """Encoded output messages of one batch: ``(key, value)`` per topic."""
+
+    forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class WorkerStats:
+    messages: int = 0
+    readings_accepted: int = 0
+    events_accepted: int = 0
+    forecasts: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.time)
+    last_processed: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    checkpoints: int = 0
+    restored_from: str | None = None
+    retries: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["uptime_s"] = round(time.time() - self.started, 3)
+        return d
+
+
+def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
+    """One ``forecasts`` message per sensor, keyed ``sensor:step:model_version``: a replayed
+    range reproduces the same keys, so consumers deduplicate by key."""
+    horizon = block.horizon_ts.tolist()
+    yhat = np.round(block.yhat, 6).tolist()
+    out = []
+    dumps = orjson.dumps
+    for s, y in zip(block.sensors, yhat, strict=True):
+        out.append((f"{s}:{block.step}:{block.model_version}".encode(), dumps({
+            "sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon, "yhat": y,
+            "model_version": block.model_version})))
+    return out
+
+
+def apply_torch_threads(cfg: StreamConfig) -> None:
+    """Set torch's intra-op threads as configured (1 by default: the worker's tensors are
+    small, and extra threads fight the fetch loop for 2 cores)."""
+    import torch
+
+    if cfg.model.torch_threads > 0:
+        torch.set_num_threads(cfg.model.torch_threads)
+
+
+def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
+                    stats: WorkerStats | None = None,
+                    active_partitions: set[int] | None = None,
+                    now_ms: int | None = None) -> tuple[Outputs, CoreOutput]:
+    """Validate a micro-batch, run it through the core and encode every output.
+
+    Every message that cannot be used becomes one dead letter with its reason(s), keyed
+    ``topic:partition:offset``. ``active_partitions`` are the readings partitions with data
+    still to come (the event-time clock waits for them); ``now_ms`` is processing time (live
+    only: a reading stamped further ahead of it than ``patching.max_future_ms`` is
+    ``future``).
+    """
+    if active_partitions is not None:
+        core.set_partitions(active_partitions)
+    known = core.known_sensors()
+    kcfg = cfg.kafka
+    rd = [r for r in records if r.topic != kcfg.events_topic]
+    ev = [r for r in records if r.topic == kcfg.events_topic]
+    readings, dead = decode_readings(
+        [r.value for r in rd], known_sensors=known, topic=kcfg.readings_topic,
+        partitions=[r.partition for r in rd], offsets=[r.offset for r in rd],
+        keys=[r.key for r in rd])
+
+    def handle(i: int) -> tuple:
+        r = rd[int(readings.source[i])]
+        return DeadLetter(r.value, "", r.topic, r.partition, r.offset, r.key).handle()
+
+    readings.refs = handle
+    events = EventBatch()
+    if ev:
+        events, dead_ev = decode_events(
+            [r.value for r in ev], known_sensors=known, topic=kcfg.events_topic,
+            partitions=[r.partition for r in ev], offsets=[r.offset for r in ev],
+            keys=[r.key for r in ev])
+        dead.extend(dead_ev)
+    accepted = core.patcher.stats.accepted
+    core_out = core.process(readings, events, now_ms=now_ms)
+    for i, reason in core_out.rejected_readings:
+        r = rd[int(readings.source[i])]
+        dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
+    for i, reason in core_out.rejected_events:
+        r = ev[events.source[i]]
+        dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
+    for h, reason in core_out.rejected_held:
+        if h is not None:
+            dead.append(DeadLetter.from_handle(h, reason))
+    out = Outputs()
+    for block in core_out.forecasts:
+        out.forecasts.extend(encode_forecasts(block))
+    for a in core_out.alerts:
+        out.alerts.append((a.id.encode(), encode_alert(a)))
+    for d in _one_per_message(dead):
+        out.dead_letters.append((d.unique_key(), d.to_message()))
+    if stats is not None:
+        stats.messages += len(records)
+        stats.readings_accepted += core.patcher.stats.accepted - accepted
+        stats.events_accepted += len(events) - len(core_out.rejected_events)
+        stats.forecasts += len(out.forecasts)
+        stats.alerts += len(out.alerts)
+        stats.dead_letters += len(out.dead_letters)
+        stats.batches += 1
+        stats.last_processed = time.time()
+    return out, core_out
+
+
+def _one_per_message(dead: list[DeadLetter]) -> list[DeadLetter]:
+    """One dead letter per input message: the channels of a multichannel reading rejected
+    for different reasons share one, with the reasons joined."""
+    seen: dict[tuple[str, int | None, int | None], DeadLetter] = {}
+    out: list[DeadLetter] = []
+    for d in dead:
+        if d.partition is None or d.offset is None:
+            out.append(d)
+            continue
+        k = (d.topic, d.partition, d.offset)
+        first = seen.get(k)
+        if first is None:
+            seen[k] = d
+            out.append(d)
+        elif d.reason not in first.reason:
+            first.reason = f"{first.reason}; {d.reason}"
+    return out

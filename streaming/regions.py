@@ -1,0 +1,84 @@
+"""Regions: one readings partition = one region = one ``StreamCore`` (model, state, alerts).
+
+A region is created on first data or assignment, restored from its newest checkpoint (unless
+the worker starts over with ``--from-beginning``), and dropped when its partition leaves the
+worker. Events go to the region of the same partition number (co-partitioned topics), else to
+the region that knows the event's sensor, else to the first region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+
+from streaming.checkpointing import Checkpointer
+from streaming.core import StreamCore
+from streaming.microbatch import Record
+
+
+class Regions:
+    """The cores of the readings partitions this worker owns."""
+
+    def __init__(self, checkpointer: Checkpointer, core: StreamCore | None = None,
+                 core_factory: Callable[[], StreamCore] | None = None) -> None:
+        if core is None and core_factory is None:
+            raise ValueError("a worker needs a core or a core_factory")
+        self.checkpointer = checkpointer
+        self.cores: dict[int, StreamCore] = {}
+        self.restore = True                   # False: start over, ignoring checkpoints
+        self.restored_from: str | None = None
+        self._spare = core
+        self._factory = core_factory
+
+    def get(self, partition: int) -> StreamCore:
+        """The core of a readings partition: restored from its checkpoint, or new."""
+        core = self.cores.get(partition)
+        if core is not None:
+            return core
+        if self._spare is not None:
+            core, self._spare = self._spare, None
+        elif self._factory is not None:
+            core = self._factory()
+        else:
+            raise ValueError(f"this worker owns readings partition {partition} besides "
+                             "another one: give it a core_factory")
+        if self.restore:
+            self.restored_from = self.checkpointer.restore(partition, core) or self.restored_from
+        else:
+            self.checkpointer.started(partition, core)
+        self.cores[partition] = core
+        return core
+
+    def drop(self, partition: int) -> None:
+        self.cores.pop(partition, None)
+        self.checkpointer.forget(partition)
+
+    def split(self, batch: dict[tuple[str, int], list[Record]], events_topic: str
+              ) -> dict[int, list[Record]]:
+        """A fetched batch by region: each readings partition's records, plus the events
+        routed to it."""
+        by_part: dict[int, list[Record]] = {}
+        events: list[Record] = []
+        for (topic, partition), recs in batch.items():
+            if topic == events_topic:
+                events.extend(recs)
+            else:
+                by_part.setdefault(partition, []).extend(recs)
+        for p in by_part:
+            self.get(p)
+        for r in events:
+            by_part.setdefault(self._event_region(r), []).append(r)
+        return by_part
+
+    def _event_region(self, r: Record) -> int:
+        if r.partition in self.cores or not self.cores:
+            return r.partition
+        try:
+            sensor = orjson.loads(r.value).get("sensor")
+        except (orjson.JSONDecodeError, AttributeError):
+            sensor = None
+        for p, core in sorted(self.cores.items()):
+            if isinstance(sensor, str) and core.knows(sensor):
+                return p
+        return min(self.cores)

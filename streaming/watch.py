@@ -1,0 +1,51 @@
+"""Watching the input partitions: lag, which still have data to come, and whether a group
+resumed at the end of everything (said once, loudly: a second ``stfm run`` in the same group
+otherwise processes nothing in silence)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def active_partitions(consumer: Any, batch: dict[Any, list[Any]],
+                            events_topic: str) -> set[int]:
+    """Readings partitions with data still to come: in this batch or not caught up."""
+    active = {tp.partition for tp in batch if tp.topic != events_topic}
+    for tp in consumer.assignment():
+        if tp.topic == events_topic or tp.partition in active:
+            continue
+        hw = consumer.highwater(tp)
+        if hw is None or await consumer.position(tp) < hw:
+            active.add(tp.partition)
+    return active
+
+
+async def lag(consumer: Any) -> dict[str, int]:
+    """Messages behind the end, per assigned ``topic-partition``."""
+    out = {}
+    for tp in consumer.assignment():
+        hw = consumer.highwater(tp)
+        pos = await consumer.position(tp)
+        out[f"{tp.topic}-{tp.partition}"] = max(0, (hw or 0) - pos)
+    return out
+
+
+async def at_end(consumer: Any, k: Any) -> str | None:
+    """The message to say when every assigned readings partition was resumed at its end
+    (call before anything was processed; ``k``: ``KafkaConfig``), else None."""
+    tps = [tp for tp in consumer.assignment() if tp.topic == k.readings_topic]
+    if not tps:
+        return None
+    ends = []
+    for tp in tps:
+        hw = consumer.highwater(tp)     # known once a fetch answered for the partition
+        if hw is None or hw == 0:
+            return None
+        pos = await consumer.position(tp)   # nothing processed yet: where we resumed
+        if pos < hw:
+            return None
+        ends.append(f"{tp.topic}-{tp.partition} at offset {pos} of {hw}")
+    return (f"nothing to read: consumer group {k.group_id!r} already processed "
+            f"{', '.join(ends)} (its committed offsets or checkpoints are at the end). To "
+            "process the topic again start over with `stfm run --from-beginning` (fresh "
+            "state) or use another `--group-id`.")
