@@ -24,7 +24,7 @@ from models.adapter import Adapter
 from models.attention import KVCache, TemporalBlock
 from models.embedding import PatchEmbedding
 from models.graph import GraphLayer
-from models.shape import ModelShape
+from models.shape import ModelShape, last_observed
 
 EPOCH_DAY_OF_WEEK = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
@@ -147,10 +147,14 @@ class STBackbone(nn.Module):
             self.cfg.adapter_dim = bottleneck
 
     def forecast(self, h: Tensor, x: Tensor, mask: Tensor) -> Tensor:
-        """Next ``horizon`` points after each token ``[S, N, T, H]``, anchored at the mean of
-        the token's own observed points (a level that needs no look at other tokens)."""
-        m = mask.to(x.dtype)
-        anchor = (x * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+        """Next ``horizon`` points after each token ``[S, N, T, H]``: a correction of the last
+        observed value up to the token (``base = "persistence"``; a zero head forecasts
+        persistence exactly) or of the mean of the token's own points (``"mean"``)."""
+        if self.cfg.base == "persistence":
+            anchor = last_observed(x, mask)
+        else:
+            m = mask.to(x.dtype)
+            anchor = (x * m).sum(-1) / m.sum(-1).clamp_min(1.0)
         return self.forecast_head(h) + anchor[..., None]
 
     def reconstruct(self, h: Tensor) -> Tensor:

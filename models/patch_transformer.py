@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from models.embedding import PatchEmbedding
 from models.revin import RevIN
-from models.shape import ModelShape
+from models.shape import ModelShape, last_observed
 
 
 @dataclass
@@ -24,8 +24,9 @@ class PatchTransformer(nn.Module):
     """Forecast the next ``horizon`` points of each series from its last K patches.
 
     Causal attention over patch tokens, the last token's state feeds a linear forecast head.
-    The head starts at zero, so an untrained model forecasts the window mean (RevIN location)
-    and online learning refines it.
+    The head starts at zero, so an untrained model forecasts its base exactly: the last
+    observed value (``base = "persistence"``: the head learns a correction of persistence in
+    units of the window's scale) or the window mean (``"mean"``, RevIN's location).
     """
 
     def __init__(self, cfg: PatchTransformerConfig) -> None:
@@ -67,4 +68,7 @@ class PatchTransformer(nn.Module):
         h = self.embed(z, mask, side) + self.pos[-k:]
         h = self.encoder(h, mask=self.causal_mask[:k, :k])
         emb = self.norm(h[:, -1])
-        return RevIN.inverse(self.head(emb), loc, scale), emb
+        out = self.head(emb)
+        if self.cfg.base == "persistence":   # a correction of the last observed value
+            return last_observed(x, mask)[:, -1:] + out * scale, emb
+        return RevIN.inverse(out, loc, scale), emb

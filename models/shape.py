@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 
 @dataclass
 class ModelSize:
@@ -31,14 +34,36 @@ class ModelSize:
         return bad
 
 
+BASES = ("mean", "persistence")
+
+
 @dataclass
 class ModelShape(ModelSize):
-    """A model's whole shape: its size plus the grid points per token."""
+    """A model's whole shape: its size, the grid points per token, and what its forecast
+    corrects: ``persistence`` (the last observed value; a zero head forecasts exactly that)
+    or ``mean`` (the window's mean level: the first versions' models)."""
 
     patch_len: int = 12
+    base: str = "mean"
 
     def shape_errors(self, section: str) -> list[str]:
         bad = self.size_errors(section)
         if self.patch_len <= 0:
             bad.insert(0, f"{section}.patch_len must be > 0, got {self.patch_len!r}")
+        if self.base not in BASES:
+            bad.append(f"{section}.base must be one of {', '.join(BASES)}, got {self.base!r}")
         return bad
+
+
+def last_observed(x: Tensor, mask: Tensor) -> Tensor:
+    """The last observed value up to the end of each token, carried forward over tokens
+    with no observation (0, the normalized mean, before any): ``[..., T, P]`` →
+    ``[..., T]``. The persistence forecast a ``persistence``-based model corrects."""
+    p, t = x.shape[-1], x.shape[-2]
+    pos = torch.where(mask, torch.arange(p, device=x.device), -1).amax(-1)   # [..., T]
+    in_token = torch.gather(x, -1, pos.clamp_min(0)[..., None])[..., 0]
+    have = pos >= 0
+    tok = torch.where(have, torch.arange(t, device=x.device), -1)
+    last_tok = torch.cummax(tok, dim=-1).values
+    carried = torch.gather(in_token, -1, last_tok.clamp_min(0))
+    return torch.where(last_tok >= 0, carried, torch.zeros_like(carried))

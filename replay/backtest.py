@@ -56,6 +56,7 @@ class BacktestResult:
     score_raw: dict[str, np.ndarray] = field(default_factory=dict)  # component statistics
     statistics: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
     # ^ what the drift monitors were fed per step (kept with ``keep_statistics``)
+    experts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [F, N, H]
 
     def scored(self, from_row: int = 0) -> np.ndarray:
         """Forecast blocks counted in the metrics: made at or after ``from_row`` and with
@@ -73,6 +74,49 @@ class BacktestResult:
                 "mse": float(np.sum(err[ok] ** 2) / n) if n else float("nan"),
                 "mae": float(np.sum(np.abs(err[ok])) / n) if n else float("nan"),
                 "steps_per_s": len(self.steps) / self.seconds if self.seconds else 0.0}
+
+    def by_horizon(self, from_row: int = 0) -> dict[str, dict[str, list[float | None]]]:
+        """MAE and MSE per horizon point of the served forecast and of every expert, on the
+        points where the served forecast is scored and that expert forecast, and each one's
+        MAE as a share of persistence's on the same points."""
+        sel = self.scored(from_row)
+        truth = self.truth[sel].astype(np.float64)
+        cols = {"served": self.yhat, **self.experts}
+        out: dict[str, dict[str, list[float | None]]] = {}
+        pers = self.experts.get("persistence")
+        for name, arr in cols.items():
+            err = arr[sel].astype(np.float64) - truth
+            ok = ~np.isnan(err)
+            n = ok.sum(axis=(0, 1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mae = np.where(ok, np.abs(err), 0).sum(axis=(0, 1)) / n
+                mse = np.where(ok, err ** 2, 0).sum(axis=(0, 1)) / n
+                row = {"mae": _nan_none(mae), "mse": _nan_none(mse), "points": n.tolist()}
+                if pers is not None:
+                    both = ok & ~np.isnan(pers[sel])
+                    pe = np.abs(pers[sel].astype(np.float64) - truth)
+                    ratio = (np.where(both, np.abs(err), 0).sum(axis=(0, 1))
+                             / np.where(both, pe, 0).sum(axis=(0, 1)))
+                    row["mae_vs_persistence"] = _nan_none(ratio)
+            out[name] = row
+        return out
+
+    def points(self, from_row: int = 0) -> dict[str, np.ndarray]:
+        """Every realized forecast point as columns: sensor, step, horizon index, ts of the
+        forecast point, served forecast, truth and each expert's forecast."""
+        sel = self.scored(from_row)
+        f, n, h = len(sel), len(self.sensors), self.yhat.shape[2] if self.yhat.ndim == 3 else 0
+        keep = ~np.isnan(self.truth[sel]) & ~np.isnan(self.yhat[sel])
+        fi, si, hi = np.nonzero(keep)
+        interval = (int(np.median(np.diff(self.ts))) // max(h, 1)) if len(self.ts) > 1 else 0
+        out = {"sensor": np.asarray(self.sensors, dtype=object)[si],
+               "step": self.steps[sel][fi], "h": hi.astype(np.int64),
+               "ts": self.ts[sel][fi] + hi * interval if h else np.zeros(0, np.int64),
+               "forecast": self.yhat[sel][fi, si, hi], "truth": self.truth[sel][fi, si, hi]}
+        for name, arr in self.experts.items():
+            out[name] = arr[sel][fi, si, hi]
+        del f, n
+        return out
 
     def curve(self, from_row: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Timestamps and the cumulative MSE and MAE after each scored step."""
@@ -113,7 +157,8 @@ def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
 
 def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
              batch_rows: int = 0, start_row: int = 0, end_row: int | None = None,
-             progress: bool = True, keep_statistics: bool = False) -> BacktestResult:
+             progress: bool = True, keep_statistics: bool = False,
+             keep_experts: bool = True) -> BacktestResult:
     """Feed rows ``[start_row, end_row)`` of ``rec`` through ``core`` and collect its output.
 
     ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows).
@@ -137,6 +182,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     s_blocks: list[Any] = []
     statistics: list[tuple[int, dict[str, np.ndarray]]] = []
     rej_r = rej_e = 0
+    ex_blocks: list[dict[str, np.ndarray]] = []
     bar = tqdm(total=end_row - start_row, desc=f"backtest ({feedback})", unit="row",
                disable=not progress, mininterval=0.5)
     t0 = time.perf_counter()
@@ -174,6 +220,8 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
                   else np.arange(len(block.sensors), dtype=np.int64))
             yhats.append((at, block.yhat.astype(np.float32)))
             truths.append(y.astype(np.float32))
+            if keep_experts:
+                ex_blocks.append({e: v.astype(np.float32) for e, v in block.experts.items()})
             versions.append(block.model_version)
             if feedback == "immediate":
                 core.feedback(block.step, y)
@@ -186,6 +234,12 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     for f, ((at, yh), tr) in enumerate(zip(yhats, truths, strict=True)):
         yhat_all[f, at] = yh       # a sensor has forecasts from its first reading on
         truth_all[f, at] = tr
+    experts = {}
+    for e in (ex_blocks[0] if ex_blocks else {}):
+        arr = np.full((len(yhats), n, h), np.nan, np.float32)
+        for f, ((at, _), blk) in enumerate(zip(yhats, ex_blocks, strict=True)):
+            arr[f, at] = blk[e]
+        experts[e] = arr
 
     def stack_scores(get: Any) -> np.ndarray:
         mat = np.full((len(s_blocks), n), np.nan, np.float32)
@@ -206,7 +260,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         score_components={c: stack_scores(lambda sb, c=c: sb.components.get(c))
                           for c in names},
         score_raw={c: stack_scores(lambda sb, c=c: sb.raw.get(c)) for c in names},
-        statistics=statistics)
+        statistics=statistics, experts=experts)
 
 
 def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
@@ -214,14 +268,19 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
     """``report.json``, ``per_sensor.csv``, ``alerts.jsonl``, ``curve.csv`` and two PNGs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    per_h = res.by_horizon(from_row)
+    pers = res.experts.get("persistence")
     summary = {"title": title, **res.metrics(from_row),
+               "mae_vs_persistence": _ratio(res, pers, from_row),
+               "experts": {e: _summary_metrics(res, arr, from_row)
+                           for e, arr in res.experts.items()},
+               "by_horizon": per_h,
                "forecast_blocks": int(len(res.steps)), "alerts": len(res.alerts),
                "alerts_by_kind": _count(a.get("kind", "?") for a in res.alerts),
                "first_model_version": res.versions[0] if res.versions else None,
                "last_model_version": res.versions[-1] if res.versions else None,
                "rejected_readings": res.rejected_readings,
                "rejected_events": res.rejected_events, "seconds": res.seconds}
-    (out / "report.json").write_text(to_json(summary, indent=2))
     per = res.per_sensor(from_row)
     with open(out / "per_sensor.csv", "w") as f:
         f.write("sensor,points,mse,mae\n")
@@ -235,8 +294,45 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
         f.write("ts,cumulative_mse,cumulative_mae\n")
         for t, a, b in zip(ts.tolist(), mse.tolist(), mae.tolist(), strict=True):
             f.write(f"{t},{a:.6g},{b:.6g}\n")
+    summary["points_file"] = _write_points(res.points(from_row), out)
+    (out / "report.json").write_text(to_json(summary, indent=2))
     _plots(res, out, from_row, plot_sensors, title)
     return summary
+
+
+def _nan_none(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, np.float64)]
+
+
+def _summary_metrics(res: BacktestResult, arr: np.ndarray, from_row: int) -> dict[str, Any]:
+    sel = res.scored(from_row)
+    err = (arr[sel] - res.truth[sel]).astype(np.float64)
+    ok = ~np.isnan(err)
+    n = int(ok.sum())
+    return {"points": n, "mae": float(np.abs(err[ok]).mean()) if n else None,
+            "mse": float((err[ok] ** 2).mean()) if n else None}
+
+
+def _ratio(res: BacktestResult, pers: np.ndarray | None, from_row: int) -> float | None:
+    """The served forecast's MAE over persistence's, on the points both forecast."""
+    if pers is None:
+        return None
+    sel = res.scored(from_row)
+    a = np.abs(res.yhat[sel] - res.truth[sel]).astype(np.float64)
+    b = np.abs(pers[sel] - res.truth[sel]).astype(np.float64)
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    return float(a[ok].sum() / b[ok].sum()) if ok.any() and b[ok].sum() > 0 else None
+
+
+def _write_points(cols: dict[str, np.ndarray], out: Path) -> str:
+    """Every realized forecast point: ``points.parquet`` (pyarrow), one row per point."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({k: pa.array(v.tolist() if v.dtype == object else v)
+                      for k, v in cols.items()})
+    pq.write_table(table, out / "points.parquet")
+    return "points.parquet"
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -255,16 +351,19 @@ def _plots(res: BacktestResult, out: Path, from_row: int, n_sensors: int, title:
     ts, mse, mae = res.curve(from_row)
     sel = res.scored(from_row)
     err = (res.yhat[sel] - res.truth[sel]).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        step_mse = np.nanmean(err**2, axis=(1, 2))
     hours = (ts - ts[0]) / 3.6e6 if len(ts) else ts
     fig, ax = plt.subplots(figsize=(10, 4))
     if len(ts):
-        w = max(1, len(step_mse) // 200)
-        smooth = np.convolve(np.nan_to_num(step_mse), np.ones(w) / w, mode="same")
-        ax.plot(hours, smooth, lw=0.8, alpha=0.6, label=f"step MSE (moving mean of {w})")
-        ax.plot(hours, mse, lw=1.5, label="cumulative MSE")
-        ax.plot(hours, mae, lw=1.5, label="cumulative MAE")
+        ax.plot(hours, mae, lw=1.6, color="tab:blue", label="served forecast")
+        for name, arr in res.experts.items():
+            e = np.abs(arr[sel] - res.truth[sel]).astype(np.float64)
+            ok = ~np.isnan(e)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cum = np.cumsum(np.where(ok, e, 0).sum(axis=(1, 2))) / np.cumsum(
+                    ok.sum(axis=(1, 2)))
+            style = ({"lw": 1.4, "color": "black", "ls": "--"} if name == "persistence"
+                     else {"lw": 0.7, "alpha": 0.6})
+            ax.plot(hours, cum, label=name, **style)
         kinds = {}
         for a in res.alerts:
             x = (int(a["ts"]) - ts[0]) / 3.6e6
@@ -274,9 +373,9 @@ def _plots(res: BacktestResult, out: Path, from_row: int, n_sensors: int, title:
         for k, line in kinds.items():
             line.set_label(f"{k} alert")
     ax.set_xlabel("hours since the first scored forecast")
-    ax.set_ylabel("error (input scale)")
-    ax.set_title(f"{title}: online error")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylabel("cumulative MAE (input scale)")
+    ax.set_title(f"{title}: served forecast vs persistence and the other experts")
+    ax.legend(loc="upper right", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "error_over_time.png", dpi=110)
     plt.close(fig)

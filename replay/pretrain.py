@@ -44,6 +44,7 @@ class PretrainConfig(ModelShape):
 
     d_model: int = 64
     dropout: float = 0.1
+    base: str = "persistence"
     lap_pe_dim: int = 8
     graph: bool = True
     epochs: int = 20
@@ -216,7 +217,8 @@ def build_model(rec: Recording, cfg: PretrainConfig) -> tuple[STBackbone, dict[s
     mcfg = STBackboneConfig(
         patch_len=cfg.patch_len, context_patches=cfg.context_patches, horizon=cfg.horizon,
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-        steps_per_day=int(per_day) if per_day >= 2 else 0, num_nodes=rec.n_sensors,
+        base=cfg.base, steps_per_day=int(per_day) if per_day >= 2 else 0,
+        num_nodes=rec.n_sensors,
         lap_pe_dim=cfg.lap_pe_dim if has_graph else 0, graph=has_graph)
     torch.manual_seed(cfg.seed)
     model = STBackbone(mcfg)

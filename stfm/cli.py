@@ -74,6 +74,14 @@ def load_config(args: argparse.Namespace) -> Any:
 def cmd_broker(args: argparse.Namespace) -> int:
     from connectors.broker import EmbeddedBroker
 
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)      # before the broker starts: a stop request that
+    signal.signal(signal.SIGINT, _stop)       # comes while it starts still stops it cleanly
     broker = EmbeddedBroker(port=args.port, host=args.host).start()
     print(f"embedded broker on {broker.bootstrap_servers} (in-memory); Ctrl-C stops it",
           flush=True)
@@ -83,14 +91,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
         made = create_topics(broker.bootstrap_servers, Topics().all(), args.partitions)
         print(f"topics {', '.join(made)} with {args.partitions} partition(s) each (a topic "
               "a plain producer creates on this broker gets 4)", flush=True)
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         while not stop and broker.running:
             time.sleep(0.2)

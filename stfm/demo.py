@@ -117,6 +117,7 @@ def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
             "dead_letters": stats["dead_letters"], "alerts_after_injected_drift": len(after_drift),
             "alerts_during_incident_events": len(by_event), "alerts_unexplained": unexplained,
             "online_mae": core.metrics.mae, "online_mae_normalized": core.metrics.mae_norm,
+            "experts_mae": {e: m.mae for e, m in core.forecaster.expert_metrics.items()},
             "model_version": core.model.version, "drifts": rows}
 
 
@@ -127,8 +128,13 @@ def _print_summary(s: dict[str, Any], png: Path, seconds: float) -> None:
     for reason, n in s.get("dead_letter_reasons", {}).items():
         print(f"  dead letter x{n}: {reason}")
     print(f"forecasts produced  {s['forecasts']:,}   model {s['model_version']}")
-    print(f"online MAE          {s['online_mae']:.3f}  "
-          f"(normalized {s['online_mae_normalized']:.3f})")
+    ex = s.get("experts_mae", {})
+    pers = ex.get("persistence")
+    vs = f" = {s['online_mae'] / pers:.2f} x persistence's {pers:.3f}" if pers else ""
+    print(f"online MAE          {s['online_mae']:.3f} served{vs}")
+    others = ", ".join(f"{e} {v:.3f}" for e, v in ex.items() if v == v and e != "persistence")
+    if others:
+        print(f"  experts' MAE      {others}")
     print(f"alerts raised       {s['alerts']}: {s['alerts_after_injected_drift']} on drifted "
           f"sensors after the onset, {s['alerts_during_incident_events']} at incident events, "
           f"{s['alerts_unexplained']} unexplained")

@@ -179,3 +179,69 @@ class RollbackGuard:
         self.good_since = int(state["good_since"])
         self.rollbacks = int(state["rollbacks"])
         self.snapshot = state["snapshot"]
+
+
+class AdaptationGuard:
+    """Keeps adaptation from making the model worse than where it started.
+
+    Every realized forecast compares the adapting model's loss with its reference's (the
+    frozen starting model; persistence without it) on the same points, none of which either
+    was trained on before forecasting them. A running mean over about ``adapt.guard_window``
+    forecasts of the difference decides: while the model is at least as good, its weights
+    are remembered as the last good ones (every ``guard_window`` forecasts); when it is
+    worse by more than ``adapt.guard_tolerance`` of the reference's loss, the last good
+    weights and optimizer state come back (the updates since are rejected), the learning
+    rate is halved (``lr_scale``, back up by doubling each good window, at most 1) and the
+    comparison starts over. Rejections are counted.
+    """
+
+    def __init__(self, cfg: AdaptConfig, initial: dict[str, Any]) -> None:
+        self.window = cfg.guard_window
+        self.tolerance = cfg.guard_tolerance
+        self.good = initial                 # weights + optimizer of the last good point
+        self.good_updates = 0               # the model's update count there
+        self.diff = 0.0                     # running mean of model loss - reference loss
+        self.ref = 0.0                      # running mean of the reference's loss
+        self.seen = 0                       # forecasts compared since the last restore
+        self.restores = 0
+        self.rejected = 0                   # updates undone by restores
+        self.lr_scale = 1.0                 # learning-rate factor: halved by each restore
+
+    def observe(self, model_loss: float, ref_loss: float, updates: int
+                ) -> dict[str, Any] | None:
+        """Fold one realized forecast's losses in; returns the weights to restore, if any."""
+        a = max(1.0 / (self.seen + 1), 1.0 / self.window)
+        self.diff += a * ((model_loss - ref_loss) - self.diff)
+        self.ref += a * (ref_loss - self.ref)
+        self.seen += 1
+        if self.seen < self.window:
+            return None
+        if self.diff > self.tolerance * self.ref:
+            self.restores += 1
+            self.rejected += max(0, updates - self.good_updates)
+            self.diff = self.ref = 0.0
+            self.seen = 0
+            self.lr_scale = max(self.lr_scale / 2, 1 / 1024)
+            return self.good
+        return None
+
+    def remember(self, state: Any, updates: int) -> None:
+        """While the model is at least as good as its reference, ``state()`` (its weights
+        and optimizer) becomes the last good point, at most once per window."""
+        if (self.seen >= self.window and self.diff <= 0
+                and updates >= self.good_updates + self.window):
+            self.good, self.good_updates = state(), updates
+            self.lr_scale = min(1.0, self.lr_scale * 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"good": self.good, "good_updates": self.good_updates, "diff": self.diff,
+                "ref": self.ref, "seen": self.seen, "restores": self.restores,
+                "rejected": self.rejected, "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.good = state["good"]
+        self.good_updates = int(state["good_updates"])
+        self.diff, self.ref = float(state["diff"]), float(state["ref"])
+        self.seen, self.restores = int(state["seen"]), int(state["restores"])
+        self.rejected = int(state["rejected"])
+        self.lr_scale = float(state["lr_scale"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.kafka_io import Topics
-from models.shape import ModelShape, ModelSize
+from models.shape import BASES, ModelShape, ModelSize
 
 
 class ConfigError(ValueError):
@@ -58,6 +58,7 @@ class PatchingConfig:
 class ModelConfig(ModelSize):
     """The served model's size (``models.shape``) and how it learns online."""
 
+    base: str = "persistence"           # what a fresh model's forecast corrects (or "mean")
     lr: float = 3e-3
     learn: bool = True                  # supervised step when realized values arrive
     learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
@@ -68,10 +69,12 @@ class ModelConfig(ModelSize):
         """The whole model shape: this size plus the patcher's patch length."""
         return ModelShape(**{f.name: getattr(self, f.name)
                              for f in dataclasses.fields(ModelSize)},
-                          patch_len=patching.patch_len)
+                          patch_len=patching.patch_len, base=self.base)
 
     def validate(self) -> None:
         bad = self.size_errors("model")
+        if self.base not in BASES:
+            bad.append(f"model.base must be one of {', '.join(BASES)}, got {self.base!r}")
         if bad:
             raise ConfigError(bad[0])
         if self.lr < 0:
@@ -155,6 +158,70 @@ class AlertsConfig:
                 raise ConfigError(f"alerts.{k} must be >= 0")
 
 
+@dataclass
+class BaselinesConfig:
+    """The simple forecasters beside the model (``streaming.baselines``)."""
+
+    seasons: str = "auto"               # auto, or '+'-joined of seasonal_day, seasonal_week
+    ma_points: int = 0                  # moving average over this many observed points (0:
+    #                                     max(patch_len, 12))
+    max_season_points: int = 2016       # a season longer than this many grid points is off
+    hw_alpha: float = 0.5               # Holt-Winters smoothing of the level,
+    hw_beta: float = 0.01               # the trend
+    hw_gamma: float = 0.1               # and the daily season
+
+    def validate(self) -> None:
+        if self.seasons != "auto":
+            bad = [x for x in self.seasons.split("+") if x not in ("seasonal_day",
+                                                                   "seasonal_week", "")]
+            if bad:
+                raise ConfigError(f"baselines.seasons must be auto or '+'-joined of "
+                                  f"seasonal_day, seasonal_week; got {self.seasons!r}")
+        if self.ma_points < 0:
+            raise ConfigError("baselines.ma_points must be >= 0")
+        _positive(self, "baselines", "max_season_points")
+        for k in ("hw_alpha", "hw_beta", "hw_gamma"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ConfigError(f"baselines.{k} must be in [0, 1], got {getattr(self, k)!r}")
+
+
+EXPERTS = ("model", "frozen", "persistence", "moving_average", "seasonal_day", "seasonal_week",
+           "holt_winters")
+
+
+@dataclass
+class ServeConfig:
+    """The served forecast: experts weighted online (``streaming.experts``), then bounded."""
+
+    experts: str = "+".join(EXPERTS)    # '+'-joined; seasons absent from [baselines] are off
+    combine: str = "mix"                # mix: the weighted mean; leader: the top expert's
+    eta: float = 4.0                    # learning rate of the exponential weights
+    share: float = 0.01                 # fixed share: weight every expert keeps, to recover
+    loss_clip: float = 9.0              # squared normalized error is clipped here (3 std)
+    bounds: dict[str, list[float]] = field(default_factory=dict)
+    # ^ per-sensor [min, max] of served forecasts; keys are sensor ids or globs ("pm25/*")
+    observed_margin: float = 0.25       # also within the observed range widened by this
+    #                                     share of it (a negative value: off); a sensor never
+    #                                     seen below 0 is not forecast below 0
+
+    def validate(self) -> None:
+        bad = [e for e in self.experts.split("+") if e not in EXPERTS]
+        if bad or not self.experts:
+            raise ConfigError(f"serve.experts: unknown expert {bad[0] if bad else ''!r} "
+                              f"(known: {'+'.join(EXPERTS)})")
+        if self.combine not in ("mix", "leader"):
+            raise ConfigError(f"serve.combine must be mix or leader, not {self.combine!r}")
+        _positive(self, "serve", "eta", "loss_clip")
+        if not 0 <= self.share < 1:
+            raise ConfigError(f"serve.share must be in [0, 1), got {self.share!r}")
+        for key, b in self.bounds.items():
+            if (not isinstance(b, list | tuple) or len(b) != 2 or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in b)
+                    or not b[0] <= b[1]):
+                raise ConfigError(f"serve.bounds.{key} must be [min, max] with min <= max, "
+                                  f"got {b!r}")
+
+
 ADAPT_GROUPS = ("heads", "norms", "adapters")
 
 
@@ -177,6 +244,9 @@ class AdaptConfig:
     boost_updates: int = 1              # extra update passes per step while boosted
     boost_steps: int = 48               # steps over which a boost decays back to 1
     rollback_factor: float = 50.0       # loss > factor x running median loss = exploding
+    guard: bool = True                  # undo adaptation that makes the model worse than the
+    guard_window: int = 48              # frozen start over about this many forecasts, by more
+    guard_tolerance: float = 0.05       # than this share of the start's loss
     snapshot_every: int = 20            # good updates between snapshots of adapted weights
 
     def validate(self) -> None:
@@ -191,11 +261,11 @@ class AdaptConfig:
             raise ConfigError("adapt.normalization must be running or checkpoint, "
                               f"not {self.normalization!r}")
         for k in ("contrastive_weight", "replay_size", "replay_k", "penalty_weight",
-                  "boost_updates", "boost_steps"):
+                  "boost_updates", "boost_steps", "guard_tolerance"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"adapt.{k} must be >= 0, got {getattr(self, k)!r}")
         _positive(self, "adapt", "adapter_dim", "snapshot_every", "rollback_factor",
-                  "contrastive_every")
+                  "contrastive_every", "guard_window")
         if self.boost_lr < 1:
             raise ConfigError(f"adapt.boost_lr must be >= 1, got {self.boost_lr!r}")
         if not 0 < self.ewc_decay < 1:
@@ -256,6 +326,8 @@ class StreamConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
@@ -267,6 +339,8 @@ class StreamConfig:
         self.adapt.validate()
         self.anomaly.validate()
         self.alerts.validate()
+        self.baselines.validate()
+        self.serve.validate()
         self.kafka.validate()
         self.checkpoint.validate()
         return self

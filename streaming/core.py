@@ -1,6 +1,7 @@
 """The online core: one region's pipeline of small stages, plain synchronous Python/torch.
 
-    readings → patcher → context window → forecaster → signals → detectors → alert gate
+    readings → patcher → context window → baselines → forecaster (model + baselines, weighted)
+             → signals → detectors → alert gate
 
 The live worker, the Faust engine and ``replay backtest`` drive this same class, so the same
 input order gives the same outputs. Every stage is its own module with ``state_dict`` /
@@ -17,6 +18,7 @@ import numpy as np
 from connectors.schemas import Alert, EventBatch, ReadingBatch, format_minute
 from streaming.alert_gate import AlertGate, Evidence
 from streaming.anomaly import AnomalyScorer, ScoreBlock
+from streaming.baselines import Baselines
 from streaming.clock import FutureFlag
 from streaming.config import StreamConfig
 from streaming.drift import DriftMonitor
@@ -27,7 +29,7 @@ from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
 from streaming.signals import Signals
 from streaming.window import ContextWindow
 
-STAGES = ("patcher", "window", "forecaster", "signals", "scorer", "drift", "gate")
+STAGES = ("patcher", "window", "baselines", "forecaster", "signals", "scorer", "drift", "gate")
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ForecastBlock:
     yhat: np.ndarray             # float64 [N, H] on the input scale
     model_version: str
     rows: np.ndarray | None = None  # int64 [N]: the sensors' indices in the core (None: 0..N-1)
+    expert: list[str] = field(default_factory=list)   # each sensor's leading expert
+    experts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N, H] forecasts
 
 
 @dataclass
@@ -68,7 +72,8 @@ class StreamCore:
         p, m = cfg.patching, cfg.model
         self.window = ContextWindow(m.context_patches, p.patch_len, m.horizon)
         self.patcher = IncrementalPatcher(p, SensorRegistry(sensors, fixed=sensors is not None))
-        self.forecaster = Forecaster(cfg, model)
+        self.baselines = Baselines(cfg)
+        self.forecaster = Forecaster(cfg, model, self.baselines.names)
         self.signals = Signals(cfg)
         self.scorer = AnomalyScorer(cfg.anomaly)
         self.drift = DriftMonitor(cfg.drift)
@@ -154,12 +159,14 @@ class StreamCore:
         realized = self.forecaster.realize(self.window.due(step.step), step.step, names)
         seasonal = self.signals.seasonal(step, scale)
         self.forecaster.observe(step.values)
+        self.baselines.update(step)
         inputs = self.forecaster.inputs(self.window, names)
         exists = self.patcher.exists(n, step.step)
-        yhat, emb, bad, pending = self.forecaster.predict(inputs, names, exists,
-                                                          self.window.values[:n])
+        yhat, emb, bad, pending, leader = self.forecaster.predict(
+            inputs, names, exists, self.window.values[:n],
+            self.baselines.forecast(n, step.end_ts))
         self.window.remember(step.step, pending)
-        out.forecasts.append(self._block(step, yhat, exists))
+        out.forecasts.append(self._block(step, yhat, exists, leader, pending.experts))
         alerts = [self._bad_forecast_alert(step, bad)] if bad else []
         distance = self.signals.embedding_distance(emb, n)
         scores, evidence = self.scorer.update(step.step, step.end_ts, names, nowcast, distance,
@@ -180,12 +187,16 @@ class StreamCore:
         for i, ev in enumerate(self.forecaster.drain_events()):
             out.alerts.append(self._rollback_alert(step, i, ev))
 
-    def _block(self, step: ClosedStep, yhat: np.ndarray, exists: np.ndarray) -> ForecastBlock:
+    def _block(self, step: ClosedStep, yhat: np.ndarray, exists: np.ndarray,
+               leader: list[str], experts: np.ndarray) -> ForecastBlock:
         interval = self.cfg.patching.interval_ms
         horizon_ts = step.end_ts + interval * np.arange(self.cfg.model.horizon, dtype=np.int64)
         rows = np.flatnonzero(exists)
         return ForecastBlock(step.step, step.end_ts, horizon_ts, [self.sensors[i] for i in rows],
-                             yhat[rows], self.forecaster.version, rows)
+                             yhat[rows], self.forecaster.version, rows,
+                             [leader[i] for i in rows],
+                             {e: experts[rows, :, j]
+                              for j, e in enumerate(self.forecaster.experts)})
 
     def feedback(self, step: int, y: np.ndarray) -> bool:
         """Immediate feedback (the FSNet/OneNet protocol, for comparisons only): score and

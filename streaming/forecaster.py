@@ -1,23 +1,34 @@
-"""The forecaster stage: the model's forecast of every sensor from the context window, on
-the input scale, and its learning from realized forecasts.
+"""The forecaster stage: the served forecast of every sensor, on the input scale, and the
+learning from realized forecasts.
 
-Inputs are z-scored per sensor with the running normalizer (or, with ``adapt.normalization =
-checkpoint``, the pretraining statistics of the sensors the checkpoint knows); forecasts are
-mapped back. A non-finite forecast is never served: the sensor gets its last observed value
-and the core reports it. When the truth of an earlier forecast arrives, its errors go into the
-metrics and the model takes a supervised step on them (a seeded sample of sensors for a
-per-sensor model; the whole region for the graph model), and the newest window a contrastive
-step.
+Experts forecast the horizon (``streaming.experts``): the adapting model (a correction of
+persistence: a fresh model *is* persistence), a frozen copy of the starting model, and the
+baselines (``streaming.baselines``). Online exponential weights per sensor and horizon point
+pick the mix; the served forecast stays within the sensor's bounds (``serve.bounds`` and the
+observed range widened by ``serve.observed_margin``; never below 0 for a sensor never seen
+below 0). A non-finite forecast is never served: the sensor gets its last observed value and
+the core reports it.
+
+Model inputs are z-scored per sensor with the running normalizer (or, with
+``adapt.normalization = checkpoint``, the pretraining statistics of the sensors the
+checkpoint knows). When the truth of an earlier forecast arrives, the served forecast's and
+every expert's errors go into the metrics, the weights learn, and the model takes a
+supervised step (a seeded sample of sensors for a per-sensor model; the whole region for the
+graph model) and the newest window a contrastive step.
 """
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from streaming.adaptation import AdaptationGuard
 from streaming.config import StreamConfig
+from streaming.experts import ExpertWeights
 from streaming.metrics import OnlineMetrics
 from streaming.normalization import OnlineNormalizer
 from streaming.online import OnlineModel
@@ -39,12 +50,32 @@ class Inputs:
 class Forecaster:
     """Serves and trains one ``OnlineModel`` for a region (see module docstring)."""
 
-    def __init__(self, cfg: StreamConfig, model: OnlineModel) -> None:
+    def __init__(self, cfg: StreamConfig, model: OnlineModel,
+                 baselines: list[str] | None = None) -> None:
         self.cfg = cfg
         self.model = model
         self.normalizer = OnlineNormalizer()
         self.metrics = OnlineMetrics()
         self.forecasts_made = 0
+        wanted = cfg.serve.experts.split("+")
+        self.experts = [e for e in wanted if e in ("model", "frozen")
+                        or e in (baselines or [])]
+        if not self.experts:
+            raise ValueError(f"forecaster: none of serve.experts={cfg.serve.experts!r} is "
+                             "available")
+        self.frozen = (OnlineModel(copy.deepcopy(model.model), model.cfg,
+                                   name=f"{model.name}-frozen", meta=model.meta,
+                                   adapt=model.adapt)
+                       if "frozen" in self.experts else None)
+        s = cfg.serve
+        self.weights = ExpertWeights(self.experts, cfg.model.horizon, eta=s.eta,
+                                     share=s.share, loss_clip=s.loss_clip, combine=s.combine)
+        self.expert_metrics = {e: OnlineMetrics() for e in self.experts}
+        self.guard = (AdaptationGuard(cfg.adapt, model.adapted_state())
+                      if cfg.adapt.guard and "model" in self.experts else None)
+        self.obs_min = np.full(0, np.inf)
+        self.obs_max = np.full(0, -np.inf)
+        self._bounds_cache: dict[str, tuple[float, float]] = {}
         self._rng = np.random.default_rng(cfg.model.seed)
         self._learned_at: int | None = None
         self._feedback_stat: np.ndarray | None = None
@@ -82,8 +113,44 @@ class Forecaster:
         return loc, scale
 
     def observe(self, values: np.ndarray) -> None:
-        """Fold a closed step's values into the running normalization."""
+        """Fold a closed step's values into the running normalization and observed range."""
         self.normalizer.learn_many(values)
+        n = values.shape[0]
+        if len(self.obs_min) < n:
+            pad = n - len(self.obs_min)
+            self.obs_min = np.concatenate([self.obs_min, np.full(pad, np.inf)])
+            self.obs_max = np.concatenate([self.obs_max, np.full(pad, -np.inf)])
+        missing = np.isnan(values)
+        lo = np.where(missing, np.inf, values).min(axis=1)
+        hi = np.where(missing, -np.inf, values).max(axis=1)
+        np.minimum(self.obs_min[:n], lo, out=self.obs_min[:n])
+        np.maximum(self.obs_max[:n], hi, out=self.obs_max[:n])
+
+    def bounds(self, sensors: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each sensor's ``[min, max]`` for served forecasts: configured bounds, within the
+        observed range widened by ``serve.observed_margin`` of it (a sensor never seen below
+        0 gets 0 as its floor)."""
+        n = len(sensors)
+        lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+        s = self.cfg.serve
+        if s.bounds:
+            for i, name in enumerate(sensors):
+                b = self._bounds_cache.get(name)
+                if b is None:
+                    b = next(((float(v[0]), float(v[1])) for k, v in s.bounds.items()
+                              if k == name or fnmatch.fnmatchcase(name, k)), (-np.inf, np.inf))
+                    self._bounds_cache[name] = b
+                lo[i], hi[i] = b
+        m = s.observed_margin
+        if m >= 0 and len(self.obs_min) >= n:
+            omin, omax = self.obs_min[:n], self.obs_max[:n]
+            seen = np.isfinite(omin)
+            span = np.where(seen, omax - omin, 0.0)
+            olo = np.where(seen, omin - m * span, -np.inf)
+            olo = np.where(seen & (omin >= 0), np.maximum(olo, 0.0), olo)
+            ohi = np.where(seen, omax + m * span, np.inf)
+            lo, hi = np.maximum(lo, olo), np.minimum(hi, ohi)
+        return lo, hi
 
     def inputs(self, window: ContextWindow, sensors: list[str]) -> Inputs:
         n = len(sensors)
@@ -94,28 +161,49 @@ class Forecaster:
         side = np.log1p(window.events[:n])[..., None].astype(np.float32)
         return Inputs(x.astype(np.float32), mask, side, window.steps(), loc, scale)
 
-    def predict(self, inp: Inputs, sensors: list[str], exists: np.ndarray,
-                raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[str], Pending]:
-        """Forecasts ``[N, H]`` on the input scale, the windows' embeddings, the sensors
-        whose forecast was not finite (served their last value), and what waits for truth."""
-        if not len(inp.x) == len(sensors) == len(exists) <= len(raw):
-            raise ValueError(f"forecaster: {len(inp.x)} input windows for {len(sensors)} "
-                             f"sensors, {len(exists)} existence flags and {len(raw)} raw "
-                             "windows")
-        z, emb = self.model.predict_with_embedding(inp.x, inp.mask, inp.side, steps=inp.steps,
-                                                   sensors=sensors)
-        yhat = z.astype(np.float64) * inp.scale[:, None] + inp.loc[:, None]
-        bad = exists & ~np.isfinite(yhat).all(axis=1)
+    def predict(self, inp: Inputs, sensors: list[str], exists: np.ndarray, raw: np.ndarray,
+                baselines: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray | None, list[str], Pending, list[str]]:
+        """The served forecast ``[N, H]`` on the input scale, the model's window embeddings,
+        the sensors whose forecast was not finite (served their last value), what waits for
+        truth, and each sensor's leading expert."""
+        n = len(sensors)
+        if not len(inp.x) == n == len(exists) <= len(raw):
+            raise ValueError(f"forecaster: {len(inp.x)} input windows for {n} sensors, "
+                             f"{len(exists)} existence flags and {len(raw)} raw windows")
+        h = self.cfg.model.horizon
+        cols, emb = [], None
+        for e in self.experts:
+            if e in ("model", "frozen"):
+                net = self.model if e == "model" else self.frozen
+                z, em = net.predict_with_embedding(  # type: ignore[union-attr]
+                    inp.x, inp.mask, inp.side, steps=inp.steps, sensors=sensors)
+                if e == "model":
+                    emb = em
+                cols.append(z.astype(np.float64) * inp.scale[:, None] + inp.loc[:, None])
+            else:
+                b = baselines[e]
+                if b.shape != (n, h):
+                    raise ValueError(f"forecaster: baseline {e} must be [{n}, {h}], "
+                                     f"got {b.shape}")
+                cols.append(b)
+        experts = np.stack(cols, axis=2)                                       # [N, H, E]
+        served, leader = self.weights.combine(experts)
+        lo, hi = self.bounds(sensors)
+        served = np.clip(served, lo[:, None], hi[:, None])
+        bad = exists & ~np.isfinite(served).all(axis=1)
         if bad.any():
-            yhat = yhat.copy()
             for i in np.flatnonzero(bad):
                 seen = raw[i][~np.isnan(raw[i])]
                 last = seen[-1] if len(seen) else inp.loc[i]
-                yhat[i] = last if np.isfinite(last) else 0.0
+                served[i] = last if np.isfinite(last) else 0.0
         self.forecasts_made += int(exists.sum())
+        gone = ~exists[:, None]
         pending = Pending(inp.x, inp.mask, inp.side, inp.loc, inp.scale,
-                          np.where(exists[:, None], yhat, np.nan), inp.steps)
-        return yhat, emb, [sensors[i] for i in np.flatnonzero(bad)], pending
+                          np.where(gone, np.nan, served),
+                          inp.steps, np.where(gone[..., None], np.nan, experts))
+        return (served, emb, [sensors[i] for i in np.flatnonzero(bad)], pending,
+                [self.experts[j] for j in leader])
 
     # --- learning -----------------------------------------------------------------------
 
@@ -134,12 +222,24 @@ class Forecaster:
 
     def _score_and_learn(self, pend: Pending, y: np.ndarray, now: int,
                          sensors: list[str]) -> np.ndarray:
+        """Metrics of the served forecast and of every expert, the weights' update and the
+        model's; returns the model's mean absolute normalized error per sensor (the drift
+        monitors' residual; the served one's without a model expert)."""
         n = pend.yhat.shape[0]
         y = np.where(np.isnan(pend.yhat), np.nan, y)   # no target for a sensor not yet there
         err = y - pend.yhat
-        err_norm = err / pend.scale[:, None]
-        self.metrics.add(err, err_norm)
+        self.metrics.add(err, err / pend.scale[:, None])
         self.metrics.realized_forecasts += n
+        for j, e in enumerate(self.experts):
+            ej = y - pend.experts[..., j]
+            self.expert_metrics[e].add(ej, ej / pend.scale[:, None])
+            self.expert_metrics[e].realized_forecasts += n
+        self.weights.update(pend.experts, y, pend.scale)
+        if self.guard is not None:
+            self._guard(pend, y)
+        own = pend.experts[..., self.experts.index("model")] if "model" in self.experts \
+            else pend.yhat
+        err_norm = (y - own) / pend.scale[:, None]
         ok = ~np.isnan(err_norm)
         cnt = ok.sum(axis=1)
         stat = np.full(n, np.nan)
@@ -147,6 +247,28 @@ class Forecaster:
         self._learn(pend, y, now, sensors)
         self._learned_at = now
         return stat
+
+    def _guard(self, pend: Pending, y: np.ndarray) -> None:
+        """Adaptation must not leave the model worse than its start (``AdaptationGuard``)."""
+        assert self.guard is not None
+        ref = "frozen" if "frozen" in self.experts else "persistence"
+        if ref not in self.experts:
+            return
+        clip = self.cfg.serve.loss_clip
+        m = pend.experts[..., self.experts.index("model")]
+        r = pend.experts[..., self.experts.index(ref)]
+        lm = np.minimum(((m - y) / pend.scale[:, None]) ** 2, clip)
+        lr = np.minimum(((r - y) / pend.scale[:, None]) ** 2, clip)
+        ok = ~np.isnan(lm) & ~np.isnan(lr)
+        if not ok.any():
+            return
+        restore = self.guard.observe(float(lm[ok].mean()), float(lr[ok].mean()),
+                                     self.model.n_updates)
+        if restore is not None:
+            self.model.restore_adapted(restore)
+        else:
+            self.guard.remember(self.model.adapted_state, self.model.n_updates)
+        self.model.lr_scale = self.guard.lr_scale
 
     def _learn(self, pend: Pending, y: np.ndarray, now: int, sensors: list[str]) -> None:
         """The supervised update on a realized forecast (shared by both feedback modes)."""
@@ -197,6 +319,10 @@ class Forecaster:
         newest = None if self._newest is None else dict(vars(self._newest))
         return {"normalizer": self.normalizer.state_dict(), "model": self.model.state_dict(),
                 "metrics": self.metrics.state_dict(), "forecasts_made": self.forecasts_made,
+                "weights": self.weights.state_dict(), "obs_min": self.obs_min.copy(),
+                "guard": None if self.guard is None else self.guard.state_dict(),
+                "obs_max": self.obs_max.copy(),
+                "expert_metrics": {e: m.state_dict() for e, m in self.expert_metrics.items()},
                 "rng": self._rng.bit_generator.state, "learned_at": self._learned_at,
                 "feedback_stat": self._feedback_stat, "newest": newest}
 
@@ -205,6 +331,14 @@ class Forecaster:
         self.model.load_state_dict(state["model"])
         self.metrics.load_state_dict(state["metrics"])
         self.forecasts_made = int(state["forecasts_made"])
+        self.weights.load_state_dict(state["weights"])
+        if self.guard is not None and state["guard"] is not None:
+            self.guard.load_state_dict(state["guard"])
+            self.model.lr_scale = self.guard.lr_scale
+        self.obs_min = np.array(state["obs_min"], np.float64)
+        self.obs_max = np.array(state["obs_max"], np.float64)
+        for e, m in state["expert_metrics"].items():
+            self.expert_metrics[e].load_state_dict(m)
         self._rng.bit_generator.state = state["rng"]
         la = state["learned_at"]
         self._learned_at = None if la is None else int(la)

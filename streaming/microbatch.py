@@ -71,15 +71,17 @@ class WorkerStats:
 
 def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     """One ``forecasts`` message per sensor, keyed ``sensor:step:model_version``: a replayed
-    range reproduces the same keys, so consumers deduplicate by key."""
+    range reproduces the same keys, so consumers deduplicate by key. ``expert`` names the
+    expert that leads the sensor's weights."""
     horizon = block.horizon_ts.tolist()
     yhat = np.round(block.yhat, 6).tolist()
+    expert = block.expert or [""] * len(block.sensors)
     out = []
     dumps = orjson.dumps
-    for s, y in zip(block.sensors, yhat, strict=True):
+    for s, y, e in zip(block.sensors, yhat, expert, strict=True):
         out.append((f"{s}:{block.step}:{block.model_version}".encode(), dumps({
             "sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon, "yhat": y,
-            "model_version": block.model_version})))
+            "model_version": block.model_version, "expert": e})))
     return out
 
 

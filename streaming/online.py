@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +44,7 @@ class OnlineModel:
         self.meta = meta or {}
         self._graph = _GraphContext(model, self.meta) if isinstance(model, STBackbone) else None
         self.n_updates = 0       # realized windows learned from (the model_version counter)
+        self.lr_scale = 1.0      # set by the adaptation guard (halved after harmful updates)
         self.n_skipped = 0
         self.n_steps = 0         # optimizer steps (boosts add passes)
         self.params = select_parameters(model, self.adapt)
@@ -67,10 +70,7 @@ class OnlineModel:
     def fresh(cls, patching: PatchingConfig, cfg: ModelConfig,
               adapt: AdaptConfig | None = None) -> OnlineModel:
         torch.manual_seed(cfg.seed)
-        net = PatchTransformer(PatchTransformerConfig(
-            patch_len=patching.patch_len, context_patches=cfg.context_patches,
-            horizon=cfg.horizon, d_model=cfg.d_model, n_heads=cfg.n_heads,
-            n_layers=cfg.n_layers, dropout=cfg.dropout))
+        net = PatchTransformer(PatchTransformerConfig(**vars(cfg.shape(patching))))
         return cls(net, cfg, name=f"fresh-s{cfg.seed}", adapt=adapt)
 
     @classmethod
@@ -90,6 +90,22 @@ class OnlineModel:
     @property
     def version(self) -> str:
         return f"{self.name}+{self.n_updates}"
+
+    def adapted_state(self) -> dict[str, Any]:
+        """A copy of the adapted weights and the optimizer state (see ``restore_adapted``)."""
+        return {"params": {n: p.detach().clone() for n, p in self.params.items()},
+                "opt": copy.deepcopy(self.optimizer.state_dict())}
+
+    @torch.no_grad()
+    def restore_adapted(self, state: dict[str, Any]) -> None:
+        """Put back adapted weights from ``adapted_state``. The optimizer keeps its second
+        moments (the step sizes it has learned: a fresh Adam's first steps are as large as
+        the learning rate) and forgets its momentum, which pointed the wrong way."""
+        for n, p in self.params.items():
+            p.copy_(state["params"][n])
+        for st in self.optimizer.state.values():
+            if "exp_avg" in st:
+                st["exp_avg"].zero_()
 
     @property
     def is_spatial(self) -> bool:
@@ -180,7 +196,7 @@ class OnlineModel:
             self.anchor.observe_grads(self.params)
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
             for g in self.optimizer.param_groups:
-                g["lr"] = self.cfg.lr * lr_factor
+                g["lr"] = self.cfg.lr * self.lr_scale * lr_factor
             self.optimizer.step()
             self.n_steps += 1
             if self.guard.weights_ok():

@@ -25,8 +25,9 @@ class Pending:
     side: np.ndarray             # float32 [N, K, 1] event channel
     loc: np.ndarray              # float64 [N] normalization used
     scale: np.ndarray            # float64 [N]
-    yhat: np.ndarray             # float64 [N, H] input scale; NaN: the sensor did not exist
+    yhat: np.ndarray             # float64 [N, H] served, input scale; NaN: sensor not there
     steps: np.ndarray            # int64 [K] step of each window token
+    experts: np.ndarray          # float64 [N, H, E] each expert's forecast (NaN: none)
 
 
 class ContextWindow:
@@ -88,7 +89,7 @@ class ContextWindow:
             if j + self.reach > step:
                 break
             pend = self.pending.pop(j)
-            if step - j < self.k:
+            if step - j <= self.k:           # its first horizon point is still in the ring
                 out.append((j, pend, self.truth(j, pend.yhat.shape[0])))
         return out
 

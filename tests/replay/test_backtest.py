@@ -117,3 +117,33 @@ def test_cli_backtest_writes_report_and_plots(tmp_path: Path) -> None:
                           str(data), "--fresh", "--out", str(out), "--set", "adapt.penalty=l9"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "adapt.penalty" in bad.stderr
+
+
+def test_the_per_point_file_reproduces_the_report(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from replay.backtest import write_report
+
+    rec = _small_recording()
+    cfg = StreamConfig()
+    res = backtest(rec, _core(cfg, list(rec.sensors)), progress=False)
+    report = write_report(res, tmp_path, from_row=24)
+    pts = pq.read_table(tmp_path / report["points_file"]).to_pandas()
+    assert len(pts) == report["points"] and set(pts["sensor"]) <= set(rec.sensors)
+    err = pts["forecast"] - pts["truth"]
+    assert abs(err.abs().mean() - report["mae"]) < 1e-5
+    assert abs((err ** 2).mean() - report["mse"]) < 1e-4
+    for e, m in report["experts"].items():
+        ee = (pts[e] - pts["truth"]).dropna()
+        if m["mae"] is None:                        # no forecast yet (a week's season)
+            assert ee.empty, e
+            continue
+        assert abs(ee.abs().mean() - m["mae"]) < 1e-5, e
+    by_h = pts.assign(ae=err.abs()).groupby("h")["ae"].mean()
+    np.testing.assert_allclose(by_h.to_numpy(), report["by_horizon"]["served"]["mae"],
+                               rtol=1e-5)
+    pers = report["experts"]["persistence"]["mae"]
+    assert report["mae_vs_persistence"] is not None
+    assert abs(report["mae_vs_persistence"] - report["mae"] / pers) < 0.02
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["by_horizon"]["served"]["mae"] == report["by_horizon"]["served"]["mae"]

@@ -90,7 +90,7 @@ def test_pretrained_checkpoint_serves_in_the_online_core(rec, tmp_path):
         core.process(ReadingBatch(list(rec.sensors) * t, np.repeat(rec.timestamps, n),
                                   rec.values.reshape(-1), np.arange(t * n)))
         assert core.forecasts_made > 0 and np.isfinite(core.metrics.mae)
-        return core.metrics.mae
+        return core.forecaster.expert_metrics["model"].mae   # the model's own forecasts
 
     loaded = OnlineModel.from_checkpoint(tmp_path / "pt" / "best", cfg.patching, cfg.model)
     assert isinstance(loaded.model, STBackbone) and loaded._graph is not None
@@ -98,7 +98,9 @@ def test_pretrained_checkpoint_serves_in_the_online_core(rec, tmp_path):
     torch.manual_seed(0)
     random_init = OnlineModel(STBackbone(loaded.model.cfg), cfg.model, meta={
         "extra": {"sensors": list(rec.sensors)}})
-    assert run(loaded) < 0.95 * run(random_init)  # tiny model, 4 epochs: ~13 % better
+    # a random head on a persistence-based backbone is zero: random init *is* persistence,
+    # which the tiny model pretrained for 4 epochs beats (~4 %)
+    assert run(loaded) < 0.98 * run(random_init)
 
 
 def test_torchrun_data_parallel(rec, tmp_path):

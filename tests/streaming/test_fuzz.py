@@ -42,7 +42,8 @@ def _bad_messages(t_now: int) -> st.SearchStrategy[bytes]:
     bad_ts = st.one_of(st.none(), st.booleans(), st.floats(), st.text(max_size=12),
                        st.integers(max_value=-1), st.integers(min_value=5_000_000_000_000),
                        st.just(T0 - 30 * 86_400_000),                         # late
-                       st.integers(4 * 3_600_000, 30 * 86_400_000).map(lambda d: t_now + d))
+                       # ahead by more than max_future_ms (3 steps) from anywhere in the batch
+                       st.integers(6 * 3_600_000, 30 * 86_400_000).map(lambda d: t_now + d))
     bad_value = st.one_of(st.text(max_size=8), st.booleans(), st.lists(st.floats(), max_size=2),
                           st.just("NaN"), st.just({"x": 1}),
                           st.floats(1.01e12, 1e308), st.floats(-1e308, -1.01e12),  # absurd

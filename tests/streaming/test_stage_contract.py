@@ -25,6 +25,7 @@ import torch
 from connectors.schemas import Alert, ReadingBatch
 from streaming.alert_gate import AlertGate, Evidence
 from streaming.anomaly import AnomalyScorer
+from streaming.baselines import Baselines
 from streaming.checkpoint import decode_state, encode_state
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
@@ -86,35 +87,41 @@ def _model() -> OnlineModel:
 
 
 class _ForecasterRig:
-    """A forecaster with the window it reads (the window's state is part of the rig)."""
+    """A forecaster with the window and baselines it reads (their state is the rig's)."""
 
     def __init__(self) -> None:
         self.window = ContextWindow(4, P, 6)
-        self.f = Forecaster(CFG, _model())
+        self.base = Baselines(CFG)
+        self.f = Forecaster(CFG, _model(), self.base.names)
 
     def step(self, k: int) -> Any:
         st = _closed(k)
         self.window.push(st)
         stat = self.f.realize(self.window.due(st.step), st.step, NAMES)
         self.f.observe(st.values)
+        self.base.update(st)
         inp = self.f.inputs(self.window, NAMES)
-        yhat, emb, bad, pend = self.f.predict(inp, NAMES, np.ones(N, bool),
-                                              self.window.values)
+        yhat, emb, bad, pend, leader = self.f.predict(inp, NAMES, np.ones(N, bool),
+                                                      self.window.values,
+                                                      self.base.forecast(N, st.end_ts))
         self.window.remember(st.step, pend)
         self.f.after_step(inp, st.step, NAMES)
-        return yhat, emb, bad, stat, self.f.version
+        return yhat, emb, bad, stat, leader, self.f.version
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": self.window.state_dict(), "f": self.f.state_dict()}
+        return {"window": self.window.state_dict(), "base": self.base.state_dict(),
+                "f": self.f.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.window.load_state_dict(state["window"])
+        self.base.load_state_dict(state["base"])
         self.f.load_state_dict(state["f"])
 
 
 def _signals_feed(sg: Signals, k: int) -> Any:
     st = _closed(k)
-    prev = Pending(*(np.zeros(1),) * 5, yhat=np.full((N, 6), 10.0), steps=np.zeros(4))
+    prev = Pending(*(np.zeros(1),) * 5, yhat=np.full((N, 6), 10.0), steps=np.zeros(4),
+                   experts=np.full((N, 6, 1), 10.0))
     prev.scale = np.ones(N)
     emb = np.random.default_rng(k).normal(size=(N, 8))
     return (sg.nowcast(st, prev), sg.seasonal(st, np.ones(N)), sg.embedding_distance(emb, N))
@@ -141,7 +148,7 @@ DRIVERS = {
         lambda w, k: (w.push(_closed(k)), w.remember(1000 + k, Pending(
             np.zeros((N, 4, P), np.float32), np.ones((N, 4, P), bool),
             np.zeros((N, 4, 1), np.float32), np.zeros(N), np.ones(N), np.full((N, 6), 1.0 * k),
-            np.arange(4))), w.due(1000 + k), w.values.copy()),
+            np.arange(4), np.full((N, 6, 2), 2.0 * k))), w.due(1000 + k), w.values.copy()),
         lambda w: w.push(ClosedStep(1, 0, 1, np.zeros((N, P + 1)), np.zeros(N), 0)),
         "context window"),
     "normalizer": Driver(
@@ -149,8 +156,13 @@ DRIVERS = {
         lambda nz: nz.learn_many(np.zeros(3)), "normalizer"),
     "forecaster": Driver(_ForecasterRig, lambda r, k: r.step(k),
                          lambda r: r.f.predict(r.f.inputs(r.window, NAMES[:2]), NAMES,
-                                               np.ones(N, bool), r.window.values),
+                                               np.ones(N, bool), r.window.values, {}),
                          "forecaster"),
+    "baselines": Driver(lambda: Baselines(CFG),
+                        lambda b, k: (b.update(_closed(k)), b.forecast(N, _closed(k).end_ts)),
+                        lambda b: b.update(ClosedStep(1, 0, 1, np.zeros((N, P + 2)),
+                                                      np.zeros(N), 0)),
+                        "baselines"),
     "signals": Driver(lambda: Signals(CFG), _signals_feed,
                       lambda sg: sg.seasonal(_closed(0), np.ones(2)), "signals"),
     "scorer": Driver(
