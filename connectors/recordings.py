@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import zipfile
 import zlib
@@ -38,6 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RecordingError",
@@ -332,8 +335,10 @@ def _datetimes_to_ms(dt: pd.Series) -> np.ndarray:
     return naive.to_numpy().astype("datetime64[ms]").astype(np.int64)
 
 
-def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarray) -> np.ndarray:
-    """Epoch-ms int64 from an int (epoch ms) or date-string column; errors name the line."""
+def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarray,
+                       tz: str = "UTC") -> np.ndarray:
+    """Epoch-ms int64 from an int (epoch ms) or date-string column; errors name the line.
+    Date strings without a UTC offset are local times of ``tz`` (``patching.timezone``)."""
     nulls = col.isna().to_numpy()
     if nulls.any():
         i = int(np.flatnonzero(nulls)[0])
@@ -361,7 +366,26 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
                 i = int(np.flatnonzero(bad)[0])
                 raise _err(path, f"line {line_of[i]}: column '{name}' is not a timestamp: "
                                  f"{col.iloc[i]!r}") from None
+    if _naive(col.iloc[0]):
+        log.info("%s: column '%s' has timestamps without a UTC offset (e.g. %r); read as "
+                 "local times of %s (patching.timezone)", path, name, col.iloc[0], tz)
+        if tz != "UTC":
+            try:
+                dt = (dt.dt.tz_localize(None)
+                      .dt.tz_localize(tz, ambiguous="infer", nonexistent="shift_forward")
+                      .dt.tz_convert("UTC"))
+            except (ValueError, TypeError) as exc:   # e.g. an ambiguous DST hour
+                raise _err(path, f"column '{name}': local times of {tz} "
+                                 f"(patching.timezone) cannot be placed: {exc}") from None
     return _datetimes_to_ms(dt)
+
+
+def _naive(text: str) -> bool:
+    """Whether a date string carries no UTC offset."""
+    try:
+        return pd.Timestamp(text).tzinfo is None
+    except (ValueError, TypeError):
+        return False
 
 
 def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str],
@@ -413,7 +437,8 @@ def _read_events_sidecar(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, start: str | int | None, interval_ms: int | None) -> Recording:
+def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
+              tz: str = "UTC") -> Recording:
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -465,11 +490,12 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None) -> R
             raise _err(path, f"line 1: long-format CSV (has column '{sensor_col}') is missing "
                              f"column(s) {missing}; expected sensor,ts,value; got {cols}")
         df = _pandas_csv(path, text, cols, {sensor_col: str})
-        return _pivot_long(path, df, sensor_col, time_col, value_col, line_of, interval_ms)
+        return _pivot_long(path, df, sensor_col, time_col, value_col, line_of, interval_ms,
+                           tz)
 
     if lower[0] in _TIME_NAMES:
         df = _pandas_csv(path, text, cols, {})
-        ts = _parse_time_column(path, df[cols[0]], cols[0], line_of)
+        ts = _parse_time_column(path, df[cols[0]], cols[0], line_of, tz)
         _check_monotonic(path, ts, lambda i: f"line {line_of[i]}")
         values = _numeric_block(path, df, cols[1:], line_of)
     else:
@@ -494,13 +520,13 @@ def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any]) -
 
 
 def _pivot_long(path: Path, df: pd.DataFrame, sensor_col: str, time_col: str, value_col: str,
-                line_of: np.ndarray, interval_ms: int | None) -> Recording:
+                line_of: np.ndarray, interval_ms: int | None, tz: str = "UTC") -> Recording:
     s = df[sensor_col]
     nulls = s.isna().to_numpy()
     if nulls.any():
         i = int(np.flatnonzero(nulls)[0])
         raise _err(path, f"line {line_of[i]}: column '{sensor_col}' is empty")
-    ts_rows = _parse_time_column(path, df[time_col], time_col, line_of)
+    ts_rows = _parse_time_column(path, df[time_col], time_col, line_of, tz)
     vals = _numeric_block(path, df, [value_col], line_of)[:, 0]
     scodes, sensors = pd.factorize(s.astype(str).str.strip(), sort=False)
     uts, tcodes = np.unique(ts_rows, return_inverse=True)
@@ -794,13 +820,14 @@ def _resolve_fmt(path: Path, fmt: str | None) -> str:
 
 
 def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
-                   interval_ms: int | None = None) -> Recording:
+                   interval_ms: int | None = None, timezone: str = "UTC") -> Recording:
     """Read a recording; format from ``fmt`` or the extension (.csv, .npz, .h5/.hdf5).
 
     ``start`` (ISO string, naive = UTC, or epoch ms) and ``interval_ms`` give the time axis of
     layouts without timestamps (``start`` is ignored where the file has them); ``interval_ms``
-    also overrides the inferred (median) interval. Integer time columns are epoch ms. CSV
-    header names are stripped of surrounding whitespace.
+    also overrides the inferred (median) interval. Integer time columns are epoch ms; date
+    strings without a UTC offset are local times of ``timezone`` (an IANA name). CSV header
+    names are stripped of surrounding whitespace.
     """
     p = Path(path)
     kind = _resolve_fmt(p, fmt)
@@ -811,7 +838,7 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
     if p.stat().st_size == 0:
         raise _err(p, "empty file")
     if kind in ("csv", "csv-long"):
-        return _read_csv(p, start, interval_ms)
+        return _read_csv(p, start, interval_ms, timezone)
     if kind == "npz":
         return _read_npz(p, start, interval_ms)
     return _read_h5(p, start, interval_ms)

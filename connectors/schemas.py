@@ -8,16 +8,18 @@ silently and nothing here raises on bad input.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import numpy as np
 import orjson
 
+log = logging.getLogger(__name__)
 TS_MAX_MS = 100_000_000_000_000  # year ~5138; anything beyond is a unit mistake
 _MISSING = object()
 
@@ -123,8 +125,22 @@ def format_minute(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
 
 
-def parse_ts(ts: object) -> int:
-    """Epoch milliseconds from an int (epoch-ms) or an ISO-8601 string (naive = UTC)."""
+_NAIVE_SEEN: set[str] = set()        # timezones already announced for naive timestamps
+
+
+def zone(name: str | None) -> tzinfo:
+    """The ``tzinfo`` of an IANA timezone name (None or "UTC": UTC)."""
+    if name is None or name == "UTC":
+        return UTC
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+def parse_ts(ts: object, tz: tzinfo | None = None) -> int:
+    """Epoch milliseconds from an int (epoch-ms) or an ISO-8601 string; a string without a
+    UTC offset is a local time of ``tz`` (default UTC; ``patching.timezone``), announced
+    once per process."""
     if type(ts) is int:
         if not 0 <= ts <= TS_MAX_MS:
             raise ValueError(f"'ts' out of range: {ts}")
@@ -135,7 +151,12 @@ def parse_ts(ts: object) -> int:
         except ValueError:
             raise ValueError(f"'ts' is not ISO-8601: {ts[:40]!r}") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
+            zone_ = tz or UTC
+            if str(zone_) not in _NAIVE_SEEN:
+                _NAIVE_SEEN.add(str(zone_))
+                log.info("timestamps without a UTC offset (e.g. %r) are read as local times "
+                         "of %s (patching.timezone)", ts[:40], zone_)
+            dt = dt.replace(tzinfo=zone_)
         ms = int(round(dt.timestamp() * 1000))
         if not 0 <= ms <= TS_MAX_MS:
             raise ValueError(f"'ts' out of range: {ts!r}")
@@ -182,13 +203,16 @@ def decode_readings(
     raws: Sequence[bytes], *, known_sensors: set[str] | frozenset[str] | None = None,
     topic: str = "readings", partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None, keys: Sequence[bytes | None] | None = None,
+    timezone: str | None = None,
 ) -> tuple[ReadingBatch, list[DeadLetter]]:
     """Validate a batch of raw ``readings`` messages.
 
     A message is ``{"sensor": str, "ts": int|str, "value": float|null}`` or carries
     ``"values": {channel: float|null}``; a channel becomes the series ``"<sensor>/<channel>"``.
-    ``known_sensors`` (e.g. the nodes of a sensor graph) rejects sensors outside it.
+    ``known_sensors`` (e.g. the nodes of a sensor graph) rejects sensors outside it; ISO
+    timestamps without an offset are local times of ``timezone`` (default UTC).
     """
+    tz = zone(timezone)
     sensors: list[str] = []
     tss: list[int] = []
     vals: list[float] = []
@@ -226,7 +250,7 @@ def decode_readings(
             ts = o.get("ts", _MISSING)
             if ts is _MISSING:
                 raise ValueError("missing field 'ts'")
-            t = parse_ts(ts)
+            t = parse_ts(ts, tz)
             v = o.get("value", _MISSING)
             if v is not _MISSING:
                 fv = _value(v, "value")
@@ -260,8 +284,10 @@ def decode_events(
     raws: Sequence[bytes], *, known_sensors: set[str] | frozenset[str] | None = None,
     topic: str = "events", partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None, keys: Sequence[bytes | None] | None = None,
+    timezone: str | None = None,
 ) -> tuple[EventBatch, list[DeadLetter]]:
     """Validate ``events``: ``{"type": str, "ts", "sensor"?, "lat"?, "lon"?, "attrs"?}``."""
+    tz = zone(timezone)
     out: list[dict[str, Any]] = []
     src: list[int] = []
     dead: list[DeadLetter] = []
@@ -275,7 +301,7 @@ def decode_events(
                 raise ValueError("missing or empty 'type' (must be a string)")
             if "ts" not in o:
                 raise ValueError("missing field 'ts'")
-            ev: dict[str, Any] = {"type": typ, "ts": parse_ts(o["ts"])}
+            ev: dict[str, Any] = {"type": typ, "ts": parse_ts(o["ts"], tz)}
             s = o.get("sensor")
             if s is not None:
                 if type(s) is not str or not s:

@@ -158,10 +158,12 @@ def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
 def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
              batch_rows: int = 0, start_row: int = 0, end_row: int | None = None,
              progress: bool = True, keep_statistics: bool = False,
-             keep_experts: bool = True) -> BacktestResult:
+             keep_experts: bool = True, flush: bool = True) -> BacktestResult:
     """Feed rows ``[start_row, end_row)`` of ``rec`` through ``core`` and collect its output.
 
-    ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows).
+    ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows). ``flush`` closes
+    the last, partial step at the end of the input (``StreamCore.flush``), as a worker
+    leaving on ``--idle-exit`` does.
     """
     if feedback not in FEEDBACK:
         raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
@@ -186,14 +188,8 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     bar = tqdm(total=end_row - start_row, desc=f"backtest ({feedback})", unit="row",
                disable=not progress, mininterval=0.5)
     t0 = time.perf_counter()
-    for lo in range(start_row, end_row, batch):
-        hi = min(lo + batch, end_row)
-        t_lo = rec.timestamps[lo] if lo > start_row else np.iinfo(np.int64).min
-        e_lo, e_hi = np.searchsorted(ev_ts, [t_lo, rec.timestamps[hi - 1]], side="right")
-        if lo == start_row:
-            e_lo = 0
-        eb = EventBatch(events=events[e_lo:e_hi], source=list(range(e_hi - e_lo)))
-        out = core.process(_reading_batch(rec, lo, hi), eb)
+    def collect(out: Any, hi: int) -> None:
+        nonlocal rej_r, rej_e
         rej_r += len(out.rejected_readings)
         rej_e += len(out.rejected_events)
         alerts.extend(a.to_dict() for a in out.alerts)
@@ -225,7 +221,18 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
             versions.append(block.model_version)
             if feedback == "immediate":
                 core.feedback(block.step, y)
+
+    for lo in range(start_row, end_row, batch):
+        hi = min(lo + batch, end_row)
+        t_lo = rec.timestamps[lo] if lo > start_row else np.iinfo(np.int64).min
+        e_lo, e_hi = np.searchsorted(ev_ts, [t_lo, rec.timestamps[hi - 1]], side="right")
+        if lo == start_row:
+            e_lo = 0
+        eb = EventBatch(events=events[e_lo:e_hi], source=list(range(e_hi - e_lo)))
+        collect(core.process(_reading_batch(rec, lo, hi), eb), hi)
         bar.update(hi - lo)
+    if flush:
+        collect(core.flush(), end_row)   # the last, partial step: realized, scored, checked
     seconds = time.perf_counter() - t0
     bar.close()
     n = len(core.sensors)

@@ -58,6 +58,7 @@ def load_config(args: argparse.Namespace) -> Any:
         "patching.interval_ms": getattr(args, "interval_ms", None),
         "patching.patch_len": getattr(args, "patch_len", None),
         "patching.lateness_ms": getattr(args, "lateness_ms", None),
+        "patching.timezone": getattr(args, "timezone", None),
         "model.horizon": getattr(args, "horizon", None),
         "model.lr": getattr(args, "lr", None),
         "model.seed": getattr(args, "seed", None),
@@ -117,7 +118,8 @@ def cmd_replay_publish(args: argparse.Namespace) -> int:
     from connectors.recordings import read_recording
     from replay.publish import publish_recording
 
-    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms,
+                         timezone=args.timezone or "UTC")
     stats = publish_recording(rec, args.bootstrap_servers, topic=args.topic,
                               events_topic=args.events_topic, speed=args.speed,
                               skip_missing=args.skip_missing, partitions=args.partitions,
@@ -158,7 +160,8 @@ def cmd_replay_pretrain(args: argparse.Namespace) -> int:
     from replay.pretrain import PretrainConfig, pretrain
 
     if args.file:
-        rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms)
+        rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms,
+                             timezone=args.timezone or "UTC")
     else:
         from replay.record import record_topic
 
@@ -190,7 +193,9 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     if not args.fresh and not args.checkpoint:
         print("stfm replay backtest: pass --checkpoint DIR or --fresh", file=sys.stderr)
         return 2
-    rec = read_recording(args.file, start=args.start, interval_ms=args.rec_interval_ms)
+    tz = args.timezone or load_config(args).patching.timezone
+    rec = read_recording(args.file, start=args.start, interval_ms=args.rec_interval_ms,
+                         timezone=tz)
     if args.interval_ms is None and rec.interval_ms and not args.config:
         args.interval_ms = rec.interval_ms      # the recording's grid unless told otherwise
     cfg = load_config(args)
@@ -449,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=0.0,
                    help="replay factor (1 = real time); 0 = as fast as possible")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--timezone",
+                   help="IANA zone of timestamps written without a UTC offset (default: "
+                        "patching.timezone, UTC)")
     p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
     p.add_argument("--skip-missing", action="store_true", help="do not publish nulls")
     p.add_argument("--partitions", type=int, default=1, help="partitions if topics are created")
@@ -467,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (best/ and last/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--timezone",
+                   help="IANA zone of timestamps written without a UTC offset (default: "
+                        "patching.timezone, UTC)")
     p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
     p.add_argument("--graph", help="adjacency CSV (N x N) or edge list for the sensors")
     p.add_argument("--no-graph", dest="graph_layer", action="store_false",
@@ -501,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-from-row", type=int, default=0,
                    help="count only forecasts whose horizon starts here (warm-up before)")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
+    p.add_argument("--timezone",
+                   help="IANA zone of timestamps written without a UTC offset (default: "
+                        "patching.timezone, UTC)")
     p.add_argument("--rec-interval-ms", type=int,
                    help="interval of a file without timestamps")
     _add_config_flags(p)

@@ -32,6 +32,7 @@ class PatchingConfig:
     value_ranges: dict[str, list[float]] = field(default_factory=dict)
     # ^ per-sensor plausible [min, max]; keys are sensor ids or globs ("pm25/*")
     future_rearm_steps: int = 24        # closed steps before a `future` sensor is re-flagged
+    timezone: str = "UTC"               # IANA zone of timestamps written without a UTC offset
 
     def future_ms(self) -> int:
         """How far ahead of the clock a reading may be (``max_future_ms`` or 3 steps)."""
@@ -42,6 +43,13 @@ class PatchingConfig:
     def validate(self) -> None:
         _positive(self, "patching", "interval_ms", "patch_len", "clock_quorum",
                   "value_abs_max", "future_rearm_steps")
+        try:
+            from connectors.schemas import zone
+
+            zone(self.timezone)
+        except (ValueError, KeyError, OSError):
+            raise ConfigError(f"patching.timezone: unknown timezone {self.timezone!r} (an IANA "
+                              f"name such as 'UTC' or 'Europe/Berlin')") from None
         if self.lateness_ms < 0:
             raise ConfigError("patching.lateness_ms must be >= 0")
         if self.max_future_ms is not None and self.max_future_ms < 0:
@@ -156,6 +164,22 @@ class AlertsConfig:
                   "event_window_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"alerts.{k} must be >= 0")
+
+
+@dataclass
+class DataQualityConfig:
+    """Data-quality alerts per sensor (``streaming.quality``); 0 turns a check off."""
+
+    silence_readings: int = 24          # grid points without a reading while others report
+    flat_readings: int = 36             # identical consecutive readings: a flat line
+    suppress: bool = True               # no drift/anomaly alerts on a sensor while it has one
+
+    def validate(self) -> None:
+        for k in ("silence_readings", "flat_readings"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"data_quality.{k} must be >= 0 (0: off)")
+        if self.flat_readings == 1:
+            raise ConfigError("data_quality.flat_readings must be 0 (off) or >= 2")
 
 
 @dataclass
@@ -326,6 +350,7 @@ class StreamConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    data_quality: DataQualityConfig = field(default_factory=DataQualityConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -339,6 +364,7 @@ class StreamConfig:
         self.adapt.validate()
         self.anomaly.validate()
         self.alerts.validate()
+        self.data_quality.validate()
         self.baselines.validate()
         self.serve.validate()
         self.kafka.validate()

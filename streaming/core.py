@@ -26,10 +26,13 @@ from streaming.forecaster import Forecaster
 from streaming.metrics import OnlineMetrics
 from streaming.online import OnlineModel
 from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
+from streaming.quality import DataQuality, QualityEvent
 from streaming.signals import Signals
 from streaming.window import ContextWindow
 
-STAGES = ("patcher", "window", "baselines", "forecaster", "signals", "scorer", "drift", "gate")
+STAGES = ("patcher", "window", "baselines", "forecaster", "signals", "quality", "scorer", "drift",
+          "gate")
+NEW_STAGES = ("quality",)    # a state of an earlier version may lack these: they start fresh
 
 
 @dataclass
@@ -75,8 +78,9 @@ class StreamCore:
         self.baselines = Baselines(cfg)
         self.forecaster = Forecaster(cfg, model, self.baselines.names)
         self.signals = Signals(cfg)
+        self.quality = DataQuality(cfg)
         self.scorer = AnomalyScorer(cfg.anomaly)
-        self.drift = DriftMonitor(cfg.drift)
+        self.drift = DriftMonitor(cfg.drift, step_ms=p.interval_ms * p.patch_len)
         extra = model.meta.get("extra", {})
         self.gate = AlertGate(cfg, extra.get("edge_index"), extra.get("sensors"))
 
@@ -120,12 +124,13 @@ class StreamCore:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output into a core built with the same configuration."""
-        missing = [name for name in STAGES if name not in state]
+        missing = [name for name in STAGES if name not in state and name not in NEW_STAGES]
         if missing:
             raise ValueError(f"core state has no {', '.join(missing)} (not a state of this "
                              "version)")
         for name in STAGES:
-            getattr(self, name).load_state_dict(state[name])
+            if name in state:
+                getattr(self, name).load_state_dict(state[name])
 
     # --- driving ------------------------------------------------------------------------
 
@@ -149,6 +154,14 @@ class StreamCore:
             self._step(step, out)
         return out
 
+    def flush(self) -> CoreOutput:
+        """End of input: close every open step, the last partial one included, so that its
+        readings are realized, scored and checked (``patching.close_all``)."""
+        out = CoreOutput()
+        for step in self.patcher.close_all():
+            self._step(step, out)
+        return out
+
     def _step(self, step: ClosedStep, out: CoreOutput) -> None:
         """One closed step through the stages."""
         n = step.values.shape[0]
@@ -168,16 +181,19 @@ class StreamCore:
         self.window.remember(step.step, pending)
         out.forecasts.append(self._block(step, yhat, exists, leader, pending.experts))
         alerts = [self._bad_forecast_alert(step, bad)] if bad else []
+        alerts += [self._quality_alert(step, ev) for ev in self.quality.update(step)]
+        quiet = (set(np.flatnonzero(self.quality.suppressed[:n]).tolist())
+                 if self.cfg.data_quality.suppress else set())
         distance = self.signals.embedding_distance(emb, n)
         scores, evidence = self.scorer.update(step.step, step.end_ts, names, nowcast, distance,
                                               explain_at=self.cfg.alerts.anomaly_threshold)
         out.scores.append(scores)
-        alerts += self.gate.update("anomaly", step.step, step.end_ts, evidence, names,
-                                   scores.score)
+        alerts += self.gate.update("anomaly", step.step, step.end_ts,
+                                   _without(evidence, names, quiet), names, scores.score)
         stats = self.signals.drift_channels(realized, seasonal, distance)
         out.statistics.append((step.step, stats))
-        drift = self.gate.update("drift", step.step, step.end_ts, self.drift.update(names,
-                                                                                  stats))
+        drift = self.gate.update("drift", step.step, step.end_ts, _without(
+            self.drift.update(names, stats, step.step, step.end_ts), names, quiet))
         for a in drift:
             self.forecaster.boost(a.sensors, step.step)
         alerts += drift
@@ -268,6 +284,27 @@ class StreamCore:
             detail={"reading_ts": int(flag.ts), "clock_ts": None if ref is None else int(ref),
                     "reason": flag.reason}))
 
+    def _quality_alert(self, step: ClosedStep, ev: QualityEvent) -> Alert:
+        name = self.sensors[ev.sensor]
+        since = format_minute(ev.since_ts)
+        if ev.condition == "silence":
+            text = (f"{name} silent since {since}: no reading for {ev.detail['silent_steps']} "
+                    f"steps while other sensors report" if ev.raised
+                    else f"{name} reports again (silent since {since}, "
+                         f"{ev.detail['silent_steps']} steps)")
+        else:
+            text = (f"{name} flat at {ev.detail['value']:g} since {since}: "
+                    f"{ev.detail['readings']} identical readings" if ev.raised
+                    else f"{name} no longer flat (was {ev.detail['value']:g} since {since}, "
+                         f"{ev.detail['readings']} readings)")
+        state = "raised" if ev.raised else "cleared"
+        return self.gate.report("data-quality", step.step, step.end_ts, [name], Evidence(
+            score=1.0 if ev.raised else 0.0, detector="data-quality", statistic=ev.condition,
+            text=text, severity="warning" if ev.raised else "info",
+            detail={"condition": ev.condition, "state": state, "since_ts": ev.since_ts,
+                    "since_step": ev.since_step, **ev.detail},
+            key=f"data-quality:{name}:{ev.condition}:{ev.since_step}:{state}"))
+
     def _bad_forecast_alert(self, step: ClosedStep, names: list[str]) -> Alert:
         return self.gate.report("data-quality", step.step, step.end_ts, names, Evidence(
             score=1.0, detector="forecast-guard", statistic="forecast",
@@ -285,3 +322,12 @@ class StreamCore:
             statistic=ev.get("statistic", ""), severity=ev.get("severity"),
             key=f"data-quality:{step.step}:{i}",
             text=f"online update rolled back: {d.get('reason', '')}".rstrip(": "), detail=d))
+
+
+def _without(evidence: dict[str, Evidence], names: list[str], quiet: set[int]
+             ) -> dict[str, Evidence]:
+    """``evidence`` less the sensors (indices into ``names``) with a data-quality condition."""
+    if not quiet:
+        return evidence
+    drop = {names[i] for i in quiet}
+    return {s: e for s, e in evidence.items() if s not in drop}

@@ -16,22 +16,26 @@ Errors and distances are skewed (a few large values), so each channel is log-tra
 (``log(x + 0.1)``), standardized against its own recent level, clipped to ``drift.clip``; the
 step's common mode across
 sensors is removed (a disturbance of the shared model or a holiday hits every sensor), and
-a river detector (Page-Hinkley "up" by default) watches the result. Only increases of an
-error count. ``update`` returns, per sensor, the evidence of its strongest firing channel;
+a detector watches the result: Page-Hinkley "up" by default (``streaming.detectors``,
+vectorized over sensors, river's arithmetic), or river's ADWIN / KSWIN per sensor. Only
+increases of an error count: a detection is evidence only when the statistic is above its
+normal level now and on average since the estimated onset, and the evidence says since when.
+``update`` returns, per sensor, the evidence of its strongest firing channel;
 the alert gate (``streaming.alert_gate``) turns it into alerts (cooldown per sensor).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from river import drift
 
+from connectors.schemas import format_minute
 from streaming.alert_gate import Evidence
 from streaming.config import DriftConfig
+from streaming.detectors import PageHinkleyArray
 
 
 def make_detector(cfg: DriftConfig, seed: int = 0) -> Any:
@@ -94,96 +98,190 @@ def load_detector_state(det: Any, state: dict[str, Any]) -> None:
                          f"{type(det).__name__} (drift.detector changed?)")
 
 
-@dataclass
-class _ChannelState:
-    detector: Any
-    n: int = 0
-    mean: float = 0.0      # normal level of the statistic (running, then EWMA)
-    var: float = 0.0
+class _Channel:
+    """One channel's per-sensor normal level (log units) and detectors."""
+
+    def __init__(self, cfg: DriftConfig) -> None:
+        self.cfg = cfg
+        self.n = np.zeros(0, np.int64)
+        self.mean = np.zeros(0)      # normal level of the statistic (running, then EWMA)
+        self.var = np.zeros(0)
+        self.ph = (PageHinkleyArray(cfg.delta, cfg.threshold, alpha=1.0)
+                   if cfg.detector == "page_hinkley" else None)
+        self.river: list[Any] = []   # adwin / kswin: one river detector per sensor
+
+    def grow(self, n: int) -> None:
+        pad = n - len(self.n)
+        if pad > 0:
+            self.n = np.concatenate([self.n, np.zeros(pad, np.int64)])
+            self.mean = np.concatenate([self.mean, np.zeros(pad)])
+            self.var = np.concatenate([self.var, np.zeros(pad)])
+        if self.ph is None:
+            while len(self.river) < n:
+                self.river.append(make_detector(self.cfg, seed=len(self.river)))
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n.copy(), "mean": self.mean.copy(),
+                               "var": self.var.copy()}
+        if self.ph is not None:
+            out["ph"] = self.ph.state_dict()
+        else:
+            out["detectors"] = [detector_state(d) for d in self.river]
+        return out
+
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        if isinstance(state, list):       # the per-sensor format of earlier checkpoints
+            state = _from_per_sensor(state, self.ph is not None)
+        self.n = np.array(state["n"], np.int64)
+        self.mean = np.array(state["mean"], np.float64)
+        self.var = np.array(state["var"], np.float64)
+        if self.ph is not None:
+            if "ph" not in state:
+                raise ValueError("checkpointed drift detectors are not page_hinkley "
+                                 "(drift.detector changed?)")
+            self.ph.load_state_dict(state["ph"])
+        else:
+            if "detectors" not in state:
+                raise ValueError(f"checkpointed drift detectors are page_hinkley, configured "
+                                 f"{self.cfg.detector} (drift.detector changed?)")
+            self.river = []
+            for i, st in enumerate(state["detectors"]):
+                det = make_detector(self.cfg, seed=i)
+                load_detector_state(det, st)
+                self.river.append(det)
+
+
+def _from_per_sensor(states: list[dict[str, Any]], ph: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": [int(s["n"]) for s in states],
+                           "mean": [float(s["mean"]) for s in states],
+                           "var": [float(s["var"]) for s in states]}
+    dets = [s["detector"] for s in states]
+    if not ph:
+        out["detectors"] = dets
+    elif all(d.get("type") == "page_hinkley" for d in dets):
+        k = len(dets)
+        out["ph"] = {"delta": 0.0, "threshold": 1.0, "alpha": 1.0,
+                     "n": [int(d["mean_n"]) for d in dets],
+                     "mean": [float(d["mean"]) for d in dets],
+                     "sum": [float(d["_sum_increase"]) for d in dets],
+                     "min": [float(d["_min_increase"]) for d in dets],
+                     "min_at": [0] * k, "run_sum": [0.0] * k, "run_n": [0] * k}
+    return out
 
 
 class DriftMonitor:
-    """Per-sensor drift detection on residual and embedding channels (module docstring)."""
+    """Per-sensor drift detection on residual and embedding channels (module docstring).
 
-    def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5) -> None:
+    A detection becomes evidence only when the statistic is *above* its normal level at the
+    firing step and on average since the estimated onset (the errors rose): a statistic that
+    fell is never reported as a drift. ``step``/``ts`` of ``update`` date the onset.
+    """
+
+    def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5,
+                 step_ms: int = 0) -> None:
         self.cfg = cfg
         self.ewma = ewma
         self.common_mode_min = common_mode_min
-        self.channels: dict[str, list[_ChannelState]] = {}
-
-    def _state(self, channel: str, i: int) -> _ChannelState:
-        states = self.channels.setdefault(channel, [])
-        while len(states) <= i:
-            states.append(_ChannelState(make_detector(self.cfg, seed=len(states))))
-        return states[i]
+        self.step_ms = step_ms
+        self.channels: dict[str, _Channel] = {}
+        self.t = 0                    # updates so far (the step label when none is given)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"channels": {c: [{"n": st.n, "mean": st.mean, "var": st.var,
-                                  "detector": detector_state(st.detector)} for st in states]
-                             for c, states in self.channels.items()}}
+        return {"t": self.t, "channels": {c: ch.state_dict() for c, ch in self.channels.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.channels = {}
-        for c, states in state["channels"].items():
-            out = []
-            for i, st in enumerate(states):
-                det = make_detector(self.cfg, seed=i)
-                load_detector_state(det, st["detector"])
-                out.append(_ChannelState(det, int(st["n"]), float(st["mean"]), float(st["var"])))
-            self.channels[str(c)] = out
+        self.t = int(state.get("t", 0))
+        for c, st in state["channels"].items():
+            ch = _Channel(self.cfg)
+            ch.load_state_dict(st)
+            self.channels[str(c)] = ch
 
-    def update(self, names: list[str], stats: dict[str, np.ndarray]) -> dict[str, Evidence]:
+    def update(self, names: list[str], stats: dict[str, np.ndarray], step: int | None = None,
+               ts: int | None = None) -> dict[str, Evidence]:
         """Feed one step's statistic per channel and sensor (NaN = nothing to score); returns
-        the evidence of the sensors whose detector fired (the highest z per sensor)."""
+        the evidence of the sensors whose detector fired on a rise (the highest z per
+        sensor)."""
         cfg = self.cfg
-        fired: dict[int, tuple[str, float, float, float, _ChannelState]] = {}
+        self.t += 1
+        at = self.t if step is None else int(step)
+        best_z = np.full(len(names), -np.inf)
+        fired: dict[int, dict[str, Any]] = {}
         for channel, stat in stats.items():
             stat = np.asarray(stat, np.float64)
             if stat.ndim != 1 or len(stat) > len(names):
                 raise ValueError(f"drift monitor: {channel} must be one value per sensor "
                                  f"(at most {len(names)}), got shape {stat.shape}")
-            scored: list[tuple[int, float, float, _ChannelState]] = []
-            for i, x in enumerate(np.log(stat + 0.1).tolist()):
-                if math.isnan(x):
-                    continue
-                st = self._state(channel, i)
-                st.n += 1
-                if st.n <= cfg.warmup_steps:
-                    d = x - st.mean  # warm-up: plain running mean/variance of the statistic
-                    st.mean += d / st.n
-                    st.var += (d * (x - st.mean) - st.var) / st.n
-                    continue
-                sd = max(math.sqrt(max(st.var, 0.0)), 0.05)   # log units: a 5 % floor
-                scored.append((i, x, (x - st.mean) / sd, st))
-            common = 0.0
-            if len(scored) >= self.common_mode_min:
-                common = float(np.median([z for _, _, z, _ in scored]))
-            for i, x, z_abs, st in scored:
-                z = min(max(z_abs - common, -cfg.clip), cfg.clip)
-                st.detector.update(z if cfg.detector == "page_hinkley" else x)
-                hit = st.detector.drift_detected and (cfg.detector == "page_hinkley" or z > 0)
-                if st.detector.drift_detected:
-                    st.detector = make_detector(cfg, seed=i)
-                elif z < 3.0:
-                    # the normal level follows the data, but not while the error is high
-                    d = x - st.mean
-                    st.mean += self.ewma * d
-                    st.var = (1 - self.ewma) * (st.var + self.ewma * d * d)
-                if hit and (i not in fired or z > fired[i][1]):
-                    fired[i] = (channel, z, x, common, st)
-        out = {}
-        for i in sorted(fired):
-            channel, z, x, common, st = fired[i]
-            name = names[i]
-            out[name] = Evidence(
-                score=z, detector=cfg.detector, statistic=channel,
-                severity="critical" if z >= cfg.clip else "warning",
-                text=f"{cfg.detector} fired on {channel} of {name}: "
-                     f"{math.exp(x) - 0.1:.3f} vs normal {math.exp(st.mean) - 0.1:.3f} "
-                     f"(z={z:.1f})",
-                detail={"value": round(math.exp(x) - 0.1, 6),
-                        "baseline": round(math.exp(st.mean) - 0.1, 6),
-                        "log_value": round(x, 6), "log_baseline_mean": round(st.mean, 6),
-                        "log_baseline_std": round(math.sqrt(max(st.var, 0.0)), 6),
-                        "z": round(z, 3), "common_mode_z": round(common, 3)})
-        return out
+            m = len(stat)
+            ch = self.channels.get(channel)
+            if ch is None:
+                ch = self.channels[channel] = _Channel(cfg)
+            ch.grow(m)
+            with np.errstate(invalid="ignore"):
+                x = np.log(stat + 0.1)
+            ok = ~np.isnan(x)
+            cnt = ch.n[:m] + ok
+            warm = ok & (cnt <= cfg.warmup_steps)
+            mean, var = ch.mean[:m].copy(), ch.var[:m].copy()
+            # warm-up: plain running mean/variance of the statistic
+            safe = np.maximum(cnt, 1)
+            d = np.where(warm, x - mean, 0.0)
+            wmean = mean + d / safe
+            wvar = var + (d * (np.where(warm, x, 0.0) - wmean) - var) / safe
+            ch.mean[:m] = np.where(warm, wmean, mean)
+            ch.var[:m] = np.where(warm, wvar, var)
+            ch.n[:m] = cnt
+            scored = ok & ~warm
+            sd = np.maximum(np.sqrt(np.maximum(var, 0.0)), 0.05)   # log units: a 5 % floor
+            z_abs = np.where(scored, (x - mean) / sd, np.nan)
+            common = (float(np.median(z_abs[scored]))
+                      if int(scored.sum()) >= self.common_mode_min else 0.0)
+            z = np.clip(z_abs - common, -cfg.clip, cfg.clip)
+            run = np.zeros(m)
+            onset = np.full(m, at, np.int64)
+            if ch.ph is not None:
+                det = ch.ph.update(np.where(scored, z, np.nan), at)
+                run, onset = ch.ph.last_run_mean, ch.ph.last_onset + 1
+                rose = det & (z > 0) & (run > 0)
+            else:
+                det = np.zeros(m, bool)
+                for i in np.flatnonzero(scored).tolist():
+                    ch.river[i].update(float(x[i]))
+                    if ch.river[i].drift_detected:
+                        det[i] = True
+                        ch.river[i] = make_detector(cfg, seed=i)
+                run = np.where(scored, z, 0.0)
+                rose = det & (z > 0)
+            # the normal level follows the data, but not while the error is high
+            follow = scored & ~det & (z < 3.0)
+            dd = np.where(follow, x - mean, 0.0)
+            ch.mean[:m] = np.where(follow, mean + self.ewma * dd, ch.mean[:m])
+            ch.var[:m] = np.where(follow, (1 - self.ewma) * (var + self.ewma * dd * dd),
+                                  ch.var[:m])
+            for i in np.flatnonzero(rose & (z > best_z[:m])).tolist():
+                best_z[i] = z[i]
+                fired[i] = {"channel": channel, "z": float(z[i]), "x": float(x[i]),
+                            "common": common, "mean": float(mean[i]),
+                            "sd": float(np.sqrt(max(var[i], 0.0))), "run": float(run[i]),
+                            "onset": int(onset[i])}
+        return {names[i]: self._evidence(names[i], f, at, ts) for i, f in sorted(fired.items())}
+
+    def _evidence(self, name: str, f: dict[str, Any], at: int, ts: int | None) -> Evidence:
+        cfg = self.cfg
+        z, x, channel = f["z"], f["x"], f["channel"]
+        value, normal = math.exp(x) - 0.1, math.exp(f["mean"]) - 0.1
+        steps = max(at - f["onset"] + 1, 1)
+        since_ts = (None if ts is None or not self.step_ms
+                    else int(ts - (steps - 1) * self.step_ms))
+        since = "" if since_ts is None else f" since {format_minute(since_ts)}"
+        return Evidence(
+            score=z, detector=cfg.detector, statistic=channel,
+            severity="critical" if z >= cfg.clip else "warning",
+            text=f"{channel} of {name} rose{since} ({steps} steps): {value:.3f} vs normal "
+                 f"{normal:.3f} (z={z:.1f}, mean z {f['run']:.1f}; {cfg.detector})",
+            detail={"direction": "up", "value": round(value, 6), "baseline": round(normal, 6),
+                    "since_step": int(f["onset"]), "since_ts": since_ts, "run_steps": steps,
+                    "run_mean_z": round(f["run"], 3),
+                    "log_value": round(x, 6), "log_baseline_mean": round(f["mean"], 6),
+                    "log_baseline_std": round(f["sd"], 6),
+                    "z": round(z, 3), "common_mode_z": round(f["common"], 3)})

@@ -85,6 +85,30 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def encode_outputs(core_out: CoreOutput) -> Outputs:
+    """The forecast and alert messages of a core output (dead letters are the caller's)."""
+    out = Outputs()
+    for block in core_out.forecasts:
+        out.forecasts.extend(encode_forecasts(block))
+    for a in core_out.alerts:
+        out.alerts.append((a.id.encode(), encode_alert(a)))
+    return out
+
+
+def flush_cores(cores: dict[int, StreamCore], stats: WorkerStats | None = None) -> Outputs:
+    """End of input (``--idle-exit``): close every region's last, partial step and encode
+    what that produced."""
+    out = Outputs()
+    for _, core in sorted(cores.items()):
+        o = encode_outputs(core.flush())
+        out.forecasts += o.forecasts
+        out.alerts += o.alerts
+    if stats is not None:
+        stats.forecasts += len(out.forecasts)
+        stats.alerts += len(out.alerts)
+    return out
+
+
 def apply_torch_threads(cfg: StreamConfig) -> None:
     """Set torch's intra-op threads as configured (1 by default: the worker's tensors are
     small, and extra threads fight the fetch loop for 2 cores)."""
@@ -115,7 +139,7 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
     readings, dead = decode_readings(
         [r.value for r in rd], known_sensors=known, topic=kcfg.readings_topic,
         partitions=[r.partition for r in rd], offsets=[r.offset for r in rd],
-        keys=[r.key for r in rd])
+        keys=[r.key for r in rd], timezone=cfg.patching.timezone)
 
     def handle(i: int) -> tuple:
         r = rd[int(readings.source[i])]
@@ -127,7 +151,7 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
         events, dead_ev = decode_events(
             [r.value for r in ev], known_sensors=known, topic=kcfg.events_topic,
             partitions=[r.partition for r in ev], offsets=[r.offset for r in ev],
-            keys=[r.key for r in ev])
+            keys=[r.key for r in ev], timezone=cfg.patching.timezone)
         dead.extend(dead_ev)
     accepted = core.patcher.stats.accepted
     core_out = core.process(readings, events, now_ms=now_ms)
@@ -140,11 +164,7 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
     for h, reason in core_out.rejected_held:
         if h is not None:
             dead.append(DeadLetter.from_handle(h, reason))
-    out = Outputs()
-    for block in core_out.forecasts:
-        out.forecasts.extend(encode_forecasts(block))
-    for a in core_out.alerts:
-        out.alerts.append((a.id.encode(), encode_alert(a)))
+    out = encode_outputs(core_out)
     for d in _one_per_message(dead):
         out.dead_letters.append((d.unique_key(), d.to_message()))
     if stats is not None:

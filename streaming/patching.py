@@ -226,7 +226,17 @@ class IncrementalPatcher:
         wm = self.watermark
         if wm is None:
             return []
-        first_open = int(self._closed_before(wm))
+        return self._close_before(int(self._closed_before(wm)))
+
+    def close_all(self) -> list[ClosedStep]:
+        """Close every open step, the last (partial) one included: the end of the input
+        (a finished recording, a worker leaving on ``--idle-exit``). Readings for these
+        steps that arrive later are late."""
+        if not self._open:
+            return []
+        return self._close_before(max(self._open) + 1)
+
+    def _close_before(self, first_open: int) -> list[ClosedStep]:
         closed: list[ClosedStep] = []
         if self.next_open is not None and first_open <= self.next_open:
             return closed

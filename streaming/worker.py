@@ -37,6 +37,7 @@ from streaming.microbatch import (
     Record,
     WorkerStats,
     apply_torch_threads,
+    flush_cores,
     process_records,
 )
 from streaming.regions import Regions
@@ -118,6 +119,7 @@ class LiveWorker:
     async def _loop(self, consumer: Any, producer: Any) -> None:
         k = self.cfg.kafka
         last_data = last_status = time.monotonic()
+        idle = False
         while not self._stop.is_set():
             batch = await self._fetch(consumer)
             now = time.monotonic()
@@ -154,10 +156,15 @@ class LiveWorker:
                 self.stats.lag = await watch.lag(consumer)
                 if sum(self.stats.lag.values()) == 0:
                     log.info("idle for %.1fs with no lag: stopping", self.idle_exit_s)
+                    idle = True
                     break
         await self._settle()
+        # the end of the input: the last, partial step is closed, forecast and scored
+        last = flush_cores(self.cores, self.stats) if idle else Outputs()
         if self.checkpointer.enabled and self.cores:
-            await self._checkpoint(list(self.cores), Outputs())        # on shutdown
+            await self._checkpoint(list(self.cores), last)        # on shutdown
+        elif last.forecasts or last.alerts:
+            await self._produce(producer, last)
 
     def _process(self, batch: dict[Any, list[Any]], active: set[int]) -> Outputs:
         """Split a fetched batch by region, run each region's core, merge the outputs."""

@@ -477,3 +477,12 @@ def test_sz_taxi_npz_and_directed_graph() -> None:
     assert r.values.shape == (2976, 156)
     ei, ew = load_graph(_need_data("sz_taxi", "adjacency.csv"), r.sensors)
     assert ei.shape == (2, 532) and np.all(ew == 1.0)
+
+
+def test_csv_naive_times_follow_the_timezone(tmp_path) -> None:
+    p = tmp_path / "local.csv"
+    p.write_text("time,a\n2026-01-10 08:00,1.0\n2026-01-10 09:00,2.0\n")
+    utc = read_recording(p)
+    ny = read_recording(p, timezone="America/New_York")
+    assert int(ny.timestamps[0]) - int(utc.timestamps[0]) == 5 * 3_600_000   # EST = UTC-5
+    assert ny.interval_ms == 3_600_000

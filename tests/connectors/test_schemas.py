@@ -86,3 +86,24 @@ def test_events():
 def test_parse_ts_naive_is_utc():
     assert parse_ts("1970-01-01T00:00:01") == 1000
     assert parse_ts("1970-01-01T01:00:01+01:00") == 1000
+
+
+def test_naive_timestamps_are_local_times_of_the_configured_timezone() -> None:
+    from connectors.schemas import decode_readings, parse_ts
+
+    msg = b'{"sensor": "s1", "ts": "2026-07-01T12:00:00", "value": 1.0}'
+    utc, _ = decode_readings([msg])
+    berlin, _ = decode_readings([msg], timezone="Europe/Berlin")
+    assert int(utc.ts[0]) == parse_ts("2026-07-01T12:00:00Z")
+    assert int(utc.ts[0]) - int(berlin.ts[0]) == 2 * 3_600_000          # CEST = UTC+2
+    aware = b'{"sensor": "s1", "ts": "2026-07-01T12:00:00+00:00", "value": 1.0}'
+    assert decode_readings([aware], timezone="Europe/Berlin")[0].ts[0] == utc.ts[0]
+
+
+def test_an_unknown_timezone_is_a_config_error_naming_the_key() -> None:
+    import pytest
+
+    from streaming.config import ConfigError, StreamConfig
+
+    with pytest.raises(ConfigError, match="patching.timezone"):
+        StreamConfig.from_dict({"patching": {"timezone": "Mars/Olympus"}})

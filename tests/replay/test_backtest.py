@@ -75,13 +75,15 @@ def test_immediate_feedback_learns_right_after_each_forecast() -> None:
     ri = backtest(rec, immediate, feedback="immediate", progress=False)
     np.testing.assert_array_equal(rd.steps, ri.steps)
     n = len(ri.steps)
-    assert immediate.model.n_updates == n           # every forecast fed back at once
+    # every forecast fed back at once, except the flushed last step's: its horizon is past
+    # the end of the recording
+    assert immediate.model.n_updates == n - 1
     assert delayed.model.n_updates == n - 2         # the last two are still waiting for truth
     np.testing.assert_array_equal(rd.yhat[0], ri.yhat[0])   # same model before any update
     assert not np.allclose(rd.yhat[3:], ri.yhat[3:])
     assert ri.versions[1].endswith("+1") and rd.versions[1].endswith("+0")
     m = ri.metrics()
-    assert m["steps"] == n - 1 and np.isfinite(m["mse"])    # full horizons only
+    assert m["steps"] == n - 2 and np.isfinite(m["mse"])    # full horizons only
 
 
 def test_backtest_rejects_bad_arguments() -> None:
@@ -147,3 +149,18 @@ def test_the_per_point_file_reproduces_the_report(tmp_path: Path) -> None:
     assert abs(report["mae_vs_persistence"] - report["mae"] / pers) < 0.02
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["by_horizon"]["served"]["mae"] == report["by_horizon"]["served"]["mae"]
+
+
+def test_the_last_partial_step_is_closed_and_scored_at_end_of_input() -> None:
+    rec = _small_recording().slice_rows(0, 12 * 30 + 5)     # 30 full steps + 5 readings
+    core = _core(StreamConfig(), list(rec.sensors))
+    res = backtest(rec, core, progress=False)
+    assert len(res.steps) == 31 and res.steps[-1] == res.steps[0] + 30
+    assert res.score_steps[-1] == res.steps[-1]             # the partial step was scored
+    assert res.score_rows[-1] == rec.n_steps - 1
+    assert core.patcher.stats.accepted == int((~np.isnan(rec.values)).sum())
+    # the forecast made one step earlier is realized by the partial step's 5 readings
+    assert np.isfinite(res.truth[-2][:, :5]).all() and np.isnan(res.truth[-2][:, 5:]).all()
+    unflushed = backtest(rec, _core(StreamConfig(), list(rec.sensors)), progress=False,
+                         flush=False)
+    assert len(unflushed.steps) == 30

@@ -35,6 +35,7 @@ from streaming.metrics import OnlineMetrics
 from streaming.normalization import OnlineNormalizer
 from streaming.online import OnlineModel
 from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
+from streaming.quality import DataQuality
 from streaming.signals import Signals
 from streaming.window import ContextWindow, Pending
 
@@ -127,6 +128,15 @@ def _signals_feed(sg: Signals, k: int) -> Any:
     return (sg.nowcast(st, prev), sg.seasonal(st, np.ones(N)), sg.embedding_distance(emb, N))
 
 
+def _quality_feed(q: DataQuality, k: int) -> Any:
+    st = _closed(k)
+    if 5 <= k < 9 or 14 <= k < 20:
+        st.values[0] = np.nan                    # s0 goes silent twice
+    if 3 <= k < 16:
+        st.values[1] = 7.0                       # s1 flat for a while
+    return q.update(st), q.suppressed.copy()
+
+
 def _gate_feed(g: AlertGate, k: int) -> Any:
     scores = np.clip(np.random.default_rng(k).random(N) * 1.2, 0, 1)
     ev = {s: Evidence(float(v), "anomaly-likelihood", "residual", f"x{k}")
@@ -176,6 +186,9 @@ DRIVERS = {
         lambda d, k: d.update(NAMES, {"abs_residual": np.abs(_values(k)[:, 0] - 10),
                                       "seasonal_residual": np.abs(_values(k)[:, 2] - 10)}),
         lambda d: d.update(NAMES, {"abs_residual": np.zeros((2, 2))}), "drift monitor"),
+    "quality": Driver(lambda: DataQuality(CFG), _quality_feed,
+                      lambda q: q.update(ClosedStep(1, 0, 1, np.zeros(2), np.zeros(2), 0)),
+                      "data quality"),
     "gate": Driver(lambda: AlertGate(CFG), _gate_feed,
                    lambda g: g.update("nope", 0, 0, {}), "alert gate"),
     "metrics": Driver(
