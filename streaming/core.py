@@ -192,8 +192,10 @@ class StreamCore:
                                    _without(evidence, names, quiet), names, scores.score)
         stats = self.signals.drift_channels(realized, seasonal, distance)
         out.statistics.append((step.step, stats))
-        drift = self.gate.update("drift", step.step, step.end_ts, _without(
-            self.drift.update(names, stats, step.step, step.end_ts), names, quiet))
+        found = _without(self.drift.update(names, stats, step.step, step.end_ts), names, quiet)
+        for name, ev in found.items():
+            self._describe_change(self.patcher.registry.index[name], step.step, ev)
+        drift = self.gate.update("drift", step.step, step.end_ts, found)
         for a in drift:
             self.forecaster.boost(a.sensors, step.step)
         alerts += drift
@@ -283,6 +285,40 @@ class StreamCore:
                  "move the clock",
             detail={"reading_ts": int(flag.ts), "clock_ts": None if ref is None else int(ref),
                     "reason": flag.reason}))
+
+    def _describe_change(self, i: int, step: int, ev: Evidence) -> None:
+        """Say what changed in the sensor's values since the drift's onset: a level change
+        (the mean moved by at least one pre-onset std) up or down, else a variance change
+        (std ratio beyond 1.5), else a change of shape. Compares the context window's values
+        after the onset with those before it; nothing is said when the window does not reach
+        back past the onset."""
+        since = ev.detail.get("since_step")
+        k = self.window.k
+        if since is None or i >= self.window.values.shape[0]:
+            return
+        r = step - int(since) + 1
+        if not 0 < r < k:
+            return
+        vals = self.window.values[i]
+        after, before = vals[k - r:].ravel(), vals[max(0, k - 2 * max(r, 4)):k - r].ravel()
+        after, before = after[~np.isnan(after)], before[~np.isnan(before)]
+        if len(after) < 2 or len(before) < 2:
+            return
+        sd_b, sd_a = float(np.std(before)), float(np.std(after))
+        delta = float(np.mean(after) - np.mean(before))
+        ratio = sd_a / sd_b if sd_b > 0 else float("inf")
+        if sd_b > 0 and abs(delta) >= sd_b:
+            kind, words = "level", (f"level {'rose' if delta > 0 else 'fell'} by "
+                                    f"{abs(delta):.3g} ({abs(delta) / sd_b:.1f} std)")
+            direction = "up" if delta > 0 else "down"
+        elif ratio >= 1.5 or ratio <= 1 / 1.5:
+            kind, direction = "variance", "up" if ratio > 1 else "down"
+            words = f"variability x{ratio:.2f}"
+        else:
+            kind, direction, words = "shape", None, "shape changed, level and spread kept"
+        ev.detail.update({"change": kind, "value_direction": direction,
+                          "level_change": round(delta, 6), "std_ratio": round(ratio, 4)})
+        ev.text += f"; {words}"
 
     def _quality_alert(self, step: ClosedStep, ev: QualityEvent) -> Alert:
         name = self.sensors[ev.sensor]

@@ -4,6 +4,7 @@ anomaly alerts on the sensor meanwhile."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from replay.backtest import backtest
 from replay.simulator import SimConfig, simulate
@@ -93,3 +94,23 @@ def test_a_silent_sensor_gets_one_alert_and_no_drift_alerts_in_the_core() -> Non
                 assert not dq[2]["ts"] <= t < dq[3]["ts"], a["detail"]["text"]
             if "s002" in a["sensors"]:
                 assert not dq[0]["ts"] <= t < dq[1]["ts"], a["detail"]["text"]
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_drift_alerts_say_which_way_the_level_moved(sign: float) -> None:
+    from replay.simulator import DriftSpec
+
+    rec, truth = simulate(SimConfig(n_sensors=16, n_days=5, seed=6, n_events=0, drifts=[
+        DriftSpec("level_shift", sensor=3, onset_frac=0.6, magnitude=2.5 * sign)]))
+    cfg = StreamConfig.from_dict({"drift": {"warmup_steps": 24}, "alerts": {"merge_hops": 0}})
+    core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                      sensors=list(rec.sensors))
+    res = backtest(rec, core, progress=False)
+    drifted = set(truth[0].sensors)
+    hits = [a for a in res.alerts if a["kind"] == "drift" and a["ts"] >= truth[0].onset_ts
+            and set(a["sensors"]) & drifted]
+    assert hits, "the level shift must be detected"
+    a = hits[0]
+    assert a["detail"]["change"] == "level"
+    assert a["detail"]["value_direction"] == ("down" if sign < 0 else "up")
+    assert ("level fell by" if sign < 0 else "level rose by") in a["detail"]["text"]
