@@ -37,6 +37,8 @@ class PageHinkleyArray:
         self.min_at = np.zeros(0, np.int64)    # the ``at`` of the update that set ``min``
         self.run_sum = np.zeros(0)             # inputs since ``min_at`` (exclusive)
         self.run_n = np.zeros(0, np.int64)
+        self.last_onset = np.zeros(0, np.int64)    # per stream, as of the last update
+        self.last_run_mean = np.zeros(0)
 
     def __len__(self) -> int:
         return len(self.n)
@@ -86,12 +88,10 @@ class PageHinkleyArray:
         return fired
 
     def state_dict(self) -> dict[str, Any]:
-        return {"delta": self.delta, "threshold": self.threshold, "alpha": self.alpha,
-                **{k: getattr(self, k).copy() for k in _ARRAYS}}
+        """The streams' state; ``delta``/``threshold``/``alpha`` come from the configuration."""
+        return {k: getattr(self, k).copy() for k in _ARRAYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.delta, self.threshold = float(state["delta"]), float(state["threshold"])
-        self.alpha = float(state["alpha"])
         for k in _ARRAYS:
             setattr(self, k, np.array(state[k], getattr(self, k).dtype))
 

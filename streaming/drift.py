@@ -160,8 +160,7 @@ def _from_per_sensor(states: list[dict[str, Any]], ph: bool) -> dict[str, Any]:
         out["detectors"] = dets
     elif all(d.get("type") == "page_hinkley" for d in dets):
         k = len(dets)
-        out["ph"] = {"delta": 0.0, "threshold": 1.0, "alpha": 1.0,
-                     "n": [int(d["mean_n"]) for d in dets],
+        out["ph"] = {"n": [int(d["mean_n"]) for d in dets],
                      "mean": [float(d["mean"]) for d in dets],
                      "sum": [float(d["_sum_increase"]) for d in dets],
                      "min": [float(d["_min_increase"]) for d in dets],
