@@ -67,6 +67,13 @@ class ExpertWeights:
         leader = np.argmax(w.mean(axis=1), axis=1)
         return served, leader
 
+    def clipped_loss(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray
+                     ) -> np.ndarray:
+        """``[N, H, E]`` squared errors in units of each sensor's scale, clipped at
+        ``loss_clip`` (NaN where there is no forecast or no truth)."""
+        err = (forecasts - truth[..., None]) / scale[:, None, None]
+        return np.minimum(err * err, self.loss_clip)
+
     def update(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray) -> None:
         """Learn from one realized forecast: the experts' ``[N, H, E]``, the truth ``[N, H]``
         (NaN: not observed, no update there) and each sensor's scale ``[N]``."""
@@ -77,8 +84,7 @@ class ExpertWeights:
                              f"match the forecasts {forecasts.shape}")
         self._grow(n)
         w = self.w[:n]
-        err = (forecasts - truth[..., None]) / scale[:, None, None]
-        loss = np.minimum(err * err, self.loss_clip) / self.loss_clip          # [N, H, E]
+        loss = self.clipped_loss(forecasts, truth, scale) / self.loss_clip    # [N, H, E]
         have = ~np.isnan(loss)
         ww = np.where(have, w, 0.0)
         tot = ww.sum(axis=2, keepdims=True)

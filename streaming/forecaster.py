@@ -254,11 +254,9 @@ class Forecaster:
         ref = "frozen" if "frozen" in self.experts else "persistence"
         if ref not in self.experts:
             return
-        clip = self.cfg.serve.loss_clip
-        m = pend.experts[..., self.experts.index("model")]
-        r = pend.experts[..., self.experts.index(ref)]
-        lm = np.minimum(((m - y) / pend.scale[:, None]) ** 2, clip)
-        lr = np.minimum(((r - y) / pend.scale[:, None]) ** 2, clip)
+        pair = [self.experts.index("model"), self.experts.index(ref)]
+        loss = self.weights.clipped_loss(pend.experts[..., pair], y, pend.scale)
+        lm, lr = loss[..., 0], loss[..., 1]
         ok = ~np.isnan(lm) & ~np.isnan(lr)
         if not ok.any():
             return
