@@ -73,7 +73,7 @@ def run_core(seed: int, days: float, sensors: int, drifts: bool) -> dict[str, An
 
 def replay_detector(run: dict[str, Any], cfg: DriftConfig) -> list[tuple[int, str]]:
     """(step, sensor) of every alert ``cfg``'s monitor raises over the run's statistics."""
-    mon = DriftMonitor(cfg)
+    mon = DriftMonitor(cfg, patch_len=run["cfg"].patching.patch_len)
     gate = AlertGate(run["cfg"])
     names = run["res"].sensors
     keep = set(cfg.channels.split("+"))
@@ -172,7 +172,7 @@ def main() -> int:
              f"{len(still)} without drift (seeds {args.stationary_seeds}); {args.sensors} "
              f"sensors x {args.days:g} days, {readings:,} readings in all; 1 step = 1 h. "
              f"Defaults: {base.detector}, threshold {base.threshold:g}, delta {base.delta:g}, "
-             f"clip {base.clip:g}, warm-up {base.warmup_steps}, cooldown "
+             f"clip {base.clip:g}, warm-up {base.warmup_readings} readings, cooldown "
              f"{StreamConfig().alerts.drift_cooldown_steps}. "
              f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} "
              "cores.", "",

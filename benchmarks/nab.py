@@ -4,16 +4,18 @@
 * data: the 58 series of NAB v1.1 under ``--data-dir`` (``data/**/*.csv``, ``labels/
   combined_windows.json``), each series one sensor, no graph.
 * system: ``replay.backtest`` drives the live worker's ``StreamCore`` (fresh model, online
-  learning from realized values, anomaly likelihood of the nowcast residual and of the window
-  embedding's distance to its centroid, combined by max). The 58 series run as 58 sensors of
-  one region, aligned by row index (NAB scores rows; series have different clocks), fed one
-  row per call. So the model is one online model shared by all series (as it is shared by the
-  sensors of a region); a series' score at row r depends only on rows <= r of the corpus.
-  The fresh per-sensor model has no time-of-day embedding, so the row clock is harmless.
+  learning from realized values; the anomaly score fuses the calibrated likelihood of the
+  nowcast residual with the value detectors level, jump, distribution and context,
+  ``streaming.anomaly``). The 58 series run as 58 sensors of one region, aligned by row
+  index (NAB scores rows; series have different clocks), fed one row per call. So the model
+  is one online model shared by all series (as it is shared by the sensors of a region); a
+  series' score at row r depends only on rows <= r of the corpus. The fresh per-sensor
+  model has no time-of-day embedding, so the row clock is harmless.
 * score of a row: the anomaly score the core emitted while that row was being fed (the step
   it closed), 0 where none came out; NAB's probation, windows, scaled sigmoid, profiles and
   per-profile threshold optimization from ``replay.nab``.
-* streams scored: ``combined`` (what the core emits), each component alone, and
+* streams scored: ``combined`` (the fused score the core emits), each component alone
+  (its calibrated score), the fused score without each component (the ablation), and
   ``combined+cooldown``: a row keeps its score only when no row of the previous
   ``--cooldown`` rows of that series scored as high (the alert cooldown, threshold-free: for
   every threshold the first crossing of a burst is kept and its repeats are dropped).
@@ -115,6 +117,18 @@ def cooldown(scores: np.ndarray, window: int) -> np.ndarray:
     return np.where(before >= scores, 0.0, scores)
 
 
+def ablation(streams: dict[str, np.ndarray], components: dict[str, Any], cfg: Any
+             ) -> dict[str, np.ndarray]:
+    """The fused score without each component, by the fusion rule applied to the other
+    components' calibrated scores (``streaming.calibration``)."""
+    from streaming.calibration import exponent, fuse, score_of
+
+    m = exponent(cfg.alerts.max_per_10k, cfg.alerts.anomaly_threshold)
+    p = {c: (1.0 - np.clip(streams[c], 0.0, 1.0)) ** m for c in components}
+    return {f"fused without {c}": score_of(fuse({k: v for k, v in p.items() if k != c}), m)
+            for c in p if len(p) > 1}
+
+
 def score_streams(streams: dict[str, np.ndarray], names: list[str], lengths: list[int],
                   rows: list[list[tuple[int, int]]]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
@@ -169,8 +183,10 @@ def main() -> int:
     for c, mat in res.score_components.items():
         streams[c] = row_scores(res, mat, n_rows)
     cd = args.cooldown or cfg.alerts.anomaly_cooldown_steps * p
-    streams["combined+cooldown"] = np.stack(
-        [cooldown(streams["combined"][:, j], cd) for j in range(len(names))], axis=1)
+    streams.update(ablation(streams, res.score_components, cfg))
+    for label in [k for k in streams if k == "combined" or k.startswith("fused without")]:
+        streams[f"{label}+cooldown"] = np.stack(
+            [cooldown(streams[label][:, j], cd) for j in range(len(names))], axis=1)
     lengths = [len(v) for v in values]
     rows = [windows_from_timestamps(stamps[j], windows[n]) for j, n in enumerate(names)]
     table = score_streams(streams, names, lengths, rows)
@@ -189,8 +205,10 @@ def main() -> int:
              f"System: fresh model (patch length {p}, context {args.context} tokens, "
              f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layer, lr {cfg.model.lr}), "
              f"online learning on, anomaly likelihood long/short window "
-             f"{cfg.anomaly.long_window}/{cfg.anomaly.short_window}, warm-up "
-             f"{cfg.anomaly.warmup_steps} steps; overrides: {args.set or 'none'}. "
+             f"{cfg.anomaly.long_window}/{cfg.anomaly.short_window}, "
+             f"fused detectors {cfg.anomaly.detectors}, probation "
+             f"{cfg.anomaly.probation_readings} readings, budget "
+             f"{cfg.alerts.max_per_10k:g}/10k; overrides: {args.set or 'none'}. "
              f"{n_rows / seconds:.0f} corpus rows/s ({sum(lengths) / seconds:.0f} readings/s)"
              f" on {os.cpu_count()} cores, 1 torch thread; {len(alerts)} anomaly alerts and "
              f"{len(drift)} drift alerts raised live.", "",

@@ -6,7 +6,8 @@ becomes an ``Alert``, per kind (``GateRule``): a threshold on the evidence's sco
 its score fell below ``clear``), a cooldown (the earliest next alert on a sensor is
 ``min_gap_steps`` after the last), and a graph merge (sensors that fire in the same step and
 are linked within ``merge_hops`` edges through other firing sensors become one regional
-alert). It then names the events that coincide with an alert on its sensors ("coincides with
+alert; ``common_mode_min`` or more sensors firing in one step are one alert, graph or not). It
+then names the events that coincide with an alert on its sensors ("coincides with
 roadworks on s012"). One incident gives one alert, not one per step.
 """
 
@@ -45,6 +46,7 @@ class GateRule:
     critical: float = math.inf    # score of a "critical" alert
     min_gap_steps: int = 0        # earliest next alert on a sensor: this many steps later
     merge_hops: int = 0           # firing graph neighbours join one regional alert
+    common_mode_min: int = 0      # this many sensors firing at once: one alert (0: off)
     warmup_steps: int = 0         # scored steps per sensor before it may fire
     score_in_text: bool = False   # the text starts "<kind> score x >= threshold on s"
 
@@ -55,7 +57,8 @@ def rules(cfg: StreamConfig) -> dict[str, GateRule]:
     return {
         "anomaly": GateRule(threshold=a.anomaly_threshold, clear=a.anomaly_clear,
                             critical=a.anomaly_critical, min_gap_steps=a.anomaly_cooldown_steps,
-                            merge_hops=a.merge_hops, score_in_text=True),
+                            merge_hops=a.merge_hops, common_mode_min=a.common_mode_min,
+                            score_in_text=True),
         # a drift alert blocks its sensor for the next drift_cooldown_steps steps
         "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1),
         "data-quality": GateRule(),
@@ -117,7 +120,11 @@ class AlertGate:
                     and s in evidence):
                 firing[s] = v
         alerts = []
-        for group in self._regions(list(firing), rule.merge_hops):
+        if rule.common_mode_min and len(firing) >= rule.common_mode_min:
+            groups = [sorted(firing)]          # a change across the region: one incident
+        else:
+            groups = self._regions(list(firing), rule.merge_hops)
+        for group in groups:
             top = max(group, key=lambda s: firing[s])
             for s in group:
                 if step is not None:
@@ -148,7 +155,9 @@ class AlertGate:
         if rule.score_in_text:
             text = f"{kind} score {score:.3f} >= {rule.threshold:g} on {top}"
             if len(group) > 1:
-                text += f" and {len(group) - 1} graph neighbour(s)"
+                common = bool(rule.common_mode_min) and len(group) >= rule.common_mode_min
+                linked = "sensor(s) at the same time" if common else "graph neighbour(s)"
+                text += f" and {len(group) - 1} {linked}"
             if ev.text:
                 text += f": {ev.text}"
             detail: dict[str, Any] = {

@@ -94,6 +94,9 @@ class ModelConfig(ModelSize):
 
 
 DRIFT_CHANNELS = ("abs_residual", "seasonal_residual", "embedding_distance")
+ANOMALY_DETECTORS = ("residual", "embedding", "level", "jump", "distribution", "context")
+VALUE_DETECTORS = ANOMALY_DETECTORS[2:]                          # streaming.novelty
+MIN_WARMUP_STEPS = 4
 
 
 @dataclass
@@ -102,15 +105,20 @@ class DriftConfig:
 
     detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
     channels: str = "abs_residual+seasonal_residual+embedding_distance"  # '+'-joined
-    threshold: float = 10.0             # Page-Hinkley lambda (in standardized-error units)
+    threshold: float = 9.0              # Page-Hinkley lambda (in standardized-error units)
     delta: float = 0.5                  # Page-Hinkley tolerated increase (standardized units)
     clip: float = 8.0                   # standardized values are clipped to [-clip, clip]
     adwin_delta: float = 1e-4
     kswin_alpha: float = 1e-4
     kswin_window: int = 100
     kswin_stat_size: int = 30
-    warmup_steps: int = 48              # steps per sensor and channel before alerts may fire
+    warmup_readings: int = 288          # readings per sensor and channel before alerts may fire
+    #                                     (in steps: readings / patch_len, at least 4)
     season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
+
+    def warmup_steps(self, patch_len: int) -> int:
+        """The warm-up in closed steps: ``ceil(warmup_readings / patch_len)``, at least 4."""
+        return max(MIN_WARMUP_STEPS, -(-self.warmup_readings // patch_len))
 
     def validate(self) -> None:
         if self.detector not in ("page_hinkley", "adwin", "kswin"):
@@ -123,45 +131,74 @@ class DriftConfig:
         _positive(self, "drift", "threshold", "adwin_delta", "kswin_alpha", "clip")
         if not 0 < self.kswin_stat_size < self.kswin_window:
             raise ConfigError("drift needs 0 < kswin_stat_size < kswin_window")
-        for k in ("delta", "warmup_steps", "season_ms"):
+        for k in ("delta", "warmup_readings", "season_ms"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"drift.{k} must be >= 0")
 
 
 @dataclass
 class AnomalyConfig:
-    """The per-step anomaly score: the likelihood of the newest residual (and embedding)."""
+    """The anomaly score (``streaming.anomaly``): detectors on the values and on the forecast
+    residual, each calibrated on the sensor's own history, fused into one score."""
 
+    detectors: str = "residual+level+jump+distribution"   # fused, '+'-joined (also:
+    #                                     context, embedding: see RESULTS.md for why not)
     long_window: int = 2000             # steps of the long-run residual distribution
     short_window: int = 10              # steps of the short moving average that is scored
-    warmup_steps: int = 100             # scored steps per sensor before it may score > 0
-    embedding: bool = True              # also score the embedding's distance to its centroid
+    level_window: int = 1000            # readings of the windowed Gaussian (level, jump)
+    probation_readings: int = 100       # readings per sensor before it may score > 0
+    #                                     (per-step components: readings / patch_len, >= 8)
+    tail_mass: float = 0.2              # calibration: fraction of surprises fitted as the tail
+    calibration_window: int = 8000      # readings the calibration remembers
+    embedding: bool = True              # compute the embedding's distance to its centroid
+    #                                     (a drift channel; an anomaly detector if listed)
 
     def validate(self) -> None:
-        _positive(self, "anomaly", "long_window", "short_window")
+        _positive(self, "anomaly", "long_window", "short_window", "level_window",
+                  "probation_readings", "calibration_window")
         if self.short_window >= self.long_window:
             raise ConfigError("anomaly.short_window must be < anomaly.long_window")
-        if self.warmup_steps < 0:
-            raise ConfigError("anomaly.warmup_steps must be >= 0")
+        names = [d for d in self.detectors.split("+") if d]
+        bad = [d for d in names if d not in ANOMALY_DETECTORS]
+        if bad or not names:
+            raise ConfigError(f"anomaly.detectors: unknown detector {bad[0] if bad else ''!r} "
+                              f"(known: {'+'.join(ANOMALY_DETECTORS)})")
+        if "embedding" in names and not self.embedding:
+            raise ConfigError("anomaly.detectors lists embedding but anomaly.embedding is false")
+        if not 0 < self.tail_mass < 0.5:
+            raise ConfigError("anomaly.tail_mass must be in (0, 0.5)")
+
+    def detector_names(self) -> list[str]:
+        return [d for d in self.detectors.split("+") if d]
+
+    def value_detectors(self) -> list[str]:
+        return [d for d in self.detector_names() if d in VALUE_DETECTORS]
 
 
 @dataclass
 class AlertsConfig:
     """The alert gate: when a detector's evidence becomes an alert (``streaming.alert_gate``)."""
 
-    anomaly_threshold: float = 0.9      # anomaly score that fires an alert (tail 1e-9)
+    max_per_10k: float = 1.0            # false-alarm budget: the anomaly threshold is crossed
+    #                                     on at most this many readings per 10,000 of a
+    #                                     stationary stream (per sensor, self-calibrated)
+    anomaly_threshold: float = 0.9      # anomaly score that fires (= the budget's tail)
     anomaly_clear: float = 0.5          # a fired sensor re-arms below this (hysteresis)
     anomaly_critical: float = 0.99      # anomaly score of a "critical" alert
     anomaly_cooldown_steps: int = 24    # steps after an anomaly alert on a sensor
     drift_cooldown_steps: int = 24      # steps after a drift alert on a sensor
     merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
+    common_mode_min: int = 3            # this many sensors firing in one step: one alert
+    #                                     (a network-wide change, e.g. the first rush hour; 0 off)
     event_window_steps: int = 2         # alerts name events this close on their sensors
 
     def validate(self) -> None:
-        if not 0 <= self.anomaly_clear <= self.anomaly_threshold <= 1:
-            raise ConfigError("alerts needs 0 <= anomaly_clear <= anomaly_threshold <= 1")
+        if not 0 <= self.anomaly_clear <= self.anomaly_threshold < 1:
+            raise ConfigError("alerts needs 0 <= anomaly_clear <= anomaly_threshold < 1")
+        if not 0 < self.max_per_10k < 10_000:
+            raise ConfigError("alerts.max_per_10k must be in (0, 10000)")
         for k in ("anomaly_cooldown_steps", "drift_cooldown_steps", "merge_hops",
-                  "event_window_steps"):
+                  "event_window_steps", "common_mode_min"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"alerts.{k} must be >= 0")
 

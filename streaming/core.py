@@ -79,8 +79,9 @@ class StreamCore:
         self.forecaster = Forecaster(cfg, model, self.baselines.names)
         self.signals = Signals(cfg)
         self.quality = DataQuality(cfg)
-        self.scorer = AnomalyScorer(cfg.anomaly)
-        self.drift = DriftMonitor(cfg.drift, step_ms=p.interval_ms * p.patch_len)
+        self.scorer = AnomalyScorer(cfg)
+        self.drift = DriftMonitor(cfg.drift, step_ms=p.interval_ms * p.patch_len,
+                                  patch_len=p.patch_len)
         extra = model.meta.get("extra", {})
         self.gate = AlertGate(cfg, extra.get("edge_index"), extra.get("sensors"))
 
@@ -186,6 +187,7 @@ class StreamCore:
                  if self.cfg.data_quality.suppress else set())
         distance = self.signals.embedding_distance(emb, n)
         scores, evidence = self.scorer.update(step.step, step.end_ts, names, nowcast, distance,
+                                              step.values,
                                               explain_at=self.cfg.alerts.anomaly_threshold)
         out.scores.append(scores)
         alerts += self.gate.update("anomaly", step.step, step.end_ts,
@@ -287,11 +289,14 @@ class StreamCore:
                     "reason": flag.reason}))
 
     def _describe_change(self, i: int, step: int, ev: Evidence) -> None:
-        """Say what changed in the sensor's values since the drift's onset: a level change
-        (the mean moved by at least one pre-onset std) up or down, else a variance change
-        (std ratio beyond 1.5), else a change of shape. Compares the context window's values
-        after the onset with those before it; nothing is said when the window does not reach
-        back past the onset."""
+        """Say what changed in the sensor's values since the drift's onset: a trend change
+        (the slope changed by two pre-onset std over the stretch since the onset, with no
+        jump at the onset and the new stretch close to a line), a level change (the mean
+        moved by at least one pre-onset std) up or down, a variance change (std ratio beyond
+        1.5), a season change (the drift is in the error against a season ago, level and
+        spread kept), else a change of shape. Compares the context window's values after the
+        onset with those before it; nothing is said when the window does not reach back past
+        the onset."""
         since = ev.detail.get("since_step")
         k = self.window.k
         if since is None or i >= self.window.values.shape[0]:
@@ -307,13 +312,20 @@ class StreamCore:
         sd_b, sd_a = float(np.std(before)), float(np.std(after))
         delta = float(np.mean(after) - np.mean(before))
         ratio = sd_a / sd_b if sd_b > 0 else float("inf")
-        if sd_b > 0 and abs(delta) >= sd_b:
+        trend = _trend_change(before, after, sd_b)
+        if trend is not None:
+            kind, direction = "trend", "up" if trend[1] > trend[0] else "down"
+            words = f"trend now {trend[1]:+.3g} per reading (was {trend[0]:+.3g})"
+        elif sd_b > 0 and abs(delta) >= sd_b:
             kind, words = "level", (f"level {'rose' if delta > 0 else 'fell'} by "
                                     f"{abs(delta):.3g} ({abs(delta) / sd_b:.1f} std)")
             direction = "up" if delta > 0 else "down"
         elif ratio >= 1.5 or ratio <= 1 / 1.5:
             kind, direction = "variance", "up" if ratio > 1 else "down"
             words = f"variability x{ratio:.2f}"
+        elif ev.statistic == "seasonal_residual":
+            kind, direction = "season", None
+            words = "the seasonal pattern changed (level and spread kept)"
         else:
             kind, direction, words = "shape", None, "shape changed, level and spread kept"
         ev.detail.update({"change": kind, "value_direction": direction,
@@ -358,6 +370,24 @@ class StreamCore:
             statistic=ev.get("statistic", ""), severity=ev.get("severity"),
             key=f"data-quality:{step.step}:{i}",
             text=f"online update rolled back: {d.get('reason', '')}".rstrip(": "), detail=d))
+
+
+def _trend_change(before: np.ndarray, after: np.ndarray, sd: float
+                  ) -> tuple[float, float] | None:
+    """(slope before, slope after) per reading when the stretch after the onset follows a
+    new line: its slope differs from the one before by two ``sd`` over its length, it
+    starts where the old line would have been (within one ``sd``: else it is a level
+    change), and stays within 1.5 ``sd`` of its own line."""
+    if sd <= 0 or len(after) < 4 or len(before) < 4:
+        return None
+    tb, ta = np.arange(len(before)), np.arange(len(before), len(before) + len(after))
+    kb, cb = np.polyfit(tb, before, 1)
+    ka, ca = np.polyfit(ta, after, 1)
+    jump = (ka * ta[0] + ca) - (kb * ta[0] + cb)
+    fit = float(np.std(after - (ka * ta + ca)))
+    if abs(ka - kb) * len(after) >= 2 * sd and abs(jump) < sd and fit <= 1.5 * sd:
+        return float(kb), float(ka)
+    return None
 
 
 def _without(evidence: dict[str, Evidence], names: list[str], quiet: set[int]

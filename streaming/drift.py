@@ -31,20 +31,22 @@ from typing import Any
 
 import numpy as np
 from river import drift
+from scipy.special import log_ndtr, ndtri
 
 from connectors.schemas import format_minute
 from streaming.alert_gate import Evidence
-from streaming.config import DriftConfig
+from streaming.calibration import TailCalibrator
+from streaming.config import MIN_WARMUP_STEPS, DriftConfig
 from streaming.detectors import PageHinkleyArray
 
 
-def make_detector(cfg: DriftConfig, seed: int = 0) -> Any:
-    """A fresh river detector as configured."""
+def make_detector(cfg: DriftConfig, seed: int = 0, warmup: int = 4) -> Any:
+    """A fresh river detector as configured (``warmup``: ADWIN's grace period, in steps)."""
     if cfg.detector == "page_hinkley":
         return drift.PageHinkley(min_instances=1, delta=cfg.delta,
                                  threshold=cfg.threshold, alpha=1.0, mode="up")
     if cfg.detector == "adwin":
-        return drift.ADWIN(delta=cfg.adwin_delta, clock=1, grace_period=cfg.warmup_steps)
+        return drift.ADWIN(delta=cfg.adwin_delta, clock=1, grace_period=warmup)
     return drift.KSWIN(alpha=cfg.kswin_alpha, window_size=cfg.kswin_window,
                        stat_size=cfg.kswin_stat_size, seed=seed)
 
@@ -101,14 +103,18 @@ def load_detector_state(det: Any, state: dict[str, Any]) -> None:
 class _Channel:
     """One channel's per-sensor normal level (log units) and detectors."""
 
-    def __init__(self, cfg: DriftConfig) -> None:
+    def __init__(self, cfg: DriftConfig, warmup: int) -> None:
         self.cfg = cfg
+        self.warmup = warmup
         self.n = np.zeros(0, np.int64)
         self.mean = np.zeros(0)      # normal level of the statistic (running, then EWMA)
         self.var = np.zeros(0)
         self.ph = (PageHinkleyArray(cfg.delta, cfg.threshold, alpha=1.0)
                    if cfg.detector == "page_hinkley" else None)
         self.river: list[Any] = []   # adwin / kswin: one river detector per sensor
+        # the sensor's own tail of z: heavy-tailed errors do not pass for drifts
+        self.cal = TailCalibrator(probation=max(MIN_WARMUP_STEPS, warmup // 2),
+                                  tail_mass=0.2, long_window=2000)
 
     def grow(self, n: int) -> None:
         pad = n - len(self.n)
@@ -118,11 +124,12 @@ class _Channel:
             self.var = np.concatenate([self.var, np.zeros(pad)])
         if self.ph is None:
             while len(self.river) < n:
-                self.river.append(make_detector(self.cfg, seed=len(self.river)))
+                self.river.append(make_detector(self.cfg, seed=len(self.river),
+                                                warmup=self.warmup))
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"n": self.n.copy(), "mean": self.mean.copy(),
-                               "var": self.var.copy()}
+                               "var": self.var.copy(), "cal": self.cal.state_dict()}
         if self.ph is not None:
             out["ph"] = self.ph.state_dict()
         else:
@@ -135,6 +142,8 @@ class _Channel:
         self.n = np.array(state["n"], np.int64)
         self.mean = np.array(state["mean"], np.float64)
         self.var = np.array(state["var"], np.float64)
+        if "cal" in state:                # earlier checkpoints: calibration starts fresh
+            self.cal.load_state_dict(state["cal"])
         if self.ph is not None:
             if "ph" not in state:
                 raise ValueError("checkpointed drift detectors are not page_hinkley "
@@ -146,7 +155,7 @@ class _Channel:
                                  f"{self.cfg.detector} (drift.detector changed?)")
             self.river = []
             for i, st in enumerate(state["detectors"]):
-                det = make_detector(self.cfg, seed=i)
+                det = make_detector(self.cfg, seed=i, warmup=self.warmup)
                 load_detector_state(det, st)
                 self.river.append(det)
 
@@ -177,8 +186,9 @@ class DriftMonitor:
     """
 
     def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5,
-                 step_ms: int = 0) -> None:
+                 step_ms: int = 0, patch_len: int = 12) -> None:
         self.cfg = cfg
+        self.warmup = cfg.warmup_steps(patch_len)
         self.ewma = ewma
         self.common_mode_min = common_mode_min
         self.step_ms = step_ms
@@ -192,7 +202,7 @@ class DriftMonitor:
         self.channels = {}
         self.t = int(state.get("t", 0))
         for c, st in state["channels"].items():
-            ch = _Channel(self.cfg)
+            ch = _Channel(self.cfg, self.warmup)
             ch.load_state_dict(st)
             self.channels[str(c)] = ch
 
@@ -214,13 +224,13 @@ class DriftMonitor:
             m = len(stat)
             ch = self.channels.get(channel)
             if ch is None:
-                ch = self.channels[channel] = _Channel(cfg)
+                ch = self.channels[channel] = _Channel(cfg, self.warmup)
             ch.grow(m)
             with np.errstate(invalid="ignore"):
                 x = np.log(stat + 0.1)
             ok = ~np.isnan(x)
             cnt = ch.n[:m] + ok
-            warm = ok & (cnt <= cfg.warmup_steps)
+            warm = ok & (cnt <= self.warmup)
             mean, var = ch.mean[:m].copy(), ch.var[:m].copy()
             # warm-up: plain running mean/variance of the statistic
             safe = np.maximum(cnt, 1)
@@ -236,6 +246,12 @@ class DriftMonitor:
             common = (float(np.median(z_abs[scored]))
                       if int(scored.sum()) >= self.common_mode_min else 0.0)
             z = np.clip(z_abs - common, -cfg.clip, cfg.clip)
+            # calibrated: a z in the sensor's fitted tail counts only as far as its tail
+            # probability under the sensor's own history says (never more than z itself)
+            with np.errstate(invalid="ignore"):
+                p = ch.cal.learn_many(np.where(scored, -log_ndtr(-z), np.nan))
+                z = np.where(p < ch.cal.tail_mass, np.minimum(z, -ndtri(np.maximum(p, 1e-300))),
+                             z)
             run = np.zeros(m)
             onset = np.full(m, at, np.int64)
             if ch.ph is not None:
@@ -248,7 +264,7 @@ class DriftMonitor:
                     ch.river[i].update(float(x[i]))
                     if ch.river[i].drift_detected:
                         det[i] = True
-                        ch.river[i] = make_detector(cfg, seed=i)
+                        ch.river[i] = make_detector(cfg, seed=i, warmup=self.warmup)
                 run = np.where(scored, z, 0.0)
                 rose = det & (z > 0)
             # the normal level follows the data, but not while the error is high

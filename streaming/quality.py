@@ -7,7 +7,9 @@ step this stage finds:
 - **silence**: a known sensor without any reading for ``data_quality.silence_readings`` grid
   points (rounded up to whole steps) in steps where other sensors reported;
 - **flat line**: ``data_quality.flat_readings`` identical consecutive readings (a stuck
-  sensor or a frozen gateway repeating its last value).
+  sensor or a frozen gateway repeating its last value). A sensor whose normal includes long
+  constant stretches (a rain gauge at 0, a pump switched off) learns it: once a flat line of
+  ``L`` readings has cleared, the next is reported only beyond ``2 L`` readings.
 
 Each condition is raised once when it starts (with the time it started) and cleared once when
 the sensor recovers (a reading; a different value). While a sensor has an open condition,
@@ -54,6 +56,7 @@ class DataQuality:
         self.flat_since = np.zeros(0, np.int64)        # ts of the first of them
         self.flat_step = np.zeros(0, np.int64)
         self.flat = np.zeros(0, bool)
+        self.usual_flat = np.zeros(0, np.int64)        # longest cleared flat line so far
 
     def _grow(self, n: int) -> None:
         pad = n - len(self.last_seen)
@@ -67,6 +70,7 @@ class DataQuality:
         self.silent, self.last_value = cat(self.silent, False), cat(self.last_value, np.nan)
         self.same, self.flat_since = cat(self.same, 0), cat(self.flat_since, 0)
         self.flat_step, self.flat = cat(self.flat_step, 0), cat(self.flat, False)
+        self.usual_flat = cat(self.usual_flat, 0)
 
     @property
     def suppressed(self) -> np.ndarray:
@@ -127,12 +131,15 @@ class DataQuality:
                     events.append(QualityEvent(i, "flat_line", False, int(self.flat_step[i]),
                                                int(since[i]), {"value": float(last[i]),
                                                                "readings": int(same[i])}))
+                cleared = new & flat
+                self.usual_flat[:n] = np.where(cleared, np.maximum(self.usual_flat[:n], same),
+                                               self.usual_flat[:n])
                 flat &= ~new
             same[:] = np.where(rep, same + 1, np.where(new, 1, same))
             since[:] = np.where(new, ts, since)
             self.flat_step[:n] = np.where(new, step.step, self.flat_step[:n])
             last[:] = np.where(ok, v, last)
-            start = ok & ~flat & (same >= need)
+            start = ok & ~flat & (same >= np.maximum(need, 2 * self.usual_flat[:n]))
             for i in np.flatnonzero(start).tolist():
                 events.append(QualityEvent(i, "flat_line", True, int(self.flat_step[i]),
                                            int(since[i]), {"value": float(last[i]),
@@ -145,8 +152,10 @@ class DataQuality:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in _FIELDS:
+            if k == "usual_flat" and k not in state:      # a state of an earlier version
+                state = {**state, k: np.zeros(len(state["flat"]), np.int64)}
             setattr(self, k, np.array(state[k], getattr(self, k).dtype))
 
 
 _FIELDS = ("last_seen", "last_ts", "silent", "last_value", "same", "flat_since", "flat_step",
-           "flat")
+           "flat", "usual_flat")

@@ -26,7 +26,7 @@ def _cfg(**adapt: object) -> StreamConfig:
     return StreamConfig.from_dict({
         "patching": {"interval_ms": INTERVAL, "patch_len": P, "lateness_ms": 0},
         "model": {"context_patches": K, "horizon": H, "lr": 3e-3, "seed": 0},
-        "drift": {"warmup_steps": 24},
+        "drift": {"warmup_readings": 24 * P},
         "adapt": {"replay_k": 1, **adapt}})
 
 

