@@ -170,9 +170,14 @@ class AnomalyScorer:
         self.values = {d: value_detector(d, cfg) for d in a.value_detectors()}
         for d, det in self.values.items():
             # a window statistic moves slowly, so its tail takes more readings to learn
-            extra = 8 * det.window if isinstance(det, RelativeEntropy) else 0
-            self.cal[d] = TailCalibrator(a.probation_readings + extra, a.tail_mass,
-                                         a.calibration_window)
+            # (tested once per step: its calibration counts steps)
+            if isinstance(det, RelativeEntropy):
+                self.cal[d] = TailCalibrator(
+                    -(-(a.probation_readings + 8 * det.window) // p), a.tail_mass,
+                    max(50, a.calibration_window // p))
+            else:
+                self.cal[d] = TailCalibrator(a.probation_readings, a.tail_mass,
+                                             a.calibration_window)
         self.m = exponent(cfg.alerts.max_per_10k, cfg.alerts.anomaly_threshold)
         self._gap = np.zeros(0, bool)      # sensors whose previous step had a missing reading
 
@@ -225,7 +230,8 @@ class AnomalyScorer:
                 for j in range(values.shape[1]):
                     x = values[:, j]
                     before = _reference(det, n)
-                    s = det.learn_many(x)
+                    s = (det.learn_many(x, score=j == values.shape[1] - 1)
+                         if isinstance(det, RelativeEntropy) else det.learn_many(x))
                     pj = self.cal[name].learn_many(s)
                     better = (pj < best) | ((pj == best) & (s > np.nan_to_num(surprise, nan=-1)))
                     best = np.where(better, pj, best)

@@ -217,24 +217,33 @@ class RelativeEntropy:
         self.hyp = np.zeros((0, hypotheses, bins))
         self.count = np.zeros((0, hypotheses))
         self.seen = np.zeros(0, np.int64)       # readings seen per sensor
+        self.fresh = np.zeros(0, np.int64)      # readings since the last scoring
         self.warmup_windows = warmup_windows
 
-    def learn_many(self, x: np.ndarray) -> np.ndarray:
+    def learn_many(self, x: np.ndarray, score: bool = True) -> np.ndarray:
+        """Take one value per sensor; with ``score`` also test the window (the test is
+        ``O(window x bins)`` per sensor, so a caller may test once per several readings:
+        the core tests once per step). Without ``score`` the result is all NaN."""
         x = np.asarray(x, np.float64)
         n = len(x)
         self.range.grow(n)
         self.ring.grow(n)
         self.hyp, self.count = _pad(self.hyp, n), _pad(self.count, n)
+        self.seen, self.fresh = _pad(self.seen, n), _pad(self.fresh, n)
         ok = ~np.isnan(x)
         self.range.learn(x, ok)
         self.ring.push(x, ok)
+        self.seen[:n] += ok
+        self.fresh[:n] += ok
+        if not score:
+            return np.full(n, np.nan)
         win = self.ring.buf[:n]
         have = ~np.isnan(win)
         cnt = have.sum(axis=1)
         b = self.range.level(win, n, self.bins)
         rows = np.arange(n)
-        p = np.zeros((n, self.bins))
-        np.add.at(p, (np.repeat(rows, self.window)[have.ravel()], b[have]), 1.0)
+        idx = (rows[:, None] * self.bins + b)[have]
+        p = np.bincount(idx, minlength=n * self.bins).reshape(n, self.bins).astype(np.float64)
         p /= np.maximum(cnt, 1)[:, None]
         q = self.hyp[:n] + 1e-3
         q /= q.sum(axis=2, keepdims=True)
@@ -245,10 +254,11 @@ class RelativeEntropy:
         g_est = np.where(self.count[:n] > self.established, g, np.inf).min(axis=1)
         s = np.where(np.isfinite(g_est), -chi2.logsf(np.where(np.isfinite(g_est), g_est, 0.0),
                                                      self.bins - 1), 0.0)
-        self.seen = _pad(self.seen, n)
-        self.seen[:n] += ok
-        # NaN until the reference distributions had a few windows to form
-        ready = ok & (cnt >= self.window) & (self.seen[:n] >= self.warmup_windows * self.window)
+        # NaN until the reference distributions had a few windows to form, and where no
+        # reading came since the last test
+        ready = ((self.fresh[:n] > 0) & (cnt >= self.window)
+                 & (self.seen[:n] >= self.warmup_windows * self.window))
+        self.fresh[:n] = 0
         s = np.where(ready, np.maximum(s, 0.0), np.nan)
         best = g.argmin(axis=1)
         match = g[rows, best] < self.match_at
@@ -262,7 +272,8 @@ class RelativeEntropy:
 
     def state_dict(self) -> dict[str, Any]:
         return {"range": self.range.state_dict(), "ring": self.ring.state_dict(),
-                "hyp": self.hyp.copy(), "count": self.count.copy(), "seen": self.seen.copy()}
+                "hyp": self.hyp.copy(), "count": self.count.copy(), "seen": self.seen.copy(),
+                "fresh": self.fresh.copy()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.range.load_state_dict(s["range"])
@@ -270,6 +281,7 @@ class RelativeEntropy:
         self.hyp = np.array(s["hyp"], np.float64)
         self.count = np.array(s["count"], np.float64)
         self.seen = np.array(s["seen"], np.int64)
+        self.fresh = np.array(s["fresh"], np.int64)
 
 
 class ContextNovelty:
