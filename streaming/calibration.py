@@ -15,9 +15,10 @@ as if it could not be heavier):
 the fraction of the sensor's readings expected to be at least that surprising. During a
 sensor's probation (``probation`` readings) ``p_cal = 1``. Measured on stationary streams
 (``tests/streaming/test_novelty.py``): Gaussian and Laplace noise stay under the budget;
-Student-t noise overshoots it (x1.4 at 5 degrees of freedom, x2.6 at 3), because moment
-estimates of the shape are biased low for such tails (a Hill estimator fixed that but raised
-the false-alarm rate and lowered the NAB score on real series, so it is not used).
+Student-t noise overshoots it (x1.4 at 5 degrees of freedom, x2.8 at 3;
+``benchmarks/calibration.py``), because moment estimates of the shape are biased low for such
+tails (a Hill estimator fixed that in an unrecorded trial but raised the false-alarm rate and
+lowered the NAB score on real series, so it is not used).
 
 ``fuse`` combines the calibrated tail probabilities of ``K`` detectors by Bonferroni's rule,
 ``p = min(1, K * min_k p_k)`` (a valid tail probability whatever the dependence between
