@@ -167,11 +167,12 @@ class AnomalyScorer:
         step_window = max(50, a.calibration_window // p)
         self.cal = {c: TailCalibrator(steps, a.tail_mass, step_window)
                     for c in ("residual", "embedding")}
+        self.use = a.detector_names()
         self.values = {d: value_detector(d, cfg) for d in a.value_detectors()}
         for d, det in self.values.items():
-            # a window statistic moves slowly, so its tail takes more readings to learn
-            # (tested once per step: its calibration counts steps)
-            if isinstance(det, RelativeEntropy):
+            # a window statistic moves slowly, so its tail takes more readings to learn;
+            # tested once per step, its calibration counts steps
+            if det.once_per_step:
                 self.cal[d] = TailCalibrator(
                     -(-(a.probation_readings + 8 * det.window) // p), a.tail_mass,
                     max(50, a.calibration_window // p))
@@ -203,7 +204,7 @@ class AnomalyScorer:
         if values is not None and (values.ndim != 2 or values.shape[0] != n):
             raise ValueError(f"anomaly scorer: values must be [sensors={n}, readings], got "
                              f"shape {values.shape}")
-        use = self.cfg.anomaly.detector_names()
+        use = self.use
         if values is not None:
             # a nowcast over a context with missing readings is not news about the process:
             # no residual score on a step with a gap, nor on the step after it
@@ -231,7 +232,7 @@ class AnomalyScorer:
                     x = values[:, j]
                     before = _reference(det, n)
                     s = (det.learn_many(x, score=j == values.shape[1] - 1)
-                         if isinstance(det, RelativeEntropy) else det.learn_many(x))
+                         if det.once_per_step else det.learn_many(x))
                     pj = self.cal[name].learn_many(s)
                     better = (pj < best) | ((pj == best) & (s > np.nan_to_num(surprise, nan=-1)))
                     best = np.where(better, pj, best)

@@ -108,6 +108,8 @@ class _Ring:
 class WindowedGaussian:
     """Two-sided Gaussian tail of each value against its sensor's recent mean and std."""
 
+    once_per_step = False        # scored on every reading
+
     def __init__(self, window: int = 1000, diff: bool = False, short: int = 1) -> None:
         if window < 2 or short < 1:
             raise ValueError("windowed Gaussian needs window >= 2 and short >= 1")
@@ -203,6 +205,8 @@ class RelativeEntropy:
     than ``established`` times), so a new regime stays surprising until it has recurred.
     """
 
+    once_per_step = True         # the window test is costly: the core runs it once per step
+
     def __init__(self, window: int = 52, bins: int = 10, hypotheses: int = 8,
                  established: int = 1, significance: float = 0.01,
                  warmup_windows: int = 3) -> None:
@@ -292,6 +296,8 @@ class ContextNovelty:
     ``-ln r``, ``r`` the sensor's recent rate of new contexts (so a sensor that keeps
     producing new contexts is not surprised by one more); a seen context has surprise 0.
     """
+
+    once_per_step = False
 
     def __init__(self, context: int = 2, levels: int = 16, long_window: int = 2000) -> None:
         if context < 1 or levels < 2 or levels**context > 1 << 20:
