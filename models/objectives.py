@@ -43,14 +43,19 @@ def token_mask(shape: tuple[int, int, int], ratio: float, *, block: bool,
 
 def masked_patch_loss(model: STBackbone, x: Tensor, mask: Tensor, steps: Tensor, *,
                       ratio: float = 0.3, block: bool = False, generator: torch.Generator,
-                      **graph: Tensor | None) -> Tensor:
-    """Hide a share of the tokens and reconstruct their observed values (MSE)."""
+                      point_ratio: float = 0.0, **graph: Tensor | int | None) -> Tensor:
+    """Hide a share of the tokens (and, with ``point_ratio``, of single points: the gaps the
+    head fills live) and reconstruct their observed values (MSE in window-normalized
+    units)."""
     hide = token_mask(x.shape[:3], ratio, block=block, generator=generator, device=x.device)
-    tok = model.tokens(x, mask, steps, token_mask=hide, side=graph.pop("side", None),
-                       node_ids=graph.pop("node_ids", None), lap_pe=graph.pop("lap_pe", None))
-    h, _ = model.encode(tok, **graph)
-    rec = model.reconstruct(h)
-    return masked_mean((rec - x) ** 2, mask & hide[..., None])
+    visible = mask
+    if point_ratio > 0:
+        visible = mask & (torch.rand(x.shape, generator=generator, device=x.device)
+                          >= point_ratio)
+    out = model.run(x * visible, visible, steps, token_mask=hide, heads=("reconstruction",),
+                    **graph)
+    err = (out["reconstruction"] - x) / out["scale"][..., None, None]
+    return masked_mean(err**2, mask & (hide[..., None] | ~visible))
 
 
 def augment(x: Tensor, mask: Tensor, *, generator: torch.Generator, jitter: float = 0.1,
@@ -80,19 +85,21 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
 
 def contrastive_loss(model: STBackbone, x: Tensor, mask: Tensor, steps: Tensor, *,
                      generator: torch.Generator, temperature: float = 0.2,
-                     max_pairs: int = 512, **graph: Tensor | None) -> Tensor:
+                     max_pairs: int = 512, **graph: Tensor | int | None) -> Tensor:
     """InfoNCE between two augmented views; the pair is one (sample, sensor, token)."""
-    side = graph.pop("side", None)
-    node_ids = graph.pop("node_ids", None)
-    lap_pe = graph.pop("lap_pe", None)
     zs = []
     for _ in range(2):
         xa, ma = augment(x, mask, generator=generator)
-        tok = model.tokens(xa, ma, steps, side=side, node_ids=node_ids, lap_pe=lap_pe)
-        h, _ = model.encode(tok, **graph)
-        zs.append(model.project(h).reshape(-1, model.cfg.proj_dim))
+        z = model.run(xa, ma, steps, heads=("projection",), **graph)["projection"]
+        zs.append(z.reshape(-1, model.cfg.proj_dim))
     n = zs[0].shape[0]
     if n > max_pairs:
         pick = torch.randperm(n, generator=generator, device=x.device)[:max_pairs]
         zs = [z[pick] for z in zs]
     return info_nce(zs[0], zs[1], temperature)
+
+
+def pinball_loss(pred: Tensor, target: Tensor, mask: Tensor, q: float) -> Tensor:
+    """Quantile (pinball) loss of ``pred`` as the ``q`` quantile, over observed targets."""
+    diff = torch.nan_to_num(target) - pred
+    return masked_mean(torch.maximum(q * diff, (q - 1) * diff), mask)

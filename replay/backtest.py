@@ -57,6 +57,27 @@ class BacktestResult:
     statistics: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)
     # ^ what the drift monitors were fed per step (kept with ``keep_statistics``)
     experts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [F, N, H]
+    quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # "0.1"/"0.9" -> [F, N, H]
+    imputation: dict[str, Any] | None = None   # with ``holdout``: gap filling's errors
+
+    def interval_metrics(self, from_row: int = 0) -> dict[str, list[float | None]] | None:
+        """p10-p90 interval of the served forecast per horizon point: the share of truths
+        inside (target 0.8), below and above, and the mean width (input units)."""
+        if not {"0.1", "0.9"} <= set(self.quantiles):
+            return None
+        sel = self.scored(from_row)
+        lo, hi = self.quantiles["0.1"][sel], self.quantiles["0.9"][sel]
+        y = self.truth[sel]
+        ok = ~np.isnan(y) & ~np.isnan(lo) & ~np.isnan(hi)
+        cnt = ok.sum(axis=(0, 1)).astype(np.float64)
+
+        def share(hit: np.ndarray) -> list[float | None]:
+            v = np.where(ok, hit, False).sum(axis=(0, 1)) / np.maximum(cnt, 1)
+            return _nan_none(np.where(cnt > 0, v, np.nan))
+
+        width = np.where(ok, hi - lo, 0.0).sum(axis=(0, 1)) / np.maximum(cnt, 1)
+        return {"coverage": share((y >= lo) & (y <= hi)), "below": share(y < lo),
+                "above": share(y > hi), "width": _nan_none(np.where(cnt > 0, width, np.nan))}
 
     def scored(self, from_row: int = 0) -> np.ndarray:
         """Forecast blocks counted in the metrics: made at or after ``from_row`` and with
@@ -142,9 +163,11 @@ class BacktestResult:
         return out
 
 
-def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
-    """Rows ``[lo, hi)`` as a reading batch in time order (missing values left out)."""
-    vals = rec.values[lo:hi]
+def _reading_batch(rec: Recording, lo: int, hi: int,
+                   values: np.ndarray | None = None) -> ReadingBatch:
+    """Rows ``[lo, hi)`` (of ``values``, default the recording's) as a reading batch in time
+    order (missing values left out)."""
+    vals = (rec.values if values is None else values)[lo:hi]
     n = rec.n_sensors
     obs = ~np.isnan(vals)
     r, c = np.nonzero(obs)
@@ -158,8 +181,12 @@ def _reading_batch(rec: Recording, lo: int, hi: int) -> ReadingBatch:
 def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
              batch_rows: int = 0, start_row: int = 0, end_row: int | None = None,
              progress: bool = True, keep_statistics: bool = False,
-             keep_experts: bool = True, flush: bool = True) -> BacktestResult:
+             keep_experts: bool = True, flush: bool = True, holdout: float = 0.0,
+             holdout_seed: int = 0) -> BacktestResult:
     """Feed rows ``[start_row, end_row)`` of ``rec`` through ``core`` and collect its output.
+
+    ``holdout`` hides that share of the observed readings from the core (seeded); the gaps
+    the model fills there are scored against the hidden values (``imputation``).
 
     ``batch_rows`` rows go in per call (0 = one step, ``patch_len`` rows). ``flush`` closes
     the last, partial step at the end of the input (``StreamCore.flush``), as a worker
@@ -172,6 +199,14 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         raise ValueError(f"row range [{start_row}, {end_row}) is outside the recording's "
                          f"{rec.n_steps} rows")
     batch = batch_rows or core.cfg.patching.patch_len
+    fed = rec.values
+    hidden = np.zeros(rec.values.shape, bool)
+    if holdout > 0:
+        rng = np.random.default_rng(holdout_seed)
+        hidden[start_row:end_row] = (rng.random((end_row - start_row, rec.n_sensors)) < holdout)
+        hidden &= ~np.isnan(rec.values)
+        fed = np.where(hidden, np.nan, rec.values)
+    imputed: dict[tuple[int, int], float] = {}
     row_of = {int(t): i for i, t in enumerate(rec.timestamps.tolist())}
     col = {s: j for j, s in enumerate(rec.sensors)}
     events = sorted(rec.events, key=lambda e: e["ts"])
@@ -185,6 +220,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     statistics: list[tuple[int, dict[str, np.ndarray]]] = []
     rej_r = rej_e = 0
     ex_blocks: list[dict[str, np.ndarray]] = []
+    q_blocks: list[dict[str, np.ndarray]] = []
     bar = tqdm(total=end_row - start_row, desc=f"backtest ({feedback})", unit="row",
                disable=not progress, mininterval=0.5)
     t0 = time.perf_counter()
@@ -218,6 +254,12 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
             truths.append(y.astype(np.float32))
             if keep_experts:
                 ex_blocks.append({e: v.astype(np.float32) for e, v in block.experts.items()})
+            q_blocks.append({k: v.astype(np.float32) for k, v in block.q.items()})
+            if block.imputed is not None and block.imputed_ts is not None and holdout > 0:
+                for a, j in zip(*np.nonzero(~np.isnan(block.imputed)), strict=True):
+                    r, c = row_of.get(int(block.imputed_ts[j]), -1), cols[a]
+                    if r >= 0 and c >= 0 and hidden[r, c]:
+                        imputed[(r, c)] = float(block.imputed[a, j])
             versions.append(block.model_version)
             if feedback == "immediate":
                 core.feedback(block.step, y)
@@ -229,7 +271,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         if lo == start_row:
             e_lo = 0
         eb = EventBatch(events=events[e_lo:e_hi], source=list(range(e_hi - e_lo)))
-        collect(core.process(_reading_batch(rec, lo, hi), eb), hi)
+        collect(core.process(_reading_batch(rec, lo, hi, fed), eb), hi)
         bar.update(hi - lo)
     if flush:
         collect(core.flush(), end_row)   # the last, partial step: realized, scored, checked
@@ -247,6 +289,13 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         for f, ((at, _), blk) in enumerate(zip(yhats, ex_blocks, strict=True)):
             arr[f, at] = blk[e]
         experts[e] = arr
+    quantiles = {}
+    for k in (q_blocks[0] if q_blocks else {}):
+        arr = np.full((len(yhats), n, h), np.nan, np.float32)
+        for f, ((at, _), blk) in enumerate(zip(yhats, q_blocks, strict=True)):
+            if k in blk:
+                arr[f, at] = blk[k]
+        quantiles[k] = arr
 
     def stack_scores(get: Any) -> np.ndarray:
         mat = np.full((len(s_blocks), n), np.nan, np.float32)
@@ -267,7 +316,31 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         score_components={c: stack_scores(lambda sb, c=c: sb.components.get(c))
                           for c in names},
         score_raw={c: stack_scores(lambda sb, c=c: sb.raw.get(c)) for c in names},
-        statistics=statistics, experts=experts)
+        statistics=statistics, experts=experts, quantiles=quantiles,
+        imputation=_imputation(rec.values, fed, hidden, imputed) if holdout > 0 else None)
+
+
+def _imputation(values: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
+                imputed: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """Errors on the hidden readings the model filled, beside carrying the last fed value
+    forward (what a gap filler has to beat); on the input scale."""
+    if not imputed:
+        return {"hidden": int(hidden.sum()), "imputed": 0, "mae": None, "mae_last_value": None}
+    rc = np.array(list(imputed), np.int64)
+    est = np.array(list(imputed.values()))
+    truth = values[rc[:, 0], rc[:, 1]]
+    last = np.full(len(rc), np.nan)
+    for i, (r, c) in enumerate(rc.tolist()):
+        prev = fed[:r, c]
+        seen = np.flatnonzero(~np.isnan(prev))
+        if len(seen):
+            last[i] = prev[seen[-1]]
+    ok = ~np.isnan(last)
+    return {"hidden": int(hidden.sum()), "imputed": len(rc),
+            "mae": float(np.mean(np.abs(est - truth))),
+            "mae_last_value": float(np.mean(np.abs(last[ok] - truth[ok]))) if ok.any() else None,
+            "mae_model_same_points": float(np.mean(np.abs(est[ok] - truth[ok])))
+            if ok.any() else None}
 
 
 def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
@@ -281,7 +354,8 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
                "mae_vs_persistence": _ratio(res, pers, from_row),
                "experts": {e: _summary_metrics(res, arr, from_row)
                            for e, arr in res.experts.items()},
-               "by_horizon": per_h,
+               "by_horizon": per_h, "interval_p10_p90": res.interval_metrics(from_row),
+               "imputation": res.imputation,
                "forecast_blocks": int(len(res.steps)), "alerts": len(res.alerts),
                "alerts_by_kind": _count(a.get("kind", "?") for a in res.alerts),
                "first_model_version": res.versions[0] if res.versions else None,

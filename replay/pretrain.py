@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,22 +39,48 @@ DAY_MS = 86_400_000
 
 
 @dataclass
-class PretrainConfig(ModelShape):
-    """``[pretrain]``: the backbone's shape (``models.shape``) and how it is trained."""
+class BackboneTraining(ModelShape):
+    """What both pretraining modes share: the backbone's width, the objectives' weights,
+    the optimizer; read from the ``SECTION`` table of a TOML file."""
 
+    SECTION: ClassVar[str] = "pretrain"
     d_model: int = 64
     dropout: float = 0.1
     base: str = "persistence"
     lap_pe_dim: int = 8
     graph: bool = True
-    epochs: int = 20
-    batch_size: int = 8            # windows per step (each holds every sensor)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     w_forecast: float = 1.0
     w_masked: float = 1.0
     w_contrastive: float = 0.1
     mask_ratio: float = 0.3
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None,
+             overrides: dict[str, Any] | None = None) -> Any:
+        """``[SECTION]`` of a TOML file with ``{"SECTION.key": value}`` overrides, typed and
+        validated by the same system as the online configuration (errors name the key)."""
+        data = read_toml(path, overrides)
+        unknown = sorted(set(data) - {cls.SECTION})
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]} (this pretraining reads "
+                              f"[{cls.SECTION}])")
+        return build_section(cls, data.get(cls.SECTION, {}), cls.SECTION).validate()
+
+    def validate(self) -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class PretrainConfig(BackboneTraining):
+    """``[pretrain]``: the backbone's shape (``models.shape``) and how it is trained on one
+    recording."""
+
+    epochs: int = 20
+    batch_size: int = 8            # windows per step (each holds every sensor)
     block_mask: bool = False
     stride: int = 0                # rows between window starts (0 = patch_len)
     train_rows: int = 0            # rows of the training split (0 = 80 % of the data)
@@ -63,21 +89,8 @@ class PretrainConfig(ModelShape):
     patience: int = 3
     select_on: str = "total"       # validation loss for early stopping and best/: total or a
                                    # single objective (forecast, masked, contrastive)
-    seed: int = 0
-    device: str = "auto"
     init_checkpoint: str = ""      # start from these weights (fine-tuning) instead of random
     trainable: str = "all"         # "all", or "head": only the forecast head (linear probe)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None,
-             overrides: dict[str, Any] | None = None) -> PretrainConfig:
-        """``[pretrain]`` of a TOML file with ``{"pretrain.key": value}`` overrides, typed and
-        validated by the same system as the online configuration (errors name the key)."""
-        data = read_toml(path, overrides)
-        unknown = sorted(set(data) - {"pretrain"})
-        if unknown:
-            raise ConfigError(f"unknown section {unknown[0]} (pretraining reads [pretrain])")
-        return build_section(cls, data.get("pretrain", {}), "pretrain").validate()
 
     def validate(self) -> PretrainConfig:
         bad = self.shape_errors("pretrain")

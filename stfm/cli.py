@@ -154,32 +154,82 @@ def _add_range_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_replay_pretrain(args: argparse.Namespace) -> int:
-    import dataclasses
 
     from connectors.recordings import load_graph, read_recording
-    from replay.pretrain import PretrainConfig, pretrain
 
-    if args.file:
-        rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms,
+    corpus_mode = bool(args.corpus or args.synthetic or args.inductive or len(args.files) > 1)
+    recs = []
+    for f in args.files:
+        rec = read_recording(f, start=args.start, interval_ms=args.interval_ms,
                              timezone=args.timezone or "UTC")
-    else:
+        recs.append((Path(f).stem, rec))
+    ranged = any(getattr(args, k) is not None
+                 for k in ("from_offset", "to_offset", "from_ts", "to_ts"))
+    if ranged or (not recs and not args.corpus and not args.synthetic):
         from replay.record import record_topic
 
         rec, _ = record_topic(args.bootstrap_servers, args.topic, start_offset=args.from_offset,
                               end_offset=args.to_offset, start=args.from_ts, end=args.to_ts,
                               progress=not args.quiet)
+        recs.append((args.topic, rec))
     if args.graph:
-        rec.edge_index, rec.edge_weight = load_graph(args.graph, list(rec.sensors))
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)} - {"graph"}
-    overrides = {f"pretrain.{k}": v for k, v in vars(args).items()
-                 if k in fields and v is not None}
-    if not args.graph_layer:
-        overrides["pretrain.graph"] = False
-    cfg = PretrainConfig.load(args.config, {**overrides, **_set_overrides(args.set_)})
+        if len(recs) != 1:
+            print("stfm replay pretrain: --graph applies to a single recording; give each "
+                  "recording its graph inside the file (.npz/.h5)", file=sys.stderr)
+            return 2
+        recs[0][1].edge_index, recs[0][1].edge_weight = load_graph(args.graph,
+                                                                   list(recs[0][1].sensors))
+    if corpus_mode:
+        return _pretrain_corpus(args, recs)
+    from replay.pretrain import PretrainConfig, pretrain
+
+    rec = recs[0][1]
+    cfg = _training_config(args, PretrainConfig, "pretrain")
     result = pretrain(rec, args.out, cfg, resume=args.resume, progress=not args.quiet)
     print(to_json({"best_val": result.best_val, "epochs": result.epochs_run,
                       "samples_per_s": round(result.samples_per_s, 1),
                       "checkpoint": result.checkpoint}))
+    return 0
+
+
+def _training_config(args: argparse.Namespace, cls: Any, section: str) -> Any:
+    """``[section]`` of ``--config`` with the flags that name its keys and ``--set`` on top."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)} - {"graph"}
+    overrides = {f"{section}.{k}": v for k, v in vars(args).items()
+                 if k in fields and v is not None}
+    if not args.graph_layer:
+        overrides[f"{section}.graph"] = False
+    return cls.load(args.config, {**overrides, **_set_overrides(args.set_)})
+
+
+def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> int:
+    """Corpus pretraining of the inductive backbone (``replay.foundation``)."""
+    from replay.corpus import SHARED, describe, recording_source, shared_source, synthetic_sources
+    from replay.foundation import FoundationConfig, pretrain_corpus
+
+    cfg = _training_config(args, FoundationConfig, "foundation")
+    sources = [recording_source(r, name, lap_pe_dim=cfg.lap_pe_dim) for name, r in recs]
+    if args.corpus:
+        names = args.corpus_sets.split(",") if args.corpus_sets else list(SHARED)
+        skip = set(args.exclude.split(",")) if args.exclude else set()
+        bad = [n for n in [*names, *skip] if n not in SHARED]
+        if bad:
+            print(f"stfm replay pretrain: --corpus-sets/--exclude: unknown data set {bad[0]!r} "
+                  f"(known: {', '.join(SHARED)})", file=sys.stderr)
+            return 2
+        sources += [shared_source(args.corpus, n, lap_pe_dim=cfg.lap_pe_dim)
+                    for n in names if n not in skip]
+    if args.synthetic:
+        sources += synthetic_sources(cfg.seed, n_series=cfg.synthetic_series,
+                                     n_networks=cfg.synthetic_networks,
+                                     lap_pe_dim=cfg.lap_pe_dim)
+    log.info("corpus:\n%s", describe(sources))
+    result = pretrain_corpus(sources, args.out, cfg, progress=not args.quiet)
+    print(to_json({"best_score": result.best_score, "steps": result.steps,
+                   "minutes": round(result.seconds / 60, 1), "checkpoint": result.checkpoint,
+                   "mixing": {n: round(p, 4) for n, _, p in result.mixing}}))
     return 0
 
 
@@ -190,9 +240,6 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     from streaming.factory import build_model
     from streaming.microbatch import apply_torch_threads
 
-    if not args.fresh and not args.checkpoint:
-        print("stfm replay backtest: pass --checkpoint DIR or --fresh", file=sys.stderr)
-        return 2
     tz = args.timezone or load_config(args).patching.timezone
     rec = read_recording(args.file, start=args.start, interval_ms=args.rec_interval_ms,
                          timezone=tz)
@@ -204,10 +251,14 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
               f"{args.file} is sampled every {rec.interval_ms} ms", file=sys.stderr)
         return 2
     apply_torch_threads(cfg)
-    core = StreamCore(cfg, build_model(cfg, None if args.fresh else args.checkpoint),
-                      sensors=list(rec.sensors))
+    from streaming.factory import resolve_checkpoint
+
+    model = build_model(cfg, resolve_checkpoint(cfg, args.checkpoint, args.fresh))
+    if rec.edge_index is not None and rec.edge_index.shape[1] > 0:
+        model.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)
+    core = StreamCore(cfg, model, sensors=list(rec.sensors))
     res = backtest(rec, core, feedback=args.feedback, start_row=args.start_row,
-                   end_row=args.end_row, progress=not args.quiet)
+                   end_row=args.end_row, progress=not args.quiet, holdout=args.holdout)
     summary = write_report(res, args.out, from_row=args.score_from_row or args.start_row,
                            title=Path(args.file).name)
     print(to_json(summary))
@@ -276,12 +327,8 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from connectors.kafka_io import ensure_topics
-    from streaming.worker import LiveWorker
-
-    if not args.fresh and not args.checkpoint:
-        print("stfm run: pass --checkpoint DIR or --fresh", file=sys.stderr)
-        return 2
     from streaming.config import KafkaConfig
+    from streaming.worker import LiveWorker
 
     cfg = load_config(args)
     if args.engine == "faust" and cfg.kafka.group_id == KafkaConfig.group_id:
@@ -293,9 +340,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka",
               file=sys.stderr)
         return 2
-    from streaming.factory import build_core
+    from streaming.factory import build_core, resolve_checkpoint
 
-    core = build_core(cfg, None if args.fresh else args.checkpoint)
+    ckpt = resolve_checkpoint(cfg, args.checkpoint, args.fresh)
+    core = build_core(cfg, ckpt)
     k = cfg.kafka
     from connectors.broker import BrokerError, wait_for_kafka
     from streaming.worker import BrokerUnavailable
@@ -320,7 +368,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"stfm run: {exc}", file=sys.stderr)
             return 3
     else:
-        ckpt = None if args.fresh else args.checkpoint
         worker = LiveWorker(cfg, core, core_factory=lambda: build_core(cfg, ckpt),
                             idle_exit_s=args.idle_exit, status_every_s=args.status_every,
                             from_beginning=args.from_beginning)
@@ -420,7 +467,8 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stfm.demo import run_demo
 
-    return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed)
+    return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed,
+                    fresh=args.fresh)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,8 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_record)
 
-    p = rp.add_parser("pretrain", help="pretrain the backbone on a recording or topic range")
-    p.add_argument("file", nargs="?", help="recording file (or give --topic and a range)")
+    p = rp.add_parser("pretrain", help="pretrain the backbone on recordings, topic ranges, "
+                                       "the shared data corpus and synthetic series")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="recording files (or give --topic and a range); more than one, or "
+                        "--corpus/--synthetic/--inductive, pretrains the inductive backbone "
+                        "of the [foundation] table")
+    p.add_argument("--corpus", metavar="DATA_DIR",
+                   help="add the data sets of this shared data folder (their rows before "
+                        "the online/test part)")
+    p.add_argument("--corpus-sets", help="comma-separated subset of the folder's data sets")
+    p.add_argument("--exclude", help="comma-separated data sets to leave out (held out)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="add synthetic series and simulated networks")
+    p.add_argument("--inductive", action="store_true",
+                   help="one recording, but the inductive backbone (no per-sensor weights)")
     _add_range_flags(p)
     p.add_argument("--out", required=True, help="output directory (best/ and last/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
@@ -492,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("patience", int), ("seed", int), ("w_forecast", float),
                       ("w_masked", float), ("w_contrastive", float),
                       ("mask_ratio", float), ("device", str), ("init_checkpoint", str),
-                      ("trainable", str), ("select_on", str)):
+                      ("trainable", str), ("select_on", str), ("max_steps", int),
+                      ("max_minutes", float), ("threads", int)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_pretrain)
@@ -501,14 +563,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and write a report with plots")
     p.add_argument("file", help="recording file (.npz, .csv or .h5)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="model checkpoint directory")
-    g.add_argument("--fresh", action="store_true", help="start from a randomly initialized model")
+    g.add_argument("--checkpoint", help="model checkpoint directory (default: the package's "
+                                        "pretrained stfm-tiny)")
+    g.add_argument("--fresh", action="store_true",
+                   help="start from a randomly initialized model instead of the default "
+                        "pretrained one")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--feedback", choices=["delayed", "immediate"], default="delayed",
                    help="delayed: learn when the stream delivers the truth (live behaviour); "
                         "immediate: the FSNet/OneNet protocol, for comparisons only")
     p.add_argument("--start-row", type=int, default=0)
     p.add_argument("--end-row", type=int, default=None)
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="hide this share of the readings from the model and score how it "
+                        "fills them (imputation error in the report)")
     p.add_argument("--score-from-row", type=int, default=0,
                    help="count only forecasts whose horizon starts here (warm-up before)")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
@@ -524,8 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the live worker")
     _add_config_flags(p)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--checkpoint", help="model checkpoint directory")
-    g.add_argument("--fresh", action="store_true", help="start from a randomly initialized model")
+    g.add_argument("--checkpoint", help="model checkpoint directory (default: the package's "
+                                        "pretrained stfm-tiny)")
+    g.add_argument("--fresh", action="store_true",
+                   help="start from a randomly initialized model instead of the default "
+                        "pretrained one")
     p.add_argument("--engine", choices=["aiokafka", "faust"], default="aiokafka")
     p.add_argument("--idle-exit", type=float, default=None,
                    help="stop after this many seconds without input and with no lag")
@@ -581,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensors", type=int, default=30)
     p.add_argument("--days", type=float, default=14.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true",
+                   help="serve a randomly initialized model instead of the default pretrained "
+                        "checkpoint")
     p.set_defaults(func=cmd_demo)
     return ap
 

@@ -19,11 +19,12 @@ from replay.publish import publish_recording
 from replay.simulator import DriftTruth, SimConfig, simulate, write_simulation
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
-from streaming.online import OnlineModel
+from streaming.factory import build_model, resolve_checkpoint
 from streaming.worker import LiveWorker
 
 
-def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0) -> int:
+def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0,
+             fresh: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     rec, truths = simulate(SimConfig(n_sensors=sensors, n_days=days, seed=seed))
@@ -41,8 +42,11 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
                                       "patching": {"interval_ms": rec.interval_ms or 300_000},
                                       "model": {"seed": seed}})
         ensure_topics(bs, topics.all())
-        core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
-                          sensors=list(rec.sensors),
+        ckpt = resolve_checkpoint(cfg, None, fresh)
+        print(f"[demo] model: {ckpt or 'fresh (randomly initialized)'}", flush=True)
+        model = build_model(cfg, ckpt)
+        model.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)
+        core = StreamCore(cfg, model, sensors=list(rec.sensors),
                           positions=np.stack([rec.lat, rec.lon], 1) if rec.lat is not None
                           else None)
         errors: list[BaseException] = []
@@ -66,6 +70,7 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
         dead = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.dead_letter,
                                                            idle_timeout_s=0.5)]
     summary = _summary(rec, truths, core, stats.as_dict(), alerts)
+    summary["interval_coverage_p10_p90"] = _coverage(rec, forecasts)
     reasons: dict[str, int] = {}
     for d in dead:
         key = f"{d['topic']}: {d['reason']}"
@@ -83,6 +88,23 @@ def _collect(bs: str, topic: str) -> dict[str, list[dict[str, Any]]]:
         f = json.loads(v)
         by_sensor.setdefault(f["sensor"], []).append(f)
     return by_sensor
+
+
+def _coverage(rec: Recording, forecasts: dict[str, list[dict[str, Any]]]) -> float | None:
+    """Share of the recorded values inside the forecasts' p10-p90 bounds."""
+    row = {int(t): i for i, t in enumerate(rec.timestamps.tolist())}
+    col = {s: j for j, s in enumerate(rec.sensors)}
+    inside = total = 0
+    for s, fs in forecasts.items():
+        for f in fs:
+            if "q" not in f:
+                return None
+            for t, lo, hi in zip(f["horizon_ts"], f["q"]["0.1"], f["q"]["0.9"], strict=True):
+                r = row.get(int(t))
+                if r is not None and s in col and not np.isnan(rec.values[r, col[s]]):
+                    inside += lo <= rec.values[r, col[s]] <= hi
+                    total += 1
+    return inside / total if total else None
 
 
 def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
@@ -128,6 +150,9 @@ def _print_summary(s: dict[str, Any], png: Path, seconds: float) -> None:
     for reason, n in s.get("dead_letter_reasons", {}).items():
         print(f"  dead letter x{n}: {reason}")
     print(f"forecasts produced  {s['forecasts']:,}   model {s['model_version']}")
+    if s.get("interval_coverage_p10_p90") is not None:
+        print(f"  p10-p90 interval  holds {100 * s['interval_coverage_p10_p90']:.1f} % of the "
+              "readings (target 80 %)")
     ex = s.get("experts_mae", {})
     pers = ex.get("persistence")
     vs = f" = {s['online_mae'] / pers:.2f} x persistence's {pers:.3f}" if pers else ""
@@ -169,6 +194,11 @@ def _plot(rec: Recording, truths: list[DriftTruth], forecasts: dict[str, list[di
             hx = (np.concatenate([f["horizon_ts"] for f in fs]) - rec.timestamps[0]) / 86_400_000
             hy = np.concatenate([f["yhat"] for f in fs])
             ax.plot(hx, hy, lw=0.6, color="tab:blue", alpha=0.8, label="forecasts")
+            if all("q" in f for f in fs):
+                lo = np.concatenate([f["q"]["0.1"] for f in fs])
+                hi = np.concatenate([f["q"]["0.9"] for f in fs])
+                ax.fill_between(hx, lo, hi, color="tab:blue", alpha=0.15, lw=0,
+                                label="p10-p90")
         for t in truths:
             if s in t.sensors:
                 ax.axvline((t.onset_ts - rec.timestamps[0]) / 86_400_000, color="tab:red",

@@ -72,6 +72,10 @@ class ModelConfig(ModelSize):
     learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
     torch_threads: int = 1              # intra-op threads of the live worker (0 = torch's)
     seed: int = 0
+    live_graph: bool = False            # a corpus-pretrained (inductive) model uses the
+    #                                     network's graph: its graph layer and Laplacian
+    #                                     encodings. Off: zero-shot on an unseen graph it was
+    #                                     worse (benchmarks/RESULTS.md, issue 15)
 
     def shape(self, patching: PatchingConfig) -> ModelShape:
         """The whole model shape: this size plus the patcher's patch length."""
@@ -261,6 +265,10 @@ class ServeConfig:
     loss_clip: float = 9.0              # squared normalized error is clipped here (3 std)
     bounds: dict[str, list[float]] = field(default_factory=dict)
     # ^ per-sensor [min, max] of served forecasts; keys are sensor ids or globs ("pm25/*")
+    impute: bool = True                 # fill gaps in the model's context with its masked-
+    #                                     patch head (a window-normalized backbone only)
+    interval_rate: float = 0.5          # adaptive-conformal step of the p10/p90 bounds
+    #                                     width (streaming.intervals; 0 = uncalibrated)
     observed_margin: float = 0.25       # also within the observed range widened by this
     #                                     share of it (a negative value: off); a sensor never
     #                                     seen below 0 is not forecast below 0
@@ -273,6 +281,8 @@ class ServeConfig:
         if self.combine not in ("mix", "leader"):
             raise ConfigError(f"serve.combine must be mix or leader, not {self.combine!r}")
         _positive(self, "serve", "eta", "loss_clip")
+        if self.interval_rate < 0:
+            raise ConfigError(f"serve.interval_rate must be >= 0, got {self.interval_rate!r}")
         if not 0 <= self.share < 1:
             raise ConfigError(f"serve.share must be in [0, 1), got {self.share!r}")
         for key, b in self.bounds.items():
@@ -295,6 +305,8 @@ class AdaptConfig:
     supervised: bool = True             # a step on the forecast loss when truth arrives
     contrastive_weight: float = 0.1     # InfoNCE step on the newest window (0 = off)
     contrastive_every: int = 1          # take that step on every k-th realized window
+    checkpoint_lr: float = 3e-4         # learning rate of a model served from a checkpoint
+    #                                     (pretrained weights move less; 0 = model.lr)
     replay_size: int = 256              # reservoir of past windows (0 = no replay)
     replay_k: int = 1                   # replayed windows mixed into each supervised step
     penalty: str = "l2sp"               # pull toward the pretrained weights: none|l2sp|ewc
@@ -321,7 +333,8 @@ class AdaptConfig:
         if self.normalization not in ("running", "checkpoint"):
             raise ConfigError("adapt.normalization must be running or checkpoint, "
                               f"not {self.normalization!r}")
-        for k in ("contrastive_weight", "replay_size", "replay_k", "penalty_weight",
+        for k in ("contrastive_weight", "checkpoint_lr", "replay_size", "replay_k",
+                  "penalty_weight",
                   "boost_updates", "boost_steps", "guard_tolerance"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"adapt.{k} must be >= 0, got {getattr(self, k)!r}")

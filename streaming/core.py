@@ -28,7 +28,7 @@ from streaming.online import OnlineModel
 from streaming.patching import ClosedStep, IncrementalPatcher, SensorRegistry
 from streaming.quality import DataQuality, QualityEvent
 from streaming.signals import Signals
-from streaming.window import ContextWindow
+from streaming.window import ContextWindow, Pending
 
 STAGES = ("patcher", "window", "baselines", "forecaster", "signals", "quality", "scorer", "drift",
           "gate")
@@ -48,6 +48,10 @@ class ForecastBlock:
     rows: np.ndarray | None = None  # int64 [N]: the sensors' indices in the core (None: 0..N-1)
     expert: list[str] = field(default_factory=list)   # each sensor's leading expert
     experts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N, H] forecasts
+    q: dict[str, np.ndarray] = field(default_factory=dict)  # "0.1"/"0.9" -> [N, H] bounds
+    imputed: np.ndarray | None = None  # float64 [N, P]: the step's points filled by the
+    #                                    model (NaN: observed or not filled)
+    imputed_ts: np.ndarray | None = None  # int64 [P]: their timestamps
 
 
 @dataclass
@@ -180,7 +184,13 @@ class StreamCore:
             inputs, names, exists, self.window.values[:n],
             self.baselines.forecast(n, step.end_ts))
         self.window.remember(step.step, pending)
-        out.forecasts.append(self._block(step, yhat, exists, leader, pending.experts))
+        block = self._block(step, yhat, exists, leader, pending)
+        filled = inputs.newest_imputed()
+        if filled is not None:
+            block.imputed = filled[block.rows]
+            block.imputed_ts = step.start_ts + self.cfg.patching.interval_ms * np.arange(
+                filled.shape[1], dtype=np.int64)
+        out.forecasts.append(block)
         alerts = [self._bad_forecast_alert(step, bad)] if bad else []
         alerts += [self._quality_alert(step, ev) for ev in self.quality.update(step)]
         quiet = (set(np.flatnonzero(self.quality.suppressed[:n]).tolist())
@@ -208,15 +218,17 @@ class StreamCore:
             out.alerts.append(self._rollback_alert(step, i, ev))
 
     def _block(self, step: ClosedStep, yhat: np.ndarray, exists: np.ndarray,
-               leader: list[str], experts: np.ndarray) -> ForecastBlock:
+               leader: list[str], pending: Pending) -> ForecastBlock:
         interval = self.cfg.patching.interval_ms
         horizon_ts = step.end_ts + interval * np.arange(self.cfg.model.horizon, dtype=np.int64)
         rows = np.flatnonzero(exists)
         return ForecastBlock(step.step, step.end_ts, horizon_ts, [self.sensors[i] for i in rows],
                              yhat[rows], self.forecaster.version, rows,
                              [leader[i] for i in rows],
-                             {e: experts[rows, :, j]
-                              for j, e in enumerate(self.forecaster.experts)})
+                             {e: pending.experts[rows, :, j]
+                              for j, e in enumerate(self.forecaster.experts)},
+                             {} if pending.lo is None or pending.hi is None else
+                             {"0.1": pending.lo[rows], "0.9": pending.hi[rows]})
 
     def feedback(self, step: int, y: np.ndarray) -> bool:
         """Immediate feedback (the FSNet/OneNet protocol, for comparisons only): score and

@@ -3,11 +3,41 @@ and, when a sensor graph is configured, the fixed sensor set and positions."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
 from streaming.online import OnlineModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(cfg: StreamConfig, checkpoint: str | None, fresh: bool) -> str | None:
+    """What to serve: ``checkpoint`` when given, nothing (a fresh model) with ``fresh``, else
+    the package's default checkpoint (``models.pretrained``) when its shape fits the
+    configuration; otherwise a fresh model, said in a warning that names the keys."""
+    if checkpoint or fresh:
+        return checkpoint
+    from models.checkpoint import read_meta
+    from models.pretrained import default_checkpoint
+
+    path = default_checkpoint()
+    if not (path / "weights.pt").exists():
+        log.warning("no default checkpoint in the package (%s): serving a fresh model", path)
+        return None
+    arch = read_meta(path)["config"]
+    want = {"patch_len": cfg.patching.patch_len, "horizon": cfg.model.horizon,
+            "context_patches": cfg.model.context_patches}
+    bad = {k: v for k, v in want.items() if arch.get(k) != v}
+    if bad:
+        log.warning("the default checkpoint %s is made for %s; the configuration asks for %s: "
+                    "serving a fresh model (pretrain one for this shape with `stfm replay "
+                    "pretrain --corpus`, or pass --fresh to silence this)", path.name,
+                    {k: arch.get(k) for k in bad}, bad)
+        return None
+    return str(path)
 
 
 def build_model(cfg: StreamConfig, checkpoint: str | None) -> OnlineModel:
@@ -21,7 +51,7 @@ def build_core(cfg: StreamConfig, checkpoint: str | None) -> StreamCore:
     """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``; the
     graph recording (``graph``), when given, fixes the sensors and places events by
     position."""
-    sensors = positions = None
+    sensors = positions = rec = None
     if cfg.graph:
         from connectors.recordings import read_recording
 
@@ -29,4 +59,7 @@ def build_core(cfg: StreamConfig, checkpoint: str | None) -> StreamCore:
         sensors = list(rec.sensors)
         if rec.lat is not None and rec.lon is not None:
             positions = np.stack([rec.lat, rec.lon], axis=1)
-    return StreamCore(cfg, build_model(cfg, checkpoint), sensors=sensors, positions=positions)
+    model = build_model(cfg, checkpoint)
+    if rec is not None and rec.edge_index is not None and rec.edge_index.shape[1] > 0:
+        model.set_graph(sensors, rec.edge_index, rec.edge_weight)   # inductive models only
+    return StreamCore(cfg, model, sensors=sensors, positions=positions)

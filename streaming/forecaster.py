@@ -19,7 +19,6 @@ graph model) and the newest window a contrastive step.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from streaming.adaptation import AdaptationGuard
 from streaming.config import StreamConfig
 from streaming.experts import ExpertWeights
+from streaming.intervals import IntervalCalibrator
 from streaming.metrics import OnlineMetrics
 from streaming.normalization import OnlineNormalizer
 from streaming.online import OnlineModel
@@ -45,6 +45,15 @@ class Inputs:
     steps: np.ndarray            # int64 [K]
     loc: np.ndarray              # float64 [N]
     scale: np.ndarray            # float64 [N]
+    imputed: np.ndarray | None = None   # bool [N, K, P]: points filled by the model
+
+    def newest_imputed(self) -> np.ndarray | None:
+        """``[N, P]`` imputed values of the newest token on the input scale (NaN: observed
+        or not filled); None when nothing of it was filled."""
+        if self.imputed is None or not self.imputed[:, -1].any():
+            return None
+        v = self.x[:, -1].astype(np.float64) * self.scale[:, None] + self.loc[:, None]
+        return np.where(self.imputed[:, -1], v, np.nan)
 
 
 class Forecaster:
@@ -63,14 +72,12 @@ class Forecaster:
         if not self.experts:
             raise ValueError(f"forecaster: none of serve.experts={cfg.serve.experts!r} is "
                              "available")
-        self.frozen = (OnlineModel(copy.deepcopy(model.model), model.cfg,
-                                   name=f"{model.name}-frozen", meta=model.meta,
-                                   adapt=model.adapt)
-                       if "frozen" in self.experts else None)
+        self.frozen = model.frozen_copy() if "frozen" in self.experts else None
         s = cfg.serve
         self.weights = ExpertWeights(self.experts, cfg.model.horizon, eta=s.eta,
                                      share=s.share, loss_clip=s.loss_clip, combine=s.combine)
         self.expert_metrics = {e: OnlineMetrics() for e in self.experts}
+        self.intervals = IntervalCalibrator(cfg.model.horizon, rate=s.interval_rate)
         self.guard = (AdaptationGuard(cfg.adapt, model.adapted_state())
                       if cfg.adapt.guard and "model" in self.experts else None)
         self.obs_min = np.full(0, np.inf)
@@ -159,20 +166,28 @@ class Forecaster:
         mask = ~np.isnan(raw)
         x = np.where(mask, (raw - loc[:, None, None]) / scale[:, None, None], 0.0)
         side = np.log1p(window.events[:n])[..., None].astype(np.float32)
-        return Inputs(x.astype(np.float32), mask, side, window.steps(), loc, scale)
+        x = x.astype(np.float32)
+        imputed = None
+        if (self.cfg.serve.impute and "model" in self.experts and self.model.can_impute
+                and n > 0):
+            x, imputed = self.model.impute(x, mask, side, steps=window.steps(),
+                                           sensors=sensors)
+            mask = mask | imputed
+        return Inputs(x, mask, side, window.steps(), loc, scale, imputed)
 
     def predict(self, inp: Inputs, sensors: list[str], exists: np.ndarray, raw: np.ndarray,
                 baselines: dict[str, np.ndarray]
                 ) -> tuple[np.ndarray, np.ndarray | None, list[str], Pending, list[str]]:
         """The served forecast ``[N, H]`` on the input scale, the model's window embeddings,
         the sensors whose forecast was not finite (served their last value), what waits for
-        truth, and each sensor's leading expert."""
+        truth (with the served forecast's p10/p90 bounds, ``streaming.intervals``), and each
+        sensor's leading expert."""
         n = len(sensors)
         if not len(inp.x) == n == len(exists) <= len(raw):
             raise ValueError(f"forecaster: {len(inp.x)} input windows for {n} sensors, "
                              f"{len(exists)} existence flags and {len(raw)} raw windows")
         h = self.cfg.model.horizon
-        cols, emb = [], None
+        cols, emb, offsets = [], None, None
         for e in self.experts:
             if e in ("model", "frozen"):
                 net = self.model if e == "model" else self.frozen
@@ -180,6 +195,9 @@ class Forecaster:
                     inp.x, inp.mask, inp.side, steps=inp.steps, sensors=sensors)
                 if e == "model":
                     emb = em
+                    q = net.last_quantiles  # type: ignore[union-attr]
+                    if q is not None:
+                        offsets = q.astype(np.float64) * inp.scale[:, None, None]
                 cols.append(z.astype(np.float64) * inp.scale[:, None] + inp.loc[:, None])
             else:
                 b = baselines[e]
@@ -189,19 +207,27 @@ class Forecaster:
                 cols.append(b)
         experts = np.stack(cols, axis=2)                                       # [N, H, E]
         served, leader = self.weights.combine(experts)
-        lo, hi = self.bounds(sensors)
-        served = np.clip(served, lo[:, None], hi[:, None])
+        blo, bhi = self.bounds(sensors)
+        served = np.clip(served, blo[:, None], bhi[:, None])
         bad = exists & ~np.isfinite(served).all(axis=1)
         if bad.any():
             for i in np.flatnonzero(bad):
                 seen = raw[i][~np.isnan(raw[i])]
                 last = seen[-1] if len(seen) else inp.loc[i]
                 served[i] = last if np.isfinite(last) else 0.0
+        if offsets is not None:
+            offsets = np.where(np.isfinite(offsets), np.maximum(offsets, 0.0), np.nan)
+        lo, hi = self.intervals.bounds(served, inp.scale, offsets)
+        lo = np.clip(np.minimum(np.where(np.isfinite(lo), lo, served), served),
+                     blo[:, None], None)
+        hi = np.clip(np.maximum(np.where(np.isfinite(hi), hi, served), served),
+                     None, bhi[:, None])
         self.forecasts_made += int(exists.sum())
         gone = ~exists[:, None]
         pending = Pending(inp.x, inp.mask, inp.side, inp.loc, inp.scale,
                           np.where(gone, np.nan, served),
-                          inp.steps, np.where(gone[..., None], np.nan, experts))
+                          inp.steps, np.where(gone[..., None], np.nan, experts),
+                          np.where(gone, np.nan, lo), np.where(gone, np.nan, hi))
         return (served, emb, [sensors[i] for i in np.flatnonzero(bad)], pending,
                 [self.experts[j] for j in leader])
 
@@ -235,6 +261,8 @@ class Forecaster:
             self.expert_metrics[e].add(ej, ej / pend.scale[:, None])
             self.expert_metrics[e].realized_forecasts += n
         self.weights.update(pend.experts, y, pend.scale)
+        if pend.lo is not None and pend.hi is not None:
+            self.intervals.learn(y, pend.yhat, pend.lo, pend.hi)
         if self.guard is not None:
             self._guard(pend, y)
         own = pend.experts[..., self.experts.index("model")] if "model" in self.experts \
@@ -322,7 +350,8 @@ class Forecaster:
                 "obs_max": self.obs_max.copy(),
                 "expert_metrics": {e: m.state_dict() for e, m in self.expert_metrics.items()},
                 "rng": self._rng.bit_generator.state, "learned_at": self._learned_at,
-                "feedback_stat": self._feedback_stat, "newest": newest}
+                "feedback_stat": self._feedback_stat, "newest": newest,
+                "intervals": self.intervals.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.normalizer.load_state_dict(state["normalizer"])
@@ -343,5 +372,8 @@ class Forecaster:
         fs = state["feedback_stat"]
         self._feedback_stat = None if fs is None else np.asarray(fs)
         nw = state["newest"]
-        self._newest = None if nw is None else Inputs(**{k: np.asarray(v) for k, v in nw.items()})
+        self._newest = None if nw is None else Inputs(**{
+            k: None if v is None else np.asarray(v) for k, v in nw.items()})
         self._pin_idx = None
+        if state.get("intervals") is not None:      # absent in an earlier version's state
+            self.intervals.load_state_dict(state["intervals"])

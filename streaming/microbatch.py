@@ -72,16 +72,26 @@ class WorkerStats:
 def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     """One ``forecasts`` message per sensor, keyed ``sensor:step:model_version``: a replayed
     range reproduces the same keys, so consumers deduplicate by key. ``expert`` names the
-    expert that leads the sensor's weights."""
+    expert that leads the sensor's weights; ``q`` holds the p10 and p90 bounds
+    (``{"0.1": [...], "0.9": [...]}``, ``streaming.intervals``); ``imputed`` lists the
+    step's readings the model filled in (``[[ts, value], ...]``), when it filled any."""
     horizon = block.horizon_ts.tolist()
     yhat = np.round(block.yhat, 6).tolist()
     expert = block.expert or [""] * len(block.sensors)
+    qs = {k: np.round(v, 6).tolist() for k, v in block.q.items()}
     out = []
     dumps = orjson.dumps
-    for s, y, e in zip(block.sensors, yhat, expert, strict=True):
-        out.append((f"{s}:{block.step}:{block.model_version}".encode(), dumps({
-            "sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon, "yhat": y,
-            "model_version": block.model_version, "expert": e})))
+    for i, (s, y, e) in enumerate(zip(block.sensors, yhat, expert, strict=True)):
+        msg = {"sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon,
+               "yhat": y, "model_version": block.model_version, "expert": e}
+        if qs:
+            msg["q"] = {k: v[i] for k, v in qs.items()}
+        if block.imputed is not None and block.imputed_ts is not None \
+                and not np.isnan(block.imputed[i]).all():
+            msg["imputed"] = [[int(t), round(float(v), 6)] for t, v in
+                              zip(block.imputed_ts, block.imputed[i], strict=True)
+                              if not np.isnan(v)]
+        out.append((f"{s}:{block.step}:{block.model_version}".encode(), dumps(msg)))
     return out
 
 

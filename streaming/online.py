@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -57,6 +58,8 @@ class OnlineModel:
         self._alerts: list[dict] = []
         self._contrast_calls = 0
         self.last_embedding: np.ndarray | None = None   # [B, d] of the last prediction
+        self.last_quantiles: np.ndarray | None = None   # [B, 2, H] offsets below/above
+        self.step_ms: int | None = None                 # patch duration (fourier calendar)
         self.can_contrast = isinstance(model, STBackbone)
         if self.adapt.contrastive_weight > 0 and not self.can_contrast:
             log.info("online adaptation: supervised updates only. Contrastive updates "
@@ -85,7 +88,47 @@ class OnlineModel:
             if arch.get(key) != want:
                 raise ValueError(f"checkpoint {path}: {key}={arch.get(key)} but the "
                                  f"configuration asks for {want}")
-        return cls(net, cfg, name=Path(path).name, meta=meta, adapt=adapt)
+        name = meta.get("extra", {}).get("name") or Path(path).name
+        if adapt is not None and adapt.checkpoint_lr > 0:
+            cfg = dataclasses.replace(cfg, lr=adapt.checkpoint_lr)
+        model = cls(net, cfg, name=name, meta=meta, adapt=adapt)
+        model.step_ms = patching.interval_ms * patching.patch_len
+        return model
+
+    def frozen_copy(self) -> OnlineModel:
+        """A copy of the starting model that never learns (the ``frozen`` expert), placed on
+        the same graph and calendar."""
+        twin = OnlineModel(copy.deepcopy(self.model), self.cfg, name=f"{self.name}-frozen",
+                           meta=self.meta, adapt=self.adapt)
+        twin.step_ms = self.step_ms
+        if self._graph is not None and twin._graph is not None:
+            g = self._graph
+            names = sorted(g.node_of, key=g.node_of.get)  # type: ignore[arg-type]
+            twin._graph.use_graph(names, *g.edges)
+        return twin
+
+    @property
+    def has_quantiles(self) -> bool:
+        return isinstance(self.model, STBackbone) and self.model.quantile_head is not None
+
+    @property
+    def inductive(self) -> bool:
+        """No per-sensor weights: any network can be served (a corpus-pretrained model)."""
+        return isinstance(self.model, STBackbone) and self.model.cfg.num_nodes == 0
+
+    def set_graph(self, sensors: list[str], edge_index: np.ndarray,
+                  edge_weight: np.ndarray | None = None) -> None:
+        """The live network's graph for an inductive backbone (its graph layer and
+        Laplacian encodings) when ``model.live_graph`` is on; a per-network checkpoint keeps
+        the graph it was trained on."""
+        if self._graph is None or not self.inductive:
+            return
+        if not self.cfg.live_graph:
+            log.info("%s: the network's graph is not used (model.live_graph = false; "
+                     "zero-shot on an unseen graph the pretrained graph layer was worse)",
+                     self.name)
+            return
+        self._graph.use_graph(sensors, edge_index, edge_weight)
 
     @property
     def version(self) -> str:
@@ -109,9 +152,10 @@ class OnlineModel:
 
     @property
     def is_spatial(self) -> bool:
-        """Whether the model couples sensors (the graph backbone): it learns from the whole
-        region at once, never from a sample of sensors."""
-        return self._graph is not None
+        """Whether the model couples sensors (the backbone's graph layer over a graph with
+        edges): it learns from the whole region at once, never from a sample of sensors."""
+        return (self._graph is not None and self.model.graph_layer is not None
+                and self._graph.edges[0].size > 0)
 
     @torch.no_grad()
     def predict_with_embedding(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
@@ -130,13 +174,59 @@ class OnlineModel:
         xt, mt, st = torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(side)
         if self._graph is None:
             y, emb = self.model.forecast_and_embed(xt, mt, st)
+            self.last_quantiles = None
         else:
             if steps is None or sensors is None:
                 raise ValueError("the spatio-temporal backbone needs the step indices and "
                                  "sensors")
-            y, emb = self._graph.forecast_and_embed(xt, mt, st, steps, sensors)
+            y, emb, q = self._graph.forecast_and_embed(xt, mt, st, steps, sensors,
+                                                       self.step_ms)
+            self.last_quantiles = None if q is None else q.numpy()
         self.last_embedding = emb.numpy()
         return y.numpy(), self.last_embedding
+
+    @property
+    def can_impute(self) -> bool:
+        """Whether the masked-patch head can fill gaps (a window-normalized backbone)."""
+        return isinstance(self.model, STBackbone) and self.model.cfg.instance_norm
+
+    @torch.no_grad()
+    def impute(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
+               steps: np.ndarray, sensors: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Missing points of ``[B, K, P]`` windows filled: every point after a sensor's first
+        observation in the window (a sensor not there yet is left alone). A token with no
+        observation is hidden behind the mask token, as in pretraining, and filled by the
+        masked-patch head; a single missing point between observations of its token is
+        interpolated between them. Returns the filled windows and the imputed points
+        ``[B, K, P]``."""
+        if not self.can_impute or self._graph is None:
+            raise ValueError(f"{type(self.model).__name__} cannot impute (needs the "
+                             "window-normalized spatio-temporal backbone)")
+        flat = mask.reshape(len(mask), -1)
+        started = np.cumsum(flat, axis=1).reshape(mask.shape) > 0
+        fill = started & ~mask
+        if not fill.any():
+            return x, fill
+        empty = torch.from_numpy(~mask.any(-1) & started.any(-1))[None]
+        st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
+        out = self.model.run(torch.from_numpy(x)[None], torch.from_numpy(mask)[None], st,
+                             side=torch.from_numpy(side)[None], token_mask=empty,
+                             heads=("reconstruction",), **self._graph.kwargs(sensors,
+                                                                            self.step_ms))
+        rec = out["reconstruction"][0].numpy().reshape(len(x), -1)
+        xf = np.where(flat, x.reshape(len(x), -1), np.nan)
+        # a point inside a token with observations: linear between its observed neighbours
+        # (measured better than the head for single points); a token with none: the head's
+        # shape, its level corrected by its misfit on the observed points around the gap
+        rows = np.flatnonzero(fill.reshape(len(x), -1).any(axis=1))
+        est = x.reshape(len(x), -1).astype(np.float64)
+        short = _interpolate(xf[rows])
+        long = rec[rows] + _interpolate(xf[rows] - rec[rows])
+        empty_pts = np.repeat(empty[0].numpy()[rows], x.shape[-1], axis=-1)
+        est[rows] = np.where(empty_pts, long, short)
+        est = est.reshape(x.shape)
+        ok = fill & np.isfinite(est)
+        return np.where(ok, est, x).astype(x.dtype), ok
 
     def predict_many(self, x: np.ndarray, mask: np.ndarray, side: np.ndarray, *,
                      steps: np.ndarray | None = None,
@@ -173,7 +263,8 @@ class OnlineModel:
                 preds = self._graph.forecast_many(
                     *(torch.from_numpy(np.stack([it[k] for it in sel]))
                       for k in ("x", "mask", "side")),
-                    np.stack([np.asarray(it["steps"]) for it in sel]), sel[0]["sensors"])
+                    np.stack([np.asarray(it["steps"]) for it in sel]), sel[0]["sensors"],
+                    self.step_ms)
             for i, it, pr in zip(idx, sel, preds, strict=True):
                 y = torch.nan_to_num(torch.from_numpy(it["y"]))
                 err = torch.nn.functional.huber_loss(pr, y, reduction="none", delta=1.0)
@@ -274,7 +365,7 @@ class OnlineModel:
         if (self._contrast_calls - 1) % self.adapt.contrastive_every:
             return math.nan
         assert self._graph is not None
-        kw = self._graph.kwargs(sensors)
+        kw = self._graph.kwargs(sensors, self.step_ms)
         st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
         self.model.train()
         try:
@@ -312,6 +403,18 @@ class OnlineModel:
         self._gen.set_state(state["generator"])
 
 
+def _interpolate(r: np.ndarray) -> np.ndarray:
+    """Rows of ``r`` with NaN gaps filled linearly between the nearest finite values (the
+    nearest one at the ends; 0 for a row without any)."""
+    out = np.zeros_like(r)
+    t = np.arange(r.shape[1])
+    for i, row in enumerate(r):
+        ok = np.isfinite(row)
+        if ok.any():
+            out[i] = np.interp(t, t[ok], row[ok])
+    return out
+
+
 class _GraphContext:
     """Maps live sensors onto a pretrained backbone's nodes, graph and Laplacian encodings.
 
@@ -322,12 +425,18 @@ class _GraphContext:
     def __init__(self, model: STBackbone, meta: dict) -> None:
         self.model = model
         extra = meta.get("extra", {})
-        names = list(extra.get("sensors", []))
-        self.node_of = {s: i for i, s in enumerate(names)}
         ei = np.asarray(extra.get("edge_index", [[], []]), np.int64).reshape(2, -1)
         ew = np.asarray(extra.get("edge_weight", np.ones(ei.shape[1])), np.float32)
+        self.use_graph(list(extra.get("sensors", [])), ei, ew)
+
+    def use_graph(self, names: list[str], ei: np.ndarray, ew: np.ndarray | None) -> None:
+        """The nodes (by sensor id) and edges that sensors are placed on."""
+        ei = np.asarray(ei, np.int64).reshape(2, -1)
+        ew = (np.ones(ei.shape[1], np.float32) if ew is None
+              else np.asarray(ew, np.float32))
+        self.node_of = {s: i for i, s in enumerate(names)}
         self.edges = (ei, ew)
-        dim = model.cfg.lap_pe_dim
+        dim = self.model.cfg.lap_pe_dim
         self.lap = (laplacian_pe(ei, len(names), dim, ew) if dim and names and ei.size
                     else torch.zeros(len(names), max(dim, 1)))
         self._cache: tuple[tuple[str, ...], tuple] | None = None
@@ -355,23 +464,34 @@ class _GraphContext:
         self._cache = (key, graph)
         return graph
 
-    def kwargs(self, sensors: list[str]) -> dict:
+    def kwargs(self, sensors: list[str], step_ms: int | None = None) -> dict:
         ids, lap, edge_index, edge_weight = self._for(sensors)
-        return {"node_ids": ids, "lap_pe": lap, "edge_index": edge_index,
-                "edge_weight": edge_weight}
+        kw = {"node_ids": ids, "lap_pe": lap, "edge_index": edge_index,
+              "edge_weight": edge_weight}
+        if self.model.calendar is not None:
+            if step_ms is None:
+                raise ValueError("this backbone's calendar needs the patch duration: load it "
+                                 "with OnlineModel.from_checkpoint(path, patching, ...)")
+            kw["step_ms"] = step_ms
+        return kw
 
     def forecast_and_embed(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
-                           steps: np.ndarray, sensors: list[str]
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-token forecasts ``[N, H]`` and embeddings ``[N, d]`` of one window."""
+                           steps: np.ndarray, sensors: list[str], step_ms: int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Last-token forecasts ``[N, H]``, embeddings ``[N, d]`` and, with a quantile
+        head, the p10/p90 offsets ``[N, 2, H]`` of one window."""
         st = torch.as_tensor(np.asarray(steps), dtype=torch.long).reshape(1, -1)
-        y, h = self.model.forecast_and_embed(x[None], mask[None], st, side=side[None],
-                                             **self.kwargs(sensors))
-        return y[0, :, -1], h[0, :, -1]
+        heads = ("forecast", "quantiles") if self.model.quantile_head is not None \
+            else ("forecast",)
+        out = self.model.run(x[None], mask[None], st, side=side[None], heads=heads,
+                             **self.kwargs(sensors, step_ms))
+        q = out["quantiles"][0, :, -1] if "quantiles" in out else None
+        return out["forecast"][0, :, -1], out["h"][0, :, -1], q
 
     def forecast_many(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
-                      steps: np.ndarray, sensors: list[str]) -> torch.Tensor:
+                      steps: np.ndarray, sensors: list[str],
+                      step_ms: int | None = None) -> torch.Tensor:
         """Last-token forecasts ``[S, N, H]`` of ``S`` windows of the same sensors."""
         st = torch.as_tensor(np.asarray(steps), dtype=torch.long)
-        y = self.model(x, mask, st, side=side, **self.kwargs(sensors))
+        y = self.model(x, mask, st, side=side, **self.kwargs(sensors, step_ms))
         return y[:, :, -1]

@@ -28,6 +28,8 @@ class Pending:
     yhat: np.ndarray             # float64 [N, H] served, input scale; NaN: sensor not there
     steps: np.ndarray            # int64 [K] step of each window token
     experts: np.ndarray          # float64 [N, H, E] each expert's forecast (NaN: none)
+    lo: np.ndarray | None = None  # float64 [N, H] p10 of the served forecast
+    hi: np.ndarray | None = None  # float64 [N, H] p90
 
 
 class ContextWindow:
@@ -112,5 +114,6 @@ class ContextWindow:
         self.values = np.array(state["values"], np.float64)
         self.events = np.array(state["events"], np.float32)
         self.last_step = None if state["last_step"] is None else int(state["last_step"])
-        self.pending = {int(j): Pending(**{k: np.asarray(v) for k, v in p.items()})
+        self.pending = {int(j): Pending(**{k: None if v is None else np.asarray(v)
+                                          for k, v in p.items()})
                         for j, p in state["pending"].items()}

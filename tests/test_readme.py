@@ -84,10 +84,11 @@ def test_readme_command_lines_run(tmp_path: Path) -> None:
     print(f"ran {len(ran)} README lines; skipped (no ../shared/data): {skipped}")
     for line, secs, _ in ran:
         print(f"{secs:6.1f}s  {line[:110]}")
-    runs = [r for line, _, r in ran if line.startswith("stfm run") and "--fresh" in line]
+    runs = [r for line, _, r in ran if line.startswith("stfm run") and "--checkpoint" not in line]
     # the same group a second time: said out loud
     assert "nothing to read" in runs[1].stderr and "nothing to read" not in runs[0].stderr
     assert '"readings_accepted": 17280' in runs[0].stdout
+    assert '"model_version": "stfm-tiny+' in runs[0].stdout          # the packaged model
     assert '"readings_accepted": 17280' in runs[2].stdout           # faust: its own group
     assert (tmp_path / "rec.npz").exists() and (tmp_path / "ckpt" / "best").is_dir()
     assert (tmp_path / "report" / "report.json").exists()

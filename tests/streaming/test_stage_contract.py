@@ -31,6 +31,7 @@ from streaming.config import StreamConfig
 from streaming.core import StreamCore
 from streaming.drift import DriftMonitor
 from streaming.forecaster import Forecaster
+from streaming.intervals import IntervalCalibrator
 from streaming.metrics import OnlineMetrics
 from streaming.normalization import OnlineNormalizer
 from streaming.online import OnlineModel
@@ -86,6 +87,29 @@ class Driver:
 
 def _model() -> OnlineModel:
     return OnlineModel.fresh(CFG.patching, CFG.model, CFG.adapt)
+
+
+def _inductive_model() -> OnlineModel:
+    """A tiny corpus-style backbone: window-normalized, Fourier calendar, quantile head."""
+    from models.backbone import STBackbone, STBackboneConfig
+
+    torch.manual_seed(0)
+    net = STBackbone(STBackboneConfig.inductive(
+        patch_len=P, context_patches=4, horizon=6, d_model=8, n_heads=2, n_layers=1,
+        lap_pe_dim=0, graph=False))
+    with torch.no_grad():
+        net.forecast_head.weight.normal_(std=0.1)
+    m = OnlineModel(net, CFG.model, name="inductive", adapt=CFG.adapt)
+    m.step_ms = IV * P
+    return m
+
+
+def _intervals_feed(ic: IntervalCalibrator, k: int) -> Any:
+    rng = np.random.default_rng(k)
+    served = rng.normal(size=(N, 6))
+    lo, hi = ic.bounds(served, np.ones(N), None if k % 2 else np.ones((N, 2, 6)))
+    ic.learn(served + rng.normal(size=(N, 6)), served, lo, hi)
+    return lo, hi
 
 
 class _ForecasterRig:
@@ -148,6 +172,14 @@ def _gate_feed(g: AlertGate, k: int) -> Any:
             g.update("drift", k, T0 + k, drift))
 
 
+def _core_driver(model: Callable[[], OnlineModel]) -> Driver:
+    """The whole core around ``model`` (a bad batch: mismatched columns)."""
+    return Driver(lambda: StreamCore(CFG, model()), lambda c, k: c.process(_readings(k)),
+                  lambda c: c.process(ReadingBatch(["a", "b"], np.zeros(1, np.int64),
+                                                   np.zeros(2), np.zeros(2))),
+                  "patcher")
+
+
 DRIVERS = {
     "patcher": Driver(
         lambda: IncrementalPatcher(CFG.patching, SensorRegistry()),
@@ -195,12 +227,10 @@ DRIVERS = {
     "metrics": Driver(
         OnlineMetrics, lambda m, k: (m.add(_values(k) - 10, _values(k) - 10), m.as_dict()),
         lambda m: m.load_state_dict({"n": "many"}), "metrics"),
-    "core": Driver(
-        lambda: StreamCore(CFG, _model()),
-        lambda c, k: c.process(_readings(k)),
-        lambda c: c.process(ReadingBatch(["a", "b"], np.zeros(1, np.int64), np.zeros(2),
-                                         np.zeros(2))),
-        "patcher"),
+    "intervals": Driver(lambda: IntervalCalibrator(6), _intervals_feed,
+                        lambda ic: ic.bounds(np.zeros((N, 5)), np.ones(N)), "intervals"),
+    "core-inductive": _core_driver(_inductive_model),
+    "core": _core_driver(_model),
 }
 
 
