@@ -12,6 +12,7 @@ the gradients are averaged across ranks before each step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -291,6 +292,11 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
     if len(data.starts["train"]) == 0 or len(data.starts["val"]) == 0:
         raise ValueError("recording too short for one training and one validation window")
     model, graph = build_model(rec, cfg)
+    if cfg.graph and not model.cfg.graph:
+        # one truth in the checkpoint: the stored pretraining config says what was trained
+        log.warning("pretraining without the graph layer: the recording has no graph (pass "
+                    "--graph ADJ, or --no-graph to say so)")
+        cfg = dataclasses.replace(cfg, graph=False)
     if cfg.init_checkpoint:
         from models.checkpoint import load_checkpoint
 

@@ -49,6 +49,15 @@ def _set_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def print_config(cfg: Any, section: str | None = None) -> None:
+    """The effective configuration at start, one line per section, on stderr."""
+    from streaming.config import summary_line
+
+    lines = cfg.summary_lines() if section is None else [summary_line(section, cfg)]
+    for line in lines:
+        print(f"config {line}", file=sys.stderr)
+
+
 def load_config(args: argparse.Namespace) -> Any:
     from streaming.config import StreamConfig
 
@@ -185,6 +194,7 @@ def cmd_replay_pretrain(args: argparse.Namespace) -> int:
 
     rec = recs[0][1]
     cfg = _training_config(args, PretrainConfig, "pretrain")
+    print_config(cfg, "pretrain")
     result = pretrain(rec, args.out, cfg, resume=args.resume, progress=not args.quiet)
     print(to_json({"best_val": result.best_val, "epochs": result.epochs_run,
                       "samples_per_s": round(result.samples_per_s, 1),
@@ -210,6 +220,7 @@ def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> i
     from replay.foundation import FoundationConfig, pretrain_corpus
 
     cfg = _training_config(args, FoundationConfig, "foundation")
+    print_config(cfg, "foundation")
     sources = [recording_source(r, name, lap_pe_dim=cfg.lap_pe_dim) for name, r in recs]
     if args.corpus:
         names = args.corpus_sets.split(",") if args.corpus_sets else list(SHARED)
@@ -251,6 +262,7 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
               f"{args.file} is sampled every {rec.interval_ms} ms", file=sys.stderr)
         return 2
     apply_torch_threads(cfg)
+    print_config(cfg)
     from streaming.factory import resolve_checkpoint
 
     model = build_model(cfg, resolve_checkpoint(cfg, args.checkpoint, args.fresh))
@@ -331,6 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streaming.worker import LiveWorker
 
     cfg = load_config(args)
+    print_config(cfg)
     if args.engine == "faust" and cfg.kafka.group_id == KafkaConfig.group_id:
         # its consumers use Faust's own assignor: sharing a group with the aiokafka engine
         # fails with InconsistentGroupProtocolError
@@ -402,7 +415,7 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
                              from_beginning=args.from_beginning,
                              consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else
                              float("inf"))
-    n = 0
+    n = bad = 0
     try:
         for msg in consumer:
             try:
@@ -410,6 +423,7 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
                 print(f"{format_minute(a.ts)}  {a.kind:<12} {a.severity:<8} "
                       f"{','.join(a.sensors):<20} {a.text}", flush=True)
             except ValueError as exc:
+                bad += 1
                 print(f"(unreadable alert at offset {msg.offset}: {exc}): {msg.value[:200]!r}")
             n += 1
             if args.max and n >= args.max:
@@ -418,6 +432,10 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
         pass
     finally:
         consumer.close()
+    # said on stderr, so that stdout stays one line per alert
+    print(f"stfm alerts tail: read {n} message(s) from {args.topic}: {n - bad} alert(s)"
+          + (f", {bad} unreadable" if bad else "") + ("" if n - bad else " (no alerts)"),
+          file=sys.stderr)
     return 0
 
 

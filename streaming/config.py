@@ -424,6 +424,12 @@ class StreamConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def summary_lines(self) -> list[str]:
+        """The effective configuration, one line per section (``patching: interval_ms=...``),
+        for commands to print at start."""
+        return [summary_line(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamConfig:
         return _build(cls, data, "").validate()
@@ -546,3 +552,12 @@ def _coerce(typ: Any, value: Any, key: str) -> Any:
     else:  # pragma: no cover - only the types above are used
         return value
     raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
+
+
+def summary_line(section: str, value: Any) -> str:
+    """``section: key=value ...`` of a config dataclass (or ``section: value``)."""
+    if not dataclasses.is_dataclass(value):
+        return f"{section}: {value}"
+    items = " ".join(f"{f.name}={getattr(value, f.name)!r}".replace("'", "")
+                     for f in dataclasses.fields(value))
+    return f"{section}: {items}"

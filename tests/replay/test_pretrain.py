@@ -153,3 +153,13 @@ def test_select_on_a_single_objective(rec, tmp_path):
     assert res.best_val == min(h["val_forecast"] for h in res.history)
     with pytest.raises(ValueError, match="select_on"):
         _cfg(select_on="masked", w_masked=0.0).validate()
+
+
+def test_no_graph_is_said_and_the_checkpoint_has_one_truth(rec, tmp_path, caplog):
+    import dataclasses
+
+    flat = dataclasses.replace(rec, edge_index=None, edge_weight=None)
+    res = pretrain(flat, tmp_path / "ng", _cfg(epochs=1), progress=False)
+    assert "without the graph layer" in caplog.text
+    _, meta = load_checkpoint(res.checkpoint)
+    assert meta["config"]["graph"] is False and meta["extra"]["pretrain"]["graph"] is False

@@ -233,6 +233,17 @@ def test_alerts_tail_prints_alerts(broker, unique):
     lines = r.stdout.strip().splitlines()
     assert "s7" in lines[0] and "page_hinkley fired" in lines[0] and "2026-01-05" in lines[0]
     assert "unreadable alert" in lines[1]
+    assert "read 2 message(s)" in r.stderr and "1 alert(s), 1 unreadable" in r.stderr
+
+
+def test_alerts_tail_says_when_there_are_no_alerts(broker, unique):
+    topic = f"alerts-{unique}"
+    ensure_topics(broker.bootstrap_servers, [topic])
+    r = _stfm("alerts", "tail", "--bootstrap-servers", broker.bootstrap_servers, "--topic",
+              topic, "--from-beginning", "--timeout", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert f"read 0 message(s) from {topic}: 0 alert(s) (no alerts)" in r.stderr
 
 
 def test_cli_bad_checkpoint_is_one_clear_line(tmp_path: Path):
