@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _report import publish  # noqa: E402
+
 from connectors.recordings import Recording  # noqa: E402
 from replay.corpus import EVALUATION_SETS, MONTH_MS, SHARED  # noqa: E402
 
@@ -54,8 +56,6 @@ MAIN_SETS = ("etth1", "etth2", "ettm1", "los_loop", "sz_taxi", "weather", "excha
 
 def held_out_recording(data_dir: Path, name: str) -> tuple[Recording, int, int]:
     """D as a recording z-scored with its train rows, and its online part's borders."""
-    import torch
-
     from replay.corpus import shared_source
 
     src = shared_source(data_dir, name, online=True)
@@ -73,7 +73,7 @@ def held_out_recording(data_dir: Path, name: str) -> tuple[Recording, int, int]:
     if b.graph is not None:
         rec.edge_index = b.graph["edge_index"].numpy()
         ew = b.graph.get("edge_weight")
-        rec.edge_weight = None if ew is None else torch.as_tensor(ew).numpy()
+        rec.edge_weight = None if ew is None else ew.numpy()
     return rec, b.val, len(b.values)
 
 
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pretrained model uses the held-out set's graph (model.live_graph)")
     ap.add_argument("--reuse", action="store_true",
                     help="take the checkpoints an earlier run left in --work (evaluate only)")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     names = args.datasets.split(",")
@@ -259,13 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(ex.map(eval_job, [pre[n] for n in names]))
     seconds = time.perf_counter() - t0
     text = table(rows, pre, args, seconds)
-    print(text)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     (Path(args.work) / "rows.json").write_text(json.dumps({"rows": rows, "pretrain": pre},
                                                           default=str))
-    if not args.no_record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + text)
+    publish(text, args.results, record=not args.no_record)
     return 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
-from streaming.online import OnlineModel
+from streaming.online import OnlineModel, shape_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +27,13 @@ def resolve_checkpoint(cfg: StreamConfig, checkpoint: str | None, fresh: bool) -
     if not (path / "weights.pt").exists():
         log.warning("no default checkpoint in the package (%s): serving a fresh model", path)
         return None
-    arch = read_meta(path)["config"]
-    want = {"patch_len": cfg.patching.patch_len, "horizon": cfg.model.horizon,
-            "context_patches": cfg.model.context_patches}
-    bad = {k: v for k, v in want.items() if arch.get(k) != v}
+    bad = shape_mismatch(read_meta(path)["config"], cfg.patching, cfg.model)
     if bad:
         log.warning("the default checkpoint %s is made for %s; the configuration asks for %s: "
                     "serving a fresh model (pretrain one for this shape with `stfm replay "
                     "pretrain --corpus`, or pass --fresh to silence this)", path.name,
-                    {k: arch.get(k) for k in bad}, bad)
+                    {k: have for k, (have, _) in bad.items()},
+                    {k: want for k, (_, want) in bad.items()})
         return None
     return str(path)
 

@@ -215,13 +215,8 @@ class Forecaster:
                 seen = raw[i][~np.isnan(raw[i])]
                 last = seen[-1] if len(seen) else inp.loc[i]
                 served[i] = last if np.isfinite(last) else 0.0
-        if offsets is not None:
-            offsets = np.where(np.isfinite(offsets), np.maximum(offsets, 0.0), np.nan)
         lo, hi = self.intervals.bounds(served, inp.scale, offsets)
-        lo = np.clip(np.minimum(np.where(np.isfinite(lo), lo, served), served),
-                     blo[:, None], None)
-        hi = np.clip(np.maximum(np.where(np.isfinite(hi), hi, served), served),
-                     None, bhi[:, None])
+        lo, hi = np.maximum(lo, blo[:, None]), np.minimum(hi, bhi[:, None])
         self.forecasts_made += int(exists.sum())
         gone = ~exists[:, None]
         pending = Pending(inp.x, inp.mask, inp.side, inp.loc, inp.scale,

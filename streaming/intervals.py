@@ -36,9 +36,10 @@ class IntervalCalibrator:
 
     def bounds(self, served: np.ndarray, scale: np.ndarray,
                offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds ``[N, H]`` of ``served``; ``offsets`` ``[N, 2, H]`` are the
-        model's distances below/above its median (input units), ``scale`` ``[N]`` the
-        sensors' normalization scale (the width before any error is known)."""
+        """Lower and upper bounds ``[N, H]`` of ``served`` (``lo <= served <= hi``);
+        ``offsets`` ``[N, 2, H]`` are the model's distances below/above its median (input
+        units), ``scale`` ``[N]`` the sensors' normalization scale (the width before any
+        error is known)."""
         n, h = served.shape
         if h != self.horizon:
             raise ValueError(f"intervals: forecasts must be [N, {self.horizon}], got "
@@ -50,7 +51,11 @@ class IntervalCalibrator:
         else:
             lo_off, hi_off = offsets[:, 0], offsets[:, 1]
         mult = np.exp(self.log_mult)
-        return served - lo_off * mult[0], served + hi_off * mult[1]
+        lo, hi = served - lo_off * mult[0], served + hi_off * mult[1]
+        # never on the wrong side of the forecast; a non-finite bound collapses onto it
+        lo = np.minimum(np.where(np.isfinite(lo), lo, served), served)
+        hi = np.maximum(np.where(np.isfinite(hi), hi, served), served)
+        return lo, hi
 
     def learn(self, y: np.ndarray, served: np.ndarray, lo: np.ndarray,
               hi: np.ndarray) -> None:

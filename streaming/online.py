@@ -24,6 +24,15 @@ from streaming.reservoir import ReservoirBuffer
 log = logging.getLogger(__name__)
 
 
+def shape_mismatch(arch: dict[str, Any], patching: PatchingConfig,
+                   cfg: ModelConfig) -> dict[str, tuple[Any, int]]:
+    """The keys where a checkpoint's architecture does not fit the configured grid:
+    ``{key: (checkpoint's value, configured value)}``."""
+    want = {"patch_len": patching.patch_len, "horizon": cfg.horizon,
+            "context_patches": cfg.context_patches}
+    return {k: (arch.get(k), v) for k, v in want.items() if arch.get(k) != v}
+
+
 class OnlineModel:
     """Wraps a forecaster: ``predict_many`` (no state change), ``learn_many`` (a supervised
     update when realized values arrive) and ``contrast_many`` (an InfoNCE update on the
@@ -82,12 +91,11 @@ class OnlineModel:
         """Load a checkpoint; its architecture must fit the patching and horizon in use."""
         torch.manual_seed(cfg.seed)
         net, meta = load_checkpoint(path)
-        arch = meta["config"]
-        for key, want in (("patch_len", patching.patch_len), ("horizon", cfg.horizon),
-                          ("context_patches", cfg.context_patches)):
-            if arch.get(key) != want:
-                raise ValueError(f"checkpoint {path}: {key}={arch.get(key)} but the "
-                                 f"configuration asks for {want}")
+        bad = shape_mismatch(meta["config"], patching, cfg)
+        if bad:
+            key, (have, want) = next(iter(bad.items()))
+            raise ValueError(f"checkpoint {path}: {key}={have} but the configuration asks "
+                             f"for {want}")
         name = meta.get("extra", {}).get("name") or Path(path).name
         if adapt is not None and adapt.checkpoint_lr > 0:
             cfg = dataclasses.replace(cfg, lr=adapt.checkpoint_lr)
@@ -102,9 +110,7 @@ class OnlineModel:
                            meta=self.meta, adapt=self.adapt)
         twin.step_ms = self.step_ms
         if self._graph is not None and twin._graph is not None:
-            g = self._graph
-            names = sorted(g.node_of, key=g.node_of.get)  # type: ignore[arg-type]
-            twin._graph.use_graph(names, *g.edges)
+            twin._graph.use_graph(self._graph.names, *self._graph.edges)
         return twin
 
     @property
@@ -434,6 +440,7 @@ class _GraphContext:
         ei = np.asarray(ei, np.int64).reshape(2, -1)
         ew = (np.ones(ei.shape[1], np.float32) if ew is None
               else np.asarray(ew, np.float32))
+        self.names = list(names)
         self.node_of = {s: i for i, s in enumerate(names)}
         self.edges = (ei, ew)
         dim = self.model.cfg.lap_pe_dim
