@@ -42,7 +42,8 @@ DAY_MS = 86_400_000
 @dataclass
 class BackboneTraining(ModelShape):
     """What both pretraining modes share: the backbone's width, the objectives' weights,
-    the optimizer; read from the ``SECTION`` table of a TOML file."""
+    the optimizer; read from the ``SECTION`` table of a TOML file and checked by the
+    subclass's ``validate``."""
 
     SECTION: ClassVar[str] = "pretrain"
     d_model: int = 64
@@ -70,9 +71,6 @@ class BackboneTraining(ModelShape):
             raise ConfigError(f"unknown section {unknown[0]} (this pretraining reads "
                               f"[{cls.SECTION}])")
         return build_section(cls, data.get(cls.SECTION, {}), cls.SECTION).validate()
-
-    def validate(self) -> Any:
-        raise NotImplementedError
 
 
 @dataclass
