@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/stfm demo --out demo-output
 
 test: $(STAMP)
+	sh .ci/ensure-chromium.sh
 	$(BIN)/python -m pytest -m "not slow" -q
 
 soak: $(STAMP)

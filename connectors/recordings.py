@@ -4,19 +4,30 @@ Formats (chosen by extension or ``fmt=``):
 
 * ``.npz`` — native and lossless: timestamps, values, sensors, lat/lon, graph, events (as a JSON
   string) and ``interval_ms``. Also reads the PEMS / SZ-taxi layout (key ``data`` shaped
-  ``[T, N]`` or ``[T, N, C]``; channel 0 is taken; needs ``start`` and ``interval_ms``).
+  ``[T, N]`` or ``[T, N, C]``; needs ``--start`` and ``--interval-ms`` unless the file has
+  ``timestamps``).
 * ``.h5`` / ``.hdf5`` — the pandas ``HDFStore`` "fixed" layout used by METR-LA / PEMS-BAY
   (group ``df``: ``axis0`` sensor labels, ``axis1`` int64 ns index, ``block0_values [T, N]``).
   Our writer adds a group ``stfm`` with lat/lon, graph, events and interval, so read(write(r))
   is lossless. A plain file with ``values``/``data`` ``[T, N]`` and optional ``timestamps`` (ms)
   and ``sensors`` is accepted too.
 * ``.csv`` — auto-detected from the header: long (``sensor,ts,value``), wide with a first time
-  column (``date``/``timestamp``/``ts``/``time``) or wide without time (needs ``start`` and
-  ``interval_ms``). Empty cells are NaN; naive timestamps are UTC. The writer produces the wide
+  column (``date``/``timestamp``/``ts``/``time``) or wide without time (needs ``--start`` and
+  ``--interval-ms``). Empty cells are NaN; naive timestamps are UTC. The writer produces the wide
   layout with ISO-8601 UTC timestamps and shortest round-trip float text, so timestamps, sensors
   and values round-trip exactly. Events go to a sidecar ``<stem>.events.jsonl`` (read back
   automatically); lat/lon and the graph are NOT kept in CSV. ``fmt="csv-long"`` writes the long
   layout (``sensor,ts,value`` with epoch-ms ``ts``).
+
+Multichannel recordings: an array ``[T, N, C]`` (npz ``data`` or ``values``, plain HDF5
+``data``/``values``) is N sensors with C channels each and becomes N*C series named
+``"<sensor>/<channel>"`` (the readings contract's ``"values"`` naming, ``split_series``), a
+sensor's channels side by side. Sensor names come from key ``sensors`` (else ``0..N-1``),
+channel names from ``channels`` (else ``0..C-1``); ``[T, N, 1]`` without ``channels`` is a
+plain ``[T, N]``. Positions (``lat``/``lon``) and the graph (``edge_index``/``edge_weight`` or a
+dense ``adjacency``) of such a file are per sensor: ``expand_channels`` makes them per series
+(channels share their sensor's graph position). A wide CSV with ``sensor/channel`` columns
+gives the same series; ``load_graph`` expands a sensor-level graph for them.
 
 Every problem with an input file raises ``RecordingError`` whose message starts with the file
 path and says where (line/row/column/key) and what is wrong.
@@ -40,10 +51,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from connectors.schemas import split_series
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RecordingError",
+    "expand_channels",
+    "stations_of",
     "Recording",
     "read_recording",
     "write_recording",
@@ -280,9 +295,9 @@ def _parse_start(path: Path, start: str | int | None) -> int | None:
     try:
         ts = pd.Timestamp(start)
     except (ValueError, TypeError) as e:
-        raise _err(path, f"cannot parse start={start!r}: {e}") from None
+        raise _err(path, f"cannot parse --start {start!r}: {e}") from None
     if ts is pd.NaT:
-        raise _err(path, f"cannot parse start={start!r}")
+        raise _err(path, f"cannot parse --start {start!r}")
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
     return int(ts.value // 1_000_000)
 
@@ -291,10 +306,8 @@ def _synthetic_times(path: Path, n: int, start: str | int | None, interval_ms: i
                      what: str) -> np.ndarray:
     t0 = _parse_start(path, start)
     if t0 is None or interval_ms is None:
-        raise _err(path, f"{what} has no timestamps; pass start= (ISO string or epoch ms) and "
-                         f"interval_ms= to read it")
-    if interval_ms <= 0:
-        raise _err(path, f"interval_ms must be positive, got {interval_ms}")
+        raise _err(path, f"{what} has no timestamps; pass --start (ISO-8601 or epoch ms) and "
+                         f"--interval-ms to read it")
     return t0 + np.arange(n, dtype=np.int64) * np.int64(interval_ms)
 
 
@@ -618,6 +631,10 @@ def _read_npz(path: Path, start: str | int | None, interval_ms: int | None) -> R
         if iv is None and "interval_ms" in arrays:
             iv = int(arrays["interval_ms"][()])
             iv = None if iv <= 0 else iv
+        if arrays["values"].ndim == 3:
+            return _sensor_channels(path, "values", arrays["values"], arrays,
+                                    timestamps=arrays["timestamps"], events=events,
+                                    interval_ms=iv)
         if "sensors" in arrays:
             sensors = [str(s) for s in arrays["sensors"].tolist()]
         else:
@@ -629,18 +646,92 @@ def _read_npz(path: Path, start: str | int | None, interval_ms: int | None) -> R
 
     if "data" in arrays:
         data = arrays["data"]
-        if data.ndim == 3:
-            data = data[:, :, 0]
-        elif data.ndim != 2:
+        if data.ndim not in (2, 3):
             raise _err(path, f"key 'data' must be [T, N] or [T, N, C], got shape {data.shape}")
-        if not np.issubdtype(data.dtype, np.number):
-            raise _err(path, f"key 'data' is not numeric (dtype {data.dtype})")
-        ts = _synthetic_times(path, data.shape[0], start, interval_ms, "npz key 'data' layout")
-        return _build(path, timestamps=ts, sensors=[str(i) for i in range(data.shape[1])],
-                      values=data, interval_ms=interval_ms)
+        if "timestamps" in arrays:
+            ts = arrays["timestamps"]
+            if ts.shape != data.shape[:1]:
+                raise _err(path, f"key 'timestamps' has shape {ts.shape}, expected "
+                                 f"({data.shape[0]},) as key 'data'")
+            _check_monotonic(path, ts, lambda i: f"key 'timestamps' row {i}")
+        else:
+            ts = _synthetic_times(path, data.shape[0], start, interval_ms,
+                                  "npz key 'data' layout")
+        return _sensor_channels(path, "data", data, arrays, timestamps=ts,
+                                interval_ms=_infer_interval(ts, interval_ms))
 
     raise _err(path, f"unrecognised .npz layout: keys {sorted(arrays)}; expected "
                      f"'timestamps'+'values' (native) or 'data' (PEMS / SZ-taxi)")
+
+
+_SENSOR_KEYS = ("sensors", "channels", "lat", "lon", "edge_index", "edge_weight", "adjacency")
+
+
+def _sensor_channels(path: Path, key: str, data: np.ndarray, extra: dict[str, np.ndarray],
+                     **kw: Any) -> Recording:
+    """A recording from sensor arrays: ``data`` [T, N] or [T, N, C] and, in ``extra``, the
+    optional ``sensors`` [N], ``channels`` [C], ``lat``/``lon`` [N] and a graph over the N
+    sensors (``edge_index``/``edge_weight`` or a dense ``adjacency`` [N, N]). C channels
+    become N*C series ``"<sensor>/<channel>"`` with positions repeated and the graph expanded
+    (``expand_channels``); ``[T, N, 1]`` without ``channels`` is ``[T, N]``."""
+    item = "dataset" if key.startswith("dataset") else "key"
+    where = key if item == "dataset" else f"key '{key}'"
+    if data.ndim not in (2, 3):
+        raise _err(path, f"{where} must be [T, N] or [T, N, C], got shape {data.shape}")
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise _err(path, f"{where} is not numeric (dtype {data.dtype})")
+    n = data.shape[1]
+
+    def names(k: str, count: int, what: str) -> list[str] | None:
+        if k not in extra:
+            return None
+        out = _labels(np.asarray(extra[k]).reshape(-1))
+        if len(out) != count:
+            raise _err(path, f"{item} '{k}' names {len(out)} {what} but {where} has {count} "
+                             f"(shape {data.shape})")
+        return out
+
+    sensors = names("sensors", n, "sensors") or [str(i) for i in range(n)]
+    channels = names("channels", data.shape[2], "channels") if data.ndim == 3 else None
+    if data.ndim == 3 and channels is None:
+        channels = [str(c) for c in range(data.shape[2])] if data.shape[2] > 1 else None
+        data = data[:, :, 0] if channels is None else data
+    pos = {k: np.asarray(extra[k], np.float64) for k in ("lat", "lon") if k in extra}
+    for k, v in pos.items():
+        if v.shape != (n,):
+            raise _err(path, f"{item} '{k}' must have shape ({n},) (one per sensor), got {v.shape}")
+    ei, ew = extra.get("edge_index"), extra.get("edge_weight")
+    if ei is None and "adjacency" in extra:
+        adj = np.asarray(extra["adjacency"], np.float64)
+        if adj.shape != (n, n):
+            raise _err(path, f"{item} 'adjacency' must be [{n}, {n}] (sensors), got {adj.shape}")
+        src, dst = np.nonzero(adj)
+        ei, ew = np.stack([src, dst]).astype(np.int64), adj[src, dst]
+    if channels is None:
+        return _build(path, sensors=sensors, values=data, lat=pos.get("lat"),
+                      lon=pos.get("lon"), edge_index=ei, edge_weight=ew, **kw)
+
+    bad = next((c for c in channels if "/" in c or not c), None)
+    if bad is not None:
+        raise _err(path, f"{item} 'channels': channel name {bad!r} is empty or contains '/'")
+    series = [f"{s}/{c}" for s in sensors for c in channels]
+    of = np.repeat(np.arange(n), len(channels))
+    if ei is not None:
+        ei = np.asarray(ei)
+        if ei.ndim != 2 or ei.shape[0] != 2 or (ei.size and (
+                not np.issubdtype(ei.dtype, np.integer) or ei.min() < 0 or ei.max() >= n)):
+            raise _err(path, f"{item} 'edge_index' must be [2, E] integer indices of the {n} "
+                             f"sensors, got shape {ei.shape} (dtype {ei.dtype})")
+        if ew is not None and np.shape(ew) != (ei.shape[1],):
+            raise _err(path, f"{item} 'edge_weight' must have shape ({ei.shape[1]},), got "
+                             f"{np.shape(ew)}")
+        ei, ew = expand_channels(series, ei, ew, stations=sensors)
+    log.info("%s: %d sensors x %d channels read as %d series 'sensor/channel'", path, n,
+             len(channels), len(series))
+    return _build(path, sensors=series, values=data.reshape(data.shape[0], -1),
+                  lat=pos["lat"][of] if "lat" in pos else None,
+                  lon=pos["lon"][of] if "lon" in pos else None,
+                  edge_index=ei, edge_weight=ew, **kw)
 
 
 def _write_npz(rec: Recording, path: Path) -> None:
@@ -692,10 +783,9 @@ def _read_h5(path: Path, start: str | int | None, interval_ms: int | None) -> Re
                 raise _err(path, f"unrecognised HDF5 layout: top-level keys {sorted(fh.keys())}; "
                                  f"expected group 'df' (pandas fixed) or dataset 'values'/'data'")
             data = np.asarray(fh[key][()])
-            if data.ndim == 3:
-                data = data[:, :, 0]
-            if data.ndim != 2:
-                raise _err(path, f"dataset '{key}' must be [T, N], got shape {data.shape}")
+            if data.ndim not in (2, 3):
+                raise _err(path, f"dataset '{key}' must be [T, N] or [T, N, C], got shape "
+                                 f"{data.shape}")
             if "timestamps" in fh:
                 ts = np.asarray(fh["timestamps"][()])
                 if ts.shape != (data.shape[0],):
@@ -705,10 +795,9 @@ def _read_h5(path: Path, start: str | int | None, interval_ms: int | None) -> Re
             else:
                 ts = _synthetic_times(path, data.shape[0], start, interval_ms,
                                       f"HDF5 dataset '{key}'")
-            sensors = (_labels(np.asarray(fh["sensors"][()])) if "sensors" in fh
-                       else [str(i) for i in range(data.shape[1])])
-            return _build(path, timestamps=ts, sensors=sensors, values=data,
-                          interval_ms=_infer_interval(ts, interval_ms))
+            extra = {k: np.asarray(fh[k][()]) for k in _SENSOR_KEYS if k in fh}
+            return _sensor_channels(path, f"dataset '{key}'", data, extra, timestamps=ts,
+                                    interval_ms=_infer_interval(ts, interval_ms))
     except (OSError, KeyError) as e:
         raise _err(path, f"cannot read HDF5 content (truncated or corrupt?): {e}") from None
 
@@ -815,8 +904,7 @@ def _resolve_fmt(path: Path, fmt: str | None) -> str:
     ext = path.suffix.lower().lstrip(".")
     if ext in ("csv", "npz", "h5", "hdf5"):
         return _FORMATS[ext]
-    raise _err(path, f"unknown extension '{path.suffix}' (expected .csv, .npz, .h5 or .hdf5, "
-                     f"or pass fmt=)")
+    raise _err(path, f"unknown extension '{path.suffix}' (expected .csv, .npz, .h5 or .hdf5)")
 
 
 def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
@@ -831,6 +919,8 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
     """
     p = Path(path)
     kind = _resolve_fmt(p, fmt)
+    if interval_ms is not None and interval_ms <= 0:
+        raise _err(p, f"--interval-ms must be positive, got {interval_ms}")
     if not p.exists():
         raise _err(p, "no such file")
     if p.is_dir():
@@ -869,6 +959,61 @@ def write_recording(rec: Recording, path: str | Path, *, fmt: str | None = None)
 # --------------------------------------------------------------------------------------------
 
 
+def stations_of(series: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The sensors behind series ids, in order of first appearance, and each series' index
+    among them: ``"s/c"`` is a channel of sensor ``s``; an id without ``/`` is its own."""
+    index: dict[str, int] = {}
+    of = np.fromiter((index.setdefault(split_series(x)[0], len(index)) for x in series),
+                     np.int64, len(series))
+    return list(index), of
+
+
+def expand_channels(series: Sequence[str], edge_index: np.ndarray,
+                    edge_weight: np.ndarray | None = None, *,
+                    stations: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A graph over sensors (stations) as a graph over their channel series.
+
+    ``edge_index`` [2, E] indexes ``stations`` (default: ``stations_of(series)``, the sensors
+    in order of first appearance). An edge ``a -> b`` (weight w, default 1) becomes
+    ``a/c -> b/c`` for every channel c of both (a single-channel sensor, an id without ``/``,
+    meets every channel of the other end), and the channels of one sensor are linked to each
+    other (weight 1.0, both directions) so that they inform each other. A sensor's self-loop
+    stays a self-loop per channel. Without any ``/`` in ``series`` the graph is unchanged.
+    Returns ``(edge_index [2, E'] int64, edge_weight [E'] float64)`` over ``series``.
+    """
+    names, of = stations_of(series)
+    if stations is not None:
+        pos = {s: i for i, s in enumerate(stations)}
+        missing = [s for s in names if s not in pos]
+        if missing:
+            raise ValueError(f"sensor {missing[0]!r} of the series is not a node of the graph")
+        of = np.array([pos[n] for n in names], np.int64)[of] if len(of) else of
+    ei = np.asarray(edge_index, np.int64).reshape(2, -1)
+    ew = (np.ones(ei.shape[1]) if edge_weight is None
+          else np.asarray(edge_weight, np.float64).reshape(-1))
+    members: dict[int, list[tuple[int, str | None]]] = {}
+    for i, (st, x) in enumerate(zip(of.tolist(), series, strict=True)):
+        members.setdefault(st, []).append((i, split_series(x)[1]))
+    src: list[int] = []
+    dst: list[int] = []
+    w: list[float] = []
+    for a, b, wt in zip(ei[0].tolist(), ei[1].tolist(), ew.tolist(), strict=True):
+        for i, ci in members.get(a, ()):
+            for j, cj in members.get(b, ()):
+                if (i == j) if a == b else (ci == cj or ci is None or cj is None):
+                    src.append(i)
+                    dst.append(j)
+                    w.append(wt)
+    for group in members.values():
+        for i, _ in group:
+            for j, _ in group:
+                if i != j:
+                    src.append(i)
+                    dst.append(j)
+                    w.append(1.0)
+    return np.array([src, dst], np.int64).reshape(2, -1), np.array(w, np.float64)
+
+
 def load_graph(path: str | Path, sensors: list[str] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """``(edge_index [2, E] int64, edge_weight [E] float64)`` from a graph CSV.
@@ -876,6 +1021,10 @@ def load_graph(path: str | Path, sensors: list[str] | None = None
     Either a dense N x N adjacency without header (nonzero = edge from row to column, kept as
     in the file, self-loops included) or an edge list with header ``src,dst[,weight]`` whose
     ids are mapped through ``sensors`` (or are 0-based indices when ``sensors`` is None).
+
+    When ``sensors`` are channel series ``"s/c"`` and the file's nodes are their sensors (an
+    N x N adjacency in order of the sensors' first appearance in ``sensors``, or an edge list
+    naming sensors), the graph is expanded to the series (``expand_channels``).
     """
     p = Path(path)
     try:
@@ -915,11 +1064,17 @@ def load_graph(path: str | Path, sensors: list[str] | None = None
     if np.isnan(adj).any():
         k, j = np.argwhere(np.isnan(adj))[0]
         raise _err(p, f"line {k + 1}: column {j + 1} is NaN")
-    if sensors is not None and adj.shape[0] != len(sensors):
-        raise _err(p, f"adjacency is {adj.shape[0]} x {adj.shape[0]} but {len(sensors)} sensors "
-                      f"were given")
     src, dst = np.nonzero(adj)
-    return np.stack([src, dst]).astype(np.int64), adj[src, dst].astype(np.float64)
+    ei, ew = np.stack([src, dst]).astype(np.int64), adj[src, dst].astype(np.float64)
+    if sensors is None or adj.shape[0] == len(sensors):
+        return ei, ew
+    stations = stations_of(sensors)[0]
+    if adj.shape[0] != len(stations):
+        also = (f" ({len(stations)} sensors with channels)"
+                if len(stations) != len(sensors) else "")
+        raise _err(p, f"adjacency is {adj.shape[0]} x {adj.shape[0]} but {len(sensors)} sensors "
+                      f"were given{also}")
+    return _expanded(p, sensors, ei, ew, stations)
 
 
 def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | None
@@ -928,12 +1083,19 @@ def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | 
         raise _err(p, f"line 1: edge list needs columns src,dst[,weight]; got {header}")
     df = pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True, keep_default_na=False)
     df.columns = header
-    index = {s: i for i, s in enumerate(sensors)} if sensors is not None else None
     n = len(df)
+    ids = {col: [raw.strip() for raw in df[col].tolist()] for col in ("src", "dst")}
+    index = {s: i for i, s in enumerate(sensors)} if sensors is not None else None
+    stations: list[str] | None = None
+    if sensors is not None:
+        names = stations_of(sensors)[0]
+        named = {k for col in ids.values() for k in col}
+        if not named <= index.keys() and names != list(sensors) and named & set(names):
+            stations = names                     # the file's nodes are the series' sensors
+            index = {s: i for i, s in enumerate(names)}
     ends = np.empty((2, n), dtype=np.int64)
     for r, col in enumerate(("src", "dst")):
-        for i, raw in enumerate(df[col].tolist()):
-            key = raw.strip()
+        for i, key in enumerate(ids[col]):
             if index is not None:
                 if key not in index:
                     raise _err(p, f"line {i + 2}: {col} id {key!r} is not a known sensor")
@@ -943,7 +1105,7 @@ def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | 
                     ends[r, i] = int(key)
                 except ValueError:
                     raise _err(p, f"line {i + 2}: {col} {key!r} is not an integer node index "
-                                  f"(pass sensors= to map ids)") from None
+                                  f"(ids are mapped only to a recording's sensors)") from None
                 if ends[r, i] < 0:
                     raise _err(p, f"line {i + 2}: {col} {key!r} is negative")
     if "weight" in header:
@@ -954,7 +1116,18 @@ def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | 
             raise _err(p, f"line {i + 2}: weight is not a number: {df['weight'].iloc[i]!r}")
     else:
         w = np.ones(n)
+    if stations is not None and sensors is not None:
+        return _expanded(p, sensors, ends, w, stations)
     return ends, w
+
+
+def _expanded(p: Path, series: Sequence[str], ei: np.ndarray, ew: np.ndarray,
+              stations: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``expand_channels`` for a graph file, said in the log."""
+    out = expand_channels(series, ei, ew, stations=stations)
+    log.info("%s: graph over %d sensors (%d edges) expanded to their %d channel series "
+             "(%d edges)", p, len(stations), ei.shape[1], len(series), out[0].shape[1])
+    return out
 
 
 def _haversine_km(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

@@ -24,6 +24,20 @@ TS_MAX_MS = 100_000_000_000_000  # year ~5138; anything beyond is a unit mistake
 _MISSING = object()
 
 
+DEAD_LETTER_KINDS = ("late", "future", "out_of_range", "unknown_sensor", "invalid")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a dead letter's reason (one of ``DEAD_LETTER_KINDS``), for counting:
+    reasons start with their kind (``late: ...``) or say what failed validation."""
+    head = reason.split(";", 1)[0].split(":", 1)[0].strip()
+    if head in ("late", "future", "out_of_range"):
+        return head
+    if head.startswith("unknown sensor"):
+        return "unknown_sensor"
+    return "invalid"
+
+
 @dataclass
 class DeadLetter:
     """An input message that could not be used, with the reason and where it came from."""
@@ -120,9 +134,12 @@ def to_json(obj: Any, indent: int | None = None) -> str:
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 
 
-def format_minute(ms: int) -> str:
-    """``YYYY-MM-DD HH:MM`` (UTC) of an epoch-ms timestamp, for tables and logs."""
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
+def format_minute(ms: int, tz: str | None = None) -> str:
+    """``YYYY-MM-DD HH:MM`` of an epoch-ms timestamp in ``tz`` (an IANA zone; default UTC),
+    for tables and logs."""
+    if tz is None or tz == "UTC":
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
+    return datetime.fromtimestamp(ms / 1000, zone(tz)).strftime("%Y-%m-%d %H:%M")
 
 
 _NAIVE_SEEN: set[str] = set()        # timezones already announced for naive timestamps
@@ -162,6 +179,17 @@ def parse_ts(ts: object, tz: tzinfo | None = None) -> int:
             raise ValueError(f"'ts' out of range: {ts!r}")
         return ms
     raise ValueError(f"'ts' must be epoch-ms int or ISO-8601 string, got {type(ts).__name__}")
+
+
+CHANNEL_SEP = "/"
+
+
+def split_series(series: str) -> tuple[str, str | None]:
+    """``(sensor, channel)`` of a series id: ``"s/c"`` is channel ``c`` of sensor ``s`` (split
+    at the last ``/``, as a ``"values"`` reading names its channels); an id without ``/`` is a
+    single-channel sensor, channel ``None``."""
+    station, sep, channel = series.rpartition(CHANNEL_SEP)
+    return (station, channel) if sep and station else (series, None)
 
 
 def _value(v: object, name: str) -> float:
@@ -209,8 +237,10 @@ def decode_readings(
 
     A message is ``{"sensor": str, "ts": int|str, "value": float|null}`` or carries
     ``"values": {channel: float|null}``; a channel becomes the series ``"<sensor>/<channel>"``.
-    ``known_sensors`` (e.g. the nodes of a sensor graph) rejects sensors outside it; ISO
-    timestamps without an offset are local times of ``timezone`` (default UTC).
+    ``known_sensors`` (e.g. the nodes of a sensor graph) rejects sensors outside it (for a
+    ``"values"`` message: the channel series outside it, in one dead letter naming them, while
+    its known channels are kept); ISO timestamps without an offset are local times of
+    ``timezone`` (default UTC).
     """
     tz = zone(timezone)
     sensors: list[str] = []
@@ -245,7 +275,7 @@ def decode_readings(
             s = o.get("sensor")
             if type(s) is not str or not s:
                 raise ValueError("missing or empty 'sensor' (must be a string)")
-            if known_sensors is not None and s not in known_sensors:
+            if known_sensors is not None and s not in known_sensors and "values" not in o:
                 raise ValueError(f"unknown sensor {s[:80]!r} (not in the sensor graph)")
             ts = o.get("ts", _MISSING)
             if ts is _MISSING:
@@ -253,6 +283,8 @@ def decode_readings(
             t = parse_ts(ts, tz)
             v = o.get("value", _MISSING)
             if v is not _MISSING:
+                if known_sensors is not None and s not in known_sensors:
+                    raise ValueError(f"unknown sensor {s[:80]!r} (not in the sensor graph)")
                 fv = _value(v, "value")
                 sensors.append(s)
                 tss.append(t)
@@ -264,12 +296,23 @@ def decode_readings(
                 raise ValueError("missing field 'value' (or 'values')")
             if type(chans) is not dict or not chans:
                 raise ValueError("'values' must be a non-empty object {channel: number}")
-            parsed = [(f"{s}/{c}", _value(cv, f"values.{c}")) for c, cv in chans.items()]
+            parsed = [(f"{s}{CHANNEL_SEP}{c}", _value(cv, f"values.{c}"))
+                      for c, cv in chans.items()]
+            unknown = ([] if known_sensors is None
+                       else [name for name, _ in parsed if name not in known_sensors])
+            if len(unknown) == len(parsed):
+                raise ValueError(f"unknown sensor {unknown[0][:80]!r} (not in the sensor graph)")
             for name, fv in parsed:
+                if unknown and name in unknown:
+                    continue
                 sensors.append(name)
                 tss.append(t)
                 vals.append(fv)
                 src.append(i)
+            if unknown:
+                names = ", ".join(repr(n[:80]) for n in unknown[:5])
+                dead.append(_dead_letter(raw, f"unknown sensor {names} (not in the sensor "
+                                              f"graph)", i, topic, partitions, offsets, keys))
         except ValueError as exc:
             dead.append(_dead_letter(raw, str(exc), i, topic, partitions, offsets, keys))
     source = np.asarray(src, dtype=np.int64)
@@ -334,7 +377,10 @@ SEVERITIES = ("info", "warning", "critical")
 class Alert:
     """One alert, complete when built (the gate builds every one): what fired, where, when,
     how sure, and why in words. ``detail`` holds the detector's numbers; ``events`` the
-    events that coincide with it on its sensors."""
+    events that coincide with it on its sensors.
+
+    ``sensors`` are series ids; the message adds ``channels`` (``{series: channel}``) when
+    any of them is a channel ``"s/c"`` of a multichannel sensor (``split_series``)."""
 
     id: str
     kind: str                    # drift | anomaly | data-quality
@@ -350,12 +396,22 @@ class Alert:
     events: list[dict[str, Any]] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def channels(self) -> dict[str, str]:
+        """``{series: channel}`` of the named series that are channels of a sensor."""
+        pairs = ((s, split_series(s)[1]) for s in self.sensors)
+        return {s: c for s, c in pairs if c is not None}
+
     def to_dict(self) -> dict[str, Any]:
-        """The ``alerts`` message (``detail.text`` carries the text)."""
+        """The ``alerts`` message (``detail.text`` carries the text; ``channels`` maps each
+        named channel series ``"s/c"`` to ``c``, present only when there is one)."""
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "sensors": list(self.sensors),
                                "ts": int(self.ts), "step": self.step,
                                "severity": self.severity, "detector": self.detector,
                                "statistic": self.statistic}
+        channels = self.channels
+        if channels:
+            out["channels"] = channels
         if self.score is not None:
             out["score"] = self.score
         if self.region is not None:
@@ -370,7 +426,8 @@ class Alert:
         """Validate an ``alerts`` message; a ``ValueError`` names the field and ``where``.
 
         Messages of earlier versions (anomaly alerts without a top-level ``detector`` and
-        ``statistic``) take them from their top sensor's explanation.
+        ``statistic``) take them from their top sensor's explanation. ``channels`` is derived
+        from ``sensors`` and not read back (messages without it are fine).
         """
         if not isinstance(d, dict):
             raise ValueError(f"{where}: an alert must be a JSON object, got {type(d).__name__}")

@@ -5,9 +5,10 @@ set of names serve them all."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:       # torch is imported where it is used: the configuration needs none
+    from torch import Tensor
 
 
 @dataclass
@@ -17,10 +18,10 @@ class ModelSize:
 
     context_patches: int = 8        # K: tokens of history per sensor
     horizon: int = 12               # H: grid points forecast per step
-    d_model: int = 32
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.0
+    d_model: int = 32                # width of the token embeddings
+    n_heads: int = 4                 # attention heads (divide d_model)
+    n_layers: int = 2                # Transformer blocks over time
+    dropout: float = 0.0             # dropout in the blocks (0 online)
 
     def size_errors(self, section: str) -> list[str]:
         """What is wrong with the shape, each naming its key (``model.d_model ...``)."""
@@ -59,6 +60,8 @@ def last_observed(x: Tensor, mask: Tensor) -> Tensor:
     """The last observed value up to the end of each token, carried forward over tokens
     with no observation (0, the normalized mean, before any): ``[..., T, P]`` →
     ``[..., T]``. The persistence forecast a ``persistence``-based model corrects."""
+    import torch
+
     p, t = x.shape[-1], x.shape[-2]
     pos = torch.where(mask, torch.arange(p, device=x.device), -1).amax(-1)   # [..., T]
     in_token = torch.gather(x, -1, pos.clamp_min(0)[..., None])[..., 0]

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from connectors.schemas import Alert, format_minute, to_json
+from connectors.schemas import Alert, format_minute, to_json, zone
 
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
@@ -75,23 +75,25 @@ def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
     return alerts, problems
 
 
-def alert_row(a: Alert) -> dict[str, str]:
-    """One table row: what fired where, on which statistic, with which values."""
-    events = "; ".join(f"{e.get('type')}@{format_minute(e['ts'])}" for e in a.events
+def alert_row(a: Alert, tz: str = "UTC") -> dict[str, str]:
+    """One table row: what fired where, on which statistic, with which values (times in
+    the IANA zone ``tz``)."""
+    events = "; ".join(f"{e.get('type')}@{format_minute(e['ts'], tz)}" for e in a.events
                        if isinstance(e, dict) and "ts" in e)
     sensors = ",".join(a.sensors)
     if a.region:
         sensors = f"{a.region} ({sensors})"
     score = a.score if a.score is not None else a.detail.get("z", "")
-    return {"time": format_minute(a.ts), "kind": a.kind, "severity": a.severity,
+    return {"time": format_minute(a.ts, tz), "kind": a.kind, "severity": a.severity,
             "sensors": sensors, "detector": a.detector, "statistic": a.statistic,
             "score": str(score), "events": events, "text": a.text, "id": a.id}
 
 
-def summarize(alerts: list[Alert]) -> dict[str, Any]:
-    rows = [alert_row(a) for a in alerts]
+def summarize(alerts: list[Alert], tz: str = "UTC") -> dict[str, Any]:
+    rows = [alert_row(a, tz) for a in alerts]
     return {
         "alerts": len(alerts),
+        "timezone": tz,
         "first": rows[0]["time"] if rows else None,
         "last": max(r["time"] for r in rows) if rows else None,
         "by_kind": dict(Counter(a.kind for a in alerts)),
@@ -102,12 +104,14 @@ def summarize(alerts: list[Alert]) -> dict[str, Any]:
     }
 
 
-def format_table(alerts: list[Alert], limit: int = 50) -> str:
-    """The first ``limit`` alerts (time order) as a fixed-width text table."""
-    rows = [alert_row(a) for a in sorted(alerts, key=lambda a: a.ts)][:limit]
+def format_table(alerts: list[Alert], limit: int = 50, tz: str = "UTC") -> str:
+    """The first ``limit`` alerts (time order) as a fixed-width text table; the time column
+    names its zone."""
+    rows = [alert_row(a, tz) for a in sorted(alerts, key=lambda a: a.ts)][:limit]
     cols = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events")
-    width = {c: min(max([len(c)] + [len(r[c]) for r in rows]), 36) for c in cols}
-    line = "  ".join(c.ljust(width[c]) for c in cols)
+    head = {c: c for c in cols} | {"time": f"time ({tz})"}
+    width = {c: min(max([len(head[c])] + [len(r[c]) for r in rows]), 36) for c in cols}
+    line = "  ".join(head[c].ljust(width[c]) for c in cols)
     out = [line, "-" * len(line)]
     out += ["  ".join(r[c][:width[c]].ljust(width[c]) for c in cols) for r in rows]
     if len(alerts) > limit:
@@ -116,8 +120,9 @@ def format_table(alerts: list[Alert], limit: int = 50) -> str:
 
 
 def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
-                  title: str = "alerts") -> Path:
-    """One row per sensor (the ``max_sensors`` with most alerts), time on x."""
+                  title: str = "alerts", tz: str = "UTC") -> Path:
+    """One row per sensor (the ``max_sensors`` with most alerts), time on x (labelled in the
+    IANA zone ``tz``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +153,8 @@ def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
             seen.add(key)
     ax.set_yticks(range(len(sensors)), sensors, fontsize=7)
     ax.set_ylim(-1, max(len(sensors), 1))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=zone(tz)))
+    ax.set_xlabel(f"time ({tz})")
     ax.set_title(f"{title}: {len(alerts)} alerts (grey: events named by alerts)")
     ax.grid(axis="x", alpha=0.3)
     if seen:
@@ -162,7 +168,7 @@ def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
 
 
 def write_report(alerts: list[Alert], out_dir: str | Path,
-                 title: str = "alerts") -> dict[str, Any]:
+                 title: str = "alerts", tz: str = "UTC") -> dict[str, Any]:
     """``alerts.csv``, ``summary.json`` and ``timeline.png`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,8 +177,8 @@ def write_report(alerts: list[Alert], out_dir: str | Path,
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
         for a in alerts:
-            w.writerow(alert_row(a))
-    summary = summarize(alerts)
+            w.writerow(alert_row(a, tz))
+    summary = summarize(alerts, tz)
     (out / "summary.json").write_text(to_json(summary, indent=2))
-    plot_timeline(alerts, out / "timeline.png", title=title)
+    plot_timeline(alerts, out / "timeline.png", title=title, tz=tz)
     return summary

@@ -193,11 +193,11 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     leaving on ``--idle-exit`` does.
     """
     if feedback not in FEEDBACK:
-        raise ValueError(f"feedback must be one of {FEEDBACK}, not {feedback!r}")
+        raise ValueError(f"--feedback must be one of {FEEDBACK}, not {feedback!r}")
     end_row = rec.n_steps if end_row is None else end_row
     if not 0 <= start_row < end_row <= rec.n_steps:
-        raise ValueError(f"row range [{start_row}, {end_row}) is outside the recording's "
-                         f"{rec.n_steps} rows")
+        raise ValueError(f"--start-row/--end-row: rows [{start_row}, {end_row}) are outside "
+                         f"the recording's {rec.n_steps} rows")
     batch = batch_rows or core.cfg.patching.patch_len
     fed = rec.values
     hidden = np.zeros(rec.values.shape, bool)

@@ -57,7 +57,6 @@ class FoundationConfig(BackboneTraining):
     synthetic_networks: int = 3
     eval_every: int = 500
     val_batches: int = 6           # per source
-    threads: int = 0               # torch threads (0 = all cores)
 
     def validate(self) -> FoundationConfig:
         bad = self.shape_errors("foundation")

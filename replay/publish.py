@@ -12,13 +12,45 @@ from tqdm import tqdm
 
 from connectors.kafka_io import Topics, ensure_topics, make_producer
 from connectors.recordings import Recording
+from connectors.schemas import split_series
 
 
 @dataclass
 class PublishStats:
-    readings: int = 0
+    readings: int = 0         # reading messages (a sensor's "values" message counts once)
     events: int = 0
     seconds: float = 0.0
+
+
+def _units(sensors: list[str]) -> list[tuple[bytes, bytes, list[int], list[bytes] | None]]:
+    """What one timestamp row publishes: ``(key, message prefix, columns, channel prefixes)``
+    per single-channel series (``"value"``, channel prefixes None) and per sensor with
+    channel series ``"s/c"`` (one ``"values"`` message, keyed by the sensor), in order of
+    first appearance."""
+    out: list[tuple[bytes, bytes, list[int], list[bytes] | None]] = []
+    multi: dict[str, int] = {}
+    for j, s in enumerate(sensors):
+        station, channel = split_series(s)
+        if channel is None:
+            out.append((s.encode(), orjson.dumps({"sensor": s})[:-1] + b',"ts":', [j], None))
+            continue
+        if station not in multi:
+            multi[station] = len(out)
+            out.append((station.encode(), orjson.dumps({"sensor": station})[:-1] + b',"ts":',
+                        [], []))
+        _, _, cols, chans = out[multi[station]]
+        cols.append(j)
+        chans.append(orjson.dumps(channel) + b":")  # type: ignore[union-attr]
+    return out
+
+
+def reading_messages(rec: Recording, *, skip_missing: bool = False) -> int:
+    """How many reading messages ``iter_messages`` yields for ``rec``."""
+    seen = ~np.isnan(rec.values)
+    total = 0
+    for _, _, cols, _ in _units(rec.sensors):
+        total += int(seen[:, cols].any(axis=1).sum()) if skip_missing else rec.n_steps
+    return total
 
 
 def iter_messages(rec: Recording, *, skip_missing: bool = False
@@ -26,12 +58,14 @@ def iter_messages(rec: Recording, *, skip_missing: bool = False
     """``(kind, key, value, ts)`` in timestamp order; events come before readings of their ts.
 
     ``kind`` is ``"reading"`` or ``"event"``. Missing values are published as ``null``
-    unless ``skip_missing``.
+    unless ``skip_missing``. The channel series ``"s/c"`` of a sensor go out together, one
+    message per timestamp keyed by ``s`` (its channels stay on one partition):
+    ``{"sensor": s, "ts": t, "values": {c: v, ...}}``; with ``skip_missing`` missing channels
+    are left out and a sensor with none at ``t`` publishes nothing.
     """
     events = sorted(rec.events, key=lambda e: e["ts"])
     ei = 0
-    sensors = [s.encode() for s in rec.sensors]
-    prefixes = [orjson.dumps({"sensor": s})[:-1] + b',"ts":' for s in rec.sensors]
+    units = _units(rec.sensors)
     for t, row in zip(rec.timestamps.tolist(), rec.values, strict=True):
         while ei < len(events) and events[ei]["ts"] <= t:
             ev = events[ei]
@@ -39,14 +73,19 @@ def iter_messages(rec: Recording, *, skip_missing: bool = False
             ei += 1
         tb = str(t).encode()
         vals = row.tolist()
-        for j, v in enumerate(vals):
-            if v != v:  # NaN
-                if skip_missing:
+        for key, prefix, cols, chans in units:
+            if chans is None:
+                v = vals[cols[0]]
+                if v != v and skip_missing:  # NaN
                     continue
-                vb = b"null"
-            else:
-                vb = repr(v).encode()
-            yield "reading", sensors[j], prefixes[j] + tb + b',"value":' + vb + b"}", t
+                vb = b"null" if v != v else repr(v).encode()
+                yield "reading", key, prefix + tb + b',"value":' + vb + b"}", t
+                continue
+            parts = [c + (b"null" if v != v else repr(v).encode())
+                     for c, v in zip(chans, [vals[j] for j in cols], strict=True)
+                     if v == v or not skip_missing]
+            if parts:
+                yield "reading", key, prefix + tb + b',"values":{' + b",".join(parts) + b"}}", t
     for ev in events[ei:]:
         yield "event", (ev.get("sensor") or ev["type"]).encode(), orjson.dumps(ev), ev["ts"]
 
@@ -55,17 +94,18 @@ def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = To
                       events_topic: str = Topics.events, speed: float = 0.0,
                       skip_missing: bool = False, partitions: int = 1,
                       progress: bool = True) -> PublishStats:
-    """Publish ``rec`` keyed by sensor, with readings and events interleaved by time.
+    """Publish ``rec`` keyed by sensor, with readings and events interleaved by time
+    (a sensor's channel series ``"s/c"`` as one ``"values"`` message per time, ``iter_messages``).
 
     ``speed`` is the replay factor (1 = real time, 60 = a recorded minute per second);
     0 publishes as fast as possible.
     """
     if speed < 0:
-        raise ValueError("speed must be >= 0")
+        raise ValueError("--speed must be >= 0")
     ensure_topics(bootstrap_servers, [topic, events_topic], partitions=partitions)
     producer = make_producer(bootstrap_servers)
     stats = PublishStats()
-    total = int(rec.values.size if not skip_missing else np.isfinite(rec.values).sum())
+    total = reading_messages(rec, skip_missing=skip_missing)
     t_start = time.monotonic()
     ts0 = int(rec.timestamps[0]) if len(rec.timestamps) else 0
     bar = tqdm(total=total + len(rec.events), unit="msg", disable=not progress,

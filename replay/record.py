@@ -4,7 +4,8 @@ The range is given by offsets (the same bounds apply to every partition) and by 
 readings' own timestamps. Readings are validated as the live worker does; an invalid one is
 counted and left out, never guessed at. Rows are the distinct timestamps, sensors in order of first
 appearance (sorted when the topic has several partitions), so ``record(publish(rec))``
-gives back ``rec``.
+gives back ``rec``. A ``"values"`` reading of a multichannel sensor comes back as one series
+per channel, ``"<sensor>/<channel>"``, as ``read_recording`` names the channels of a file.
 """
 
 from __future__ import annotations

@@ -215,13 +215,13 @@ def simulate(cfg: SimConfig) -> tuple[Recording, list[DriftTruth]]:
     half of the recording (the first half is always drift-free).
     """
     if cfg.n_sensors < 1:
-        raise ValueError("n_sensors must be >= 1")
+        raise ValueError("--sensors must be >= 1")
     if cfg.interval_ms <= 0:
-        raise ValueError("interval_ms must be > 0")
+        raise ValueError("--interval-ms must be > 0")
     n = int(cfg.n_sensors)
     n_t = int(round(cfg.n_days * DAY_MS / cfg.interval_ms))
     if n_t < 2:
-        raise ValueError("recording too short: n_days * 1 day / interval_ms < 2 steps")
+        raise ValueError("recording too short: --days x 1 day / --interval-ms < 2 steps")
     # independent streams per component, so e.g. changing n_events leaves the noise unchanged
     r_pos, r_par, r_noise, r_ev, r_miss = (
         np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(5))

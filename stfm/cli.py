@@ -27,7 +27,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file (flags override it)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
     p.add_argument("--group-id", help="consumer group of the workers")
-    p.add_argument("--interval-ms", type=int, help="sampling grid interval (ms)")
+    p.add_argument("--interval-ms", type=int,
+                   help="sampling grid interval (ms); also the interval of a file without "
+                        "timestamps (default: the data's own, inferred)")
     p.add_argument("--patch-len", type=int, help="grid points per patch (= one step)")
     p.add_argument("--lateness-ms", type=int, help="out-of-order tolerance (ms)")
     p.add_argument("--horizon", type=int, help="grid points forecast per step")
@@ -56,6 +58,40 @@ def print_config(cfg: Any, section: str | None = None) -> None:
     lines = cfg.summary_lines() if section is None else [summary_line(section, cfg)]
     for line in lines:
         print(f"config {line}", file=sys.stderr)
+
+
+def interval_given(args: argparse.Namespace) -> bool:
+    """Whether the grid interval was set (``--interval-ms``, ``--set patching.interval_ms``
+    or ``[patching] interval_ms`` in the ``--config`` file) rather than left to the data."""
+    from streaming.config import read_toml
+
+    if getattr(args, "interval_ms", None) is not None:
+        return True
+    if "patching.interval_ms" in _set_overrides(getattr(args, "set_", [])):
+        return True
+    path = getattr(args, "config", None)
+    return bool(path) and "interval_ms" in read_toml(path).get("patching", {})
+
+
+def recording_cadence(rec: Any) -> tuple[int, str] | None:
+    """A recording's sampling interval and how it was found: its own (regular timestamps),
+    else the typical spacing of each sensor's readings (irregular ones)."""
+    if rec.interval_ms:
+        return int(rec.interval_ms), "its sampling interval"
+    if rec.n_steps < 2:
+        return None
+    import numpy as np
+
+    from streaming.cadence import CadenceEstimator, nice_interval
+
+    est = CadenceEstimator(per_sensor=256)
+    for j, s in enumerate(rec.sensors[:64]):
+        ts = rec.timestamps[~np.isnan(rec.values[:, j])]
+        est.learn_many([s] * len(ts), ts)
+    found = est.estimate(force=True)
+    if found is None:
+        return None
+    return nice_interval(found.interval_ms), f"irregular timestamps: {found.describe()}"
 
 
 def load_config(args: argparse.Namespace) -> Any:
@@ -112,6 +148,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from replay.simulator import SimConfig, simulate, write_simulation
 
+    if (args.out is None) == (args.out_flag is None):
+        print("stfm simulate: give the output file once: `stfm simulate net.npz` or "
+              "`--out net.npz`", file=sys.stderr)
+        return 2
+    args.out = args.out or args.out_flag
     cfg = SimConfig(n_sensors=args.sensors, n_days=args.days, interval_ms=args.interval_ms,
                     seed=args.seed)
     rec, truths = simulate(cfg)
@@ -252,15 +293,25 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     from streaming.microbatch import apply_torch_threads
 
     tz = args.timezone or load_config(args).patching.timezone
-    rec = read_recording(args.file, start=args.start, interval_ms=args.rec_interval_ms,
-                         timezone=tz)
-    if args.interval_ms is None and rec.interval_ms and not args.config:
-        args.interval_ms = rec.interval_ms      # the recording's grid unless told otherwise
+    # a file with timestamps keeps its own interval (checked against --interval-ms below);
+    # one without (given --start) is spaced by --interval-ms
+    rec = read_recording(args.file, start=args.start,
+                         interval_ms=args.interval_ms if args.start else None, timezone=tz)
+    cadence = recording_cadence(rec)
+    given = interval_given(args)
+    if not given and cadence is not None:
+        args.interval_ms = cadence[0]       # the recording's grid unless told otherwise
     cfg = load_config(args)
-    if rec.interval_ms and cfg.patching.interval_ms != rec.interval_ms:
-        print(f"stfm replay backtest: patching.interval_ms={cfg.patching.interval_ms} but "
-              f"{args.file} is sampled every {rec.interval_ms} ms", file=sys.stderr)
-        return 2
+    if not given and cadence is not None:
+        print(f"stfm replay backtest: grid interval {cadence[0]} ms from {args.file} "
+              f"({cadence[1]}); pass --interval-ms to set another", file=sys.stderr)
+    elif cadence is not None and cfg.patching.interval_ms != cadence[0]:
+        from streaming.cadence import Cadence, mismatch, mismatch_message
+
+        if mismatch(cfg.patching.interval_ms, cadence[0]):
+            print("WARNING " + mismatch_message(cfg.patching.interval_ms, Cadence(
+                cadence[0], rec.n_sensors, rec.n_steps), "stfm replay backtest"),
+                file=sys.stderr)
     apply_torch_threads(cfg)
     print_config(cfg)
     from streaming.factory import resolve_checkpoint
@@ -343,7 +394,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streaming.worker import LiveWorker
 
     cfg = load_config(args)
+    infer = not interval_given(args) and args.engine == "aiokafka"
     print_config(cfg)
+    if infer:
+        print("config patching.interval_ms: not given; inferred from the first readings of "
+              "each sensor (held until then; --interval-ms sets it)", file=sys.stderr)
     if args.engine == "faust" and cfg.kafka.group_id == KafkaConfig.group_id:
         # its consumers use Faust's own assignor: sharing a group with the aiokafka engine
         # fails with InconsistentGroupProtocolError
@@ -371,6 +426,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         k.alerts_topic, k.dead_letter_topic],
                   partitions=k.partitions)
     log_region_layout(cfg, list(core.sensors) if core.patcher.registry.fixed else None)
+    from stfm.views import describe, start_views
+
+    if args.ui is not None:
+        cfg.observe.ui_port = args.ui
+    if args.metrics_port is not None:
+        cfg.observe.metrics_port = args.metrics_port
+    cfg.observe.validate()
+    want_ui = args.ui is not None or bool(cfg.observe.ui_port)
+    if args.engine == "faust" and (want_ui or cfg.observe.metrics_port):
+        print("stfm run: --ui and --metrics-port need --engine aiokafka", file=sys.stderr)
+        return 2
+    views = start_views(cfg, ui=want_ui)
+    for line in describe(views):
+        print(f"stfm run: {line}", file=sys.stderr, flush=True)
     worker = None
     if args.engine == "faust":
         from streaming.faust_app import FaustGroupError, run_faust_worker
@@ -383,12 +452,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         worker = LiveWorker(cfg, core, core_factory=lambda: build_core(cfg, ckpt),
                             idle_exit_s=args.idle_exit, status_every_s=args.status_every,
-                            from_beginning=args.from_beginning)
+                            from_beginning=args.from_beginning, observers=views.observers,
+                            infer_interval=infer)
         try:
             stats = asyncio.run(worker.run())
         except BrokerUnavailable as exc:
             print(f"stfm run: {exc}", file=sys.stderr)
             return 3
+        finally:
+            views.close()
     regions = worker.cores if worker is not None and worker.cores else {0: core}
     first = regions[min(regions)]
     summary = {"worker": stats.as_dict(), "metrics": first.metrics.as_dict(),
@@ -398,6 +470,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     "patcher": dict(vars(c.patcher.stats)),
                                     "model_version": c.model.version, "sensors": len(c.sensors)}
                            for p, c in sorted(regions.items())}}
+    if worker is not None and worker.cadence_note:
+        summary["cadence"] = worker.cadence_note
     if worker is not None and worker.nothing_to_read:
         summary["nothing_to_read"] = worker.nothing_to_read
         print(f"stfm run: {worker.nothing_to_read}", file=sys.stderr)
@@ -474,8 +548,15 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
             source = f"{args.topic} on {args.bootstrap_servers}"
     except AlertsReportError as exc:
         raise SystemExit(f"alerts report: {exc}") from None
-    summary = write_report(alerts, args.out, title=source)
-    print(format_table(alerts, limit=args.limit))
+    from connectors.schemas import zone
+
+    try:
+        zone(args.timezone)
+    except (ValueError, KeyError, OSError):
+        raise SystemExit(f"alerts report: --timezone: unknown zone {args.timezone!r} (an IANA "
+                         "name such as UTC or Europe/Berlin)") from None
+    summary = write_report(alerts, args.out, title=source, tz=args.timezone)
+    print(format_table(alerts, limit=args.limit, tz=args.timezone))
     print(f"\n{summary['alerts']} alerts from {source}: by kind {summary['by_kind']}, "
           f"by severity {summary['by_severity']}, {summary['with_events']} naming events "
           f"→ {args.out}/alerts.csv, summary.json, timeline.png")
@@ -486,7 +567,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from stfm.demo import run_demo
 
     return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed,
-                    fresh=args.fresh)
+                    fresh=args.fresh, ui_port=args.ui, keep_open=args.keep_open)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -503,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("simulate", help="write a simulated sensor network with injected drifts")
-    p.add_argument("out", help="output file (.npz, .csv or .h5)")
+    p.add_argument("out", nargs="?", help="output file (.npz, .csv or .h5)")
+    p.add_argument("--out", dest="out_flag", metavar="FILE",
+                   help="the output file, as a flag (like `stfm replay record --out`)")
     p.add_argument("--sensors", type=int, default=30)
     p.add_argument("--days", type=float, default=14.0)
     p.add_argument("--interval-ms", type=int, default=300_000)
@@ -601,14 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone",
                    help="IANA zone of timestamps written without a UTC offset (default: "
                         "patching.timezone, UTC)")
-    p.add_argument("--rec-interval-ms", type=int,
-                   help="interval of a file without timestamps")
     _add_config_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_backtest)
 
     p = sub.add_parser("run", help="run the live worker")
     _add_config_flags(p)
+    p.add_argument("--timezone", help="IANA zone of reading timestamps written without a UTC "
+                                      "offset (patching.timezone; default UTC)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="model checkpoint directory (default: the package's "
                                         "pretrained stfm-tiny)")
@@ -621,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write a JSON summary here on exit")
     p.add_argument("--status-every", type=float, default=10.0,
                    help="seconds between status log lines (lag per partition, counts)")
+    p.add_argument("--ui", type=int, metavar="PORT",
+                   help="serve the live page on this port (observe.ui_port; 0: a free one)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics on this port (observe.metrics_port)")
     p.add_argument("--from-beginning", action="store_true",
                    help="read the input topics from their start with a fresh state, ignoring "
                         "the group's committed offsets and checkpoints")
@@ -663,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-ts", help="end alert time, exclusive (ISO-8601 or epoch ms)")
     p.add_argument("--out", default="alerts-report")
     p.add_argument("--limit", type=int, default=50, help="rows of the printed table")
+    p.add_argument("--timezone", default="UTC",
+                   help="IANA zone of the times in the table, CSV and timeline (default UTC)")
     p.set_defaults(func=cmd_alerts_report)
 
     p = sub.add_parser("demo", help="broker + simulated network + live worker, end to end")
@@ -673,6 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="serve a randomly initialized model instead of the default pretrained "
                         "checkpoint")
+    p.add_argument("--ui", type=int, default=0, metavar="PORT",
+                   help="port of the live page (default: a free one; the address is printed)")
+    p.add_argument("--keep-open", action="store_true",
+                   help="keep serving the live page after the summary (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
     return ap
 
@@ -683,16 +776,27 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its event-loop timing warnings
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    from connectors.broker import BrokerError
-    from connectors.recordings import RecordingError
-    from models.checkpoint import CheckpointError
-    from streaming.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RecordingError, CheckpointError, BrokerError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"stfm: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault (printed as one line, exit 2): bad values, files,
+    configuration (``ValueError`` and subclasses), checkpoints and an unreachable broker.
+    Looked up among the modules a command imported, so a command that needs no torch does
+    not import it just to name an exception it cannot raise."""
+    out: list[type[BaseException]] = [ValueError]
+    for module, name in (("models.checkpoint", "CheckpointError"),
+                         ("connectors.broker", "BrokerError")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            out.append(getattr(mod, name))
+    return tuple(out)
 
 
 if __name__ == "__main__":

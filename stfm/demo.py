@@ -17,6 +17,7 @@ from connectors.recordings import Recording
 from connectors.schemas import format_minute, to_json
 from replay.publish import publish_recording
 from replay.simulator import DriftTruth, SimConfig, simulate, write_simulation
+from stfm.views import start_views
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
 from streaming.factory import build_model, resolve_checkpoint
@@ -24,7 +25,7 @@ from streaming.worker import LiveWorker
 
 
 def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0,
-             fresh: bool = False) -> int:
+             fresh: bool = False, ui_port: int = 0, keep_open: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     rec, truths = simulate(SimConfig(n_sensors=sensors, n_days=days, seed=seed))
@@ -57,11 +58,22 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
             except BaseException as exc:  # reported after the worker stops
                 errors.append(exc)
 
+        cfg.observe.ui_port = ui_port
+        views = start_views(cfg, ui=True)
+        assert views.feed is not None
+        views.feed.set_network(rec.sensors, rec.lat, rec.lon, rec.edge_index)
+        print(f"[demo] live page: {views.url('page')} (open it while the demo runs)",
+              flush=True)
         pub = threading.Thread(target=_publish, name="publisher")
         pub.start()
-        worker = LiveWorker(cfg, core, idle_exit_s=4.0, status_every_s=5.0)
-        stats = asyncio.run(worker.run())
-        pub.join()
+        worker = LiveWorker(cfg, core, idle_exit_s=4.0, status_every_s=5.0,
+                            observers=views.observers)
+        try:
+            stats = asyncio.run(worker.run())
+        finally:
+            pub.join()
+            if not keep_open:
+                views.close()
         if errors:
             raise errors[0]
         forecasts = _collect(bs, topics.forecasts)
@@ -79,6 +91,14 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
     (out_dir / "summary.json").write_text(to_json(summary, indent=2))
     png = _plot(rec, truths, forecasts, alerts, out_dir / "demo.png")
     _print_summary(summary, png, time.monotonic() - t0)
+    if keep_open:
+        print(f"[demo] live page still at {views.url('page')}; Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            views.close()
     return 0
 
 

@@ -67,11 +67,12 @@ class ModelConfig(ModelSize):
     """The served model's size (``models.shape``) and how it learns online."""
 
     base: str = "persistence"           # what a fresh model's forecast corrects (or "mean")
-    lr: float = 3e-3
+    lr: float = 3e-3                    # online learning rate of a fresh model (0: frozen;
+    #                                     a checkpoint adapts at adapt.checkpoint_lr)
     learn: bool = True                  # supervised step when realized values arrive
     learn_batch: int = 64               # sensors per online step (a seeded sample; 0 = all)
     torch_threads: int = 1              # intra-op threads of the live worker (0 = torch's)
-    seed: int = 0
+    seed: int = 0                       # seed of the model's initialization and sampling
     live_graph: bool = False            # a corpus-pretrained (inductive) model uses the
     #                                     network's graph: its graph layer and Laplacian
     #                                     encodings. Off: zero-shot on an unseen graph it was
@@ -112,10 +113,10 @@ class DriftConfig:
     threshold: float = 9.0              # Page-Hinkley lambda (in standardized-error units)
     delta: float = 0.5                  # Page-Hinkley tolerated increase (standardized units)
     clip: float = 8.0                   # standardized values are clipped to [-clip, clip]
-    adwin_delta: float = 1e-4
-    kswin_alpha: float = 1e-4
-    kswin_window: int = 100
-    kswin_stat_size: int = 30
+    adwin_delta: float = 1e-4           # ADWIN confidence (detector = adwin)
+    kswin_alpha: float = 1e-4           # KSWIN test level (detector = kswin)
+    kswin_window: int = 100             # KSWIN window of readings
+    kswin_stat_size: int = 30           # KSWIN recent sample compared with the window
     warmup_readings: int = 288          # readings per sensor and channel before alerts may fire
     #                                     (in steps: readings / patch_len, at least 4)
     season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
@@ -310,7 +311,7 @@ class AdaptConfig:
     replay_size: int = 256              # reservoir of past windows (0 = no replay)
     replay_k: int = 1                   # replayed windows mixed into each supervised step
     penalty: str = "l2sp"               # pull toward the pretrained weights: none|l2sp|ewc
-    penalty_weight: float = 1e-3
+    penalty_weight: float = 1e-3        # weight of that pull
     ewc_decay: float = 0.99             # EMA of squared gradients for the online Fisher
     normalization: str = "running"      # running: all-time stats; checkpoint: its frozen stats
     boost_lr: float = 3.0               # learning-rate factor right after a drift alert
@@ -348,20 +349,20 @@ class AdaptConfig:
 
 @dataclass
 class KafkaConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "stfm-worker"
-    readings_topic: str = Topics.readings
-    events_topic: str = Topics.events
-    forecasts_topic: str = Topics.forecasts
-    alerts_topic: str = Topics.alerts
-    dead_letter_topic: str = Topics.dead_letter
+    bootstrap_servers: str = "127.0.0.1:9092"  # Kafka brokers (host:port,...)
+    group_id: str = "stfm-worker"       # consumer group of the workers
+    readings_topic: str = Topics.readings   # sensor readings in (one partition = a region)
+    events_topic: str = Topics.events   # events in (incidents, maintenance, ...)
+    forecasts_topic: str = Topics.forecasts  # forecasts out, one message per sensor and step
+    alerts_topic: str = Topics.alerts   # drift, anomaly and data-quality alerts out
+    dead_letter_topic: str = Topics.dead_letter  # unusable input, with the reason
     partitions: int = 1                 # for topics the worker creates
     max_batch: int = 20_000             # records per fetch
-    fetch_timeout_ms: int = 200
+    fetch_timeout_ms: int = 200         # longest wait of one fetch for new records
     fetch_max_wait_ms: int = 10         # broker-side wait of a fetch; 500 (default) stalls
-    session_timeout_ms: int = 6000
-    heartbeat_interval_ms: int = 1000
-    max_poll_interval_ms: int = 60_000
+    session_timeout_ms: int = 6000      # a worker silent this long leaves the group
+    heartbeat_interval_ms: int = 1000   # heartbeats to the group coordinator
+    max_poll_interval_ms: int = 60_000  # longest time between fetches before a rebalance
     connect_timeout_s: float = 60.0     # broker unreachable at start: retry this long, then exit
     retry_backoff_max_s: float = 8.0    # longest wait between retries (doubles from 0.25 s)
 
@@ -391,6 +392,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class ObserveConfig:
+    """The live worker's views: Prometheus ``/metrics`` and the live page (port 0: off)."""
+
+    host: str = "127.0.0.1"             # address both listen on ("0.0.0.0": every interface)
+    metrics_port: int = 0               # serve Prometheus /metrics here (`--metrics-port`)
+    ui_port: int = 0                    # serve the live page here (`stfm run --ui PORT`)
+    history_steps: int = 96             # closed steps per sensor the live page keeps
+    lag_every_s: float = 2.0            # consumer lag is measured this often
+
+    def validate(self) -> None:
+        for key in ("metrics_port", "ui_port"):
+            port = getattr(self, key)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"observe.{key} must be a TCP port (1-65535) or 0 (off), "
+                                  f"got {port!r}")
+        if self.metrics_port and self.metrics_port == self.ui_port:
+            raise ConfigError(f"observe.metrics_port and observe.ui_port must differ, both "
+                              f"are {self.ui_port}")
+        _positive(self, "observe", "history_steps", "lag_every_s")
+
+
+@dataclass
 class StreamConfig:
     """Everything the online core and the live worker need."""
 
@@ -405,6 +428,7 @@ class StreamConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
     graph: str | None = None            # sensor-graph file; fixes the sensor set when given
 
     def validate(self) -> StreamConfig:
@@ -419,6 +443,7 @@ class StreamConfig:
         self.serve.validate()
         self.kafka.validate()
         self.checkpoint.validate()
+        self.observe.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ input order gives the same outputs. Every stage is its own module with ``state_d
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class CoreOutput:
     rejected_held: list[tuple[Any, str]] = field(default_factory=list)
     # ^ readings held back in earlier batches (ahead of the clock) that turned out bad:
     #   (the handle their batch gave in ``ReadingBatch.refs``, reason)
+    steps: list[ClosedStep] = field(default_factory=list)   # the steps closed, in order
+    step_seconds: list[float] = field(default_factory=list, compare=False)
+    # ^ wall-clock processing time of each (for the metrics; not part of the output)
 
 
 class StreamCore:
@@ -168,7 +172,13 @@ class StreamCore:
         return out
 
     def _step(self, step: ClosedStep, out: CoreOutput) -> None:
-        """One closed step through the stages."""
+        """One closed step through the stages (timed for the metrics)."""
+        t0 = time.perf_counter()
+        self._stages(step, out)
+        out.steps.append(step)
+        out.step_seconds.append(time.perf_counter() - t0)
+
+    def _stages(self, step: ClosedStep, out: CoreOutput) -> None:
         n = step.values.shape[0]
         names = self.sensors[:n]
         self.window.push(step)

@@ -9,6 +9,7 @@ keyed ``topic:partition:offset``). Nothing here touches Kafka.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from connectors.schemas import (
     decode_events,
     decode_readings,
     encode_alert,
+    reason_kind,
+    split_series,
 )
 from streaming.config import StreamConfig
 from streaming.core import CoreOutput, ForecastBlock, StreamCore
@@ -45,6 +48,7 @@ class Outputs:
     forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> messages
 
 
 @dataclass
@@ -74,7 +78,9 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     range reproduces the same keys, so consumers deduplicate by key. ``expert`` names the
     expert that leads the sensor's weights; ``q`` holds the p10 and p90 bounds
     (``{"0.1": [...], "0.9": [...]}``, ``streaming.intervals``); ``imputed`` lists the
-    step's readings the model filled in (``[[ts, value], ...]``), when it filled any."""
+    step's readings the model filled in (``[[ts, value], ...]``), when it filled any.
+    A channel series ``"s/c"`` of a multichannel sensor keeps ``"sensor": "s/c"`` (keys stay
+    unique) and adds ``"channel": "c"``."""
     horizon = block.horizon_ts.tolist()
     yhat = np.round(block.yhat, 6).tolist()
     expert = block.expert or [""] * len(block.sensors)
@@ -84,6 +90,9 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     for i, (s, y, e) in enumerate(zip(block.sensors, yhat, expert, strict=True)):
         msg = {"sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon,
                "yhat": y, "model_version": block.model_version, "expert": e}
+        channel = split_series(s)[1]
+        if channel is not None:
+            msg["channel"] = channel
         if qs:
             msg["q"] = {k: v[i] for k, v in qs.items()}
         if block.imputed is not None and block.imputed_ts is not None \
@@ -105,12 +114,17 @@ def encode_outputs(core_out: CoreOutput) -> Outputs:
     return out
 
 
-def flush_cores(cores: dict[int, StreamCore], stats: WorkerStats | None = None) -> Outputs:
+def flush_cores(cores: dict[int, StreamCore], stats: WorkerStats | None = None,
+                on_region: Callable[[int, StreamCore, CoreOutput], None] | None = None
+                ) -> Outputs:
     """End of input (``--idle-exit``): close every region's last, partial step and encode
-    what that produced."""
+    what that produced (``on_region`` sees each region's output)."""
     out = Outputs()
-    for _, core in sorted(cores.items()):
-        o = encode_outputs(core.flush())
+    for p, core in sorted(cores.items()):
+        core_out = core.flush()
+        if on_region is not None:
+            on_region(p, core, core_out)
+        o = encode_outputs(core_out)
         out.forecasts += o.forecasts
         out.alerts += o.alerts
     if stats is not None:
@@ -177,6 +191,8 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
     out = encode_outputs(core_out)
     for d in _one_per_message(dead):
         out.dead_letters.append((d.unique_key(), d.to_message()))
+        kind = reason_kind(d.reason)
+        out.dead_reasons[kind] = out.dead_reasons.get(kind, 0) + 1
     if stats is not None:
         stats.messages += len(records)
         stats.readings_accepted += core.patcher.stats.accepted - accepted

@@ -30,6 +30,7 @@ class Regions:
         self.restored_from: str | None = None
         self._spare = core
         self._factory = core_factory
+        self._restored: dict[int, bool] = {}    # partition -> its core was restored
 
     def get(self, partition: int) -> StreamCore:
         """The core of a readings partition: restored from its checkpoint, or new."""
@@ -43,12 +44,27 @@ class Regions:
         else:
             raise ValueError(f"this worker owns readings partition {partition} besides "
                              "another one: give it a core_factory")
+        self._restored[partition] = self.restore
         if self.restore:
             self.restored_from = self.checkpointer.restore(partition, core) or self.restored_from
         else:
             self.checkpointer.started(partition, core)
         self.cores[partition] = core
         return core
+
+    def rebuild(self) -> None:
+        """New cores for every region (the configuration changed before any data was
+        processed, e.g. the grid interval was inferred), restored as the first ones were."""
+        restored = {p: self._restored.get(p, self.restore) for p in self.cores}
+        self.cores.clear()
+        self._spare = None
+        if self._factory is None:
+            raise ValueError("rebuilding the regions' cores needs a core_factory")
+        keep = self.restore
+        for p, was in restored.items():
+            self.restore = was
+            self.get(p)
+        self.restore = keep
 
     def drop(self, partition: int) -> None:
         self.cores.pop(partition, None)

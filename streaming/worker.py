@@ -28,7 +28,16 @@ from aiokafka import ConsumerRebalanceListener
 
 from connectors import kafka_async
 from connectors.kafka_async import TP, BrokerUnavailable
+from connectors.schemas import decode_readings
 from streaming import watch
+from streaming.cadence import (
+    Cadence,
+    CadenceEstimator,
+    format_interval,
+    mismatch,
+    mismatch_message,
+    nice_interval,
+)
 from streaming.checkpointing import Checkpointer
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
@@ -40,11 +49,14 @@ from streaming.microbatch import (
     flush_cores,
     process_records,
 )
+from streaming.observe import Observer, Observers
 from streaming.regions import Regions
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BrokerUnavailable", "LiveWorker"]
+
+CADENCE_HOLD_MAX = 200_000    # readings held at most while inferring the cadence
 
 
 class LiveWorker:
@@ -53,8 +65,11 @@ class LiveWorker:
     def __init__(self, cfg: StreamConfig, core: StreamCore | None = None, *,
                  core_factory: Callable[[], StreamCore] | None = None,
                  idle_exit_s: float | None = None, max_messages: int | None = None,
-                 status_every_s: float = 10.0, from_beginning: bool = False) -> None:
+                 status_every_s: float = 10.0, from_beginning: bool = False,
+                 observers: list[Observer] | tuple[Observer, ...] = (),
+                 infer_interval: bool = False) -> None:
         self.cfg = cfg
+        self.observers = Observers(observers)   # metrics, the live page
         self.checkpointer = Checkpointer(cfg)
         self.regions = Regions(self.checkpointer, core, core_factory)
         self.regions.restore = not from_beginning
@@ -69,6 +84,14 @@ class LiveWorker:
         self._assigned_at = time.monotonic()    # idleness counts from data or an assignment
         self._consumer: Any = None
         self._producer: Any = None
+        # the data's cadence: inferred before anything is processed (``infer_interval``,
+        # readings held meanwhile), else checked against the configured grid
+        self.infer_interval = infer_interval
+        self.cadence = CadenceEstimator()
+        self.cadence_note: str | None = None       # what was inferred, or the mismatch
+        self._cadence_open = True
+        self._watched = 0
+        self._held: list[dict[Any, list[Any]]] = []
 
     @property
     def cores(self) -> dict[int, StreamCore]:
@@ -118,37 +141,33 @@ class LiveWorker:
 
     async def _loop(self, consumer: Any, producer: Any) -> None:
         k = self.cfg.kafka
-        last_data = last_status = time.monotonic()
+        last_data = last_status = last_lag = time.monotonic()
         idle = False
         while not self._stop.is_set():
             batch = await self._fetch(consumer)
             now = time.monotonic()
+            if batch and self._cadence_open:
+                last_data = now
+                batch = self._watch_cadence(batch)
             if batch:
-                active = await watch.active_partitions(consumer, batch, k.events_topic)
-                out = self._process(batch, active)
-                await self._settle()                # outputs and commits stay in batch order
-                offsets = {TP(tp.topic, tp.partition): msgs[-1].offset + 1
-                           for tp, msgs in batch.items()}
-                for tp, off in offsets.items():
-                    self.checkpointer.store_offset(tp, off)
-                due = self.checkpointer.due(self.cores)
-                if due:
-                    await self._checkpoint(due, out)
-                else:
-                    self._inflight = asyncio.create_task(self._deliver(
-                        producer, out, None if self.checkpointer.enabled else offsets))
+                await self._handle(consumer, producer, batch)
                 last_data = now
             elif self._inflight is not None and self._inflight.done():
                 await self._settle()
-            elif self.nothing_to_read is None and self.stats.messages == 0:
+            elif self.nothing_to_read is None and self.stats.messages == 0 and not self._held:
                 self.nothing_to_read = await watch.at_end(consumer, k)
                 if self.nothing_to_read:
                     log.warning("%s", self.nothing_to_read)
             if now - last_status >= self.status_every_s:
-                last_status = now
+                last_status = last_lag = now
                 self.stats.lag = await watch.lag(consumer)
+                self.observers.lag_measured(self.stats.lag)
                 self._sync_stats()
                 log.info("status %s", orjson.dumps(self.stats.as_dict()).decode())
+            elif self.observers and now - last_lag >= self.cfg.observe.lag_every_s:
+                last_lag = now
+                self.stats.lag = await watch.lag(consumer)
+                self.observers.lag_measured(self.stats.lag)
             if self.max_messages is not None and self.stats.messages >= self.max_messages:
                 break
             if (self.idle_exit_s is not None and not batch and self._inflight is None
@@ -158,13 +177,95 @@ class LiveWorker:
                     log.info("idle for %.1fs with no lag: stopping", self.idle_exit_s)
                     idle = True
                     break
+        if self._held:          # the input ended (or we stop) before the cadence was clear
+            await self._handle(consumer, producer, self._release(force=True))
         await self._settle()
         # the end of the input: the last, partial step is closed, forecast and scored
-        last = flush_cores(self.cores, self.stats) if idle else Outputs()
+        last = Outputs()
+        if idle:
+            t0 = time.perf_counter()
+            last = flush_cores(self.cores, self.stats, self.observers.region_processed)
+            self.observers.batch_processed(last, self.stats, time.perf_counter() - t0)
         if self.checkpointer.enabled and self.cores:
             await self._checkpoint(list(self.cores), last)        # on shutdown
         elif last.forecasts or last.alerts:
             await self._produce(producer, last)
+
+    async def _handle(self, consumer: Any, producer: Any, batch: dict[Any, list[Any]]) -> None:
+        """Process a fetched batch, then deliver its outputs and store/commit its offsets
+        (through a checkpoint when one is due)."""
+        k = self.cfg.kafka
+        active = await watch.active_partitions(consumer, batch, k.events_topic)
+        out = self._process(batch, active)
+        await self._settle()                # outputs and commits stay in batch order
+        offsets = {TP(tp.topic, tp.partition): msgs[-1].offset + 1
+                   for tp, msgs in batch.items()}
+        for tp, off in offsets.items():
+            self.checkpointer.store_offset(tp, off)
+        due = self.checkpointer.due(self.cores)
+        if due:
+            await self._checkpoint(due, out)
+        else:
+            self._inflight = asyncio.create_task(self._deliver(
+                producer, out, None if self.checkpointer.enabled else offsets))
+
+    # --- the data's cadence ---------------------------------------------------------------
+
+    def _watch_cadence(self, batch: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """Learn the cadence from a batch's readings. Inferring: hold the batch until the
+        cadence is known, then return every held batch as one (empty while holding).
+        Checking: say loudly when the grid and the data disagree; the batch goes on."""
+        k = self.cfg.kafka
+        raws = [m.value for tp, msgs in batch.items() if tp.topic != k.events_topic
+                for m in msgs]
+        readings, _ = decode_readings(raws, timezone=self.cfg.patching.timezone)
+        self.cadence.learn_many(readings.sensors, readings.ts)
+        self._watched += len(raws)
+        found = self.cadence.estimate()
+        if found is None and (self.cadence.saturated or self._watched >= CADENCE_HOLD_MAX):
+            found = self.cadence.estimate(force=True)
+        if not self.infer_interval:
+            if found is not None:
+                self._cadence_open = False
+                grid = self.cfg.patching.interval_ms
+                if mismatch(grid, found.interval_ms):
+                    self.cadence_note = mismatch_message(grid, found, "stfm run")
+                    log.warning("%s", self.cadence_note)
+            return batch
+        self._held.append(batch)
+        if found is None:
+            if len(self._held) == 1:
+                log.info("holding readings until their cadence is known (no --interval-ms "
+                         "given): %d sensor(s) seen so far", len(readings.sensors))
+            return {}
+        return self._release(found)
+
+    def _release(self, found: Cadence | None = None, force: bool = False
+                 ) -> dict[Any, list[Any]]:
+        """Set the grid from the inferred cadence, rebuild the regions' cores on it, and
+        hand back the held batches as one."""
+        if found is None and force:
+            found = self.cadence.estimate(force=True)
+        self._cadence_open = False
+        p = self.cfg.patching
+        if found is None:
+            self.cadence_note = (f"no sensor sent two readings: the grid stays at "
+                                 f"{format_interval(p.interval_ms)} (patching.interval_ms)")
+            log.warning("%s", self.cadence_note)
+        else:
+            p.interval_ms = nice_interval(found.interval_ms)
+            self.cadence_note = (f"grid interval inferred from the data: "
+                                 f"{format_interval(p.interval_ms)} = {p.interval_ms} ms; the "
+                                 f"readings come every {found.describe()}. Pass --interval-ms "
+                                 f"to set it")
+            log.warning("%s", self.cadence_note)
+            self.regions.rebuild()
+        merged: dict[Any, list[Any]] = {}
+        for b in self._held:
+            for tp, msgs in b.items():
+                merged.setdefault(tp, []).extend(msgs)
+        self._held = []
+        return merged
 
     def _process(self, batch: dict[Any, list[Any]], active: set[int]) -> Outputs:
         """Split a fetched batch by region, run each region's core, merge the outputs."""
@@ -172,13 +273,19 @@ class LiveWorker:
                                                   m.value, m.timestamp) for m in msgs]
                 for tp, msgs in batch.items()}
         out = Outputs()
+        t0 = time.perf_counter()
         now_ms = int(time.time() * 1000)
         for p, records in sorted(self.regions.split(recs, self.cfg.kafka.events_topic).items()):
-            o, _ = process_records(self.regions.get(p), records, self.cfg, self.stats,
-                                   {p} & active, now_ms=now_ms)
+            core = self.regions.get(p)
+            o, core_out = process_records(core, records, self.cfg, self.stats, {p} & active,
+                                          now_ms=now_ms)
+            self.observers.region_processed(p, core, core_out)
             out.forecasts += o.forecasts
             out.alerts += o.alerts
             out.dead_letters += o.dead_letters
+            for kind, n in o.dead_reasons.items():
+                out.dead_reasons[kind] = out.dead_reasons.get(kind, 0) + n
+        self.observers.batch_processed(out, self.stats, time.perf_counter() - t0)
         return out
 
     async def _settle(self) -> None:
@@ -200,6 +307,7 @@ class LiveWorker:
         await self.checkpointer.commit(regions, self.cores,
                                        produce=lambda: self._produce(self._producer, out),
                                        commit_offsets=self._commit_offsets)
+        self.observers.checkpointed(regions, time.time())
 
     async def _produce(self, producer: Any, out: Outputs) -> None:
         """Send every output and wait for the acks, retrying the whole set (same keys: a

@@ -13,6 +13,7 @@ from connectors.recordings import (
     Recording,
     RecordingError,
     events_sidecar_path,
+    expand_channels,
     gaussian_kernel_graph,
     load_graph,
     read_recording,
@@ -201,9 +202,14 @@ def test_csv_without_time_needs_start_and_interval(tmp_path: Path) -> None:
     with pytest.raises(RecordingError) as ei:
         read_recording(p)
     msg = str(ei.value)
-    assert str(p) in msg and "start=" in msg and "interval_ms=" in msg
-    with pytest.raises(RecordingError, match="interval_ms="):
+    assert str(p) in msg and "pass --start" in msg and "--interval-ms" in msg  # CLI flags
+    assert "start=" not in msg and "interval_ms=" not in msg
+    with pytest.raises(RecordingError, match="--interval-ms"):
         read_recording(p, start="2012-03-01")
+    with pytest.raises(RecordingError, match="--interval-ms must be positive, got 0"):
+        read_recording(p, start="2012-03-01", interval_ms=0)
+    with pytest.raises(RecordingError, match="cannot parse --start 'yesterday'"):
+        read_recording(p, start="yesterday", interval_ms=300_000)
     r = read_recording(p, start="2012-03-01T00:00:00", interval_ms=300_000)
     assert r.sensors == ["773869", "767541"]
     np.testing.assert_array_equal(r.timestamps, 1_330_560_000_000 + np.arange(3) * 300_000)
@@ -260,22 +266,115 @@ def test_plain_h5_values_with_and_without_timestamps(tmp_path: Path) -> None:
     q = tmp_path / "plain2.hdf5"
     with h5py.File(q, "w") as f:
         f["data"] = np.ones((5, 2, 3))
-    with pytest.raises(RecordingError, match="pass start="):
+    with pytest.raises(RecordingError, match="pass --start"):
         read_recording(q)
-    r = read_recording(q, start=0, interval_ms=60_000)
-    assert r.values.shape == (5, 2) and r.timestamps[-1] == 240_000
+    r = read_recording(q, start=0, interval_ms=60_000)   # 2 sensors x 3 channels
+    assert r.values.shape == (5, 6) and r.timestamps[-1] == 240_000
+    assert r.sensors == ["0/0", "0/1", "0/2", "1/0", "1/1", "1/2"]
 
 
-def test_pems_style_npz_takes_channel_zero(tmp_path: Path) -> None:
+def test_pems_style_npz_reads_every_channel(tmp_path: Path) -> None:
     p = tmp_path / "pems04.npz"
     data = np.stack([np.full((7, 3), 1.0), np.full((7, 3), 2.0)], axis=-1)
     np.savez(p, data=data)
     with pytest.raises(RecordingError) as ei:
         read_recording(p)
-    assert str(p) in str(ei.value) and "start=" in str(ei.value)
+    assert str(p) in str(ei.value) and "--start" in str(ei.value)
     r = read_recording(p, start="2018-01-01", interval_ms=300_000)
-    assert r.values.shape == (7, 3) and np.all(r.values == 1.0)
-    assert r.sensors == ["0", "1", "2"] and r.interval_ms == 300_000
+    assert r.values.shape == (7, 6) and r.interval_ms == 300_000
+    assert r.sensors == ["0/0", "0/1", "1/0", "1/1", "2/0", "2/1"]
+    np.testing.assert_array_equal(r.values[0], [1.0, 2.0] * 3)
+    one = tmp_path / "one-channel.npz"          # [T, N, 1] is a plain [T, N] (SZ-taxi)
+    np.savez(one, data=data[:, :, :1])
+    assert read_recording(one, start=0, interval_ms=1).sensors == ["0", "1", "2"]
+
+
+def _station_npz(path: Path, **extra: np.ndarray) -> np.ndarray:
+    """3 stations x 2 channels over 6 rows (channel 1 = 10 x channel 0 + station), NaN holes."""
+    t, n = 6, 3
+    base = np.arange(t * n, dtype=np.float64).reshape(t, n)
+    data = np.stack([base, 10 * base + np.arange(n)], axis=-1)
+    data[1, 0, 1] = np.nan
+    data[4, 2, :] = np.nan
+    np.savez(path, data=data, timestamps=T0 + np.arange(t, dtype=np.int64) * 60_000, **extra)
+    return data
+
+
+def test_npz_sensor_channels_become_named_series_sharing_the_graph(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = tmp_path / "multi.npz"
+    data = _station_npz(p, sensors=np.array(["north", "mid", "south"]),
+                        channels=np.array(["flow", "speed"]),
+                        lat=np.array([34.0, 34.1, 34.2]), lon=np.array([-118.0, -118.1, -118.2]),
+                        edge_index=np.array([[0, 1], [1, 2]]), edge_weight=np.array([0.5, 0.25]))
+    with caplog.at_level("INFO", logger="connectors.recordings"):
+        r = read_recording(p)
+    assert "3 sensors x 2 channels read as 6 series" in caplog.text
+    assert r.sensors == ["north/flow", "north/speed", "mid/flow", "mid/speed", "south/flow",
+                         "south/speed"]
+    np.testing.assert_array_equal(r.values, data.reshape(6, 6))      # NaN where missing
+    assert r.interval_ms == 60_000 and r.timestamps[0] == T0
+    np.testing.assert_array_equal(r.lat, [34.0, 34.0, 34.1, 34.1, 34.2, 34.2])
+    np.testing.assert_array_equal(r.lon, [-118.0, -118.0, -118.1, -118.1, -118.2, -118.2])
+    # 2 station edges x 2 channels + 3 stations x 2 ordered channel pairs
+    assert r.edge_index is not None and r.edge_weight is not None
+    assert r.edge_index.shape == (2, 2 * 2 + 3 * 2)
+    edges = {(r.sensors[a], r.sensors[b]): w for a, b, w in
+             zip(*r.edge_index.tolist(), r.edge_weight.tolist(), strict=True)}
+    assert edges[("north/flow", "mid/flow")] == edges[("north/speed", "mid/speed")] == 0.5
+    assert edges[("mid/speed", "south/speed")] == 0.25
+    assert edges[("north/flow", "north/speed")] == edges[("south/speed", "south/flow")] == 1.0
+    assert ("north/flow", "mid/speed") not in edges and ("mid/flow", "north/flow") not in edges
+
+
+def test_npz_default_names_dense_adjacency_and_native_3d_values(tmp_path: Path) -> None:
+    p = tmp_path / "adj.npz"
+    _station_npz(p, adjacency=np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    r = read_recording(p)
+    assert r.sensors == ["0/0", "0/1", "1/0", "1/1", "2/0", "2/1"] and r.lat is None
+    # the self-loop and the edge 0 -> 1 per channel, plus the 3 x 2 channel links
+    assert r.edge_index is not None and r.edge_index.shape == (2, 2 + 2 + 6)
+    assert [r.edge_weight[k] for k in range(4)] == [1.0, 1.0, 2.0, 2.0]
+    np.testing.assert_array_equal(r.edge_index[:, :4], [[0, 1, 0, 1], [0, 1, 2, 3]])
+
+    native = tmp_path / "native.npz"
+    values = np.arange(24, dtype=np.float64).reshape(4, 3, 2)
+    np.savez(native, timestamps=np.arange(4, dtype=np.int64) * 1000, values=values,
+             sensors=np.array(["a", "b", "c"]), channels=np.array(["x", "y"]))
+    n = read_recording(native)
+    assert n.sensors == ["a/x", "a/y", "b/x", "b/y", "c/x", "c/y"] and n.edge_index is None
+    np.testing.assert_array_equal(n.values, values.reshape(4, 6))
+    out = tmp_path / "again.npz"      # the flat series written back read the same
+    assert read_recording(write_recording(n, out)).equals(n)
+
+    bad = tmp_path / "bad.npz"
+    _station_npz(bad, channels=np.array(["x", "y", "z"]))
+    with pytest.raises(RecordingError, match=r"key 'channels' names 3 channels but key 'data' "
+                                             r"has 2"):
+        read_recording(bad)
+    slash = tmp_path / "slash.npz"
+    _station_npz(slash, channels=np.array(["x", "y/z"]))
+    with pytest.raises(RecordingError, match="channel name 'y/z' is empty or contains '/'"):
+        read_recording(slash)
+    far = tmp_path / "far.npz"
+    _station_npz(far, edge_index=np.array([[0], [3]]))
+    with pytest.raises(RecordingError, match="'edge_index' must be .* indices of the 3 sensors"):
+        read_recording(far)
+
+
+def test_wide_csv_with_sensor_channel_columns(tmp_path: Path) -> None:
+    p = tmp_path / "wide.csv"
+    p.write_text("timestamp,a/flow,a/speed,b\n2026-01-05T00:00:00Z,1,2,3\n"
+                 "2026-01-05T00:05:00Z,4,,6\n")
+    r = read_recording(p)
+    assert r.sensors == ["a/flow", "a/speed", "b"] and np.isnan(r.values[1, 1])
+    graph = tmp_path / "stations.csv"
+    graph.write_text("src,dst\na,b\n")
+    ei, ew = load_graph(graph, r.sensors)     # the single-channel b meets both of a's
+    assert {(r.sensors[s], r.sensors[d]) for s, d in ei.T.tolist()} == {
+        ("a/flow", "b"), ("a/speed", "b"), ("a/flow", "a/speed"),
+        ("a/speed", "a/flow")}
+    np.testing.assert_array_equal(ew, 1.0)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -398,6 +497,31 @@ def test_load_graph_dense_and_edge_list(tmp_path: Path) -> None:
         load_graph(ragged)
 
 
+def test_load_graph_expands_a_sensor_graph_to_channel_series(tmp_path: Path) -> None:
+    series = ["a/x", "a/y", "b/x", "b/y", "c/x"]           # c has channel x only
+    dense = tmp_path / "adj.csv"
+    dense.write_text("0,0.5,0\n0,0,2\n0,0,0\n")          # a -> b (0.5), b -> c (2)
+    ei, ew = load_graph(dense, series)
+    got = sorted(zip(ei[0].tolist(), ei[1].tolist(), ew.tolist(), strict=True))
+    assert got == sorted([(0, 2, 0.5), (1, 3, 0.5), (2, 4, 2.0),     # same channel only
+                          (0, 1, 1.0), (1, 0, 1.0), (2, 3, 1.0), (3, 2, 1.0)])
+    el = tmp_path / "edges.csv"
+    el.write_text("src,dst,weight\na,b,0.5\nb,c,2\n")
+    ei2, ew2 = load_graph(el, series)
+    assert sorted(zip(ei2[0].tolist(), ei2[1].tolist(), ew2.tolist(), strict=True)) == got
+    # an edge list over the series themselves, and plain sensors, are taken as they are
+    flat = tmp_path / "series.csv"
+    flat.write_text("src,dst\na/x,c/x\n")
+    np.testing.assert_array_equal(load_graph(flat, series)[0], [[0], [4]])
+    np.testing.assert_array_equal(load_graph(el, ["a", "b", "c"])[0], [[0, 1], [1, 2]])
+    with pytest.raises(RecordingError, match=r"3 x 3 but 4 sensors were given \(2 sensors"):
+        load_graph(dense, ["a/x", "a/y", "b/x", "b/y"])
+    with pytest.raises(RecordingError, match="dst id 'c' is not a known sensor"):
+        load_graph(el, ["a/x", "b/x"])
+    ei3, ew3 = expand_channels(["s"], np.zeros((2, 0), np.int64))   # nothing to expand
+    assert ei3.shape == (2, 0) and ew3.shape == (0,)
+
+
 def test_gaussian_kernel_graph_properties() -> None:
     rng = np.random.default_rng(1)
     lat = 34.05 + rng.uniform(-0.09, 0.09, 40)
@@ -458,7 +582,7 @@ def test_weather_duplicate_timestamp_is_reported() -> None:
 
 def test_los_loop_speed_and_graph() -> None:
     p = _need_data("los_loop", "los_speed.csv")
-    with pytest.raises(RecordingError, match="start="):
+    with pytest.raises(RecordingError, match="--start"):
         read_recording(p)
     r = read_recording(p, start="2012-03-01T00:00:00", interval_ms=300_000)
     assert r.values.shape == (2016, 207) and r.sensors[0] == "773869"

@@ -3,7 +3,16 @@ import math
 import orjson
 import pytest
 
-from connectors.schemas import DeadLetter, decode_events, decode_readings, parse_ts
+from connectors.schemas import (
+    Alert,
+    DeadLetter,
+    decode_alert,
+    decode_events,
+    decode_readings,
+    encode_alert,
+    parse_ts,
+    split_series,
+)
 
 GOOD = [
     b'{"sensor": "a", "ts": 1000, "value": 1.5}',
@@ -107,3 +116,38 @@ def test_an_unknown_timezone_is_a_config_error_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match="patching.timezone"):
         StreamConfig.from_dict({"patching": {"timezone": "Mars/Olympus"}})
+
+
+def test_split_series_names_the_channel_of_a_multichannel_sensor() -> None:
+    assert split_series("m/speed") == ("m", "speed")
+    assert split_series("site/3/flow") == ("site/3", "flow")      # the last '/' splits
+    assert split_series("a") == ("a", None) and split_series("/x") == ("/x", None)
+
+
+def test_alerts_name_the_channels_of_their_series_and_round_trip() -> None:
+    alert = Alert(id="drift:m/speed:7", kind="drift", sensors=["m/speed", "plain", "n/flow"],
+                  ts=4000, step=7, severity="warning", detector="adwin", statistic="error",
+                  text="error rose", score=0.9, detail={"p": 0.01})
+    msg = orjson.loads(encode_alert(alert))
+    assert msg["sensors"] == ["m/speed", "plain", "n/flow"]
+    assert msg["channels"] == {"m/speed": "speed", "n/flow": "flow"}
+    assert decode_alert(encode_alert(alert)) == alert
+    plain = Alert(id="x", kind="anomaly", sensors=["a", "b"], ts=1, step=None,
+                  severity="info", detector="d", statistic="s", text="t")
+    assert "channels" not in plain.to_dict()                    # unchanged for plain sensors
+    old = plain.to_dict()
+    assert Alert.from_dict(old) == plain
+
+
+def test_a_sensor_graph_is_checked_per_channel_series() -> None:
+    msgs = [b'{"sensor": "m", "ts": 1, "values": {"speed": 1.0, "flow": 2.0}}',
+            b'{"sensor": "m", "ts": 2, "values": {"occ": 1.0}}']
+    batch, dead = decode_readings(msgs, known_sensors={"m/speed", "m/flow"}, offsets=[0, 1],
+                                  partitions=[0, 0])
+    assert batch.sensors == ["m/speed", "m/flow"]
+    assert [d.offset for d in dead] == [1] and "unknown sensor 'm/occ'" in dead[0].reason
+    batch, dead = decode_readings(msgs[:1], known_sensors={"m/speed"})   # flow is not a node
+    assert batch.sensors == ["m/speed"] and batch.values.tolist() == [1.0]
+    assert len(dead) == 1 and "unknown sensor 'm/flow'" in dead[0].reason
+    _, dead = decode_readings(msgs[:1], known_sensors={"m"})
+    assert "unknown sensor 'm/speed'" in dead[0].reason

@@ -51,6 +51,25 @@ def test_report_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert "3 alerts" in printed and "page_hinkley" in printed
 
 
+def test_times_are_shown_in_the_zone_asked_for(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    f = tmp_path / "alerts.jsonl"
+    f.write_text("\n".join(json.dumps(a) for a in ALERTS) + "\n")
+    assert main(["alerts", "report", str(f), "--out", str(tmp_path / "u")]) == 0
+    utc = capsys.readouterr().out
+    assert "time (UTC)" in utc and "2026-01-01 10:00" in utc
+    assert main(["alerts", "report", str(f), "--out", str(tmp_path / "b"),
+                 "--timezone", "Europe/Berlin"]) == 0
+    berlin = capsys.readouterr().out
+    assert "time (Europe/Berlin)" in berlin and "2026-01-01 11:00" in berlin   # UTC+1
+    rows = list(csv.DictReader((tmp_path / "b" / "alerts.csv").open()))
+    assert rows[0]["time"] == "2026-01-01 11:00"
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["timezone"] \
+        == "Europe/Berlin"
+    with pytest.raises(SystemExit, match="--timezone"):
+        main(["alerts", "report", str(f), "--out", str(tmp_path / "x"), "--timezone", "Mars"])
+
+
 def test_bad_lines_are_named(tmp_path: Path) -> None:
     f = tmp_path / "alerts.jsonl"
     f.write_text(json.dumps(ALERTS[0]) + "\n{not json\n")

@@ -163,3 +163,18 @@ def test_no_graph_is_said_and_the_checkpoint_has_one_truth(rec, tmp_path, caplog
     assert "without the graph layer" in caplog.text
     _, meta = load_checkpoint(res.checkpoint)
     assert meta["config"]["graph"] is False and meta["extra"]["pretrain"]["graph"] is False
+
+
+def test_torch_threads_come_from_the_config(rec, tmp_path, monkeypatch):
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    before = torch.get_num_threads()
+    pretrain(rec, tmp_path / "t", _cfg(epochs=1), progress=False)
+    assert seen[0] == PretrainConfig().threads == 1     # one thread by default
+    assert torch.get_num_threads() == before            # and put back afterwards
+    seen.clear()
+    pretrain(rec, tmp_path / "t2", _cfg(epochs=1, threads=2), progress=False)
+    assert seen[0] == 2
+    with pytest.raises(ValueError, match="pretrain.threads"):
+        _cfg(threads=-1).validate()

@@ -235,7 +235,8 @@ DRIVERS = {
 
 
 def _same(a: Any, b: Any, where: str = "output") -> None:
-    """Recursive exact equality over arrays, tensors, dataclasses, Alerts and containers."""
+    """Recursive exact equality over arrays, tensors, dataclasses, Alerts and containers
+    (dataclass fields declared ``compare=False``, such as wall-clock timings, excepted)."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=where)
     elif isinstance(a, torch.Tensor):
@@ -244,7 +245,8 @@ def _same(a: Any, b: Any, where: str = "output") -> None:
         assert a.to_dict() == b.to_dict(), where
     elif dataclasses.is_dataclass(a) and not isinstance(a, type):
         for f in dataclasses.fields(a):
-            _same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+            if f.compare:
+                _same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:

@@ -1,0 +1,111 @@
+"""The data's cadence: how often sensors report, from the first readings of each sensor.
+
+The live worker uses it to infer the grid interval when none was configured (readings are
+held until it is known, then processed in order) and, when one was configured, to warn loudly
+when the data's cadence and the grid disagree by more than a factor of 2 (hourly data on a
+5-minute grid makes 12 grid points per real reading: most "forecasts" are then scored on
+forward-filled gaps). Only the first ``per_sensor`` spacings of each sensor are kept, so the
+cost stops once the cadence is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MISMATCH_FACTOR = 2.0
+
+
+@dataclass
+class Cadence:
+    """What the estimator concluded: the typical spacing and how many sensors say so."""
+
+    interval_ms: int
+    sensors: int            # sensors whose spacing went into it
+    spacings: int           # spacings seen in all
+
+    def describe(self) -> str:
+        return (f"{format_interval(self.interval_ms)} (median spacing of {self.sensors} "
+                f"sensor(s), {self.spacings} spacings)")
+
+
+@dataclass
+class CadenceEstimator:
+    """Per-sensor spacing of consecutive readings; ``estimate()`` is the median over sensors
+    of each sensor's median spacing, once ``min_sensors`` sensors (or every sensor seen, when
+    fewer) have ``min_spacings`` each."""
+
+    min_spacings: int = 2
+    min_sensors: int = 3
+    per_sensor: int = 16
+    _last: dict[str, int] = field(default_factory=dict)
+    _gaps: dict[str, list[int]] = field(default_factory=dict)
+
+    def learn_many(self, sensors: list[str], ts: np.ndarray | list[int]) -> None:
+        """Readings ``(sensor, ts)`` in arrival order; out-of-order and repeated timestamps are
+        skipped (they say nothing about the cadence)."""
+        last, gaps, cap = self._last, self._gaps, self.per_sensor
+        for s, t in zip(sensors, np.asarray(ts, dtype=np.int64).tolist(), strict=True):
+            prev = last.get(s)
+            if prev is None:
+                last[s] = t
+                gaps[s] = []
+            elif t > prev:
+                last[s] = t
+                g = gaps[s]
+                if len(g) < cap:
+                    g.append(t - prev)
+
+    @property
+    def saturated(self) -> bool:
+        """Every sensor seen has its fill of spacings: more readings change nothing."""
+        return bool(self._gaps) and all(len(g) >= self.per_sensor for g in self._gaps.values())
+
+    def estimate(self, force: bool = False) -> Cadence | None:
+        """The cadence, or None while too few spacings were seen (``force``: from whatever
+        was seen, None only without a single spacing)."""
+        need = 1 if force else self.min_spacings
+        ready = [g for g in self._gaps.values() if len(g) >= need]
+        if not ready:
+            return None
+        if not force and len(ready) < min(self.min_sensors, len(self._gaps)):
+            return None
+        per = [float(np.median(g)) for g in ready]
+        return Cadence(int(round(float(np.median(per)))), len(ready), sum(map(len, ready)))
+
+
+def mismatch(grid_ms: int, cadence_ms: int, factor: float = MISMATCH_FACTOR) -> bool:
+    """The grid and the data's cadence differ by more than ``factor`` either way."""
+    return max(grid_ms, cadence_ms) > factor * min(grid_ms, cadence_ms)
+
+
+def nice_interval(ms: int) -> int:
+    """A measured spacing rounded to the nearest whole second (or 10 ms below a second), so
+    jitter of a few milliseconds does not make an odd grid."""
+    step = 1000 if ms >= 1000 else 10
+    return max(step, int(round(ms / step)) * step)
+
+
+def format_interval(ms: int) -> str:
+    """``300000`` → ``'5 min'``; ``3600000`` → ``'1 h'``; ``86400000`` → ``'1 d'``."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size:
+            v = ms / size
+            return f"{v:g} {unit}" if math.isclose(v, round(v), abs_tol=1e-9) else f"{v:.3g} {unit}"
+    return f"{ms} ms"
+
+
+def mismatch_message(grid_ms: int, cadence: Cadence, where: str) -> str:
+    """The loud warning when the configured grid and the data disagree."""
+    ratio = max(grid_ms, cadence.interval_ms) / min(grid_ms, cadence.interval_ms)
+    finer = grid_ms < cadence.interval_ms
+    consequence = ("most grid points get no reading, so the model sees mostly gaps and "
+                   "forecasts are scored on few real points" if finer else
+                   "several readings fall on one grid point and only the last of them is kept "
+                   "(the others count as duplicates)")
+    return (f"{where}: the data arrive every {cadence.describe()}, but the grid "
+            f"(patching.interval_ms) is {format_interval(grid_ms)}: {ratio:.3g}x "
+            f"{'finer' if finer else 'coarser'}; {consequence}. Pass --interval-ms "
+            f"{nice_interval(cadence.interval_ms)} (or leave it out for the worker to infer it)")
