@@ -342,9 +342,9 @@ def fetch_clock() -> Iterator[dict[str, Any]]:
         AIOKafkaConsumer.getmany = orig  # type: ignore[method-assign]
 
 
-def bench_pipeline(cfg: StreamConfig, n: int) -> Phase:
+def bench_pipeline(cfg: StreamConfig, n: int, core: StreamCore | None = None) -> Phase:
     ensure_topics(cfg.kafka.bootstrap_servers, output_topics(cfg))
-    core = fresh_core(cfg)
+    core = core if core is not None else fresh_core(cfg)
     worker = TimedWorker(cfg, core, idle_exit_s=30.0, max_messages=n)
     t_start = time.perf_counter()
     with fetch_clock() as clock:
@@ -410,7 +410,7 @@ def _paced_producer(bs: str, topic: str, n_sensors: int, n_steps: int, interval_
 async def _read_with_timestamps(bs: str, topic: str, n: int | None,
                                 idle_s: float = 2.0) -> list[tuple[bytes, int]]:
     batches, _ = await read_records(bs, topic, 1, n, idle_s)
-    return [(r.value, r.timestamp_ms) for b in batches for r in b]
+    return [(r.value, r.timestamp) for b in batches for r in b]
 
 
 def closing_times(values: list[bytes], kafka_ts: np.ndarray, cfg: StreamConfig
@@ -737,6 +737,13 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sizes = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
+                  for i, a in enumerate(argv) if a.split("=")[0] == "--sensors"), "")
+    if "," in sizes:        # several sizes: the scaling run (benchmarks/scaling.py)
+        from scaling import main as scaling_main
+
+        return scaling_main(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sensors", type=int, default=200)

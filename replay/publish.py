@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from connectors.kafka_io import Topics, ensure_topics, make_producer
-from connectors.recordings import Recording
+from connectors.kafka_io import Topics, ensure_topics, make_producer, topic_partitions
+from connectors.partitioning import PartitionMap, PartitionMapError
+from connectors.recordings import Recording, stations_of
 from connectors.schemas import split_series
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,19 +94,56 @@ def iter_messages(rec: Recording, *, skip_missing: bool = False
         yield "event", (ev.get("sensor") or ev["type"]).encode(), orjson.dumps(ev), ev["ts"]
 
 
+def _map_routes(rec: Recording, bootstrap_servers: str, topic: str, events_topic: str,
+                pmap: PartitionMap) -> tuple[dict[bytes, int], bool]:
+    """Partition of each reading key under ``pmap`` and whether sensor events follow it
+    (the events topic has the partitions); fails for unmapped sensors and a short topic."""
+    where = pmap.source or "the partition map"
+    missing = pmap.missing(rec.sensors)
+    if missing:
+        raise PartitionMapError(
+            f"{where}: {len(missing)} of the recording's {len(stations_of(rec.sensors)[0])} "
+            f"sensors are not in the map, e.g. {', '.join(map(repr, missing[:5]))}")
+    have = topic_partitions(bootstrap_servers, [topic, events_topic])
+    n = have.get(topic, 0)
+    if n < pmap.partitions:
+        raise PartitionMapError(
+            f"topic {topic!r} has {n} partition(s) but {where} needs {pmap.partitions}: Kafka "
+            f"cannot add them in place here; delete the topic (a new embedded broker starts "
+            f"empty), use another topic name, or make a map with --partitions {n}")
+    if n > pmap.partitions:
+        log.warning("topic %r has %d partitions, the map uses %d: partitions %d.. get no "
+                    "readings", topic, n, pmap.partitions, pmap.partitions)
+    routes = {s.encode(): pmap.partition_of(s) for s in stations_of(rec.sensors)[0]}
+    routes.update({s.encode(): pmap.partition_of(s) for s in rec.sensors})
+    return routes, have.get(events_topic, 0) >= pmap.partitions
+
+
 def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = Topics.readings,
                       events_topic: str = Topics.events, speed: float = 0.0,
-                      skip_missing: bool = False, partitions: int = 1,
-                      progress: bool = True) -> PublishStats:
+                      skip_missing: bool = False, partitions: int | None = None,
+                      progress: bool = True,
+                      partition_map: PartitionMap | None = None) -> PublishStats:
     """Publish ``rec`` keyed by sensor, with readings and events interleaved by time
     (a sensor's channel series ``"s/c"`` as one ``"values"`` message per time, ``iter_messages``).
 
     ``speed`` is the replay factor (1 = real time, 60 = a recorded minute per second);
-    0 publishes as fast as possible.
+    0 publishes as fast as possible. ``partitions``: of the topics created when missing
+    (default: the map's, else 1). With ``partition_map`` each reading goes explicitly to its
+    sensor's partition (and so does an event naming a mapped sensor, when the events topic
+    has as many partitions); every sensor must be in the map and the readings topic must
+    have at least the map's partitions (``PartitionMapError`` otherwise).
     """
     if speed < 0:
         raise ValueError("--speed must be >= 0")
+    if partitions is None:
+        partitions = partition_map.partitions if partition_map is not None else 1
     ensure_topics(bootstrap_servers, [topic, events_topic], partitions=partitions)
+    routes: dict[bytes, int] = {}
+    route_events = False
+    if partition_map is not None:
+        routes, route_events = _map_routes(rec, bootstrap_servers, topic, events_topic,
+                                           partition_map)
     producer = make_producer(bootstrap_servers)
     stats = PublishStats()
     total = reading_messages(rec, skip_missing=skip_missing)
@@ -121,13 +162,14 @@ def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = To
                     producer.flush()
                     time.sleep(wait)
             if kind == "reading":
-                producer.send(topic, value=value, key=key)
+                producer.send(topic, value=value, key=key, partition=routes.get(key))
                 stats.readings += 1
             else:
                 # events are rare: deliver each before the readings that follow it, so a
                 # consumer never sees those readings (and closes their steps) first
                 producer.flush()
-                producer.send(events_topic, value=value, key=key)
+                producer.send(events_topic, value=value, key=key,
+                              partition=routes.get(key) if route_events else None)
                 producer.flush()
                 stats.events += 1
             pending += 1

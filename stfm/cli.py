@@ -109,6 +109,7 @@ def load_config(args: argparse.Namespace) -> Any:
         "model.seed": getattr(args, "seed", None),
         "drift.detector": getattr(args, "detector", None),
         "graph": getattr(args, "graph", None),
+        "kafka.partition_map": getattr(args, "partition_map", None),
         **_set_overrides(getattr(args, "set_", [])),
     }
     return StreamConfig.load(getattr(args, "config", None), overrides)
@@ -170,12 +171,42 @@ def cmd_replay_publish(args: argparse.Namespace) -> int:
 
     rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms,
                          timezone=args.timezone or "UTC")
+    pmap = None
+    if args.partition_map:
+        from connectors.partitioning import PartitionMap
+
+        pmap = PartitionMap.load(args.partition_map)
     stats = publish_recording(rec, args.bootstrap_servers, topic=args.topic,
                               events_topic=args.events_topic, speed=args.speed,
                               skip_missing=args.skip_missing, partitions=args.partitions,
-                              progress=not args.quiet)
+                              progress=not args.quiet, partition_map=pmap)
     print(f"published {stats.readings} readings and {stats.events} events in "
           f"{stats.seconds:.1f}s ({stats.readings / max(stats.seconds, 1e-9):,.0f} readings/s)")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from connectors.partitioning import (
+        edge_cut,
+        hash_partition,
+        partition_graph,
+        read_sensor_graph,
+    )
+
+    sensors, ei, ew = read_sensor_graph(args.graph, args.sensors_from)
+    pmap = partition_graph(sensors, ei, ew, args.partitions, seed=args.seed, graph=args.graph)
+    hashed = hash_partition(sensors, args.partitions)
+    cut, hcut = edge_cut(pmap, sensors, ei, ew), edge_cut(hashed, sensors, ei, ew)
+    pmap.save(args.out)
+    print(f"{len(pmap.sensors)} sensors into {args.partitions} partitions → {args.out}")
+    print(f"  edge cut  metis: {cut}")
+    print(f"            hash:  {hcut}")
+    for name, m in (("metis", pmap), ("hash", hashed)):
+        b = m.balance()
+        print(f"  balance   {name + ':':<6} sensors per partition {b['sizes']}, max/mean "
+              f"{b['max_over_mean']:.3f}")
+    print(f"publish with `stfm replay publish FILE --partition-map {args.out}` (topics with "
+          f"{args.partitions} partitions)")
     return 0
 
 
@@ -363,6 +394,20 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
     k = cfg.kafka
     parts = topic_partitions(k.bootstrap_servers, [k.readings_topic, k.events_topic])
     n = parts.get(k.readings_topic, 0)
+    pmap = None
+    if k.partition_map:
+        from connectors.partitioning import PartitionMap
+
+        pmap = PartitionMap.load(k.partition_map)
+        sensors = sensors or sorted(pmap.sensors)
+        if n and pmap.partitions != n:
+            log.warning("kafka.partition_map %s has %d partitions but readings topic %r has "
+                        "%d: readings published with the map land on partitions this layout "
+                        "does not expect", k.partition_map, pmap.partitions, k.readings_topic,
+                        n)
+        else:
+            log.info("regions follow the partition map %s (%s, edge cut %s)", k.partition_map,
+                     pmap.method, pmap.edge_cut)
     if n == 1:
         log.info("readings topic %r has 1 partition: one region, all sensors share one "
                  "model", k.readings_topic)
@@ -371,10 +416,13 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
         if sensors:
             by: dict[int, list[str]] = {}
             for s in sensors:
-                by.setdefault(partition_of(s, n), []).append(s)
+                p = pmap.partition_of(s) if pmap is not None and s in pmap else \
+                    partition_of(s, n)
+                by.setdefault(p, []).append(s)
             split = "; ".join(f"region {p}: {len(v)} sensors ({', '.join(v[:3])}"
                               f"{', ...' if len(v) > 3 else ''})" for p, v in sorted(by.items()))
-            split = f" Keyed by sensor id: {split}."
+            split = (f" By the partition map: {split}." if pmap is not None else
+                     f" Keyed by sensor id: {split}.")
         log.warning("readings topic %r has %d partitions: each is its own region with its "
                     "own model, state and alerts, and sensors are split among them by "
                     "message key.%s For one model over all sensors, create the topics with "
@@ -405,8 +453,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.kafka.group_id = f"{KafkaConfig.group_id}-faust"
         log.info("faust engine: consumer group %r", cfg.kafka.group_id)
     if args.engine == "faust" and cfg.checkpoint.dir:
-        print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka",
-              file=sys.stderr)
+        print("stfm run: checkpoint.dir (worker checkpoints) needs --engine aiokafka: the Faust "
+              "engine keeps no checkpoints (README: what the Faust engine does not "
+              "guarantee)", file=sys.stderr)
+        return 2
+    if args.ui is not None:
+        cfg.observe.ui_port = args.ui
+    if args.metrics_port is not None:
+        cfg.observe.metrics_port = args.metrics_port
+    cfg.observe.validate()
+    want_ui = args.ui is not None or bool(cfg.observe.ui_port)
+    if args.engine == "faust" and (want_ui or cfg.observe.metrics_port):
+        print("stfm run: --ui and --metrics-port need --engine aiokafka", file=sys.stderr)
         return 2
     from streaming.factory import build_core, resolve_checkpoint
 
@@ -428,15 +486,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_region_layout(cfg, list(core.sensors) if core.patcher.registry.fixed else None)
     from stfm.views import describe, start_views
 
-    if args.ui is not None:
-        cfg.observe.ui_port = args.ui
-    if args.metrics_port is not None:
-        cfg.observe.metrics_port = args.metrics_port
-    cfg.observe.validate()
-    want_ui = args.ui is not None or bool(cfg.observe.ui_port)
-    if args.engine == "faust" and (want_ui or cfg.observe.metrics_port):
-        print("stfm run: --ui and --metrics-port need --engine aiokafka", file=sys.stderr)
-        return 2
     views = start_views(cfg, ui=want_ui)
     for line in describe(views):
         print(f"stfm run: {line}", file=sys.stderr, flush=True)
@@ -608,9 +657,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "patching.timezone, UTC)")
     p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
     p.add_argument("--skip-missing", action="store_true", help="do not publish nulls")
-    p.add_argument("--partitions", type=int, default=1, help="partitions if topics are created")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions if topics are created (default: the map's, else 1)")
+    p.add_argument("--partition-map", metavar="MAP_JSON",
+                   help="send each reading to its sensor's partition from this map (`stfm "
+                        "partition`) instead of by key hash")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_publish)
+
+    p = sub.add_parser("partition", help="sensor -> partition (region) map that keeps graph "
+                                         "neighbours together (METIS)")
+    p.add_argument("--graph", required=True,
+                   help="graph recording (.npz/.h5 with a graph) or adjacency / edge-list CSV")
+    p.add_argument("--sensors-from", metavar="FILE",
+                   help="for a graph CSV: the sensor ids, from a recording or a text file of "
+                        "ids in the adjacency's order")
+    p.add_argument("--partitions", type=int, required=True)
+    p.add_argument("--out", required=True, help="partition map JSON")
+    p.add_argument("--seed", type=int, default=0, help="METIS seed (same input, same map)")
+    p.set_defaults(func=cmd_partition)
 
     p = rp.add_parser("record", help="record a topic range into a file")
     p.add_argument("--out", required=True, help="output file (.npz, .csv or .h5)")
@@ -704,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write a JSON summary here on exit")
     p.add_argument("--status-every", type=float, default=10.0,
                    help="seconds between status log lines (lag per partition, counts)")
+    p.add_argument("--partition-map", metavar="FILE",
+                   help="sensor -> partition map of `stfm partition` that the readings were "
+                        "published with (kafka.partition_map): the regions' layout follows it")
     p.add_argument("--ui", type=int, metavar="PORT",
                    help="serve the live page on this port (observe.ui_port; 0: a free one)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",

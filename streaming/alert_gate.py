@@ -79,9 +79,12 @@ class AlertGate:
                 if a != b:
                     self.neighbours.setdefault(sensors[a], set()).add(sensors[b])
                     self.neighbours.setdefault(sensors[b], set()).add(sensors[a])
-        self.seen: dict[str, dict[str, int]] = {k: {} for k in self.rules}
-        self.last: dict[str, dict[str, int]] = {k: {} for k in self.rules}
-        self.disarmed: dict[str, set[str]] = {k: set() for k in self.rules}
+        # per kind, arrays over sensor slots (``_slot``): scored steps, last alert step,
+        # disarmed (hysteresis); sensors get a slot when first met, shared by the kinds
+        self._index: dict[str, int] = {}
+        self._names: list[str] = []
+        self._kinds = {k: _KindState() for k in self.rules}
+        self._lists: dict[str, tuple[list[str], np.ndarray, dict[str, int]]] = {}
         self.events: deque[dict[str, Any]] = deque()   # accepted events, for naming
         p = cfg.patching
         self._step_ms = p.interval_ms * p.patch_len
@@ -93,32 +96,44 @@ class AlertGate:
                ) -> list[Alert]:
         """The alerts of one kind at one step. ``evidence`` holds what the detectors saw on
         the sensors that may fire; ``scores`` (aligned with ``sensors``; NaN = not scored)
-        the kind's score of every sensor, when warm-up or hysteresis need all of them."""
+        the kind's score of every sensor, when warm-up or hysteresis need all of them.
+
+        The decision is array arithmetic over the sensors; only the firing ones are looked
+        at one by one (merged into regions, built into alerts)."""
         if kind not in self.rules:
             raise ValueError(f"alert gate: unknown alert kind {kind!r} "
                              f"(known: {', '.join(self.rules)})")
-        rule = self.rules[kind]
-        seen, last, disarmed = self.seen[kind], self.last[kind], self.disarmed[kind]
+        rule, st = self.rules[kind], self._kinds[kind]
         if scores is None:
-            pairs = [(s, e.score) for s, e in evidence.items()]
+            names = list(evidence)
+            vals = np.array([e.score for e in evidence.values()], np.float64)
         else:
-            if sensors is None or len(sensors) != len(scores):
+            vals = np.asarray(scores, np.float64)
+            if sensors is None or vals.ndim != 1 or len(sensors) != len(vals):
                 raise ValueError(f"alert gate: {kind} scores must align with its sensors")
-            pairs = list(zip(sensors, np.asarray(scores, np.float64).tolist(), strict=True))
+            names = sensors if isinstance(sensors, list) else list(sensors)
+        ix, pos = self._slots(kind, names)
+        st.grow(len(self._names))
+        ok = ~np.isnan(vals)
+        seen = st.seen[ix] + ok
+        st.seen[ix] = seen
+        armed = ~st.disarmed[ix]
+        with np.errstate(invalid="ignore"):
+            if rule.clear is not None:          # re-armed now, may fire from the next step
+                st.disarmed[ix[ok & ~armed & (vals < rule.clear)]] = False
+            fire = ok & armed & (vals >= rule.threshold) & (seen > rule.warmup_steps)
+        if step is not None:
+            fire &= ~st.has_last[ix] | (step - st.last[ix] >= rule.min_gap_steps)
+        if scores is not None:                  # only sensors with evidence fire
+            has = np.zeros(len(names), bool)
+            has[[pos[s] for s in evidence if s in pos]] = True
+            fire &= has
         firing: dict[str, float] = {}
-        for s, v in pairs:
-            if v != v:      # NaN: not scored
-                continue
-            seen[s] = seen.get(s, 0) + 1
-            if s in disarmed:
-                if rule.clear is not None and v < rule.clear:
-                    disarmed.discard(s)
-                continue
-            if (v >= rule.threshold and seen[s] > rule.warmup_steps
-                    and (step is None or s not in last
-                         or step - last[s] >= rule.min_gap_steps)
-                    and s in evidence):
-                firing[s] = v
+        for p in np.flatnonzero(fire).tolist():
+            s = names[p]
+            firing[s] = evidence[s].score if scores is None else float(vals[p])
+        if not firing:
+            return []
         alerts = []
         if rule.common_mode_min and len(firing) >= rule.common_mode_min:
             groups = [sorted(firing)]          # a change across the region: one incident
@@ -126,13 +141,34 @@ class AlertGate:
             groups = self._regions(list(firing), rule.merge_hops)
         for group in groups:
             top = max(group, key=lambda s: firing[s])
-            for s in group:
-                if step is not None:
-                    last[s] = step
-                if rule.clear is not None:
-                    disarmed.add(s)
+            at = [self._index[s] for s in group]
+            if step is not None:
+                st.last[at], st.has_last[at] = step, True
+            if rule.clear is not None:
+                st.disarmed[at] = True
             alerts.append(self._build(kind, rule, step, ts, group, top, firing, evidence))
         return alerts
+
+    def _slot(self, s: str) -> int:
+        i = self._index.get(s)
+        if i is None:
+            i = self._index[s] = len(self._names)
+            self._names.append(s)
+        return i
+
+    def _slots(self, kind: str, names: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+        """Slots of ``names`` and their positions, cached per kind while the list stays the
+        same (the scored sensors of a kind rarely change between steps)."""
+        hit = self._lists.get(kind)
+        if hit is not None and hit[0] == names:
+            return hit[1], hit[2]
+        ix = np.fromiter((self._slot(s) for s in names), np.int64, len(names))
+        pos = {s: p for p, s in enumerate(names)}
+        if len(pos) != len(names):
+            dup = next(s for s in names if names.count(s) > 1)
+            raise ValueError(f"alert gate: {kind} sensors must be unique ({dup!r} twice)")
+        self._lists[kind] = (list(names), ix, pos)
+        return ix, pos
 
     def report(self, kind: str, step: int | None, ts: int, sensors: list[str],
                evidence: Evidence) -> Alert:
@@ -244,13 +280,57 @@ class AlertGate:
     # --- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seen": {k: dict(v) for k, v in self.seen.items()},
-                "last": {k: dict(v) for k, v in self.last.items()},
-                "disarmed": {k: sorted(v) for k, v in self.disarmed.items()},
-                "events": list(self.events)}
+        """Per kind: scored steps and last alert step by sensor, the disarmed sensors; the
+        remembered events. (The format of the dict-based gate, so checkpoints of either
+        load in the other.)"""
+        names = self._names
+        out: dict[str, Any] = {"seen": {}, "last": {}, "disarmed": {}}
+        for k, st in self._kinds.items():
+            n = min(len(st.seen), len(names))
+            out["seen"][k] = {names[i]: int(st.seen[i])
+                              for i in np.flatnonzero(st.seen[:n] > 0).tolist()}
+            out["last"][k] = {names[i]: int(st.last[i])
+                              for i in np.flatnonzero(st.has_last[:n]).tolist()}
+            out["disarmed"][k] = sorted(names[i]
+                                        for i in np.flatnonzero(st.disarmed[:n]).tolist())
+        out["events"] = list(self.events)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seen = {k: {str(s): int(n) for s, n in v.items()} for k, v in state["seen"].items()}
-        self.last = {k: {str(s): int(n) for s, n in v.items()} for k, v in state["last"].items()}
-        self.disarmed = {k: set(v) for k, v in state["disarmed"].items()}
+        self._index, self._names, self._lists = {}, [], {}
+        self._kinds = {k: _KindState() for k in self.rules}
+        loaded = {k: ({str(s): int(n) for s, n in state["seen"].get(k, {}).items()},
+                      {str(s): int(n) for s, n in state["last"].get(k, {}).items()},
+                      [str(s) for s in state["disarmed"].get(k, ())])
+                  for k in self.rules}
+        for seen, last, disarmed in loaded.values():
+            for s in (*seen, *last, *disarmed):
+                self._slot(s)
+        for k, (seen, last, disarmed) in loaded.items():
+            st = self._kinds[k]
+            st.grow(len(self._names))
+            for s, n in seen.items():
+                st.seen[self._index[s]] = n
+            for s, n in last.items():
+                st.last[self._index[s]], st.has_last[self._index[s]] = n, True
+            st.disarmed[[self._index[s] for s in disarmed]] = True
         self.events = deque(state["events"])
+
+
+class _KindState:
+    """One alert kind's per-sensor gate state, indexed by the gate's sensor slots."""
+
+    def __init__(self) -> None:
+        self.seen = np.zeros(0, np.int64)      # scored steps
+        self.last = np.zeros(0, np.int64)      # step of the last alert (if has_last)
+        self.has_last = np.zeros(0, bool)
+        self.disarmed = np.zeros(0, bool)      # fired, not yet below ``clear``
+
+    def grow(self, n: int) -> None:
+        if n > len(self.seen):
+            size = max(n, 2 * len(self.seen))
+            pad = size - len(self.seen)
+            self.seen = np.concatenate([self.seen, np.zeros(pad, np.int64)])
+            self.last = np.concatenate([self.last, np.zeros(pad, np.int64)])
+            self.has_last = np.concatenate([self.has_last, np.zeros(pad, bool)])
+            self.disarmed = np.concatenate([self.disarmed, np.zeros(pad, bool)])

@@ -106,7 +106,8 @@ MIN_WARMUP_STEPS = 4
 
 @dataclass
 class DriftConfig:
-    """Per-sensor drift monitors (river detectors) on residual and embedding channels."""
+    """Per-sensor drift monitors on residual and embedding channels (array detectors over all
+    sensors, river's arithmetic: ``streaming.detectors``)."""
 
     detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
     channels: str = "abs_residual+seasonal_residual+embedding_distance"  # '+'-joined
@@ -357,6 +358,8 @@ class KafkaConfig:
     alerts_topic: str = Topics.alerts   # drift, anomaly and data-quality alerts out
     dead_letter_topic: str = Topics.dead_letter  # unusable input, with the reason
     partitions: int = 1                 # for topics the worker creates
+    partition_map: str | None = None    # sensor -> partition map (`stfm partition`): the
+    #                                     regions' layout and events' routing follow it
     max_batch: int = 20_000             # records per fetch
     fetch_timeout_ms: int = 200         # longest wait of one fetch for new records
     fetch_max_wait_ms: int = 10         # broker-side wait of a fetch; 500 (default) stalls

@@ -1,4 +1,4 @@
-"""Drift monitoring on forecast residuals and embeddings with river detectors.
+"""Drift monitoring on forecast residuals and embeddings with array change detectors.
 
 Three channels per sensor (``drift.channels``), the first two in units of the sensor's
 running std:
@@ -16,8 +16,9 @@ Errors and distances are skewed (a few large values), so each channel is log-tra
 (``log(x + 0.1)``), standardized against its own recent level, clipped to ``drift.clip``; the
 step's common mode across
 sensors is removed (a disturbance of the shared model or a holiday hits every sensor), and
-a detector watches the result: Page-Hinkley "up" by default (``streaming.detectors``,
-vectorized over sensors, river's arithmetic), or river's ADWIN / KSWIN per sensor. Only
+a detector watches the result: Page-Hinkley "up" by default, or ADWIN / KSWIN on the
+log statistic itself (``streaming.detectors``: river's detectors as arrays over all sensors
+of a channel, one vectorized update per step). Only
 increases of an error count: a detection is evidence only when the statistic is above its
 normal level now and on average since the estimated onset, and the evidence says since when.
 ``update`` returns, per sensor, the evidence of its strongest firing channel;
@@ -27,91 +28,42 @@ the alert gate (``streaming.alert_gate``) turns it into alerts (cooldown per sen
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import numpy as np
-from river import drift
 from scipy.special import log_ndtr, ndtri
 
 from connectors.schemas import format_minute
 from streaming.alert_gate import Evidence
 from streaming.calibration import TailCalibrator
 from streaming.config import MIN_WARMUP_STEPS, DriftConfig
-from streaming.detectors import PageHinkleyArray
+from streaming.detectors import ADWINArray, KSWINArray, PageHinkleyArray
 
 
-def make_detector(cfg: DriftConfig, seed: int = 0, warmup: int = 4) -> Any:
-    """A fresh river detector as configured (``warmup``: ADWIN's grace period, in steps)."""
+def make_detector(cfg: DriftConfig, warmup: int = 4, seed: int = 0) -> Any:
+    """The configured detector over all sensors of one channel (``streaming.detectors``;
+    ``warmup``: ADWIN's grace period, in steps; ``seed``: KSWIN's sampling)."""
     if cfg.detector == "page_hinkley":
-        return drift.PageHinkley(min_instances=1, delta=cfg.delta,
-                                 threshold=cfg.threshold, alpha=1.0, mode="up")
+        return PageHinkleyArray(cfg.delta, cfg.threshold, alpha=1.0)
     if cfg.detector == "adwin":
-        return drift.ADWIN(delta=cfg.adwin_delta, clock=1, grace_period=warmup)
-    return drift.KSWIN(alpha=cfg.kswin_alpha, window_size=cfg.kswin_window,
-                       stat_size=cfg.kswin_stat_size, seed=seed)
-
-
-_PH_FIELDS = ("_drift_detected", "_sum_increase", "_sum_decrease", "_min_increase",
-              "_max_decrease")
-
-
-def detector_state(det: Any) -> dict[str, Any]:
-    """The mutable state of a river detector as plain numbers, lists and bytes-as-lists, so
-    that a checkpoint holds no pickled objects. Construction parameters come from the
-    configuration and are not saved."""
-    if isinstance(det, drift.PageHinkley):
-        return {"type": "page_hinkley", **{k: float(getattr(det, k)) for k in _PH_FIELDS},
-                "mean_n": float(det._x_mean.n), "mean": float(det._x_mean._mean)}
-    if isinstance(det, drift.ADWIN):
-        return {"type": "adwin", "drift_detected": bool(det._drift_detected),
-                "helper": np.frombuffer(det._helper.__getstate__(), np.uint8).copy()}
-    if isinstance(det, drift.KSWIN):
-        version, internal, gauss = det._rng.getstate()
-        return {"type": "kswin", "drift_detected": bool(det._drift_detected),
-                "p_value": float(det.p_value), "n": int(det.n),
-                "window": np.asarray(det.window, np.float64),
-                "rng": (int(version), np.asarray(internal, np.int64),
-                        None if gauss is None else float(gauss))}
-    raise TypeError(f"no checkpoint format for detector {type(det).__name__}")
-
-
-def load_detector_state(det: Any, state: dict[str, Any]) -> None:
-    """Put ``state`` (from ``detector_state``) into a freshly made detector of the same type."""
-    kind = state.get("type")
-    if isinstance(det, drift.PageHinkley) and kind == "page_hinkley":
-        for k in _PH_FIELDS:
-            setattr(det, k, bool(state[k]) if k == "_drift_detected" else float(state[k]))
-        det._x_mean.n = float(state["mean_n"])
-        det._x_mean._mean = float(state["mean"])
-    elif isinstance(det, drift.ADWIN) and kind == "adwin":
-        det._drift_detected = bool(state["drift_detected"])
-        det._helper.__setstate__(bytes(np.asarray(state["helper"], np.uint8)))
-    elif isinstance(det, drift.KSWIN) and kind == "kswin":
-        det._drift_detected = bool(state["drift_detected"])
-        det.p_value = float(state["p_value"])
-        det.n = int(state["n"])
-        det.window.clear()
-        det.window.extend(float(v) for v in np.asarray(state["window"]))
-        version, internal, gauss = state["rng"]
-        det._rng.setstate((int(version), tuple(int(v) for v in np.asarray(internal)),
-                           None if gauss is None else float(gauss)))
-    else:
-        raise ValueError(f"checkpointed detector {kind!r} does not match the configured "
-                         f"{type(det).__name__} (drift.detector changed?)")
+        return ADWINArray(delta=cfg.adwin_delta, clock=1, grace_period=warmup)
+    return KSWINArray(alpha=cfg.kswin_alpha, window_size=cfg.kswin_window,
+                      stat_size=cfg.kswin_stat_size, seed=seed)
 
 
 class _Channel:
-    """One channel's per-sensor normal level (log units) and detectors."""
+    """One channel's per-sensor normal level (log units) and detector (one array detector
+    over all sensors)."""
 
-    def __init__(self, cfg: DriftConfig, warmup: int) -> None:
+    def __init__(self, cfg: DriftConfig, warmup: int, name: str = "") -> None:
         self.cfg = cfg
         self.warmup = warmup
         self.n = np.zeros(0, np.int64)
         self.mean = np.zeros(0)      # normal level of the statistic (running, then EWMA)
         self.var = np.zeros(0)
-        self.ph = (PageHinkleyArray(cfg.delta, cfg.threshold, alpha=1.0)
-                   if cfg.detector == "page_hinkley" else None)
-        self.river: list[Any] = []   # adwin / kswin: one river detector per sensor
+        # KSWIN's draws: one generator per channel, seeded by the channel's name
+        self.det = make_detector(cfg, warmup, seed=zlib.crc32(name.encode()))
         # the sensor's own tail of z: heavy-tailed errors do not pass for drifts
         self.cal = TailCalibrator(probation=max(MIN_WARMUP_STEPS, warmup // 2),
                                   tail_mass=0.2, long_window=2000)
@@ -122,42 +74,40 @@ class _Channel:
             self.n = np.concatenate([self.n, np.zeros(pad, np.int64)])
             self.mean = np.concatenate([self.mean, np.zeros(pad)])
             self.var = np.concatenate([self.var, np.zeros(pad)])
-        if self.ph is None:
-            while len(self.river) < n:
-                self.river.append(make_detector(self.cfg, seed=len(self.river),
-                                                warmup=self.warmup))
 
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": self.n.copy(), "mean": self.mean.copy(),
-                               "var": self.var.copy(), "cal": self.cal.state_dict()}
-        if self.ph is not None:
-            out["ph"] = self.ph.state_dict()
-        else:
-            out["detectors"] = [detector_state(d) for d in self.river]
-        return out
+        """Plain arrays; the detector's state under its kind ("ph", "adwin" or "kswin")."""
+        return {"n": self.n.copy(), "mean": self.mean.copy(), "var": self.var.copy(),
+                "cal": self.cal.state_dict(), _KEY[self.cfg.detector]: self.det.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         if isinstance(state, list):       # the per-sensor format of earlier checkpoints
-            state = _from_per_sensor(state, self.ph is not None)
+            state = _from_per_sensor(state, self.cfg.detector == "page_hinkley")
         self.n = np.array(state["n"], np.int64)
         self.mean = np.array(state["mean"], np.float64)
         self.var = np.array(state["var"], np.float64)
         if "cal" in state:                # earlier checkpoints: calibration starts fresh
             self.cal.load_state_dict(state["cal"])
-        if self.ph is not None:
-            if "ph" not in state:
-                raise ValueError("checkpointed drift detectors are not page_hinkley "
-                                 "(drift.detector changed?)")
-            self.ph.load_state_dict(state["ph"])
+        key = _KEY[self.cfg.detector]
+        if key in state:
+            self.det.load_state_dict(state[key])
+        elif "detectors" in state and self.cfg.detector != "page_hinkley":
+            # before the array detectors: one river detector's state per sensor
+            self.det.load_state_dict(_from_river(state["detectors"], self.cfg.detector,
+                                                 self.det))
         else:
-            if "detectors" not in state:
-                raise ValueError(f"checkpointed drift detectors are page_hinkley, configured "
-                                 f"{self.cfg.detector} (drift.detector changed?)")
-            self.river = []
-            for i, st in enumerate(state["detectors"]):
-                det = make_detector(self.cfg, seed=i, warmup=self.warmup)
-                load_detector_state(det, st)
-                self.river.append(det)
+            if "detectors" in state:
+                found = sorted({str(d.get("type")) for d in state["detectors"]})
+            else:
+                found = [k for k, v in _KEY.items() if v in state]
+            if not found:
+                raise ValueError("checkpointed drift channel has no detector state")
+            raise ValueError(f"checkpointed drift detectors are {', '.join(found)}, configured "
+                             f"{self.cfg.detector} (drift.detector changed? load the "
+                             f"checkpoint with drift.detector = {found[0]})")
+
+
+_KEY = {"page_hinkley": "ph", "adwin": "adwin", "kswin": "kswin"}
 
 
 def _from_per_sensor(states: list[dict[str, Any]], ph: bool) -> dict[str, Any]:
@@ -175,6 +125,80 @@ def _from_per_sensor(states: list[dict[str, Any]], ph: bool) -> dict[str, Any]:
                      "min": [float(d["_min_increase"]) for d in dets],
                      "min_at": [0] * k, "run_sum": [0.0] * k, "run_n": [0] * k}
     return out
+
+
+def _from_river(states: list[dict[str, Any]], kind: str, det: Any) -> dict[str, Any]:
+    """The array detector's state from the per-sensor river detector states of earlier
+    checkpoints (``{"type": "adwin", "helper": <river's serialized ADWIN>}`` or
+    ``{"type": "kswin", "window": [...], ...}``): the same windows, so detection continues
+    where it was (KSWIN's draws come from the array's generator from now on)."""
+    bad = sorted({str(d.get("type")) for d in states} - {kind})
+    if bad:
+        raise ValueError(f"checkpointed drift detectors are {', '.join(bad)}, configured "
+                         f"{kind} (drift.detector changed? load the checkpoint with "
+                         f"drift.detector = {bad[0]})")
+    n = len(states)
+    if kind == "kswin":
+        w = det.window_size
+        window, count = np.zeros((n, w)), np.zeros(n, np.int64)
+        for i, d in enumerate(states):
+            vals = np.asarray(d["window"], np.float64)[-w:]
+            if len(vals) and not d.get("drift_detected"):   # one that fired starts afresh
+                window[i, w - len(vals):] = vals
+                count[i] = len(vals)
+        return {"window": window, "n": count, "rng": None}
+    slots = det.max_buckets + 1
+    parsed = [_river_adwin(bytes(np.asarray(d["helper"], np.uint8)), det.max_buckets, i)
+              for i, d in enumerate(states)]
+    levels = max([len(p["counts"]) for p in parsed] + [1])
+    out = {"width": np.zeros(n), "total": np.zeros(n), "variance": np.zeros(n),
+           "tick": np.zeros(n, np.int64), "counts": np.zeros((levels, n), np.int64),
+           "totals": np.zeros((levels, slots, n))}
+    for i, (p, d) in enumerate(zip(parsed, states, strict=True)):
+        if d.get("drift_detected"):
+            continue
+        for k in ("width", "total", "variance", "tick"):
+            out[k][i] = p[k]
+        out["counts"][:len(p["counts"]), i] = p["counts"]
+        out["totals"][:len(p["counts"]), :, i] = p["totals"]
+    return out
+
+
+def _river_adwin(blob: bytes, max_buckets: int, i: int) -> dict[str, Any]:
+    """Parse river's (0.22+, Rust) serialized ``AdaptiveWindowing`` (bincode: delta f64,
+    clock i32, max_buckets u64, min_window_length f64, grace_period f64, total, variance,
+    width, total_width f64, four i32 counters (the third is ``tick``), then the buckets:
+    u64 count, each max_size u64, current_idx u64, totals and variances as u64 length +
+    f64s). Checked: the buckets must add up to the width and the total."""
+    import struct
+
+    slots = max_buckets + 1
+    try:
+        mb, = struct.unpack_from("<Q", blob, 12)
+        total, variance, width = struct.unpack_from("<3d", blob, 36)
+        tick, = struct.unpack_from("<i", blob, 76)
+        nb, = struct.unpack_from("<Q", blob, 84)
+        off, counts, totals = 92, [], []
+        for _ in range(nb):
+            _, cur, nt = struct.unpack_from("<3Q", blob, off)
+            t = np.frombuffer(blob, "<f8", nt, off + 24)
+            nv, = struct.unpack_from("<Q", blob, off + 24 + 8 * nt)
+            off += 32 + 8 * nt + 8 * nv
+            counts.append(cur)
+            totals.append(np.pad(t[:slots], (0, slots - min(nt, slots))))
+        # (river's Python binding appends its constructor arguments after the struct)
+        ok = (mb == max_buckets and off <= len(blob)
+              and sum(c << lv for lv, c in enumerate(counts)) == width
+              and math.isclose(sum(float(t.sum()) for t in totals), total, rel_tol=1e-9,
+                               abs_tol=1e-9))
+    except (struct.error, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"checkpointed river ADWIN state of sensor {i} cannot be read "
+                         f"(not river's format for max_buckets={max_buckets}); to start drift "
+                         "monitoring afresh, load the checkpoint without its 'drift' state")
+    return {"width": width, "total": total, "variance": variance, "tick": tick,
+            "counts": np.array(counts, np.int64), "totals": np.array(totals).reshape(-1, slots)}
 
 
 class DriftMonitor:
@@ -202,7 +226,7 @@ class DriftMonitor:
         self.channels = {}
         self.t = int(state.get("t", 0))
         for c, st in state["channels"].items():
-            ch = _Channel(self.cfg, self.warmup)
+            ch = _Channel(self.cfg, self.warmup, str(c))
             ch.load_state_dict(st)
             self.channels[str(c)] = ch
 
@@ -224,7 +248,7 @@ class DriftMonitor:
             m = len(stat)
             ch = self.channels.get(channel)
             if ch is None:
-                ch = self.channels[channel] = _Channel(cfg, self.warmup)
+                ch = self.channels[channel] = _Channel(cfg, self.warmup, channel)
             ch.grow(m)
             with np.errstate(invalid="ignore"):
                 x = np.log(stat + 0.1)
@@ -252,20 +276,14 @@ class DriftMonitor:
                 p = ch.cal.learn_many(np.where(scored, -log_ndtr(-z), np.nan))
                 z = np.where(p < ch.cal.tail_mass, np.minimum(z, -ndtri(np.maximum(p, 1e-300))),
                              z)
-            run = np.zeros(m)
-            onset = np.full(m, at, np.int64)
-            if ch.ph is not None:
-                det = ch.ph.update(np.where(scored, z, np.nan), at)
-                run, onset = ch.ph.last_run_mean, ch.ph.last_onset + 1
+            ph = isinstance(ch.det, PageHinkleyArray)
+            # Page-Hinkley watches z; ADWIN / KSWIN watch the (log) statistic itself
+            det = ch.det.update(np.where(scored, z if ph else x, np.nan), at)
+            if ph:
+                run, onset = ch.det.last_run_mean, ch.det.last_onset + 1
                 rose = det & (z > 0) & (run > 0)
             else:
-                det = np.zeros(m, bool)
-                for i in np.flatnonzero(scored).tolist():
-                    ch.river[i].update(float(x[i]))
-                    if ch.river[i].drift_detected:
-                        det[i] = True
-                        ch.river[i] = make_detector(cfg, seed=i, warmup=self.warmup)
-                run = np.where(scored, z, 0.0)
+                run, onset = np.where(scored, z, 0.0), np.full(m, at, np.int64)
                 rose = det & (z > 0)
             # the normal level follows the data, but not while the error is high
             follow = scored & ~det & (z < 3.0)

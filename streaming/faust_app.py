@@ -19,7 +19,7 @@ from typing import Any
 
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
-from streaming.microbatch import Record, WorkerStats, apply_torch_threads, process_records
+from streaming.microbatch import WorkerStats, apply_torch_threads, process_records
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats) -> Any:
     async def drive(stream: Any) -> None:
         within = k.fetch_timeout_ms / 1000
         async for events in stream.take_events(k.max_batch, within=within):
-            records = [Record(e.message.topic, e.message.partition, e.message.offset,
-                              e.message.key, e.message.value) for e in events]
+            records = [e.message for e in events]     # faust's Message is an InputRecord
             out, _ = process_records(core, records, cfg, stats,
                                      now_ms=int(time.time() * 1000))
             futs = []

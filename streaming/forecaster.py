@@ -313,8 +313,19 @@ class Forecaster:
         """Keep the newest window; when truth arrived this step, contrast it too."""
         self._newest = inp
         if self._learned_at == step:
-            self.model.contrast_many(inp.x, inp.mask, inp.side, steps=inp.steps,
-                                     sensors=sensors, step=step)
+            self._contrast(inp, sensors, step)
+
+    def _contrast(self, inp: Inputs, sensors: list[str], step: int) -> None:
+        """The contrastive update on the newest window: like the supervised one, on a seeded
+        sample of ``model.learn_batch`` sensors for a per-sensor model (InfoNCE's negatives
+        are the sample's other sensors), on the whole region for a graph model."""
+        n = min(len(inp.x), len(sensors))
+        rows = np.arange(n)
+        b = self.cfg.model.learn_batch
+        if not self.model.is_spatial and b and n > b:
+            rows = np.sort(self._rng.choice(n, size=b, replace=False))
+        self.model.contrast_many(inp.x[rows], inp.mask[rows], inp.side[rows], steps=inp.steps,
+                                 sensors=[sensors[i] for i in rows], step=step)
 
     def feedback(self, pend: Pending, y: np.ndarray, step: int, sensors: list[str]) -> None:
         """Immediate feedback (the FSNet/OneNet protocol): learn from a forecast's truth at
@@ -323,8 +334,7 @@ class Forecaster:
         self._feedback_stat = self._score_and_learn(pend, y, step, sensors)
         inp = self._newest
         if inp is not None:
-            self.model.contrast_many(inp.x, inp.mask, inp.side, steps=inp.steps,
-                                     sensors=sensors[:len(inp.x)], step=step)
+            self._contrast(inp, sensors, step)
 
     def boost(self, sensors: list[str], step: int) -> None:
         """A drift alert on ``sensors``: adapt faster there for a while."""

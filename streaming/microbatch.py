@@ -9,14 +9,16 @@ keyed ``topic:partition:offset``). Nothing here touches Kafka.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 from connectors.schemas import (
+    CHANNEL_SEP,
     DeadLetter,
     EventBatch,
     decode_events,
@@ -29,16 +31,28 @@ from streaming.config import StreamConfig
 from streaming.core import CoreOutput, ForecastBlock, StreamCore
 
 
-@dataclass
-class Record:
-    """A raw input message, independent of the Kafka client that fetched it."""
+class InputRecord(Protocol):
+    """What a driver hands ``process_records`` per input message: the Kafka client's own
+    record objects (aiokafka's ``ConsumerRecord``) have these attributes, so a fetch goes in
+    without a copy per message; ``Record`` builds one by hand."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
-    timestamp_ms: int = 0
+
+
+@dataclass
+class Record:
+    """A raw input message built by hand (tests, Faust, backtests of topic dumps)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: int = 0          # Kafka CreateTime (epoch ms), as aiokafka names it
 
 
 @dataclass
@@ -81,22 +95,25 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     step's readings the model filled in (``[[ts, value], ...]``), when it filled any.
     A channel series ``"s/c"`` of a multichannel sensor keeps ``"sensor": "s/c"`` (keys stay
     unique) and adds ``"channel": "c"``."""
-    horizon = block.horizon_ts.tolist()
+    # what every sensor's message shares is serialized once (orjson.Fragment embeds it)
+    horizon = orjson.Fragment(orjson.dumps(block.horizon_ts.tolist()))
     yhat = np.round(block.yhat, 6).tolist()
     expert = block.expert or [""] * len(block.sensors)
     qs = {k: np.round(v, 6).tolist() for k, v in block.q.items()}
+    imputed = (None if block.imputed is None or block.imputed_ts is None
+               else ~np.isnan(block.imputed).all(axis=1))
     out = []
     dumps = orjson.dumps
     for i, (s, y, e) in enumerate(zip(block.sensors, yhat, expert, strict=True)):
         msg = {"sensor": s, "ts": block.ts, "step": block.step, "horizon_ts": horizon,
                "yhat": y, "model_version": block.model_version, "expert": e}
-        channel = split_series(s)[1]
-        if channel is not None:
-            msg["channel"] = channel
+        if CHANNEL_SEP in s:         # a channel series (cheap test first)
+            channel = split_series(s)[1]
+            if channel is not None:
+                msg["channel"] = channel
         if qs:
             msg["q"] = {k: v[i] for k, v in qs.items()}
-        if block.imputed is not None and block.imputed_ts is not None \
-                and not np.isnan(block.imputed[i]).all():
+        if imputed is not None and imputed[i]:
             msg["imputed"] = [[int(t), round(float(v), 6)] for t, v in
                               zip(block.imputed_ts, block.imputed[i], strict=True)
                               if not np.isnan(v)]
@@ -142,7 +159,11 @@ def apply_torch_threads(cfg: StreamConfig) -> None:
         torch.set_num_threads(cfg.model.torch_threads)
 
 
-def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
+_VALUE, _PARTITION, _OFFSET, _KEY = (attrgetter(a) for a in ("value", "partition", "offset",
+                                                               "key"))
+
+
+def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: StreamConfig,
                     stats: WorkerStats | None = None,
                     active_partitions: set[int] | None = None,
                     now_ms: int | None = None) -> tuple[Outputs, CoreOutput]:
@@ -158,12 +179,16 @@ def process_records(core: StreamCore, records: list[Record], cfg: StreamConfig,
         core.set_partitions(active_partitions)
     known = core.known_sensors()
     kcfg = cfg.kafka
-    rd = [r for r in records if r.topic != kcfg.events_topic]
-    ev = [r for r in records if r.topic == kcfg.events_topic]
+    ev_topic = kcfg.events_topic
+    if any(r.topic == ev_topic for r in records):
+        rd = [r for r in records if r.topic != ev_topic]
+        ev = [r for r in records if r.topic == ev_topic]
+    else:
+        rd, ev = records, []
     readings, dead = decode_readings(
-        [r.value for r in rd], known_sensors=known, topic=kcfg.readings_topic,
-        partitions=[r.partition for r in rd], offsets=[r.offset for r in rd],
-        keys=[r.key for r in rd], timezone=cfg.patching.timezone)
+        list(map(_VALUE, rd)), known_sensors=known, topic=kcfg.readings_topic,
+        partitions=list(map(_PARTITION, rd)), offsets=list(map(_OFFSET, rd)),
+        keys=list(map(_KEY, rd)), timezone=cfg.patching.timezone)
 
     def handle(i: int) -> tuple:
         r = rd[int(readings.source[i])]

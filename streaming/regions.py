@@ -14,7 +14,7 @@ import orjson
 
 from streaming.checkpointing import Checkpointer
 from streaming.core import StreamCore
-from streaming.microbatch import Record
+from streaming.microbatch import InputRecord
 
 
 class Regions:
@@ -70,12 +70,12 @@ class Regions:
         self.cores.pop(partition, None)
         self.checkpointer.forget(partition)
 
-    def split(self, batch: dict[tuple[str, int], list[Record]], events_topic: str
-              ) -> dict[int, list[Record]]:
+    def split(self, batch: dict[tuple[str, int], list[InputRecord]], events_topic: str
+              ) -> dict[int, list[InputRecord]]:
         """A fetched batch by region: each readings partition's records, plus the events
         routed to it."""
-        by_part: dict[int, list[Record]] = {}
-        events: list[Record] = []
+        by_part: dict[int, list[InputRecord]] = {}
+        events: list[InputRecord] = []
         for (topic, partition), recs in batch.items():
             if topic == events_topic:
                 events.extend(recs)
@@ -87,7 +87,7 @@ class Regions:
             by_part.setdefault(self._event_region(r), []).append(r)
         return by_part
 
-    def _event_region(self, r: Record) -> int:
+    def _event_region(self, r: InputRecord) -> int:
         if r.partition in self.cores or not self.cores:
             return r.partition
         try:

@@ -74,3 +74,42 @@ def test_simulate_takes_the_output_as_a_flag_too(tmp_path: Path) -> None:
     assert r.returncode == 0 and (tmp_path / "n.npz").exists(), r.stderr
     r = _stfm("simulate", str(tmp_path / "a.npz"), "--out", str(tmp_path / "b.npz"))
     assert r.returncode == 2 and "give the output file once" in r.stderr
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--set", "checkpoint.dir={tmp}/ck"], "Faust engine keeps no checkpoints"),
+    (["--ui", "0"], "--ui and --metrics-port need --engine aiokafka"),
+    (["--metrics-port", "9"], "--ui and --metrics-port need --engine aiokafka")])
+def test_the_faust_engine_refuses_what_it_does_not_guarantee(tmp_path: Path, flags: list[str],
+                                                             said: str) -> None:
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    r = _stfm("run", "--engine", "faust", "--fresh", "--bootstrap-servers", "127.0.0.1:1",
+              *flags)
+    assert r.returncode == 2 and said in r.stderr, r.stderr[-1500:]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "What the Faust engine (`--engine faust`) does not guarantee" in readme
+
+
+def test_the_region_layout_follows_a_partition_map(tmp_path: Path, monkeypatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import connectors.kafka_io as kio
+    from connectors.partitioning import PartitionMap
+    from stfm.cli import log_region_layout
+    from streaming.config import StreamConfig
+
+    sensors = {"a": 1, "b": 1, "c": 0, "d": 0}     # not what key hashing would give
+    PartitionMap(partitions=2, sensors=sensors, method="metis").save(tmp_path / "m.json")
+    cfg = StreamConfig.from_dict({"kafka": {"partition_map": str(tmp_path / "m.json")}})
+    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics: {t: 2 for t in topics})
+    with caplog.at_level(logging.INFO):
+        log_region_layout(cfg, None)
+    said = caplog.text
+    assert "By the partition map: region 0: 2 sensors (c, d); region 1: 2 sensors (a, b)" \
+        in said
+    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics: {t: 3 for t in topics})
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        log_region_layout(cfg, None)
+    assert "has 2 partitions but readings topic" in caplog.text

@@ -238,3 +238,63 @@ def test_adapt_config_errors_name_the_key() -> None:
             StreamConfig.from_dict({"adapt": bad})
     with pytest.raises(ConfigError, match="adapt.nope"):
         StreamConfig.from_dict({"adapt": {"nope": 1}})
+
+
+def test_contrastive_updates_sample_learn_batch_sensors_like_supervised_ones() -> None:
+    """At scale the contrastive step is as cheap as the supervised one: a seeded sample of
+    ``model.learn_batch`` sensors (issue 17: over all 10,000 sensors it cost 3 s per step)."""
+    import numpy as np
+
+    from connectors.recordings import Recording
+    from replay.backtest import backtest
+    from streaming.config import StreamConfig
+    from streaming.core import StreamCore
+    from streaming.factory import build_model, resolve_checkpoint
+
+    iv, n = 300_000, 24
+    cfg = StreamConfig.from_dict({"model": {"learn_batch": 8}})
+    model = build_model(cfg, resolve_checkpoint(cfg, None, False))   # the packaged backbone
+    assert model.can_contrast
+    seen: list[tuple[str, int]] = []
+    for name in ("learn_many", "contrast_many"):
+        real = getattr(model, name)
+
+        def spy(x, *a, _real=real, _name=name, **k):
+            seen.append((_name, len(x)))
+            return _real(x, *a, **k)
+        setattr(model, name, spy)
+    t = np.arange(600)
+    rec = Recording(timestamps=1_767_225_600_000 + t * iv, sensors=[f"s{i}" for i in range(n)],
+                    values=10 + np.sin(2 * np.pi * t / 288)[:, None] * np.arange(1, n + 1),
+                    interval_ms=iv)
+    backtest(rec, StreamCore(cfg, model, sensors=list(rec.sensors)), progress=False)
+    sizes = {name: [k for nm, k in seen if nm == name] for name in ("learn_many",
+                                                                    "contrast_many")}
+    assert sizes["learn_many"] and set(sizes["learn_many"]) == {8}, sizes
+    assert sizes["contrast_many"] and set(sizes["contrast_many"]) == {8}, sizes
+
+
+def test_a_per_sensor_model_forecasts_the_same_in_chunks(monkeypatch) -> None:
+    """Large networks go through the forward pass ``FORWARD_CHUNK`` sensors at a time."""
+    import numpy as np
+
+    import streaming.online as online
+    from streaming.config import StreamConfig
+    from streaming.factory import build_model, resolve_checkpoint
+
+    cfg = StreamConfig()
+    model = build_model(cfg, resolve_checkpoint(cfg, None, False))
+    rng = np.random.default_rng(0)
+    n, k, p = 11, cfg.model.context_patches, cfg.patching.patch_len
+    x = rng.normal(size=(n, k, p)).astype(np.float32)
+    mask = rng.random((n, k, p)) > 0.1
+    side = np.zeros((n, k, 1), np.float32)
+    steps, sensors = np.arange(100, 100 + k), [f"s{i}" for i in range(n)]
+    whole = model.predict_with_embedding(x, mask, side, steps=steps, sensors=sensors)
+    q_whole = model.last_quantiles
+    monkeypatch.setattr(online, "FORWARD_CHUNK", 4)
+    parts = model.predict_with_embedding(x, mask, side, steps=steps, sensors=sensors)
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts[1], whole[1], rtol=1e-5, atol=1e-6)
+    assert q_whole is not None
+    np.testing.assert_allclose(model.last_quantiles, q_whole, rtol=1e-5, atol=1e-6)

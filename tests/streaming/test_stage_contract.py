@@ -29,6 +29,7 @@ from streaming.baselines import Baselines
 from streaming.checkpoint import decode_state, encode_state
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
+from streaming.detectors import ADWINArray, KSWINArray, PageHinkleyArray
 from streaming.drift import DriftMonitor
 from streaming.forecaster import Forecaster
 from streaming.intervals import IntervalCalibrator
@@ -219,6 +220,22 @@ DRIVERS = {
         lambda d, k: d.update(NAMES, {"abs_residual": np.abs(_values(k)[:, 0] - 10),
                                       "seasonal_residual": np.abs(_values(k)[:, 2] - 10)}),
         lambda d: d.update(NAMES, {"abs_residual": np.zeros((2, 2))}), "drift monitor"),
+    **{f"drift-{det}": Driver(
+        lambda det=det: DriftMonitor(dataclasses.replace(CFG.drift, detector=det,
+                                                         kswin_window=10, kswin_stat_size=4,
+                                                         kswin_alpha=0.05, adwin_delta=0.05),
+                                     patch_len=P),
+        lambda d, k: d.update(NAMES, {"abs_residual": np.abs(_values(k)[:, 0] - 10)
+                                      * (3.0 if k >= 14 else 1.0),
+                                      "seasonal_residual": np.abs(_values(k)[:, 2] - 10)}),
+        lambda d: d.update(NAMES, {"abs_residual": np.zeros((2, 2))}), "drift monitor")
+       for det in ("adwin", "kswin")},
+    # the array change detectors alone: one stream per sensor, a level shift at k = 14
+    **{name: Driver(make, lambda d, k: d.update(_values(k)[:, 0] + 10.0 * (k >= 14), k),
+                    lambda d: d.update(np.zeros((N, 2))), name)
+       for name, make in (("Page-Hinkley", lambda: PageHinkleyArray(0.1, 2.0)),
+                          ("ADWIN", lambda: ADWINArray(0.05, clock=1, grace_period=4)),
+                          ("KSWIN", lambda: KSWINArray(0.05, 10, 4, seed=1)))},
     "quality": Driver(lambda: DataQuality(CFG), _quality_feed,
                       lambda q: q.update(ClosedStep(1, 0, 1, np.zeros(2), np.zeros(2), 0)),
                       "data quality"),
