@@ -276,7 +276,9 @@ def render(rows: list[dict[str, Any]], kafka: dict[int, dict[str, Any]], args: A
         r = by[50_000]
         goals.append(f"- RSS < 2 GB at 50,000 sensors: "
                      f"{'**met**' if r['peak_mb'] < GOALS['rss_50k_mb'] else '**not met**'} "
-                     f"(peak {r['peak_mb']:,.0f} MB, this process after the smaller sizes)")
+                     f"(peak {r['peak_mb']:,.0f} MB"
+                     + (", this process after the smaller sizes)" if len(rows) > 1 else
+                        ", a process of its own)"))
     out += ["", *goals, ""]
     return "\n".join(out)
 
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    sizes = [int(s) for s in args.sensors.split(",")]
+    sizes = [int(s) for s in args.sensors.split(",") if s.strip()]
     when = datetime.now(UTC)
     t0 = time.perf_counter()
     rows, kafka = [], {}
