@@ -20,19 +20,17 @@ class Views:
     """The observers to hand the worker and the servers to close after it."""
 
     observers: list[Observer] = field(default_factory=list)
-    servers: list[ViewServer] = field(default_factory=list)
+    servers: dict[str, ViewServer] = field(default_factory=dict)   # "page", "metrics"
     telemetry: Telemetry | None = None
     feed: LiveFeed | None = None
 
     def url(self, kind: str) -> str | None:
         """The address of the ``"page"`` or the ``"metrics"`` server, when started."""
-        for s in self.servers:
-            if s.url.endswith("/metrics") == (kind == "metrics"):
-                return s.url
-        return None
+        server = self.servers.get(kind)
+        return None if server is None else server.url
 
     def close(self) -> None:
-        for s in self.servers:
+        for s in self.servers.values():
             s.close()
         self.servers.clear()
 
@@ -46,7 +44,8 @@ def start_views(cfg: StreamConfig, *, ui: bool | None = None) -> Views:
     try:
         if o.metrics_port:
             views.telemetry = Telemetry()
-            views.servers.append(serve_metrics(views.telemetry.registry, o.host, o.metrics_port))
+            views.servers["metrics"] = serve_metrics(views.telemetry.registry, o.host,
+                                                     o.metrics_port)
             views.observers.append(views.telemetry)
         if o.ui_port or ui:
             views.feed = LiveFeed(o.history_steps, interval_ms=cfg.patching.interval_ms,
@@ -56,7 +55,7 @@ def start_views(cfg: StreamConfig, *, ui: bool | None = None) -> Views:
 
                 g = read_recording(cfg.graph)
                 views.feed.set_network(g.sensors, g.lat, g.lon, g.edge_index)
-            views.servers.append(serve_live_page(views.feed, o.host, o.ui_port))
+            views.servers["page"] = serve_live_page(views.feed, o.host, o.ui_port)
             views.observers.append(views.feed)
     except OSError as exc:
         views.close()

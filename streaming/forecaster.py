@@ -20,6 +20,7 @@ graph model) and the newest window a contrastive step.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,6 +336,11 @@ class Forecaster:
         inp = self._newest
         if inp is not None:
             self._contrast(inp, sensors, step)
+
+    def expert_mae(self, expert: str) -> float:
+        """Cumulative online MAE of one expert's forecasts (NaN when it is not served)."""
+        m = self.expert_metrics.get(expert)
+        return m.mae if m is not None else math.nan
 
     def boost(self, sensors: list[str], step: int) -> None:
         """A drift alert on ``sensors``: adapt faster there for a while."""

@@ -93,8 +93,7 @@ class LiveFeed(Observer):
                 r.past.popleft()
             r.model_version = str(core.model.version)
             r.mae = core.metrics.mae
-            pm = core.forecaster.expert_metrics.get("persistence")
-            r.mae_persistence = pm.mae if pm is not None else math.nan
+            r.mae_persistence = core.forecaster.expert_mae("persistence")
             for a in out.alerts:
                 d = a.to_dict()
                 d["region"] = d.get("region") or str(region)

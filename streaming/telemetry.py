@@ -97,9 +97,8 @@ class Telemetry(Observer):
             self.alerts.labels(a.kind).inc()
         m = core.metrics
         self.mae.labels(reg, "served").set(m.mae)
-        persistence = core.forecaster.expert_metrics.get("persistence")
-        if persistence is not None:
-            self.mae.labels(reg, "persistence").set(persistence.mae)
+        if "persistence" in core.forecaster.expert_metrics:
+            self.mae.labels(reg, "persistence").set(core.forecaster.expert_mae("persistence"))
         self.points.labels(reg).set(m.n)
         self.sensors.labels(reg).set(len(core.sensors))
         self.model.labels(reg).info({"version": str(core.model.version)})
