@@ -72,9 +72,14 @@ async def start_producer(bootstrap_servers: str) -> Any:
     return p
 
 
-async def start_consumer(k: Any, topics: list[str], listener: Any) -> Any:
-    """A group consumer with manual commits and short timeouts (``k``: ``KafkaConfig``)."""
+async def start_consumer(k: Any, topics: list[str], listener: Any,
+                         copartitioned: bool = False) -> Any:
+    """A group consumer with manual commits and short timeouts (``k``: ``KafkaConfig``).
+    ``copartitioned``: partition ``i`` of every topic goes to the same worker (Kafka's
+    range assignor over topics of equal partition counts), as the halo exchange needs."""
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+    from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
     c = AIOKafkaConsumer(
         bootstrap_servers=k.bootstrap_servers,
@@ -82,7 +87,9 @@ async def start_consumer(k: Any, topics: list[str], listener: Any) -> Any:
         session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
         max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
         fetch_max_wait_ms=k.fetch_max_wait_ms, request_timeout_ms=10_000,
-        fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+        fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+        partition_assignment_strategy=(RangePartitionAssignor,) if copartitioned
+        else (RoundRobinPartitionAssignor,))
     try:
         await c.start()
         c.subscribe(topics, listener=listener)
@@ -92,22 +99,33 @@ async def start_consumer(k: Any, topics: list[str], listener: Any) -> Any:
     return c
 
 
-async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, bytes]]]) -> None:
-    """Send ``{topic: [(key, value), ...]}`` in whole record batches and wait for the acks."""
+async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, bytes]]],
+                  placed: dict[str, list[tuple[int, bytes | None, bytes]]] | None = None
+                  ) -> None:
+    """Send ``{topic: [(key, value), ...]}`` (and ``placed``: ``{topic: [(partition, key,
+    value), ...]}``) in whole record batches and wait for the acks."""
     from aiokafka.partitioner import DefaultPartitioner
 
     futures = []
+    todo: list[tuple[str, dict[int, list[tuple[bytes | None, bytes]]]]] = []
+    for topic, items in (placed or {}).items():
+        fixed: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for p, key, value in items:
+            fixed.setdefault(p, []).append((key, value))
+        todo.append((topic, fixed))
     for topic, msgs in messages.items():
         if not msgs:
             continue
         parts = sorted(await producer.partitions_for(topic))
         by_part: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        todo.append((topic, by_part))
         if len(parts) == 1:
             by_part[parts[0]] = list(msgs)
         else:
             for key, value in msgs:
                 p = DefaultPartitioner()(key, parts, parts) if key is not None else parts[0]
                 by_part.setdefault(p, []).append((key, value))
+    for topic, by_part in todo:
         for p, items in by_part.items():
             batch = producer.create_batch()
             for key, value in items:

@@ -200,8 +200,10 @@ class STBackbone(nn.Module):
 
     def encode(self, tokens: Tensor, *, edge_index: Tensor | None = None,
                edge_weight: Tensor | None = None,
-               caches: list[KVCache] | None = None) -> tuple[Tensor, list[KVCache]]:
-        """Temporal blocks (with caches) then the graph layer; returns ``[S, N, T, d]``."""
+               caches: list[KVCache] | None = None,
+               normalized: bool = False) -> tuple[Tensor, list[KVCache]]:
+        """Temporal blocks (with caches) then the graph layer; returns ``[S, N, T, d]``.
+        ``normalized``: the edges are the GCN's normalized ones (``models.graph.gcn_edges``)."""
         s, n, t, d = tokens.shape
         h = tokens.reshape(s * n, t, d)
         new: list[KVCache] = []
@@ -210,7 +212,7 @@ class STBackbone(nn.Module):
             new.append(c)
         h = h.reshape(s, n, t, d)
         if self.graph_layer is not None and edge_index is not None:
-            h = self.graph_layer(h, edge_index, edge_weight)
+            h = self.graph_layer(h, edge_index, edge_weight, normalized)
         if self.adapter is not None:
             h = self.adapter(h)
         return self.norm(h), new
@@ -259,31 +261,35 @@ class STBackbone(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, steps: Tensor, *, side: Tensor | None = None,
                 node_ids: Tensor | None = None, lap_pe: Tensor | None = None,
                 edge_index: Tensor | None = None, edge_weight: Tensor | None = None,
-                step_ms: Tensor | int | None = None) -> Tensor:
+                step_ms: Tensor | int | None = None, normalized: bool = False) -> Tensor:
         """Forecasts after every token of ``[S, N, T, P]`` windows: ``[S, N, T, H]``.
 
         With ``instance_norm`` the window's statistics include every token, so only the last
         token's forecast is free of its own future (the one served and trained on)."""
         return self.forecast_and_embed(x, mask, steps, side=side, node_ids=node_ids,
                                        lap_pe=lap_pe, edge_index=edge_index,
-                                       edge_weight=edge_weight, step_ms=step_ms)[0]
+                                       edge_weight=edge_weight, step_ms=step_ms,
+                                       normalized=normalized)[0]
 
     def forecast_and_embed(self, x: Tensor, mask: Tensor, steps: Tensor, *,
                            side: Tensor | None = None, node_ids: Tensor | None = None,
                            lap_pe: Tensor | None = None, edge_index: Tensor | None = None,
                            edge_weight: Tensor | None = None,
-                           step_ms: Tensor | int | None = None) -> tuple[Tensor, Tensor]:
+                           step_ms: Tensor | int | None = None,
+                           normalized: bool = False) -> tuple[Tensor, Tensor]:
         """The forecasts ``[S, N, T, H]`` and the token embeddings ``[S, N, T, d]`` (the
         forecast head's input), from one pass."""
         out = self.run(x, mask, steps, side=side, node_ids=node_ids, lap_pe=lap_pe,
-                       edge_index=edge_index, edge_weight=edge_weight, step_ms=step_ms)
+                       edge_index=edge_index, edge_weight=edge_weight, step_ms=step_ms,
+                       normalized=normalized)
         return out["forecast"], out["h"]
 
     def run(self, x: Tensor, mask: Tensor, steps: Tensor, *, side: Tensor | None = None,
             node_ids: Tensor | None = None, lap_pe: Tensor | None = None,
             edge_index: Tensor | None = None, edge_weight: Tensor | None = None,
             step_ms: Tensor | int | None = None, token_mask: Tensor | None = None,
-            heads: tuple[str, ...] = ("forecast",)) -> dict[str, Tensor]:
+            heads: tuple[str, ...] = ("forecast",),
+            normalized: bool = False) -> dict[str, Tensor]:
         """One pass with the ``heads`` asked for: ``forecast`` ``[S, N, T, H]``,
         ``quantiles`` (offsets ``[S, N, T, 2, H]``), ``reconstruction`` (``[S, N, T, P]``,
         in the units of ``x``), ``projection``; always ``h`` (the embeddings), ``loc`` and
@@ -291,7 +297,8 @@ class STBackbone(nn.Module):
         z, loc, scale = self.normalize(x, mask)
         tok = self.tokens(z, mask, steps, side=side, node_ids=node_ids, lap_pe=lap_pe,
                           token_mask=token_mask, step_ms=step_ms)
-        h, _ = self.encode(tok, edge_index=edge_index, edge_weight=edge_weight)
+        h, _ = self.encode(tok, edge_index=edge_index, edge_weight=edge_weight,
+                           normalized=normalized)
         sc = scale if self.cfg.instance_norm else None
         out = {"h": h, "loc": loc, "scale": scale}
         if "forecast" in heads:
@@ -308,7 +315,8 @@ class STBackbone(nn.Module):
     def step(self, x: Tensor, mask: Tensor, steps: Tensor, caches: list[KVCache] | None, *,
              side: Tensor | None = None, node_ids: Tensor | None = None,
              lap_pe: Tensor | None = None, edge_index: Tensor | None = None,
-             edge_weight: Tensor | None = None) -> tuple[Tensor, list[KVCache]]:
+             edge_weight: Tensor | None = None,
+             normalized: bool = False) -> tuple[Tensor, list[KVCache]]:
         """Streaming: one new token per sensor (``[N, 1, P]``) with the cached keys/values of
         the previous ones; returns the forecasts ``[N, H]`` and the updated caches.
         Not with ``instance_norm`` (its statistics span the whole window) or the fourier
@@ -320,5 +328,5 @@ class STBackbone(nn.Module):
         tok = self.tokens(*args, side=None if side is None else side[None], node_ids=node_ids,
                           lap_pe=lap_pe)
         h, caches = self.encode(tok, edge_index=edge_index, edge_weight=edge_weight,
-                                caches=caches)
+                                caches=caches, normalized=normalized)
         return self.forecast(h, x[None], mask[None])[0, :, -1], caches

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 
 def laplacian_pe(edge_index: np.ndarray | Tensor, num_nodes: int, dim: int,
@@ -34,6 +35,20 @@ def laplacian_pe(edge_index: np.ndarray | Tensor, num_nodes: int, dim: int,
     return torch.from_numpy(out)
 
 
+def gcn_edges(edge_index: np.ndarray | Tensor, num_nodes: int,
+              edge_weight: np.ndarray | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The GCN's normalized edges of a whole graph: ``edge_index`` with self-loops and the
+    weights ``w_ij / sqrt(d_i d_j)`` (``GCNConv``'s own normalization). A subgraph of them
+    (``GraphLayer(..., normalized=True)``) aggregates every kept edge exactly as the whole
+    graph does, which is what lets a region holding part of a network (``streaming.halo``)
+    compute its sensors' graph layer as one region over all of it would."""
+    ei = torch.as_tensor(np.asarray(edge_index), dtype=torch.long).reshape(2, -1)
+    ew = None if edge_weight is None else torch.as_tensor(np.asarray(edge_weight),
+                                                         dtype=torch.float32)
+    out_ei, out_w = gcn_norm(ei, ew, num_nodes, improved=False, add_self_loops=True)
+    return out_ei, out_w
+
+
 class GraphLayer(nn.Module):
     """Residual GCN over the nodes of each time slice: ``h + GCN(norm(h))``.
 
@@ -52,11 +67,22 @@ class GraphLayer(nn.Module):
         self.norm.reset_parameters()
         self.conv.reset_parameters()
 
-    def forward(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
+                normalized: bool = False) -> Tensor:
+        """``normalized``: ``edge_index``/``edge_weight`` are already the GCN's normalized
+        edges with self-loops (``gcn_edges``), used as they are."""
         s, n, t, d = h.shape
         x = self.norm(h).permute(0, 2, 1, 3).reshape(s * t * n, d)
         copies = torch.arange(s * t, device=h.device).repeat_interleave(edge_index.shape[1]) * n
         ei = edge_index.repeat(1, s * t) + copies
         ew = edge_weight.repeat(s * t) if edge_weight is not None else None
-        y = self.conv(x, ei, ew).reshape(s, t, n, d).permute(0, 2, 1, 3)
+        if normalized:
+            self.conv.normalize = False
+            try:
+                y = self.conv(x, ei, ew)
+            finally:
+                self.conv.normalize = True
+        else:
+            y = self.conv(x, ei, ew)
+        y = y.reshape(s, t, n, d).permute(0, 2, 1, 3)
         return h + self.drop(y)

@@ -499,7 +499,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"stfm run: {exc}", file=sys.stderr)
             return 3
     else:
-        worker = LiveWorker(cfg, core, core_factory=lambda: build_core(cfg, ckpt),
+        worker = LiveWorker(cfg, core, core_factory=lambda keep=None: build_core(cfg, ckpt, keep),
                             idle_exit_s=args.idle_exit, status_every_s=args.status_every,
                             from_beginning=args.from_beginning, observers=views.observers,
                             infer_interval=infer)
@@ -514,10 +514,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     first = regions[min(regions)]
     summary = {"worker": stats.as_dict(), "metrics": first.metrics.as_dict(),
                "patcher": dict(vars(first.patcher.stats)), "model_version": first.model.version,
-               "sensors": sum(len(c.sensors) for c in regions.values()),
+               "sensors": sum(c.own_count() for c in regions.values()),
                "regions": {str(p): {"metrics": c.metrics.as_dict(),
                                     "patcher": dict(vars(c.patcher.stats)),
-                                    "model_version": c.model.version, "sensors": len(c.sensors)}
+                                    "model_version": c.model.version, "sensors": c.own_count()}
                            for p, c in sorted(regions.items())}}
     if worker is not None and worker.cadence_note:
         summary["cadence"] = worker.cadence_note

@@ -72,8 +72,9 @@ class Checkpointer:
         self._steps_at[region] = core.patcher.stats.closed_steps
 
     def forget(self, region: int) -> None:
-        """A region left this worker: its readings position goes with it."""
+        """A region left this worker: its readings (and boundary) positions go with it."""
         self.positions.pop(TP(self.cfg.kafka.readings_topic, region), None)
+        self.positions.pop(TP(self.cfg.kafka.boundary_topic, region), None)
         self._steps_at.pop(region, None)
 
     def due(self, cores: dict[int, StreamCore]) -> list[int]:
@@ -85,11 +86,12 @@ class Checkpointer:
                 if core.patcher.stats.closed_steps - self._steps_at.get(p, 0) >= every]
 
     def region_offsets(self, region: int) -> dict[TP, int]:
-        """Offsets a region's state reflects: its readings partition and the events
-        partition of the same number (co-partitioned topics)."""
+        """Offsets a region's state reflects: its readings partition and the events and
+        boundary (halo) partitions of the same number (co-partitioned topics)."""
         k = self.cfg.kafka
+        topics = (k.readings_topic, k.events_topic, k.boundary_topic)
         return {tp: off for tp, off in self.positions.items()
-                if tp.partition == region and tp.topic in (k.readings_topic, k.events_topic)}
+                if tp.partition == region and tp.topic in topics}
 
     async def commit(self, regions: list[int], cores: dict[int, StreamCore], *,
                      produce: Callable[[], Awaitable[None]],

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from streaming.config import PatchingConfig
     from streaming.patching import PatcherStats, SensorRegistry
 
+HALO_PARTITION = 1 << 30  # the clock partition of ghost readings (``streaming.halo``)
 INT_MIN = np.iinfo(np.int64).min
 INT_MAX = np.iinfo(np.int64).max
 RUN_CONFIRM = 2           # consistent held readings that make a sensor count for a jump
@@ -436,6 +437,7 @@ class EventClock:
             np.maximum.at(self.t_max, ridx, g_acc)
             np.minimum.at(self.first_step, ridx, st_acc)
             self.stats.accepted += len(acc)
+            self.stats.ghost_accepted += int((self.home_arr[ridx] == HALO_PARTITION).sum())
             self._acc = (ridx, batch.ts[acc], batch.values[acc])
         for p, rows in rows_of.items():
             self.clock[p] = int(after[rows[-1]])
@@ -493,6 +495,8 @@ class EventClock:
         self._acc[1].append(t)
         self._acc[2].append(v)
         self.stats.accepted += 1
+        if self.home_arr[r] == HALO_PARTITION:
+            self.stats.ghost_accepted += 1
         self.first_step[r] = min(self.first_step[r], gi // self.cfg.patch_len)
         old = self.t_max[r]
         if gi > old:

@@ -360,6 +360,14 @@ class KafkaConfig:
     partitions: int = 1                 # for topics the worker creates
     partition_map: str | None = None    # sensor -> partition map (`stfm partition`): the
     #                                     regions' layout and events' routing follow it
+    boundary_topic: str = "boundary"    # halo exchange between regions (same partitions as
+    #                                     readings; used with a partition map and a graph)
+    halo: bool = True                   # forward boundary sensors' readings to the regions
+    #                                     that have them as graph neighbours (ghosts)
+    halo_hops: int = 2                  # graph hops a region's ghosts reach (forecast +
+    #                                     imputation pass: 2 graph layers)
+    halo_wait_s: float = 30.0           # a region waits for its ghosts' readings while their
+    #                                     regions sent something within this many seconds
     max_batch: int = 20_000             # records per fetch
     fetch_timeout_ms: int = 200         # longest wait of one fetch for new records
     fetch_max_wait_ms: int = 10         # broker-side wait of a fetch; 500 (default) stalls
@@ -380,6 +388,14 @@ class KafkaConfig:
                   "connect_timeout_s", "retry_backoff_max_s")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ConfigError("kafka.heartbeat_interval_ms must be < kafka.session_timeout_ms")
+        if self.halo_hops < 0:
+            raise ConfigError(f"kafka.halo_hops must be >= 0, got {self.halo_hops}")
+        if self.halo_wait_s < 0:
+            raise ConfigError(f"kafka.halo_wait_s must be >= 0, got {self.halo_wait_s}")
+        names = [self.readings_topic, self.events_topic, self.boundary_topic]
+        if len(set(names)) != len(names):
+            raise ConfigError("kafka.boundary_topic must differ from kafka.readings_topic and "
+                              "kafka.events_topic")
 
 
 @dataclass

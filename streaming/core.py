@@ -92,6 +92,8 @@ class StreamCore:
                                   patch_len=p.patch_len)
         extra = model.meta.get("extra", {})
         self.gate = AlertGate(cfg, extra.get("edge_index"), extra.get("sensors"))
+        self._own: frozenset[str] | None = None     # None: every sensor is the region's own
+        self._own_mask: np.ndarray | None = None
 
     @property
     def sensors(self) -> list[str]:
@@ -125,6 +127,30 @@ class StreamCore:
         """Input partitions with data still to come: the event-time clock waits for them."""
         self.patcher.set_partitions(active)
 
+    def set_own(self, sensors: frozenset[str] | set[str] | None) -> None:
+        """The sensors this region serves; the other sensors of its graph are *ghosts*
+        (``streaming.halo``): their readings feed the model's graph layer, but they get no
+        forecasts, alerts or metrics here. None: every sensor is the region's own."""
+        self._own = None if sensors is None else frozenset(sensors)
+        self._own_mask = None
+
+    def own_mask(self, n: int) -> np.ndarray | None:
+        """Which of the first ``n`` sensors are the region's own (None: all)."""
+        if self._own is None:
+            return None
+        m = self._own_mask
+        if m is None or len(m) != n:
+            own = self._own
+            m = self._own_mask = np.fromiter((s in own for s in self.sensors[:n]), bool, n)
+        return m
+
+    def own_count(self) -> int:
+        """Sensors this region serves (its ghosts not counted)."""
+        return len(self.sensors) if self._own is None else len(self._own)
+
+    def is_ghost(self, sensor: str) -> bool:
+        return self._own is not None and sensor not in self._own
+
     # --- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -156,7 +182,7 @@ class StreamCore:
         out = CoreOutput()
         adm = self.patcher.admit(readings, now_ms)
         out.rejected_readings, out.rejected_held = adm.rejected, adm.rejected_held
-        out.alerts += [self._future_alert(f) for f in adm.flags]
+        out.alerts += [self._future_alert(f) for f in adm.flags if not self.is_ghost(f.sensor)]
         if events is not None and len(events):
             out.rejected_events = self._add_events(events, now_ms)
         for step in self.patcher.close_ready():
@@ -181,6 +207,8 @@ class StreamCore:
     def _stages(self, step: ClosedStep, out: CoreOutput) -> None:
         n = step.values.shape[0]
         names = self.sensors[:n]
+        own = self.own_mask(n)
+        self.forecaster.own = own
         self.window.push(step)
         _, scale = self.forecaster.scale(names)
         nowcast = self.signals.nowcast(step, self.window.pending.get(step.step - 1))
@@ -194,17 +222,23 @@ class StreamCore:
             inputs, names, exists, self.window.values[:n],
             self.baselines.forecast(n, step.end_ts))
         self.window.remember(step.step, pending)
-        block = self._block(step, yhat, exists, leader, pending)
+        block = self._block(step, yhat, exists if own is None else exists & own, leader,
+                            pending)
         filled = inputs.newest_imputed()
         if filled is not None:
             block.imputed = filled[block.rows]
             block.imputed_ts = step.start_ts + self.cfg.patching.interval_ms * np.arange(
                 filled.shape[1], dtype=np.int64)
         out.forecasts.append(block)
+        if own is not None:
+            bad = [s for s in bad if not self.is_ghost(s)]
         alerts = [self._bad_forecast_alert(step, bad)] if bad else []
-        alerts += [self._quality_alert(step, ev) for ev in self.quality.update(step)]
+        alerts += [self._quality_alert(step, ev) for ev in self.quality.update(step)
+                   if own is None or own[ev.sensor]]
         quiet = (set(np.flatnonzero(self.quality.suppressed[:n]).tolist())
                  if self.cfg.data_quality.suppress else set())
+        if own is not None:
+            quiet |= set(np.flatnonzero(~own).tolist())
         distance = self.signals.embedding_distance(emb, n)
         scores, evidence = self.scorer.update(step.step, step.end_ts, names, nowcast, distance,
                                               step.values,

@@ -4,6 +4,7 @@ and, when a sensor graph is configured, the fixed sensor set and positions."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import numpy as np
 
@@ -45,19 +46,24 @@ def build_model(cfg: StreamConfig, checkpoint: str | None) -> OnlineModel:
     return OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt)
 
 
-def build_core(cfg: StreamConfig, checkpoint: str | None) -> StreamCore:
+def build_core(cfg: StreamConfig, checkpoint: str | None,
+               keep: Collection[str] | None = None) -> StreamCore:
     """The online core for ``cfg``: a fresh model, or one loaded from ``checkpoint``; the
     graph recording (``graph``), when given, fixes the sensors and places events by
-    position."""
+    position. ``keep``: the core holds only these of the graph's sensors (a region's own
+    sensors and ghosts, ``streaming.halo``), while its model keeps the whole graph for the
+    graph layer's normalization and the Laplacian encodings."""
     sensors = positions = rec = None
     if cfg.graph:
         from connectors.recordings import read_recording
 
         rec = read_recording(cfg.graph)
-        sensors = list(rec.sensors)
+        rows = (np.arange(rec.n_sensors) if keep is None else
+                np.array([i for i, s in enumerate(rec.sensors) if s in keep], np.int64))
+        sensors = [rec.sensors[i] for i in rows]
         if rec.lat is not None and rec.lon is not None:
-            positions = np.stack([rec.lat, rec.lon], axis=1)
+            positions = np.stack([rec.lat, rec.lon], axis=1)[rows]
     model = build_model(cfg, checkpoint)
     if rec is not None and rec.edge_index is not None and rec.edge_index.shape[1] > 0:
-        model.set_graph(sensors, rec.edge_index, rec.edge_weight)   # inductive models only
+        model.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)  # inductive only
     return StreamCore(cfg, model, sensors=sensors, positions=positions)

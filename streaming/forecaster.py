@@ -90,6 +90,8 @@ class Forecaster:
         self._newest: Inputs | None = None
         self._pinned: dict[str, tuple[float, float]] = {}
         self._pin_idx: tuple | None = None
+        self.own: np.ndarray | None = None    # the region's own sensors (None: all); ghosts
+        #                                       (``streaming.halo``) are not scored or counted
         extra = model.meta.get("extra", {})
         if cfg.adapt.normalization == "checkpoint":
             if not {"sensors", "loc", "scale"} <= set(extra):
@@ -218,7 +220,8 @@ class Forecaster:
                 served[i] = last if np.isfinite(last) else 0.0
         lo, hi = self.intervals.bounds(served, inp.scale, offsets)
         lo, hi = np.maximum(lo, blo[:, None]), np.minimum(hi, bhi[:, None])
-        self.forecasts_made += int(exists.sum())
+        self.forecasts_made += int((exists if self.own is None or len(self.own) != n
+                                    else exists & self.own).sum())
         gone = ~exists[:, None]
         pending = Pending(inp.x, inp.mask, inp.side, inp.loc, inp.scale,
                           np.where(gone, np.nan, served),
@@ -249,13 +252,17 @@ class Forecaster:
         monitors' residual; the served one's without a model expert)."""
         n = pend.yhat.shape[0]
         y = np.where(np.isnan(pend.yhat), np.nan, y)   # no target for a sensor not yet there
-        err = y - pend.yhat
-        self.metrics.add(err, err / pend.scale[:, None])
-        self.metrics.realized_forecasts += n
+        # scored: the region's own sensors (a ghost is scored by its own region)
+        own = (slice(None) if self.own is None or len(self.own) != n
+               else np.flatnonzero(self.own))
+        err = (y - pend.yhat)[own]
+        scale = pend.scale[own, None]
+        self.metrics.add(err, err / scale)
+        self.metrics.realized_forecasts += len(err)
         for j, e in enumerate(self.experts):
-            ej = y - pend.experts[..., j]
-            self.expert_metrics[e].add(ej, ej / pend.scale[:, None])
-            self.expert_metrics[e].realized_forecasts += n
+            ej = (y - pend.experts[..., j])[own]
+            self.expert_metrics[e].add(ej, ej / scale)
+            self.expert_metrics[e].realized_forecasts += len(ej)
         self.weights.update(pend.experts, y, pend.scale)
         if pend.lo is not None and pend.hi is not None:
             self.intervals.learn(y, pend.yhat, pend.lo, pend.hi)

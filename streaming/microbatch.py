@@ -29,6 +29,7 @@ from connectors.schemas import (
 )
 from streaming.config import StreamConfig
 from streaming.core import CoreOutput, ForecastBlock, StreamCore
+from streaming.halo import HALO_PARTITION, HaloPlan
 
 
 class InputRecord(Protocol):
@@ -63,6 +64,8 @@ class Outputs:
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead_reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> messages
+    boundary: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
+    # ^ (region, key, value): readings forwarded to the regions that keep them as ghosts
 
 
 @dataclass
@@ -75,11 +78,15 @@ class WorkerStats:
     dead_letters: int = 0
     batches: int = 0
     started: float = field(default_factory=time.time)
+    first_processed: float = 0.0    # wall-clock end of the first batch (0: none yet)
     last_processed: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
     checkpoints: int = 0
     restored_from: str | None = None
     retries: int = 0
+    halo_forwarded: int = 0     # readings messages forwarded to other regions (``boundary``)
+    halo_received: int = 0      # ghost readings taken from ``boundary``
+    halo_dropped: int = 0       # ghost readings a region could not use (e.g. late)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -166,14 +173,18 @@ _VALUE, _PARTITION, _OFFSET, _KEY = (attrgetter(a) for a in ("value", "partition
 def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: StreamConfig,
                     stats: WorkerStats | None = None,
                     active_partitions: set[int] | None = None,
-                    now_ms: int | None = None) -> tuple[Outputs, CoreOutput]:
+                    now_ms: int | None = None, *, halo: HaloPlan | None = None,
+                    region: int | None = None) -> tuple[Outputs, CoreOutput]:
     """Validate a micro-batch, run it through the core and encode every output.
 
     Every message that cannot be used becomes one dead letter with its reason(s), keyed
     ``topic:partition:offset``. ``active_partitions`` are the readings partitions with data
     still to come (the event-time clock waits for them); ``now_ms`` is processing time (live
     only: a reading stamped further ahead of it than ``patching.max_future_ms`` is
-    ``future``).
+    ``future``). With a ``halo`` plan, records of ``kafka.boundary_topic`` are ghost readings
+    (clock partition ``HALO_PARTITION``; not dead-lettered again, counted in
+    ``stats.halo_dropped`` when unusable), and the valid readings of ``region``'s sensors
+    that other regions keep as ghosts come back in ``Outputs.boundary``.
     """
     if active_partitions is not None:
         core.set_partitions(active_partitions)
@@ -185,10 +196,22 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
         ev = [r for r in records if r.topic == ev_topic]
     else:
         rd, ev = records, []
+    parts = list(map(_PARTITION, rd))
+    ghost_recs: np.ndarray | None = None          # bool per record of ``rd``: from boundary
+    if halo is not None:
+        ghost_recs = np.fromiter((r.topic == kcfg.boundary_topic for r in rd), bool, len(rd))
+        if ghost_recs.any():
+            parts = [HALO_PARTITION if g else p for g, p in zip(ghost_recs, parts, strict=True)]
+        else:
+            ghost_recs = None
     readings, dead = decode_readings(
         list(map(_VALUE, rd)), known_sensors=known, topic=kcfg.readings_topic,
-        partitions=list(map(_PARTITION, rd)), offsets=list(map(_OFFSET, rd)),
+        partitions=parts, offsets=list(map(_OFFSET, rd)),
         keys=list(map(_KEY, rd)), timezone=cfg.patching.timezone)
+    if ghost_recs is not None:
+        # a ghost's bad readings were dead-lettered by its own region
+        dead = [d for d in dead if d.topic != kcfg.boundary_topic and not (
+            d.partition == HALO_PARTITION)]
 
     def handle(i: int) -> tuple:
         r = rd[int(readings.source[i])]
@@ -203,9 +226,16 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
             keys=[r.key for r in ev], timezone=cfg.patching.timezone)
         dead.extend(dead_ev)
     accepted = core.patcher.stats.accepted
+    ghosts_before = core.patcher.stats.ghost_accepted
     core_out = core.process(readings, events, now_ms=now_ms)
+    rejected = np.zeros(len(readings), bool)
+    dropped = 0
     for i, reason in core_out.rejected_readings:
+        rejected[i] = True
         r = rd[int(readings.source[i])]
+        if ghost_recs is not None and ghost_recs[int(readings.source[i])]:
+            dropped += 1
+            continue
         dead.append(DeadLetter(r.value, reason, r.topic, r.partition, r.offset, r.key))
     for i, reason in core_out.rejected_events:
         r = ev[events.source[i]]
@@ -214,19 +244,34 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
         if h is not None:
             dead.append(DeadLetter.from_handle(h, reason))
     out = encode_outputs(core_out)
+    ghost_readings = core.patcher.stats.ghost_accepted - ghosts_before
+    if halo is not None and region is not None and len(readings):
+        src = readings.source
+        keep = ~rejected
+        if ghost_recs is not None:
+            keep &= ~ghost_recs[src]
+        idx = np.flatnonzero(keep)
+        sens = readings.sensors
+        for dest, recs in halo.forwards([sens[i] for i in idx], src[idx], region).items():
+            out.boundary.extend((dest, rd[j].key, rd[j].value) for j in recs)
     for d in _one_per_message(dead):
         out.dead_letters.append((d.unique_key(), d.to_message()))
         kind = reason_kind(d.reason)
         out.dead_reasons[kind] = out.dead_reasons.get(kind, 0) + 1
     if stats is not None:
         stats.messages += len(records)
-        stats.readings_accepted += core.patcher.stats.accepted - accepted
+        stats.readings_accepted += core.patcher.stats.accepted - accepted - ghost_readings
+        stats.halo_received += ghost_readings
+        stats.halo_dropped += dropped
+        stats.halo_forwarded += len(out.boundary)
         stats.events_accepted += len(events) - len(core_out.rejected_events)
         stats.forecasts += len(out.forecasts)
         stats.alerts += len(out.alerts)
         stats.dead_letters += len(out.dead_letters)
         stats.batches += 1
         stats.last_processed = time.time()
+        if not stats.first_processed:
+            stats.first_processed = stats.last_processed
     return out, core_out
 
 

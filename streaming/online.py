@@ -14,7 +14,7 @@ import torch
 
 from models.backbone import STBackbone
 from models.checkpoint import load_checkpoint
-from models.graph import laplacian_pe
+from models.graph import gcn_edges, laplacian_pe
 from models.objectives import contrastive_loss
 from models.patch_transformer import PatchTransformer, PatchTransformerConfig
 from streaming.adaptation import Anchor, Booster, RollbackGuard, select_parameters
@@ -461,13 +461,21 @@ class _GraphContext:
         self.use_graph(list(extra.get("sensors", [])), ei, ew)
 
     def use_graph(self, names: list[str], ei: np.ndarray, ew: np.ndarray | None) -> None:
-        """The nodes (by sensor id) and edges that sensors are placed on."""
+        """The nodes (by sensor id) and edges that sensors are placed on. The GCN's
+        normalized edges and the Laplacian encodings are the whole graph's, so that sensors
+        served from part of it (a region holding its own sensors and ghosts,
+        ``streaming.halo``) get exactly what the whole graph gives them."""
         ei = np.asarray(ei, np.int64).reshape(2, -1)
         ew = (np.ones(ei.shape[1], np.float32) if ew is None
               else np.asarray(ew, np.float32))
         self.names = list(names)
         self.node_of = {s: i for i, s in enumerate(names)}
         self.edges = (ei, ew)
+        if ei.size:
+            nei, nw = gcn_edges(ei, len(names), ew)
+            self.norm_edges = (nei.numpy(), nw.numpy())
+        else:
+            self.norm_edges = (ei, ew)
         dim = self.model.cfg.lap_pe_dim
         self.lap = (laplacian_pe(ei, len(names), dim, ew) if dim and names and ei.size
                     else torch.zeros(len(names), max(dim, 1)))
@@ -478,28 +486,40 @@ class _GraphContext:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         ids = torch.tensor([self.node_of.get(s, -1) for s in sensors], dtype=torch.long)
-        ei, ew = self.edges
+        ei, ew = self.norm_edges
         live = np.full(len(self.node_of), -1, np.int64)   # checkpoint node -> live index
         known_ids = ids.numpy()
         live[known_ids[known_ids >= 0]] = np.flatnonzero(known_ids >= 0)
         src, dst = (live[ei[0]], live[ei[1]]) if ei.size else (ei[0], ei[1])
-        keep = (src >= 0) & (dst >= 0)
-        edge_index = torch.from_numpy(np.stack([src[keep], dst[keep]]))
-        edge_weight = torch.from_numpy(ew[keep]) if keep.any() else None
-        keep = bool(keep.any())
+        keep = (src >= 0) & (dst >= 0) & (src != dst) if ei.size else np.zeros(0, bool)
+        # self-loops of the live nodes (weight 1/deg in the whole graph), then their edges
+        loops = ei[0] == ei[1] if ei.size else np.zeros(0, bool)
+        self_keep = loops & (src >= 0)
+        has_edges = bool(keep.any())
+        if has_edges:
+            pick = np.flatnonzero(keep | self_keep)
+            # a live sensor the graph does not know: only its self-loop (weight 1), as the
+            # GCN gives an isolated node
+            alone = np.flatnonzero(known_ids < 0)
+            edge_index = torch.from_numpy(np.concatenate(
+                [np.stack([src[pick], dst[pick]]), np.stack([alone, alone])], axis=1))
+            edge_weight = torch.from_numpy(np.concatenate(
+                [np.asarray(ew[pick], np.float32), np.ones(len(alone), np.float32)]))
+        else:
+            edge_index = edge_weight = None
         lap = None
         if self.model.cfg.lap_pe_dim:
             lap = torch.zeros(len(sensors), self.model.cfg.lap_pe_dim)
             known = ids >= 0
             lap[known] = self.lap[ids[known]]
-        graph = (ids, lap, edge_index if keep else None, edge_weight)
+        graph = (ids, lap, edge_index, edge_weight)
         self._cache = (key, graph)
         return graph
 
     def kwargs(self, sensors: list[str], step_ms: int | None = None) -> dict:
         ids, lap, edge_index, edge_weight = self._for(sensors)
         kw = {"node_ids": ids, "lap_pe": lap, "edge_index": edge_index,
-              "edge_weight": edge_weight}
+              "edge_weight": edge_weight, "normalized": edge_index is not None}
         if self.model.calendar is not None:
             if step_ms is None:
                 raise ValueError("this backbone's calendar needs the patch duration: load it "

@@ -78,6 +78,7 @@ class PatcherStats:
     held: int = 0             # readings held right now (ahead of the clock)
     released: int = 0         # held readings accepted later
     clock_jumps: int = 0
+    ghost_accepted: int = 0   # of ``accepted``: readings of ghosts (``streaming.halo``)
 
 
 @dataclass

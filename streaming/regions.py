@@ -21,7 +21,9 @@ class Regions:
     """The cores of the readings partitions this worker owns."""
 
     def __init__(self, checkpointer: Checkpointer, core: StreamCore | None = None,
-                 core_factory: Callable[[], StreamCore] | None = None) -> None:
+                 core_factory: Callable[[int], StreamCore] | None = None) -> None:
+        """``core``: the first region's core (optional); ``core_factory(region)``: a new
+        core for a region."""
         if core is None and core_factory is None:
             raise ValueError("a worker needs a core or a core_factory")
         self.checkpointer = checkpointer
@@ -31,6 +33,7 @@ class Regions:
         self._spare = core
         self._factory = core_factory
         self._restored: dict[int, bool] = {}    # partition -> its core was restored
+        self.on_new: Callable[[int, StreamCore], None] | None = None   # sees each new core
 
     def get(self, partition: int) -> StreamCore:
         """The core of a readings partition: restored from its checkpoint, or new."""
@@ -40,7 +43,7 @@ class Regions:
         if self._spare is not None:
             core, self._spare = self._spare, None
         elif self._factory is not None:
-            core = self._factory()
+            core = self._factory(partition)
         else:
             raise ValueError(f"this worker owns readings partition {partition} besides "
                              "another one: give it a core_factory")
@@ -50,6 +53,8 @@ class Regions:
         else:
             self.checkpointer.started(partition, core)
         self.cores[partition] = core
+        if self.on_new is not None:
+            self.on_new(partition, core)
         return core
 
     def rebuild(self) -> None:
@@ -76,7 +81,7 @@ class Regions:
         routed to it."""
         by_part: dict[int, list[InputRecord]] = {}
         events: list[InputRecord] = []
-        for (topic, partition), recs in batch.items():
+        for (topic, partition), recs in batch.items():   # readings, and halo ghosts
             if topic == events_topic:
                 events.extend(recs)
             else:

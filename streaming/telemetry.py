@@ -28,6 +28,9 @@ METRICS = {     # name -> what it counts (the README's list is this table)
     "stfm_messages_total": "input messages fetched (readings and events)",
     "stfm_readings_accepted_total": "readings accepted onto the sensors' grids",
     "stfm_events_accepted_total": "events accepted",
+    "stfm_halo_readings_total{direction}": "halo exchange: readings messages forwarded to "
+                                           "other regions, ghost readings received, ghost "
+                                           "readings dropped (direction)",
     "stfm_dead_letters_total{reason}": "input messages dead-lettered, by reason (late, "
                                        "future, out_of_range, unknown_sensor, invalid)",
     "stfm_consumer_lag_messages{topic,partition}": "messages behind the end of each "
@@ -40,7 +43,7 @@ METRICS = {     # name -> what it counts (the README's list is this table)
     "stfm_online_mae{region,model}": "cumulative online MAE (input units) of the served "
                                      "forecast (model=served) and of persistence",
     "stfm_online_scored_points{region}": "forecast points scored against their truth",
-    "stfm_sensors{region}": "series the region knows",
+    "stfm_sensors{region}": "series the region serves (its ghosts not counted)",
     "stfm_model_info{region,version}": "the model version each region serves",
     "stfm_last_checkpoint_timestamp_seconds": "when this worker last wrote a checkpoint",
     "stfm_checkpoint_age_seconds": "seconds since then (NaN before the first)",
@@ -57,6 +60,8 @@ class Telemetry(Observer):
         self.readings = Counter("stfm_readings_accepted", "Readings accepted onto the "
                                 "sensors' grids", registry=r)
         self.events = Counter("stfm_events_accepted", "Events accepted", registry=r)
+        self.halo = Counter("stfm_halo_readings", "Halo exchange readings, by direction "
+                            "(forwarded, received, dropped)", ["direction"], registry=r)
         self.dead_letters = Counter("stfm_dead_letters", "Input messages dead-lettered, by "
                                     "reason", ["reason"], registry=r)
         self.lag = Gauge("stfm_consumer_lag_messages", "Messages behind the end of each "
@@ -100,7 +105,7 @@ class Telemetry(Observer):
         if "persistence" in core.forecaster.expert_metrics:
             self.mae.labels(reg, "persistence").set(core.forecaster.expert_mae("persistence"))
         self.points.labels(reg).set(m.n)
-        self.sensors.labels(reg).set(len(core.sensors))
+        self.sensors.labels(reg).set(core.own_count())
         self.model.labels(reg).info({"version": str(core.model.version)})
 
     def batch_processed(self, out: Outputs, stats: WorkerStats, seconds: float) -> None:
@@ -112,6 +117,12 @@ class Telemetry(Observer):
             self._seen[name] = now
         for reason, n in out.dead_reasons.items():
             self.dead_letters.labels(reason).inc(n)
+        for direction in ("forwarded", "received", "dropped"):
+            name = f"halo_{direction}"
+            now = getattr(stats, name)
+            if now != self._seen.get(name, 0):
+                self.halo.labels(direction).inc(now - self._seen.get(name, 0))
+                self._seen[name] = now
 
     def lag_measured(self, lag: dict[str, int]) -> None:
         keys = set()

@@ -8,11 +8,11 @@ from typing import Any
 
 
 async def active_partitions(consumer: Any, batch: dict[Any, list[Any]],
-                            events_topic: str) -> set[int]:
-    """Readings partitions with data still to come: in this batch or not caught up."""
-    active = {tp.partition for tp in batch if tp.topic != events_topic}
+                            topic: str) -> set[int]:
+    """Partitions of ``topic`` with data still to come: in this batch or not caught up."""
+    active = {tp.partition for tp in batch if tp.topic == topic}
     for tp in consumer.assignment():
-        if tp.topic == events_topic or tp.partition in active:
+        if tp.topic != topic or tp.partition in active:
             continue
         hw = consumer.highwater(tp)
         if hw is None or await consumer.position(tp) < hw:

@@ -41,6 +41,7 @@ from streaming.cadence import (
 from streaming.checkpointing import Checkpointer
 from streaming.config import StreamConfig
 from streaming.core import StreamCore
+from streaming.halo import HALO_PARTITION, HaloPlan
 from streaming.microbatch import (
     Outputs,
     WorkerStats,
@@ -59,10 +60,14 @@ CADENCE_HOLD_MAX = 200_000    # readings held at most while inferring the cadenc
 
 
 class LiveWorker:
-    """Consume ``readings``/``events``, drive the regions' cores, produce, commit."""
+    """Consume ``readings``/``events``, drive the regions' cores, produce, commit.
+
+    ``core``: the first region's core; ``core_factory()``: a new core for another region
+    (``core_factory(keep=sensors)`` with the halo exchange: a core over those sensors of the
+    graph, ``streaming.factory.build_core``)."""
 
     def __init__(self, cfg: StreamConfig, core: StreamCore | None = None, *,
-                 core_factory: Callable[[], StreamCore] | None = None,
+                 core_factory: Callable[..., StreamCore] | None = None,
                  idle_exit_s: float | None = None, max_messages: int | None = None,
                  status_every_s: float = 10.0, from_beginning: bool = False,
                  observers: list[Observer] | tuple[Observer, ...] = (),
@@ -70,7 +75,17 @@ class LiveWorker:
         self.cfg = cfg
         self.observers = Observers(observers)   # metrics, the live page
         self.checkpointer = Checkpointer(cfg)
-        self.regions = Regions(self.checkpointer, core, core_factory)
+        # the halo exchange (``streaming.halo``): with a partition map and a graph, each
+        # region's core holds its own sensors and ghosts; the ghosts' readings come through
+        # the boundary topic and its boundary sensors' readings go out
+        self.halo = halo_plan(cfg)
+        self._make = core_factory
+        if self.halo is not None:
+            if core_factory is None:
+                raise ValueError("the halo exchange needs a core_factory (a core per region)")
+            core = None                          # each region's core is its own subset
+        factory = self._region_core if core_factory is not None else None
+        self.regions = Regions(self.checkpointer, core, factory)
         self.regions.restore = not from_beginning
         self.idle_exit_s = idle_exit_s
         self.max_messages = max_messages
@@ -91,6 +106,24 @@ class LiveWorker:
         self._cadence_open = True
         self._watched = 0
         self._held: list[dict[Any, list[Any]]] = []
+        self._halo_seen: dict[int, float] = {}    # region -> last boundary data (monotonic)
+        if self.halo is not None:
+            self.regions.on_new = self._own_sensors
+            log.info("halo exchange over %r: %d hop(s), own sensors per region %s, ghosts %s",
+                     cfg.kafka.boundary_topic, self.halo.hops, self.halo.sizes()["own"],
+                     self.halo.sizes()["ghosts"])
+
+    def _region_core(self, region: int) -> StreamCore:
+        """A new core for a region: with the halo, over its own sensors and ghosts."""
+        assert self._make is not None
+        if self.halo is not None:
+            return self._make(keep=self.halo.members(region))
+        return self._make()
+
+    def _own_sensors(self, region: int, core: StreamCore) -> None:
+        assert self.halo is not None
+        core.set_own(self.halo.own.get(region, frozenset()))
+        self._halo_seen.setdefault(region, time.monotonic())
 
     @property
     def cores(self) -> dict[int, StreamCore]:
@@ -108,10 +141,17 @@ class LiveWorker:
                                      lambda: kafka_async.start_producer(k.bootstrap_servers),
                                      k.connect_timeout_s)
         listener = _Rebalance(self)
+        topics = [k.readings_topic, k.events_topic]
+        if self.halo is not None:
+            from connectors.kafka_io import ensure_topics
+
+            await asyncio.to_thread(ensure_topics, k.bootstrap_servers, [k.boundary_topic],
+                                    partitions=self.halo.partitions)
+            topics.append(k.boundary_topic)
         try:
             consumer = await self._retry(
                 "connecting the consumer", lambda: kafka_async.start_consumer(
-                    k, [k.readings_topic, k.events_topic], listener),
+                    k, topics, listener, copartitioned=self.halo is not None),
                 k.connect_timeout_s)
         except BaseException:
             await producer.stop()
@@ -194,8 +234,10 @@ class LiveWorker:
         """Process a fetched batch, then deliver its outputs and store/commit its offsets
         (through a checkpoint when one is due)."""
         k = self.cfg.kafka
-        active = await watch.active_partitions(consumer, batch, k.events_topic)
-        out = self._process(batch, active)
+        active = await watch.active_partitions(consumer, batch, k.readings_topic)
+        halo = (await watch.active_partitions(consumer, batch, k.boundary_topic)
+                if self.halo is not None else set())
+        out = self._process(batch, active, halo)
         await self._settle()                # outputs and commits stay in batch order
         offsets = {TP(tp.topic, tp.partition): msgs[-1].offset + 1
                    for tp, msgs in batch.items()}
@@ -215,7 +257,7 @@ class LiveWorker:
         cadence is known, then return every held batch as one (empty while holding).
         Checking: say loudly when the grid and the data disagree; the batch goes on."""
         k = self.cfg.kafka
-        raws = [m.value for tp, msgs in batch.items() if tp.topic != k.events_topic
+        raws = [m.value for tp, msgs in batch.items() if tp.topic == k.readings_topic
                 for m in msgs]
         readings, _ = decode_readings(raws, timezone=self.cfg.patching.timezone)
         self.cadence.learn_many(readings.sensors, readings.ts)
@@ -266,8 +308,10 @@ class LiveWorker:
         self._held = []
         return merged
 
-    def _process(self, batch: dict[Any, list[Any]], active: set[int]) -> Outputs:
-        """Split a fetched batch by region, run each region's core, merge the outputs."""
+    def _process(self, batch: dict[Any, list[Any]], active: set[int],
+                 halo_active: set[int] | frozenset[int] = frozenset()) -> Outputs:
+        """Split a fetched batch by region, run each region's core, merge the outputs.
+        ``halo_active``: boundary partitions with ghost readings still to come."""
         # aiokafka's records go in as they are (no copy per message: ``InputRecord``)
         recs = {(tp.topic, tp.partition): msgs for tp, msgs in batch.items()}
         out = Outputs()
@@ -275,16 +319,36 @@ class LiveWorker:
         now_ms = int(time.time() * 1000)
         for p, records in sorted(self.regions.split(recs, self.cfg.kafka.events_topic).items()):
             core = self.regions.get(p)
-            o, core_out = process_records(core, records, self.cfg, self.stats, {p} & active,
-                                          now_ms=now_ms)
+            o, core_out = process_records(core, records, self.cfg, self.stats,
+                                          self._waits_for(p, active, halo_active, recs),
+                                          now_ms=now_ms, halo=self.halo, region=p)
             self.observers.region_processed(p, core, core_out)
             out.forecasts += o.forecasts
             out.alerts += o.alerts
             out.dead_letters += o.dead_letters
+            out.boundary += o.boundary
             for kind, n in o.dead_reasons.items():
                 out.dead_reasons[kind] = out.dead_reasons.get(kind, 0) + n
         self.observers.batch_processed(out, self.stats, time.perf_counter() - t0)
         return out
+
+    def _waits_for(self, region: int, active: set[int], halo_active: set[int] | frozenset[int],
+                   recs: dict[tuple[str, int], list[Any]]) -> set[int]:
+        """The clock partitions a region waits for: its readings partition while it has data
+        to come, and with ghosts also their halo partition while it has data to come or
+        their regions sent something within ``kafka.halo_wait_s`` (so a step closes with its
+        ghosts' readings in it; a neighbour that went quiet holds nothing back for longer).
+        Ghosts never move the clock: with a halo the own partition is always waited for."""
+        mine = {region} & active
+        if self.halo is None or not self.halo.ghosts.get(region):
+            return mine
+        now = time.monotonic()
+        if (self.cfg.kafka.boundary_topic, region) in recs:
+            self._halo_seen[region] = now
+        if region in halo_active or (
+                now - self._halo_seen.get(region, now) < self.cfg.kafka.halo_wait_s):
+            return {region, HALO_PARTITION}
+        return {region}
 
     async def _settle(self) -> None:
         """Wait for the previous batch's delivery (outputs, then its commit)."""
@@ -313,8 +377,10 @@ class LiveWorker:
         k = self.cfg.kafka
         msgs = {k.forecasts_topic: out.forecasts, k.alerts_topic: out.alerts,
                 k.dead_letter_topic: out.dead_letters}
-        if any(msgs.values()):
-            await self._retry("producing outputs", lambda: kafka_async.produce(producer, msgs))
+        placed = {k.boundary_topic: out.boundary} if out.boundary else None
+        if any(msgs.values()) or placed:
+            await self._retry("producing outputs",
+                              lambda: kafka_async.produce(producer, msgs, placed))
 
     async def _commit_offsets(self, offsets: dict[TP, int]) -> None:
         """Commit (advisory when checkpoints hold the offsets); retried while the broker is
@@ -396,6 +462,22 @@ class LiveWorker:
                 *ev_tps, timeout_ms=k.fetch_timeout_ms if unknown else 0,
                 max_records=k.max_batch))
         return batch
+
+
+def halo_plan(cfg: StreamConfig) -> HaloPlan | None:
+    """The halo exchange's plan when it applies: ``kafka.halo`` on, a partition map and a
+    graph with edges (``graph``); None otherwise."""
+    k = cfg.kafka
+    if not (k.halo and k.partition_map and cfg.graph):
+        return None
+    from connectors.partitioning import PartitionMap
+    from connectors.recordings import read_recording
+
+    rec = read_recording(cfg.graph)
+    if rec.edge_index is None or rec.edge_index.shape[1] == 0:
+        return None
+    return HaloPlan.build(PartitionMap.load(k.partition_map), list(rec.sensors),
+                          rec.edge_index, k.halo_hops)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -33,17 +32,8 @@ def _worker(cfg: Path, bs: str, group: str, log: Path) -> subprocess.Popen:
         cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
 
-def _wait(cond, what: str, timeout: float = 120.0, procs: tuple = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        for p, log in procs:
-            assert p.poll() is None, f"worker died: {log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def test_killed_workers_regions_continue_on_the_survivor(broker, unique: str,
-                                                         tmp_path: Path) -> None:
+def test_killed_workers_regions_continue_on_the_survivor(broker, unique: str, tmp_path: Path,
+                                                         wait_for) -> None:
     bs = broker.bootstrap_servers
     rec, _ = simulate(SimConfig(n_sensors=16, n_days=3, seed=9, n_events=0))
     cut1, cut2 = 288, 2 * 288                     # day 1 / day 2 / day 3 published in turn
@@ -68,15 +58,15 @@ def test_killed_workers_regions_continue_on_the_survivor(broker, unique: str,
     publish(0, cut1)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = _worker(cfg, bs, group, log_a)
-    _wait(lambda: all(checkpointed(p) for p in range(PARTS)), "worker A on all regions",
-          procs=((a, log_a),))
+    wait_for(lambda: all(checkpointed(p) for p in range(PARTS)), "worker A on all regions",
+             procs=((a, log_a),))
     b = _worker(cfg, bs, group, log_b)
-    _wait(lambda: "restored state" in log_b.read_text(), "worker B taking regions over",
-          procs=((a, log_a), (b, log_b)))
+    wait_for(lambda: "restored state" in log_b.read_text(), "worker B taking regions over",
+             procs=((a, log_a), (b, log_b)))
     before = {p: checkpointed(p) for p in range(PARTS)}
     publish(cut1, cut2)
-    _wait(lambda: all(checkpointed(p) > before[p] for p in range(PARTS)),
-          "both workers on day 2", procs=((a, log_a), (b, log_b)))
+    wait_for(lambda: all(checkpointed(p) > before[p] for p in range(PARTS)),
+             "both workers on day 2", procs=((a, log_a), (b, log_b)))
     os.kill(a.pid, signal.SIGKILL)
     a.wait(30)
     publish(cut2, rec.n_steps)
