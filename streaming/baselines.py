@@ -25,6 +25,7 @@ from streaming.patching import ClosedStep
 
 DAY_MS = 86_400_000
 SEASONS = {"seasonal_day": DAY_MS, "seasonal_week": 7 * DAY_MS}
+_INIT_BLOCK = 4096       # Holt-Winters sensors initialized per block (bounds temporaries)
 
 
 class Baselines:
@@ -45,8 +46,11 @@ class Baselines:
         self.last = np.full(0, np.nan)                       # [N] last observed value
         self.ma = np.full((0, self.ma_points), np.nan)        # [N, m] last m observed values
         self.ma_pos = np.zeros(0, np.int64)                   # next write position per sensor
-        self.buf = {k: np.full((0, s), np.nan, np.float32) for k, s in self.seasons.items()}
-        self.buf_grid = {k: np.full(s, -1, np.int64) for k, s in self.seasons.items()}
+        # One ring of the last ``S`` grid points (S = the longest season) serves every
+        # season: a seasonal forecast reads a point less than one season back.
+        self.ring = max(self.seasons.values(), default=0)
+        self.buf = np.full((0, self.ring), np.nan, np.float32)   # [N, S] by grid % S
+        self.buf_grid = np.full(self.ring, -1, np.int64)         # grid index in each slot
         self.now = -1                                         # newest grid index seen
 
     def _grow(self, n: int) -> None:
@@ -56,8 +60,8 @@ class Baselines:
         self.last = np.concatenate([self.last, np.full(pad, np.nan)])
         self.ma = np.concatenate([self.ma, np.full((pad, self.ma_points), np.nan)])
         self.ma_pos = np.concatenate([self.ma_pos, np.zeros(pad, np.int64)])
-        for k, s in self.seasons.items():
-            self.buf[k] = np.concatenate([self.buf[k], np.full((pad, s), np.nan, np.float32)])
+        if self.ring:
+            self.buf = np.concatenate([self.buf, np.full((pad, self.ring), np.nan, np.float32)])
         self.hw.grow(n)
 
     def update(self, step: ClosedStep) -> None:
@@ -77,10 +81,10 @@ class Baselines:
                 self.last[rows] = col[rows]
                 self.ma[rows, self.ma_pos[rows]] = col[rows]
                 self.ma_pos[rows] = (self.ma_pos[rows] + 1) % self.ma_points
-        for k, s in self.seasons.items():
-            slots = (g0 + np.arange(self.p)) % s
-            self.buf[k][:n, slots] = v
-            self.buf_grid[k][slots] = g0 + np.arange(self.p)
+        if self.ring:
+            slots = (g0 + np.arange(self.p)) % self.ring
+            self.buf[:n, slots] = v
+            self.buf_grid[slots] = g0 + np.arange(self.p)
         self.hw.update(v, g0)
         self.now = max(self.now, int(g0 + self.p - 1))
 
@@ -96,28 +100,36 @@ class Baselines:
         for k, s in self.seasons.items():
             back = np.maximum(1, -(-(target - self.now) // s))   # whole seasons back, >= 1
             src = target - back * s
-            slots = src % s
-            y = self.buf[k][:n, slots].astype(np.float64)
-            y[:, self.buf_grid[k][slots] != src] = np.nan
+            slots = src % self.ring
+            y = self.buf[:n, slots].astype(np.float64)
+            y[:, self.buf_grid[slots] != src] = np.nan
             out[k] = y
         out["holt_winters"] = self.hw.forecast(n, end_ts // self.iv, self.h)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"last": self.last.copy(), "ma": self.ma.copy(), "ma_pos": self.ma_pos.copy(),
-                "buf": {k: v.copy() for k, v in self.buf.items()},
-                "buf_grid": {k: v.copy() for k, v in self.buf_grid.items()}, "now": self.now,
+                "seasons": sorted(self.seasons), "buf": self.buf.copy(),
+                "buf_grid": self.buf_grid.copy(), "now": self.now,
                 "hw": self.hw.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state["buf"]) != set(self.seasons):
-            raise ValueError(f"baselines: the state has seasons {sorted(state['buf'])} but "
+        buf, grid = state["buf"], state["buf_grid"]
+        if isinstance(buf, dict):          # checkpoints before the shared ring: one per season
+            seasons = sorted(buf)
+            longest = max(buf, key=lambda k: np.shape(buf[k])[1]) if buf else None
+            buf = buf[longest] if longest else np.full((0, 0), np.nan, np.float32)
+            grid = state["buf_grid"][longest] if longest else np.full(0, -1, np.int64)
+        else:
+            seasons = list(state["seasons"])
+        if sorted(seasons) != sorted(self.seasons):
+            raise ValueError(f"baselines: the state has seasons {sorted(seasons)} but "
                              f"the configuration {sorted(self.seasons)}")
         self.last = np.array(state["last"], np.float64)
         self.ma = np.array(state["ma"], np.float64)
         self.ma_pos = np.array(state["ma_pos"], np.int64)
-        self.buf = {k: np.array(v, np.float32) for k, v in state["buf"].items()}
-        self.buf_grid = {k: np.array(v, np.int64) for k, v in state["buf_grid"].items()}
+        self.buf = np.array(buf, np.float32).reshape(len(self.last), self.ring)
+        self.buf_grid = np.array(grid, np.int64).reshape(self.ring)
         self.now = int(state["now"])
         self.hw.load_state_dict(state["hw"])
 
@@ -126,15 +138,16 @@ class HoltWinters:
     """Additive Holt-Winters per sensor, vectorized: level ``l``, trend ``b``, season ``s``
     of ``m`` grid points (``m = 0``: level and trend only). Initialized from the first
     season of data (level its mean, the season its deviations); a missing point advances
-    the level by the trend and leaves the rest."""
+    the level by the trend and leaves the rest. Until a sensor is initialized its season
+    row holds the raw first-season values (NaN where not seen), so warming up costs no
+    second ``[N, m]`` array."""
 
     def __init__(self, alpha: float, beta: float, gamma: float, m: int) -> None:
         self.alpha, self.beta, self.gamma, self.m = alpha, beta, gamma, m
         k = max(m, 1)
         self.level = np.full(0, np.nan)
         self.trend = np.zeros(0)
-        self.season = np.zeros((0, k))
-        self.first = np.full((0, k), np.nan)          # the first season, until initialized
+        self.season = np.full((0, k), np.nan)         # raw first season until initialized
         self.seen = np.zeros(0, np.int64)             # grid points folded in per sensor
         self.t = np.full(0, -1, np.int64)             # last grid index folded in
 
@@ -144,8 +157,7 @@ class HoltWinters:
             k = max(self.m, 1)
             self.level = np.concatenate([self.level, np.full(pad, np.nan)])
             self.trend = np.concatenate([self.trend, np.zeros(pad)])
-            self.season = np.concatenate([self.season, np.zeros((pad, k))])
-            self.first = np.concatenate([self.first, np.full((pad, k), np.nan)])
+            self.season = np.concatenate([self.season, np.full((pad, k), np.nan)])
             self.seen = np.concatenate([self.seen, np.zeros(pad, np.int64)])
             self.t = np.concatenate([self.t, np.full(pad, -1, np.int64)])
 
@@ -161,15 +173,22 @@ class HoltWinters:
             ready = ~np.isnan(self.level[:n])
             warm = ~ready & ~np.isnan(y)
             if warm.any():                                  # collecting the first season
-                self.first[:n][warm, k] = y[warm]
+                self.season[:n][warm, k] = y[warm]
                 self.seen[:n][warm] += 1
                 done = warm & (self.seen[:n] >= m)
-                if done.any():
-                    rows = np.flatnonzero(done)
-                    f = self.first[rows]
+                done_rows = np.flatnonzero(done)
+                # in blocks: a whole network often completes its first season at once,
+                # and [N, m] float64 temporaries would double the peak memory at scale
+                for i in range(0, len(done_rows), _INIT_BLOCK):
+                    rows = done_rows[i:i + _INIT_BLOCK]
+                    f = self.season[rows]
                     lvl = np.nanmean(f, axis=1)
                     self.level[rows] = lvl
-                    self.season[rows] = np.nan_to_num(f - lvl[:, None]) if self.m else 0.0
+                    if self.m:
+                        f -= lvl[:, None]
+                        self.season[rows] = np.nan_to_num(f, copy=False)
+                    else:
+                        self.season[rows] = 0.0
             obs = ready & ~np.isnan(y)
             miss = ready & np.isnan(y)
             if obs.any():
@@ -197,13 +216,14 @@ class HoltWinters:
 
     def state_dict(self) -> dict[str, Any]:
         return {"level": self.level.copy(), "trend": self.trend.copy(),
-                "season": self.season.copy(), "first": self.first.copy(),
-                "seen": self.seen.copy(), "t": self.t.copy()}
+                "season": self.season.copy(), "seen": self.seen.copy(), "t": self.t.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.level = np.array(state["level"], np.float64)
         self.trend = np.array(state["trend"], np.float64)
         self.season = np.array(state["season"], np.float64)
-        self.first = np.array(state["first"], np.float64)
+        if "first" in state:               # checkpoints that kept the first season apart
+            warming = np.isnan(self.level)
+            self.season[warming] = np.array(state["first"], np.float64)[warming]
         self.seen = np.array(state["seen"], np.int64)
         self.t = np.array(state["t"], np.int64)

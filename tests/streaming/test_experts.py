@@ -144,6 +144,58 @@ def test_baselines_forecast_what_they_say() -> None:
     assert np.isnan(f["seasonal_week"]).all()         # not a week of data yet
 
 
+def _hourly_steps(rng: np.random.Generator, steps: int):
+    for k in range(steps):
+        n = 3 + k // 10                                   # sensors keep arriving
+        v = rng.normal(10, 3, (n, 4))
+        v[rng.random(v.shape) < 0.2] = np.nan
+        yield ClosedStep(k, 4 * k * 3_600_000, 4 * (k + 1) * 3_600_000, v,
+                         np.zeros(n, np.float32), 4)
+
+
+def _old_format(state: dict, now: int) -> dict:
+    """The checkpoint layout before one ring served every season: a ring per season and
+    Holt-Winters' first season in an array of its own (zeros in the season meanwhile)."""
+    old = dict(state, buf={"seasonal_week": state["buf"]}, hw=dict(state["hw"]),
+               buf_grid={"seasonal_week": state["buf_grid"]})
+    del old["seasons"]
+    day = np.full((len(state["buf"]), 24), np.nan, np.float32)
+    day_grid = np.full(24, -1, np.int64)
+    for g in range(max(now - 23, 0), now + 1):
+        if state["buf_grid"][g % 168] == g:
+            day[:, g % 24], day_grid[g % 24] = state["buf"][:, g % 168], g
+    old["buf"]["seasonal_day"], old["buf_grid"]["seasonal_day"] = day, day_grid
+    warming = np.isnan(state["hw"]["level"])
+    first = np.full_like(state["hw"]["season"], np.nan)
+    first[warming] = state["hw"]["season"][warming]
+    season = state["hw"]["season"].copy()
+    season[warming] = 0.0
+    old["hw"].update(first=first, season=season)
+    return old
+
+
+@pytest.mark.parametrize("cut", [3, 5, 60])
+def test_baselines_resume_from_old_checkpoints(cut: int) -> None:
+    """A checkpoint written before the seasonal baselines shared one ring (and Holt-Winters
+    kept its warm-up apart) resumes to the same forecasts, during warm-up and after."""
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000, "patch_len": 4},
+                                  "model": {"horizon": 30}})
+    steps = list(_hourly_steps(np.random.default_rng(1), 100))
+    live = Baselines(cfg)
+    for st in steps[:cut + 1]:
+        live.update(st)
+    resumed = Baselines(cfg)
+    resumed.load_state_dict(_old_format(live.state_dict(), live.now))
+    for st in steps[cut + 1:]:
+        live.update(st)
+        resumed.update(st)
+        a = live.forecast(len(st.values), st.end_ts)
+        b = resumed.forecast(len(st.values), st.end_ts)
+        for name in live.names:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert np.isfinite(a["seasonal_day"]).any() and np.isfinite(a["holt_winters"]).all()
+
+
 def test_the_guard_undoes_adaptation_that_hurts() -> None:
     """A learning rate 1000x too high makes every update hurt: the guard restores the last
     good weights and halves the rate each time, so the model ends near the frozen start's
@@ -211,3 +263,22 @@ def test_a_sensor_never_seen_below_zero_is_not_forecast_below_zero() -> None:
     core.forecaster.observe(np.array([[0.5, 3.0, 10.0, np.nan]]))
     lo, hi = core.forecaster.bounds(["x"])
     assert lo[0] == 0.0 and hi[0] == pytest.approx(10.0 + 0.25 * 9.5)
+
+
+def test_holt_winters_initializes_in_blocks_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole network completing its first season at once is initialized in blocks (bounded
+    temporaries at scale); the blocks give exactly the one-shot result."""
+    from streaming import baselines as bl
+
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000, "patch_len": 4},
+                                  "model": {"horizon": 30}})
+    steps = list(_hourly_steps(np.random.default_rng(2), 40))
+    out = []
+    for block in (10_000, 2):
+        monkeypatch.setattr(bl, "_INIT_BLOCK", block)
+        b = Baselines(cfg)
+        for st in steps:
+            b.update(st)
+        out.append(b.forecast(len(steps[-1].values), steps[-1].end_ts)["holt_winters"])
+    assert np.isfinite(out[0]).all()
+    np.testing.assert_array_equal(out[0], out[1])
