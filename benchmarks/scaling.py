@@ -196,7 +196,8 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
     import throughput as tp
 
     from connectors.broker import EmbeddedBroker
-    from connectors.kafka_io import ensure_topics, make_producer
+    from connectors.kafka_io import ensure_topics
+    from replay.publish import FLUSH_EVERY, BatchSender
 
     cfg0 = StreamConfig()
     points = steps * cfg0.patching.patch_len
@@ -205,18 +206,22 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
         cfg = tp.stream_config(bs, f"scale{n_sensors}", cfg0.patching.interval_ms, 1)
         k = cfg.kafka
         ensure_topics(bs, [k.readings_topic, k.events_topic] + tp.output_topics(cfg))
-        producer = make_producer(bs)
+        sender = BatchSender(bs)
         keys = sensor_ids(n_sensors)
         n = 0
         t = time.perf_counter()
-        for i, row in enumerate(readings(n_sensors, cfg.patching.interval_ms)):
-            if i >= points:
-                break
-            for key, v in zip(keys, row, strict=True):
-                producer.send(k.readings_topic, v, key=key)
-            n += len(row)
-        producer.flush()
-        producer.close()
+        try:
+            for i, row in enumerate(readings(n_sensors, cfg.patching.interval_ms)):
+                if i >= points:
+                    break
+                for key, v in zip(keys, row, strict=True):
+                    sender.add(k.readings_topic, key, v)
+                if sender.buffered >= FLUSH_EVERY:
+                    sender.flush()
+                n += len(row)
+            sender.flush()
+        finally:
+            sender.close()
         pub_s = time.perf_counter() - t
         raw = asyncio.run(tp._bench_aiokafka(bs, k.readings_topic, 1, n))
         pipe = tp.bench_pipeline(cfg, n, core=build_core(cfg))
