@@ -59,11 +59,13 @@ async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
             wait = min(wait * 2, backoff_max_s)
 
 
-async def start_producer(bootstrap_servers: str) -> Any:
+async def start_producer(bootstrap_servers: str, max_batch_size: int = 1024 * 1024) -> Any:
+    """A started producer; ``max_batch_size`` bounds one record batch (a consumer whose
+    fetch limit per partition is below it may stall on a broker without KIP-74)."""
     from aiokafka import AIOKafkaProducer
 
     p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
-                         max_batch_size=1024 * 1024, acks=1, request_timeout_ms=10_000)
+                         max_batch_size=max_batch_size, acks=1, request_timeout_ms=10_000)
     try:
         await p.start()
     except BaseException:

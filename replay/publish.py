@@ -22,6 +22,7 @@ from connectors.schemas import split_series
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 20_000      # messages buffered before a flush (whole record batches, acked)
+BATCH_BYTES = 256 * 1024  # per record batch: well under consumers' default 1 MB fetch limit
 
 
 class BatchSender:
@@ -34,7 +35,7 @@ class BatchSender:
         self._loop = asyncio.new_event_loop()
         try:
             self._producer: Any = self._loop.run_until_complete(
-                start_producer(bootstrap_servers))
+                start_producer(bootstrap_servers, max_batch_size=BATCH_BYTES))
         except BaseException:
             self._loop.close()
             raise

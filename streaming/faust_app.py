@@ -108,8 +108,10 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
             consumer = app.consumer
             for tp in consumer.assignment():
                 hw = consumer.highwater(tp)
+                if hw is None:
+                    return          # not fetched yet (a slow first fetch): lag unknown
                 pos = await consumer.position(tp)
-                lag += max(0, (hw or 0) - (pos or 0))
+                lag += max(0, hw - (pos or 0))
             if lag == 0:
                 log.info("idle for %.1fs with no lag: stopping", idle_exit_s)
                 await worker.stop()
