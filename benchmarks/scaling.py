@@ -206,11 +206,10 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
         cfg = tp.stream_config(bs, f"scale{n_sensors}", cfg0.patching.interval_ms, 1)
         k = cfg.kafka
         ensure_topics(bs, [k.readings_topic, k.events_topic] + tp.output_topics(cfg))
-        sender = BatchSender(bs)
         keys = sensor_ids(n_sensors)
         n = 0
         t = time.perf_counter()
-        try:
+        with BatchSender(bs) as sender:
             for i, row in enumerate(readings(n_sensors, cfg.patching.interval_ms)):
                 if i >= points:
                     break
@@ -220,8 +219,6 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
                     sender.flush()
                 n += len(row)
             sender.flush()
-        finally:
-            sender.close()
         pub_s = time.perf_counter() - t
         raw = asyncio.run(tp._bench_aiokafka(bs, k.readings_topic, 1, n))
         pipe = tp.bench_pipeline(cfg, n, core=build_core(cfg))

@@ -9,6 +9,7 @@ partition whichever client produced it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -101,13 +102,20 @@ async def start_consumer(k: Any, topics: list[str], listener: Any,
     return c
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def key_partition(key: bytes, n_partitions: int) -> int:
+    """Kafka's default partition of ``key`` among ``n_partitions`` (murmur2, as the Java
+    client and aiokafka's ``DefaultPartitioner``), cached: keys repeat every step."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+
+
 async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, bytes]]],
                   placed: dict[str, list[tuple[int, bytes | None, bytes]]] | None = None
                   ) -> None:
     """Send ``{topic: [(key, value), ...]}`` (and ``placed``: ``{topic: [(partition, key,
     value), ...]}``) in whole record batches and wait for the acks."""
-    from aiokafka.partitioner import DefaultPartitioner
-
     futures = []
     todo: list[tuple[str, dict[int, list[tuple[bytes | None, bytes]]]]] = []
     for topic, items in (placed or {}).items():
@@ -125,7 +133,7 @@ async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, by
             by_part[parts[0]] = list(msgs)
         else:
             for key, value in msgs:
-                p = DefaultPartitioner()(key, parts, parts) if key is not None else parts[0]
+                p = parts[key_partition(key, len(parts))] if key is not None else parts[0]
                 by_part.setdefault(p, []).append((key, value))
     for topic, by_part in todo:
         for p, items in by_part.items():
