@@ -35,8 +35,8 @@ BUDGET = 1e-4
 
 def crossings(noise: np.ndarray) -> tuple[float, float]:
     """(raw, calibrated) crossings of the budget per 10k readings after the first 1,000."""
-    from streaming.calibration import TailCalibrator
-    from streaming.novelty import WindowedGaussian
+    from streaming.alerts.calibration import TailCalibrator
+    from streaming.alerts.novelty import WindowedGaussian
 
     wg, cal = WindowedGaussian(1000), TailCalibrator(100, 0.2, 8000)
     s = np.stack([wg.learn_many(row) for row in noise])
@@ -47,7 +47,7 @@ def crossings(noise: np.ndarray) -> tuple[float, float]:
 
 def scorer_ms(n: int, detectors: str) -> float:
     """Median ms per ``AnomalyScorer.update`` of one 12-reading step for ``n`` sensors."""
-    from streaming.anomaly import AnomalyScorer
+    from streaming.alerts.anomaly import AnomalyScorer
     from streaming.config import StreamConfig
 
     sc = AnomalyScorer(StreamConfig.from_dict({"anomaly": {"detectors": detectors}}))
@@ -67,8 +67,8 @@ def core_rate(detectors: str) -> float:
     from replay.backtest import backtest
     from replay.simulator import SimConfig, simulate
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     rec, _ = simulate(SimConfig(n_sensors=200, n_days=5, seed=1, n_events=0))
     cfg = StreamConfig.load(None, {"anomaly.detectors": detectors})

@@ -130,8 +130,8 @@ def system(x: np.ndarray) -> tuple[list[int], list[int]]:
     change times)."""
     from replay.backtest import backtest
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     iv = 300_000
     ts = np.datetime64("2026-03-02", "ms").astype(np.int64) + iv * np.arange(len(x))

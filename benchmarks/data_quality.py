@@ -98,8 +98,8 @@ def main() -> int:
     from replay.backtest import backtest
     from replay.simulator import SimConfig, simulate
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.online import OnlineModel
+    from streaming.forecast.online import OnlineModel
+    from streaming.pipeline.core import StreamCore
 
     torch.set_num_threads(1)
     cfg = StreamConfig()

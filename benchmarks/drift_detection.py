@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import publish  # noqa: E402
 
 from replay.simulator import SimConfig, simulate  # noqa: E402
-from streaming.alert_gate import AlertGate  # noqa: E402
+from streaming.alerts.alert_gate import AlertGate  # noqa: E402
+from streaming.alerts.drift import DriftMonitor  # noqa: E402
 from streaming.config import DRIFT_CHANNELS, DriftConfig, StreamConfig  # noqa: E402
-from streaming.drift import DriftMonitor  # noqa: E402
 
 
 def run_core(seed: int, days: float, sensors: int, drifts: bool) -> dict[str, Any]:
@@ -52,8 +52,8 @@ def run_core(seed: int, days: float, sensors: int, drifts: bool) -> dict[str, An
     import torch
 
     from replay.backtest import backtest
-    from streaming.core import StreamCore
-    from streaming.online import OnlineModel
+    from streaming.forecast.online import OnlineModel
+    from streaming.pipeline.core import StreamCore
 
     torch.set_num_threads(1)
     rec, truths = simulate(SimConfig(n_sensors=sensors, n_days=days, seed=seed,

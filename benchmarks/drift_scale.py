@@ -74,10 +74,10 @@ def _stats(rng: np.random.Generator, n: int, k: int, rise: np.ndarray,
 def measure(n: int, detector: str, timed: int, budget_s: float, seed: int = 0
             ) -> dict[str, float]:
     """Median ms per step of each part at ``n`` sensors with ``detector``."""
-    import streaming.detectors as det_mod
-    import streaming.drift as drift_mod
-    from streaming.alert_gate import AlertGate, Evidence
-    from streaming.calibration import TailCalibrator, exponent, score_of
+    import streaming.alerts.detectors as det_mod
+    import streaming.alerts.drift as drift_mod
+    from streaming.alerts.alert_gate import AlertGate, Evidence
+    from streaming.alerts.calibration import TailCalibrator, exponent, score_of
     from streaming.config import StreamConfig
 
     cfg = StreamConfig.from_dict({"drift": {"detector": detector}})

@@ -82,8 +82,8 @@ def nab_at_defaults(nab_dir: Path, overrides: dict[str, Any]) -> tuple[Counter, 
     from replay.backtest import backtest
     from replay.nab import probation_rows, windows_from_timestamps
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     names, values, stamps, windows = load_corpus(nab_dir)
     rec = corpus_recording(names, values)
@@ -130,8 +130,8 @@ def main() -> int:
     from replay.backtest import backtest
     from stfm.cli import _set_overrides
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     torch.set_num_threads(1)
     rows = []

@@ -95,8 +95,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model, resolve_checkpoint
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model, resolve_checkpoint
 
     rec = los_loop(args.data_dir)
     test_row = int(rec.n_steps * 0.8)

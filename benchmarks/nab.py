@@ -6,7 +6,7 @@
 * system: ``replay.backtest`` drives the live worker's ``StreamCore`` (fresh model, online
   learning from realized values; the anomaly score fuses the calibrated likelihood of the
   nowcast residual with the value detectors level, jump, distribution and context,
-  ``streaming.anomaly``). The 58 series run as 58 sensors of one region, aligned by row
+  ``streaming.alerts.anomaly``). The 58 series run as 58 sensors of one region, aligned by row
   index (NAB scores rows; series have different clocks), fed one row per call. So the model
   is one online model shared by all series (as it is shared by the sensors of a region); a
   series' score at row r depends only on rows <= r of the corpus. The fresh per-sensor
@@ -120,8 +120,8 @@ def cooldown(scores: np.ndarray, window: int) -> np.ndarray:
 def ablation(streams: dict[str, np.ndarray], components: dict[str, Any], cfg: Any
              ) -> dict[str, np.ndarray]:
     """The fused score without each component, by the fusion rule applied to the other
-    components' calibrated scores (``streaming.calibration``)."""
-    from streaming.calibration import exponent, fuse, score_of
+    components' calibrated scores (``streaming.alerts.calibration``)."""
+    from streaming.alerts.calibration import exponent, fuse, score_of
 
     m = exponent(cfg.alerts.max_per_10k, cfg.alerts.anomaly_threshold)
     p = {c: (1.0 - np.clip(streams[c], 0.0, 1.0)) ** m for c in components}
@@ -160,8 +160,8 @@ def main() -> int:
     from replay.backtest import backtest
     from stfm.cli import _set_overrides
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     torch.set_num_threads(1)
     names, values, stamps, windows = load_corpus(args.data_dir, args.limit_files, args.only)

@@ -195,8 +195,8 @@ def one_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from replay.backtest import backtest
-    from streaming.core import StreamCore
-    from streaming.online import OnlineModel
+    from streaming.forecast.online import OnlineModel
+    from streaming.pipeline.core import StreamCore
 
     args = argparse.Namespace(**job["args"])
     rec, (tr, va, end) = load(Path(args.data_dir), job["data"])

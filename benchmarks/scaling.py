@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from benchmarks._report import publish  # noqa: E402
 from streaming.config import StreamConfig  # noqa: E402
-from streaming.microbatch import Record, process_records  # noqa: E402
+from streaming.runtime.microbatch import Record, process_records  # noqa: E402
 
 START_MS = 1_767_571_200_000        # 2026-01-05T00:00Z
 DAY_MS = 86_400_000
@@ -118,15 +118,15 @@ class StageTimer:
 
 
 def build_core(cfg: StreamConfig) -> Any:
-    from streaming.factory import build_core as build
-    from streaming.factory import resolve_checkpoint
+    from streaming.pipeline.factory import build_core as build
+    from streaming.pipeline.factory import resolve_checkpoint
 
     return build(cfg, resolve_checkpoint(cfg, None, False))
 
 
 def core_path(n_sensors: int, steady_steps: int) -> dict[str, Any]:
     """(1): steady-state rate, ms per step by stage, RSS."""
-    from streaming import microbatch
+    from streaming.runtime import microbatch
 
     cfg = StreamConfig()
     gc.collect()

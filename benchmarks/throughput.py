@@ -73,10 +73,10 @@ from connectors.kafka_io import ensure_topics, make_producer
 from connectors.recordings import Recording
 from replay.publish import iter_messages, publish_recording
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.microbatch import Outputs, Record, process_records
-from streaming.online import OnlineModel
-from streaming.worker import LiveWorker
+from streaming.forecast.online import OnlineModel
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.microbatch import Outputs, Record, process_records
+from streaming.runtime.worker import LiveWorker
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)
@@ -537,7 +537,7 @@ class _Timer:
 
 def breakdown(cfg: StreamConfig, batches: list[list[Record]]) -> tuple[_Timer, list[Outputs]]:
     """The real ``process_records`` over the batches, with timers around its pieces."""
-    from streaming import microbatch
+    from streaming.runtime import microbatch
 
     tm = _Timer()
     core = fresh_core(cfg)

@@ -19,7 +19,7 @@ Scored on forecasts whose horizon starts in the online part and lies inside the 
 on values z-scored with D's train rows; H = 12 grid points (the default grid: patch 12,
 horizon 12, context 8 patches), reported at h = 1, 6, 12 and averaged. ``p10-p90`` is the
 share of truths inside the served interval (target 0.80; adaptive conformal calibration
-online, ``streaming.intervals``), ``width`` its mean width. Goals (issue 15): zero-shot
+online, ``streaming.forecast.intervals``), ``width`` its mean width. Goals (issue 15): zero-shot
 beats persistence on every set at every horizon; zs+adapt beats fresh by >= 10 % MAE on
 average; coverage 0.75-0.85.
 
@@ -120,8 +120,8 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from replay.backtest import backtest
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
 
     rec, va, end = held_out_recording(Path(job["data_dir"]), job["held_out"])
     start = max(0, va - job["warm_rows"])

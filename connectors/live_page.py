@@ -5,7 +5,7 @@ The page is one static HTML file (``connectors/static/live.html``, no build step
 two JSON endpoints of the same server:
 
 * ``GET /api/state``: the network, counters, lag, throughput, models and recent alerts
-  (``streaming.livefeed.LiveFeed.state``);
+  (``streaming.runtime.livefeed.LiveFeed.state``);
 * ``GET /api/sensor?id=SENSOR``: one sensor's readings, the forecasts made for them and the
   latest forecast with its interval (404 for an unknown sensor).
 """

@@ -40,7 +40,7 @@ def gcn_edges(edge_index: np.ndarray | Tensor, num_nodes: int,
     """The GCN's normalized edges of a whole graph: ``edge_index`` with self-loops and the
     weights ``w_ij / sqrt(d_i d_j)`` (``GCNConv``'s own normalization). A subgraph of them
     (``GraphLayer(..., normalized=True)``) aggregates every kept edge exactly as the whole
-    graph does, which is what lets a region holding part of a network (``streaming.halo``)
+    graph does, which is what lets a region holding part of a network (``streaming.ingest.halo``)
     compute its sensors' graph layer as one region over all of it would."""
     ei = torch.as_tensor(np.asarray(edge_index), dtype=torch.long).reshape(2, -1)
     ew = None if edge_weight is None else torch.as_tensor(np.asarray(edge_weight),

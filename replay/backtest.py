@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from connectors.recordings import Recording
 from connectors.schemas import EventBatch, ReadingBatch, to_json
-from streaming.core import StreamCore
+from streaming.pipeline.core import StreamCore
 
 FEEDBACK = ("delayed", "immediate")
 

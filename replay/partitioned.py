@@ -20,10 +20,10 @@ import orjson
 from connectors.partitioning import PartitionMap
 from connectors.recordings import Recording
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.halo import HALO_PARTITION, HaloPlan
-from streaming.metrics import OnlineMetrics
-from streaming.microbatch import Record, WorkerStats, process_records
+from streaming.forecast.metrics import OnlineMetrics
+from streaming.ingest.halo import HALO_PARTITION, HaloPlan
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.microbatch import Record, WorkerStats, process_records
 
 
 @dataclass
@@ -59,7 +59,7 @@ def run_partitioned(rec: Recording, cfg: StreamConfig,
     """Run ``rec`` (rows ``[start_row, end_row)``) through one region per partition of
     ``pmap`` (None: one region), each core from ``make_core(keep)`` (a core over the
     sensors ``keep`` of the recording's graph, all of them for None, its model on the whole
-    graph; ``streaming.factory.build_core``); ``halo``: with the exchange of
+    graph; ``streaming.pipeline.factory.build_core``); ``halo``: with the exchange of
     ``cfg.kafka.halo_hops`` hops (each core holds its own sensors and ghosts), else each
     core holds its own sensors only.
     ``rows_per_batch``: grid rows per micro-batch (default: one step)."""

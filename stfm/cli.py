@@ -82,7 +82,7 @@ def recording_cadence(rec: Any) -> tuple[int, str] | None:
         return None
     import numpy as np
 
-    from streaming.cadence import CadenceEstimator, nice_interval
+    from streaming.ingest.cadence import CadenceEstimator, nice_interval
 
     est = CadenceEstimator(per_sensor=256)
     for j, s in enumerate(rec.sensors[:64]):
@@ -319,9 +319,9 @@ def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> i
 def cmd_replay_backtest(args: argparse.Namespace) -> int:
     from connectors.recordings import read_recording
     from replay.backtest import backtest, write_report
-    from streaming.core import StreamCore
-    from streaming.factory import build_model
-    from streaming.microbatch import apply_torch_threads
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
+    from streaming.runtime.microbatch import apply_torch_threads
 
     tz = args.timezone or load_config(args).patching.timezone
     # a file with timestamps keeps its own interval (checked against --interval-ms below);
@@ -337,7 +337,7 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
         print(f"stfm replay backtest: grid interval {cadence[0]} ms from {args.file} "
               f"({cadence[1]}); pass --interval-ms to set another", file=sys.stderr)
     elif cadence is not None and cfg.patching.interval_ms != cadence[0]:
-        from streaming.cadence import Cadence, mismatch, mismatch_message
+        from streaming.ingest.cadence import Cadence, mismatch, mismatch_message
 
         if mismatch(cfg.patching.interval_ms, cadence[0]):
             print("WARNING " + mismatch_message(cfg.patching.interval_ms, Cadence(
@@ -345,7 +345,7 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
                 file=sys.stderr)
     apply_torch_threads(cfg)
     print_config(cfg)
-    from streaming.factory import resolve_checkpoint
+    from streaming.pipeline.factory import resolve_checkpoint
 
     model = build_model(cfg, resolve_checkpoint(cfg, args.checkpoint, args.fresh))
     if rec.edge_index is not None and rec.edge_index.shape[1] > 0:
@@ -439,7 +439,7 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from connectors.kafka_io import ensure_topics
     from streaming.config import KafkaConfig
-    from streaming.worker import LiveWorker
+    from streaming.runtime.worker import LiveWorker
 
     cfg = load_config(args)
     infer = not interval_given(args) and args.engine == "aiokafka"
@@ -466,13 +466,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.engine == "faust" and (want_ui or cfg.observe.metrics_port):
         print("stfm run: --ui and --metrics-port need --engine aiokafka", file=sys.stderr)
         return 2
-    from streaming.factory import build_core, resolve_checkpoint
+    from streaming.pipeline.factory import build_core, resolve_checkpoint
 
     ckpt = resolve_checkpoint(cfg, args.checkpoint, args.fresh)
     core = build_core(cfg, ckpt)
     k = cfg.kafka
     from connectors.broker import BrokerError, wait_for_kafka
-    from streaming.worker import BrokerUnavailable
+    from streaming.runtime.worker import BrokerUnavailable
 
     try:
         wait_for_kafka(k.bootstrap_servers, timeout_s=k.connect_timeout_s)
@@ -491,7 +491,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"stfm run: {line}", file=sys.stderr, flush=True)
     worker = None
     if args.engine == "faust":
-        from streaming.faust_app import FaustGroupError, run_faust_worker
+        from streaming.runtime.faust_app import FaustGroupError, run_faust_worker
 
         try:
             stats = run_faust_worker(cfg, core, idle_exit_s=args.idle_exit)

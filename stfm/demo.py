@@ -19,9 +19,9 @@ from replay.publish import publish_recording
 from replay.simulator import DriftTruth, SimConfig, simulate, write_simulation
 from stfm.views import start_views
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.factory import build_model, resolve_checkpoint
-from streaming.worker import LiveWorker
+from streaming.pipeline.core import StreamCore
+from streaming.pipeline.factory import build_model, resolve_checkpoint
+from streaming.runtime.worker import LiveWorker
 
 
 def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0,

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from connectors.live_page import ViewServer, serve_live_page, serve_metrics
 from streaming.config import StreamConfig
-from streaming.livefeed import LiveFeed
-from streaming.observe import Observer
-from streaming.telemetry import Telemetry
+from streaming.runtime.livefeed import LiveFeed
+from streaming.runtime.observe import Observer
+from streaming.runtime.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Typed configuration: dataclasses with defaults, read from TOML, overridden by CLI flags.
 
 Validated once at load time; every error names the bad key (``patching.patch_len``).
+
+May import: connectors, models.
 """
 
 from __future__ import annotations
@@ -100,14 +102,14 @@ class ModelConfig(ModelSize):
 
 DRIFT_CHANNELS = ("abs_residual", "seasonal_residual", "embedding_distance")
 ANOMALY_DETECTORS = ("residual", "embedding", "level", "jump", "distribution", "context")
-VALUE_DETECTORS = ANOMALY_DETECTORS[2:]                          # streaming.novelty
+VALUE_DETECTORS = ANOMALY_DETECTORS[2:]                          # streaming.alerts.novelty
 MIN_WARMUP_STEPS = 4
 
 
 @dataclass
 class DriftConfig:
     """Per-sensor drift monitors on residual and embedding channels (array detectors over all
-    sensors, river's arithmetic: ``streaming.detectors``)."""
+    sensors, river's arithmetic: ``streaming.alerts.detectors``)."""
 
     detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
     channels: str = "abs_residual+seasonal_residual+embedding_distance"  # '+'-joined
@@ -144,7 +146,7 @@ class DriftConfig:
 
 @dataclass
 class AnomalyConfig:
-    """The anomaly score (``streaming.anomaly``): detectors on the values and on the forecast
+    """The anomaly score (``streaming.alerts.anomaly``): detectors on the values and on the forecast
     residual, each calibrated on the sensor's own history, fused into one score."""
 
     detectors: str = "residual+level+jump+distribution"   # fused, '+'-joined (also:
@@ -183,7 +185,8 @@ class AnomalyConfig:
 
 @dataclass
 class AlertsConfig:
-    """The alert gate: when a detector's evidence becomes an alert (``streaming.alert_gate``)."""
+    """The alert gate: when a detector's evidence becomes an alert
+    (``streaming.alerts.alert_gate``)."""
 
     max_per_10k: float = 1.0            # false-alarm budget: the anomaly threshold is crossed
     #                                     on at most this many readings per 10,000 of a
@@ -211,7 +214,7 @@ class AlertsConfig:
 
 @dataclass
 class DataQualityConfig:
-    """Data-quality alerts per sensor (``streaming.quality``); 0 turns a check off."""
+    """Data-quality alerts per sensor (``streaming.alerts.quality``); 0 turns a check off."""
 
     silence_readings: int = 24          # grid points without a reading while others report
     flat_readings: int = 36             # identical consecutive readings: a flat line
@@ -227,7 +230,7 @@ class DataQualityConfig:
 
 @dataclass
 class BaselinesConfig:
-    """The simple forecasters beside the model (``streaming.baselines``)."""
+    """The simple forecasters beside the model (``streaming.forecast.baselines``)."""
 
     seasons: str = "auto"               # auto, or '+'-joined of seasonal_day, seasonal_week
     ma_points: int = 0                  # moving average over this many observed points (0:
@@ -258,7 +261,8 @@ EXPERTS = ("model", "frozen", "persistence", "moving_average", "seasonal_day", "
 
 @dataclass
 class ServeConfig:
-    """The served forecast: experts weighted online (``streaming.experts``), then bounded."""
+    """The served forecast: experts weighted online (``streaming.forecast.experts``), then
+    bounded."""
 
     experts: str = "+".join(EXPERTS)    # '+'-joined; seasons absent from [baselines] are off
     combine: str = "mix"                # mix: the weighted mean; leader: the top expert's
@@ -270,7 +274,7 @@ class ServeConfig:
     impute: bool = True                 # fill gaps in the model's context with its masked-
     #                                     patch head (a window-normalized backbone only)
     interval_rate: float = 0.5          # adaptive-conformal step of the p10/p90 bounds
-    #                                     width (streaming.intervals; 0 = uncalibrated)
+    #                                     width (streaming.forecast.intervals; 0 = uncalibrated)
     observed_margin: float = 0.25       # also within the observed range widened by this
     #                                     share of it (a negative value: off); a sensor never
     #                                     seen below 0 is not forecast below 0

@@ -2,6 +2,8 @@
 read from the dataclasses themselves (the default) and the comment beside each field (the
 meaning), so the README's defaults table cannot drift from the code (``tests/test_readme.py``
 compares them). ``python -m streaming.config_reference`` prints the Markdown table.
+
+May import: streaming.config.
 """
 
 from __future__ import annotations

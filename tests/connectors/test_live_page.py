@@ -33,11 +33,11 @@ from replay.publish import publish_recording
 from replay.simulator import DriftSpec, SimConfig, simulate
 from stfm.views import start_views
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.livefeed import LiveFeed
-from streaming.online import OnlineModel
-from streaming.patching import ReadingBatch
-from streaming.worker import LiveWorker
+from streaming.forecast.online import OnlineModel
+from streaming.ingest.patching import ReadingBatch
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.livefeed import LiveFeed
+from streaming.runtime.worker import LiveWorker
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 ODD_SENSOR = 's 1/<b>"&ä'      # needs URL encoding and HTML escaping

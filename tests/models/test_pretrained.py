@@ -11,7 +11,7 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.pretrained import DEFAULT_SHA256, default_checkpoint
 from streaming.config import StreamConfig
-from streaming.factory import build_model, resolve_checkpoint
+from streaming.pipeline.factory import build_model, resolve_checkpoint
 
 
 def test_packaged_checkpoint_loads_safely_and_matches_its_checksum() -> None:

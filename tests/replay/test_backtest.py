@@ -17,9 +17,9 @@ from replay.backtest import backtest
 from replay.publish import publish_recording
 from replay.simulator import DriftSpec, SimConfig, simulate, write_simulation
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.online import OnlineModel
-from streaming.worker import LiveWorker
+from streaming.forecast.online import OnlineModel
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.worker import LiveWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,8 +21,8 @@ from replay.corpus import (
 )
 from replay.foundation import FoundationConfig, pretrain_corpus
 from streaming.config import ConfigError, StreamConfig
-from streaming.core import StreamCore
-from streaming.online import OnlineModel
+from streaming.forecast.online import OnlineModel
+from streaming.pipeline.core import StreamCore
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 P, K, H = 4, 3, 4

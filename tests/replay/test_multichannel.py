@@ -19,9 +19,9 @@ from replay.publish import iter_messages, publish_recording
 from replay.record import record_topic
 from replay.simulator import SimConfig, simulate
 from streaming.config import StreamConfig
-from streaming.core import StreamCore
-from streaming.microbatch import Record, encode_forecasts, process_records
-from streaming.online import OnlineModel
+from streaming.forecast.online import OnlineModel
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.microbatch import Record, encode_forecasts, process_records
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = ("flow", "speed")

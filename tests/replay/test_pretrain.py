@@ -78,8 +78,8 @@ def test_pretrained_checkpoint_serves_in_the_online_core(rec, tmp_path):
     from connectors.schemas import ReadingBatch
     from models.backbone import STBackbone
     from streaming.config import StreamConfig
-    from streaming.core import StreamCore
-    from streaming.online import OnlineModel
+    from streaming.forecast.online import OnlineModel
+    from streaming.pipeline.core import StreamCore
 
     pretrain(rec, tmp_path / "pt", _cfg(epochs=4), progress=False)
     cfg = StreamConfig.from_dict({"model": {"lr": 0.0}})   # frozen: compare the weights only

@@ -1,0 +1,141 @@
+"""The Faust engine of the live worker (``stfm run --engine faust``).
+
+A Faust agent takes micro-batches of raw events (``stream.take_events``) and hands them to the
+same ``process_records`` function the aiokafka engine uses; outputs go out through Faust's
+producer. Faust acknowledges offsets after each event has been processed. Faust's per-event
+stream machinery costs ~17k messages/s on these machines, which is why the default engine
+drives aiokafka's ``getmany`` directly (see benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from streaming.config import StreamConfig
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.microbatch import WorkerStats, apply_torch_threads, process_records
+
+log = logging.getLogger(__name__)
+
+
+def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats) -> Any:
+    """A Faust app whose agent drives ``core``."""
+    import faust
+
+    k = cfg.kafka
+    app = faust.App(
+        k.group_id, broker=f"kafka://{k.bootstrap_servers}", value_serializer="raw",
+        key_serializer="raw", store="memory://", web_enabled=False, topic_disable_leader=True,
+        broker_session_timeout=k.session_timeout_ms / 1000,
+        broker_heartbeat_interval=k.heartbeat_interval_ms / 1000,
+        broker_max_poll_interval=k.max_poll_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest", topic_allow_declare=False,
+        stream_buffer_maxsize=max(k.max_batch, 4096),
+    )
+    source = app.topic(k.readings_topic, k.events_topic, value_type=bytes, key_type=bytes,
+                       value_serializer="raw", key_serializer="raw")
+    outputs = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
+               for name in (k.forecasts_topic, k.alerts_topic, k.dead_letter_topic)}
+
+    @app.agent(source)
+    async def drive(stream: Any) -> None:
+        within = k.fetch_timeout_ms / 1000
+        async for events in stream.take_events(k.max_batch, within=within):
+            records = [e.message for e in events]     # faust's Message is an InputRecord
+            out, _ = process_records(core, records, cfg, stats,
+                                     now_ms=int(time.time() * 1000))
+            futs = []
+            for topic, msgs in ((k.forecasts_topic, out.forecasts),
+                                (k.alerts_topic, out.alerts),
+                                (k.dead_letter_topic, out.dead_letters)):
+                t = outputs[topic]
+                for key, value in msgs:
+                    futs.append(await t.send(key=key, value=value))
+            if futs:
+                await asyncio.gather(*futs)
+
+    return app
+
+
+def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
+                     idle_exit_s: float | None = None) -> WorkerStats:
+    """Run the Faust worker in this process until stopped (or idle for ``idle_exit_s``)."""
+    from faust.worker import Worker
+
+    apply_torch_threads(cfg)
+    stats = WorkerStats()
+    app = build_app(cfg, core, stats)
+    worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    k = cfg.kafka
+    assigned = {"ever": False}
+    limit = max(k.connect_timeout_s, 4 * k.session_timeout_ms / 1000)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(_app: Any, assigned_tps: Any, **_kw: Any) -> None:
+        if assigned_tps:
+            assigned["ever"] = True
+
+    def _refused() -> None:
+        # A group the default engine's workers formed refuses Faust's consumers
+        # (InconsistentGroupProtocolError): Faust logs it and retries forever, and it cannot
+        # be stopped cleanly before it joined, so the process ends here with the reason.
+        if not assigned["ever"]:
+            msg = _never_assigned(cfg, limit)
+            log.error("%s", msg)
+            sys.stderr.write(f"stfm run: {msg}\n")
+            sys.stderr.flush()
+            os._exit(3)
+
+    watchdog = threading.Timer(limit, _refused)
+    watchdog.daemon = True
+    watchdog.start()
+
+    if idle_exit_s is not None:
+        @app.timer(0.5)
+        async def _idle_check() -> None:
+            if not assigned["ever"]:
+                return              # still joining (or refused: the watchdog says so)
+            last = stats.last_processed or stats.started
+            if time.time() - last < idle_exit_s:
+                return
+            lag = 0
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                if hw is None:
+                    return          # not fetched yet (a slow first fetch): lag unknown
+                pos = await consumer.position(tp)
+                lag += max(0, hw - (pos or 0))
+            if lag == 0:
+                log.info("idle for %.1fs with no lag: stopping", idle_exit_s)
+                await worker.stop()
+                if worker._starting_fut is not None:
+                    worker._starting_fut.cancel()
+
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    watchdog.cancel()
+    if not assigned["ever"]:
+        raise FaustGroupError(_never_assigned(cfg, limit))
+    return stats
+
+
+def _never_assigned(cfg: StreamConfig, limit: float) -> str:
+    k = cfg.kafka
+    return (f"the Faust worker was not assigned a partition of {k.readings_topic!r} in "
+            f"consumer group {k.group_id!r} within {limit:.0f}s: workers of the default "
+            "engine in that group refuse Faust's consumers (InconsistentGroupProtocolError), "
+            "or the topics are missing. Use another --group-id for the Faust engine.")
+
+
+class FaustGroupError(RuntimeError):
+    """The Faust worker never got a partition (its group is held by another protocol)."""

@@ -1,0 +1,284 @@
+"""The served forecast (issue 13): baselines, experts weighted online, a model that corrects
+persistence, the adaptation guard and bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from connectors.schemas import ReadingBatch
+from models.backbone import STBackbone, STBackboneConfig
+from models.patch_transformer import PatchTransformer, PatchTransformerConfig
+from models.shape import last_observed
+from replay.backtest import backtest
+from replay.simulator import SimConfig, simulate
+from streaming.config import AdaptConfig, StreamConfig
+from streaming.forecast.adaptation import AdaptationGuard
+from streaming.forecast.baselines import Baselines
+from streaming.forecast.experts import ExpertWeights
+from streaming.forecast.online import OnlineModel
+from streaming.ingest.patching import ClosedStep
+from streaming.pipeline.core import StreamCore
+from streaming.runtime.microbatch import apply_torch_threads
+
+IV = 300_000
+
+
+def _stream(losses_of: list, t: int, n: int = 3, h: int = 2, seed: int = 0):
+    """Forecasts of 3 experts around a truth of 0: expert e errs by ``losses_of[t][e]``."""
+    rng = np.random.default_rng(seed)
+    for k in range(t):
+        sd = losses_of(k)
+        f = np.stack([rng.normal(0, s, (n, h)) for s in sd], axis=2)
+        yield f, np.zeros((n, h))
+
+
+def _run(w: ExpertWeights, stream) -> tuple[float, np.ndarray]:
+    served_loss, expert_loss = 0.0, 0.0
+    for f, y in stream:
+        served, _ = w.combine(f)
+        served_loss += float(np.mean(np.minimum(served ** 2, w.loss_clip) / w.loss_clip))
+        expert_loss += np.mean(np.minimum(f ** 2, w.loss_clip) / w.loss_clip, axis=(0, 1))
+        w.update(f, y, np.ones(f.shape[0]))
+    return served_loss, expert_loss
+
+
+def test_hedge_ends_near_the_best_expert_and_follows_a_change() -> None:
+    w = ExpertWeights(["a", "b", "c"], 2, eta=4.0, share=0.01, loss_clip=9.0)
+    t = 600
+    served, experts = _run(w, _stream(lambda k: (0.3, 1.0, 2.0), t))
+    best = experts.min()
+    # the regret bound of Hedge: ln(E)/eta + eta*T/8 ... in practice far below it
+    assert served - best < 0.05 * t * 0.05 + math.log(3) / 4.0
+    assert served < 1.15 * best
+    assert np.all(w.w[..., 0] > 0.9)                 # the weights found the best expert
+    # the best expert changes: the fixed share lets the weights follow within ~50 steps
+    served2, experts2 = _run(w, _stream(lambda k: (2.0, 1.0, 0.3), t, seed=1))
+    assert np.all(w.w[..., 2] > 0.9)
+    assert served2 < 1.3 * experts2.min()
+    # without the share the old leader keeps too much weight for too long
+    stuck = ExpertWeights(["a", "b", "c"], 2, eta=4.0, share=0.0, loss_clip=9.0)
+    _run(stuck, _stream(lambda k: (0.3, 1.0, 2.0), t))
+    late, _ = _run(stuck, _stream(lambda k: (2.0, 1.0, 0.3), 60, seed=1))
+    early, _ = _run(ExpertWeights(["a", "b", "c"], 2, eta=4.0, share=0.01, loss_clip=9.0),
+                    _stream(lambda k: (2.0, 1.0, 0.3), 60, seed=1))
+    assert late > early
+
+
+def test_sleeping_experts_keep_their_standing_and_missing_truth_changes_nothing() -> None:
+    w = ExpertWeights(["a", "b"], 1, eta=2.0, share=0.0, loss_clip=9.0)
+    f = np.array([[[1.0, np.nan]]])
+    served, leader = w.combine(f)
+    assert served[0, 0] == 1.0                      # only the awake expert counts
+    w.update(f, np.array([[3.0]]), np.ones(1))      # a's loss 4/9, b charged the same
+    np.testing.assert_allclose(w.w[0, 0], [0.5, 0.5])
+    w.update(np.array([[[1.0, 2.0]]]), np.array([[np.nan]]), np.ones(1))
+    np.testing.assert_allclose(w.w[0, 0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="experts: forecasts must be"):
+        w.combine(np.zeros((1, 2, 2)))
+
+
+@pytest.mark.parametrize("kind", ["patch_transformer", "backbone"])
+def test_a_fresh_model_is_exactly_persistence(kind: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, 3)
+    mask = torch.rand(5, 4, 3) > 0.3
+    mask[2] = False                                   # a window with nothing observed
+    mask[3, :, :] = False
+    mask[3, 1, 0] = True                              # only an old point
+    x = x * mask
+    if kind == "patch_transformer":
+        m = PatchTransformer(PatchTransformerConfig(patch_len=3, context_patches=4, horizon=6,
+                                                    d_model=8, n_heads=2, n_layers=1,
+                                                    base="persistence"))
+        y = m(x, mask, torch.zeros(5, 4, 1))
+        want = last_observed(x, mask)[:, -1]
+    else:
+        m = STBackbone(STBackboneConfig(patch_len=3, context_patches=4, horizon=6, d_model=8,
+                                        n_heads=2, n_layers=1, base="persistence",
+                                        lap_pe_dim=0, graph=False))
+        y = m(x[None], mask[None], torch.arange(4)[None])[0, :, -1]
+        want = last_observed(x, mask)[:, -1]
+    assert torch.equal(y, want[:, None].expand(5, 6))
+    assert want[2] == 0 and want[3] == x[3, 1, 0]
+
+
+def test_served_by_a_fresh_core_starts_as_persistence() -> None:
+    rec = simulate(SimConfig(n_sensors=4, n_days=1, seed=2, n_events=0, drifts=[]))[0]
+    cfg = StreamConfig.from_dict({"model": {"lr": 0.0}})
+    core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                      sensors=list(rec.sensors))
+    res = backtest(rec, core, progress=False)
+    # the model (and its frozen copy) forecast persistence exactly; the first served forecast
+    # is the equal-weight mean of the experts that have a forecast (no season seen yet)
+    np.testing.assert_allclose(res.experts["model"], res.experts["persistence"], atol=1e-5)
+    np.testing.assert_allclose(res.experts["frozen"], res.experts["persistence"], atol=1e-5)
+    first = np.stack([v[0] for v in res.experts.values()])
+    assert np.isnan(res.experts["seasonal_day"][0]).all()
+    np.testing.assert_allclose(res.yhat[0], np.nanmean(first, axis=0), atol=1e-4)
+
+
+def test_baselines_forecast_what_they_say() -> None:
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000, "patch_len": 4},
+                                  "model": {"horizon": 30, "context_patches": 8},
+                                  "baselines": {"ma_points": 3}})
+    b = Baselines(cfg)
+    assert b.names == ["persistence", "moving_average", "seasonal_day", "seasonal_week",
+                       "holt_winters"]
+    day = np.arange(24.0)
+    for k in range(12):                               # two days of hourly values 0..23
+        v = day[(4 * k + np.arange(4)) % 24][None].copy()
+        if k == 11:
+            v[0, 3] = np.nan                          # the newest point is missing
+        b.update(ClosedStep(k, 4 * k * 3_600_000, 4 * (k + 1) * 3_600_000, v,
+                            np.zeros(1, np.float32), 4))
+    f = b.forecast(1, 48 * 3_600_000)
+    assert f["persistence"][0, 0] == 22.0             # the last observed value
+    assert f["moving_average"][0, 0] == pytest.approx((20 + 21 + 22) / 3)
+    np.testing.assert_array_equal(f["seasonal_day"][0, :23], np.r_[day[:23]])
+    assert np.isnan(f["seasonal_day"][0, 23])         # one day back: the missing point
+    assert f["seasonal_day"][0, 24] == 0.0            # two days back for the second day
+    assert np.isnan(f["seasonal_week"]).all()         # not a week of data yet
+
+
+def _hourly_steps(rng: np.random.Generator, steps: int):
+    for k in range(steps):
+        n = 3 + k // 10                                   # sensors keep arriving
+        v = rng.normal(10, 3, (n, 4))
+        v[rng.random(v.shape) < 0.2] = np.nan
+        yield ClosedStep(k, 4 * k * 3_600_000, 4 * (k + 1) * 3_600_000, v,
+                         np.zeros(n, np.float32), 4)
+
+
+def _old_format(state: dict, now: int) -> dict:
+    """The checkpoint layout before one ring served every season: a ring per season and
+    Holt-Winters' first season in an array of its own (zeros in the season meanwhile)."""
+    old = dict(state, buf={"seasonal_week": state["buf"]}, hw=dict(state["hw"]),
+               buf_grid={"seasonal_week": state["buf_grid"]})
+    del old["seasons"]
+    day = np.full((len(state["buf"]), 24), np.nan, np.float32)
+    day_grid = np.full(24, -1, np.int64)
+    for g in range(max(now - 23, 0), now + 1):
+        if state["buf_grid"][g % 168] == g:
+            day[:, g % 24], day_grid[g % 24] = state["buf"][:, g % 168], g
+    old["buf"]["seasonal_day"], old["buf_grid"]["seasonal_day"] = day, day_grid
+    warming = np.isnan(state["hw"]["level"])
+    first = np.full_like(state["hw"]["season"], np.nan)
+    first[warming] = state["hw"]["season"][warming]
+    season = state["hw"]["season"].copy()
+    season[warming] = 0.0
+    old["hw"].update(first=first, season=season)
+    return old
+
+
+@pytest.mark.parametrize("cut", [3, 5, 60])
+def test_baselines_resume_from_old_checkpoints(cut: int) -> None:
+    """A checkpoint written before the seasonal baselines shared one ring (and Holt-Winters
+    kept its warm-up apart) resumes to the same forecasts, during warm-up and after."""
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000, "patch_len": 4},
+                                  "model": {"horizon": 30}})
+    steps = list(_hourly_steps(np.random.default_rng(1), 100))
+    live = Baselines(cfg)
+    for st in steps[:cut + 1]:
+        live.update(st)
+    resumed = Baselines(cfg)
+    resumed.load_state_dict(_old_format(live.state_dict(), live.now))
+    for st in steps[cut + 1:]:
+        live.update(st)
+        resumed.update(st)
+        a = live.forecast(len(st.values), st.end_ts)
+        b = resumed.forecast(len(st.values), st.end_ts)
+        for name in live.names:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert np.isfinite(a["seasonal_day"]).any() and np.isfinite(a["holt_winters"]).all()
+
+
+def test_the_guard_undoes_adaptation_that_hurts() -> None:
+    """A learning rate 1000x too high makes every update hurt: the guard restores the last
+    good weights and halves the rate each time, so the model ends near the frozen start's
+    error; the served forecast, which weighs the frozen start too, stays near the frozen
+    run's either way."""
+    rec = simulate(SimConfig(n_sensors=6, n_days=3, seed=4, n_events=0, drifts=[]))[0]
+    runs = {}
+    for name, lr, guard in (("reckless", 1.0, False), ("guarded", 1.0, True),
+                            ("frozen", 0.0, True)):
+        cfg = StreamConfig.from_dict({
+            "patching": {"patch_len": 4},
+            "model": {"lr": lr, "learn_batch": 0, "torch_threads": 1},
+            "adapt": {"guard": guard, "guard_window": 24}})
+        apply_torch_threads(cfg)                # as the CLI does: results depend on it
+        core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt),
+                          sensors=list(rec.sensors))
+        res = backtest(rec, core, progress=False)
+        half = len(res.steps) // 2
+        err = np.nanmean(np.abs(res.experts["model"][half:] - res.truth[half:]))
+        runs[name] = (core, err)
+    g = runs["guarded"][0].forecaster.guard
+    assert g.restores > 0 and g.rejected > 0 and g.lr_scale < 1
+    assert runs["reckless"][1] > 1.5 * runs["frozen"][1]     # adaptation really hurts
+    assert runs["guarded"][1] < 1.1 * runs["frozen"][1]      # the guard takes it back
+    for name in ("reckless", "guarded"):
+        assert runs[name][0].metrics.mae < 1.05 * runs["frozen"][0].metrics.mae
+
+
+def test_the_guard_restores_the_last_good_weights() -> None:
+    g = AdaptationGuard(AdaptConfig(guard_window=4, guard_tolerance=0.05), {"w": "start"})
+    for _ in range(4):
+        assert g.observe(1.0, 1.0, updates=1) is None    # as good as the reference
+    g.remember(lambda: {"w": "good"}, updates=4)
+    assert g.good == {"w": "good"}
+    back = None
+    for _ in range(4):
+        back = back or g.observe(2.0, 1.0, updates=9)    # then much worse
+    assert back == {"w": "good"} and g.restores == 1 and g.rejected == 5
+
+
+def test_served_forecasts_stay_within_bounds() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2000)
+    level = np.where(t < 1000, 20.0, 20.0 - 0.05 * (t - 1000))   # drifts down, below zero
+    cfg = StreamConfig.from_dict({"serve": {"bounds": {"pm25/*": [0, 500]}}})
+    core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt))
+    t0 = 1_767_225_600_000
+    vals = level + rng.normal(0, 1, len(t))
+    blocks = []
+    for i in range(0, len(t), 100):
+        sl = slice(i, i + 100)
+        out = core.process(ReadingBatch(["pm25/a"] * len(t[sl]), t0 + t[sl] * IV, vals[sl],
+                                        np.arange(len(t[sl]))))
+        blocks += out.forecasts
+    yhat = np.concatenate([b.yhat for b in blocks])
+    assert (yhat >= 0).all() and (yhat <= 500).all()
+    assert (np.concatenate([b.experts["persistence"] for b in blocks]) < 0).any()
+
+
+def test_a_sensor_never_seen_below_zero_is_not_forecast_below_zero() -> None:
+    cfg = StreamConfig()
+    core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt))
+    lo, hi = core.forecaster.bounds(["x"])
+    assert lo[0] == -np.inf and hi[0] == np.inf       # nothing seen yet: no bounds
+    core.forecaster.observe(np.array([[0.5, 3.0, 10.0, np.nan]]))
+    lo, hi = core.forecaster.bounds(["x"])
+    assert lo[0] == 0.0 and hi[0] == pytest.approx(10.0 + 0.25 * 9.5)
+
+
+def test_holt_winters_initializes_in_blocks_as_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole network completing its first season at once is initialized in blocks (bounded
+    temporaries at scale); the blocks give exactly the one-shot result."""
+    from streaming.forecast import baselines as bl
+
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000, "patch_len": 4},
+                                  "model": {"horizon": 30}})
+    steps = list(_hourly_steps(np.random.default_rng(2), 40))
+    out = []
+    for block in (10_000, 2):
+        monkeypatch.setattr(bl, "_INIT_BLOCK", block)
+        b = Baselines(cfg)
+        for st in steps:
+            b.update(st)
+        out.append(b.forecast(len(steps[-1].values), steps[-1].end_ts)["holt_winters"])
+    assert np.isfinite(out[0]).all()
+    np.testing.assert_array_equal(out[0], out[1])
