@@ -24,8 +24,6 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
 import sys
 import time
@@ -37,10 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import publish  # noqa: E402
-
+from benchmarks import common  # noqa: E402
 from replay.simulator import SimConfig, simulate  # noqa: E402
 from streaming.alerts.alert_gate import AlertGate  # noqa: E402
 from streaming.alerts.drift import DriftMonitor  # noqa: E402
@@ -116,18 +112,17 @@ def evaluate(runs: list[dict[str, Any]], alerts_of: Any) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="100,101,102")
-    ap.add_argument("--stationary-seeds", default="200,201")
+    ap = common.parser(__doc__)
+    ap.add_argument("--seeds", type=common.int_list, default="100,101,102",
+                    help="recordings with the default drift set, one per seed")
+    ap.add_argument("--stationary-seeds", type=common.int_list, default="200,201",
+                    help="recordings without drift (false alarms only)")
     ap.add_argument("--days", type=float, default=14.0)
     ap.add_argument("--sensors", type=int, default=30)
     ap.add_argument("--grid", action="store_true",
                     help="also sweep Page-Hinkley threshold/delta (calibration)")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    still = [int(s) for s in args.stationary_seeds.split(",") if s]
+    seeds, still = args.seeds, args.stationary_seeds
     t0 = time.perf_counter()
     runs = [run_core(s, args.days, args.sensors, True) for s in seeds]
     quiet = [run_core(s, args.days, args.sensors, False) for s in still]
@@ -164,27 +159,48 @@ def main() -> int:
     quiet_only = [("default drift monitor",
                    evaluate(quiet, lambda r: replay_detector(r, base)))] if quiet else []
     readings = sum(r["readings"] for r in both)
-    lines = [f"### Drift detection on simulated recordings — "
-             f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
-             "Command: `python benchmarks/drift_detection.py " + " ".join(sys.argv[1:]) + "`",
-             "", f"{len(seeds)} recordings with the default drift set (seeds {args.seeds}; "
-             f"{sum(len(t.sensors) for r in runs for t in r['truths'])} drifted sensors) + "
-             f"{len(still)} without drift (seeds {args.stationary_seeds}); {args.sensors} "
-             f"sensors x {args.days:g} days, {readings:,} readings in all; 1 step = 1 h. "
-             f"Defaults: {base.detector}, threshold {base.threshold:g}, delta {base.delta:g}, "
-             f"clip {base.clip:g}, warm-up {base.warmup_readings} readings, cooldown "
-             f"{StreamConfig().alerts.drift_cooldown_steps}. "
-             f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} "
-             "cores.", "",
-             "| detector | detection rate | median delay (h) | p90 delay (h) | "
-             "false alarms / 10k readings | false alarms |", "|---|---|---|---|---|---|"]
-    for label, m in rows:
-        lines.append(f"| {label} | {m['rate']:.2f} | {m['median']:.1f} | {m['p90']:.1f} | "
-                     f"{m['fa_10k']:.3f} | {m['fa']} |")
-    for label, m in quiet_only:
-        lines.append(f"| {label}, stationary recordings only | | | | {m['fa_10k']:.3f} | "
-                     f"{m['fa']} |")
-    publish("\n".join(lines) + "\n", args.results, record=not args.no_record)
+    default = f"{base.detector} on all channels"
+    # the default detector per channel, every detector on all channels, the live policies
+    main_rows = [(label, m) for label, m in rows
+                 if (label.startswith(base.detector) and "threshold" not in label)
+                 or label.endswith("on all channels") or "policy" in label]
+
+    def cells(label: str, m: dict[str, float]) -> list[str]:
+        c = [label, f"{m['rate']:.2f}", f"{m['median']:.1f}", f"{m['p90']:.1f}",
+             f"{m['fa_10k']:.3f}", str(m["fa"])]
+        if label != default:
+            return c
+        return [f"**{label} (default)**", f"**{c[1]}**", f"**{c[2]}**", *c[3:]]
+
+    header = ["detector", "detection rate", "median delay (h)", "p90 delay (h)",
+              "false alarms / 10k readings", "false alarms"]
+    table = [cells(label, m) for label, m in main_rows]
+    table += [[f"{label}, stationary recordings only", "", "", "", f"{m['fa_10k']:.3f}",
+               str(m["fa"])] for label, m in quiet_only]
+    d = dict(rows)[default]
+    ok = d["rate"] >= 0.95 and d["median"] <= 7.0
+    body = [f"{len(seeds)} recordings with the default drift set (seeds "
+            f"{common.joined(seeds)}; {sum(len(t.sensors) for r in runs for t in r['truths'])} "
+            f"drifted sensors) + {len(still)} without drift (seeds {common.joined(still)}); "
+            f"{args.sensors} sensors x {args.days:g} days, {readings:,} readings in all; 1 step "
+            f"= 1 h. Defaults: {base.detector}, threshold {base.threshold:g}, delta "
+            f"{base.delta:g}, clip {base.clip:g}, warm-up {base.warmup_readings} readings, "
+            f"cooldown {StreamConfig().alerts.drift_cooldown_steps}. "
+            f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores. Other detectors per "
+            "channel: `history/detail.md`.", "",
+            *common.md_table(header, table), "",
+            "- Goal (issue 14) detection rate >= 95 %, median delay <= 7 h: "
+            f"{common.verdict(ok)} ({d['rate']:.2f}, {d['median']:.1f} h, {d['fa']} false alarms "
+            "of the drift monitor)."]
+    rest = [cells(label, m) for label, m in rows if (label, m) not in main_rows]
+    detail = common.md_table(header, rest) if rest else []
+    summary = common.Summary("drift_detection.py", "simulated drifts with known onsets",
+                             f"{d['rate']:.0%} found, median {d['median']:.1f} h, {d['fa']} false "
+                             "alarms", ">= 95 %, median <= 7 h", common.index_verdict(ok))
+    common.publish(common.Section(
+        "drift_detection", "Alerts",
+        "Drift detection on simulated recordings (benchmarks/drift_detection.py)",
+        "\n".join(body), summary), args, detail="\n".join(detail))
     return 0
 
 

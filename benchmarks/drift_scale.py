@@ -15,17 +15,17 @@ steps (fewer when a configuration is slow: at least 3, until ``--budget-s`` is s
     python benchmarks/drift_scale.py [--before before.json] [--json-out now.json]
 
 ``--before`` puts the figures of an earlier run (its ``--json-out``, e.g. of the code before
-a change) next to this run's in the table.
+a change) next to this run's in the table. Recording merges rows by (sensors, detector): the
+section keeps the recorded rows of the pairs this run did not measure, each with its own run
+(``benchmarks/common.py``); the goal is read from the merged table.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import publish  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 CHANNELS = ("abs_residual", "seasonal_residual", "embedding_distance")
 PARTS = ("drift", "det", "cal", "ndtr", "gate_anomaly", "gate_drift", "name_events")
 DETECTORS = ("PageHinkleyArray", "ADWINArray", "KSWINArray")
+KEY = "drift_scale"
+HEADER = ["sensors", "detector", "drift", "det", "cal", "ndtr", "gate anomaly", "gate drift",
+          "total", "before: total", "run"]
+GOAL_MS, GOAL_SENSORS, DEFAULT = 10.0, 10_000, "page_hinkley"
 
 
 class _Clock:
@@ -159,17 +162,23 @@ def measure(n: int, detector: str, timed: int, budget_s: float, seed: int = 0
     return res
 
 
-def _row(n: int, det: str, r: dict[str, float], label: str) -> str:
-    total = r["drift"] + r["gate_anomaly"] + r["gate_drift"] + r["name_events"]
+def _total(r: dict[str, float]) -> float:
+    return r["drift"] + r["gate_anomaly"] + r["gate_drift"] + r["name_events"]
+
+
+def _cells(n: int, det: str, r: dict[str, float], before: dict[str, float] | None,
+           run: str) -> list[str]:
+    """A row of the section's table (``before``: the same key in an earlier run's json)."""
     d = f"{r['det']:.1f}" if "det" in r else "–"
-    return (f"| {n:,} | {det} | {label} | {r['drift']:.1f} | {d} | {r['cal']:.1f} | "
-            f"{r['ndtr']:.1f} | {r['gate_anomaly']:.2f} | {r['gate_drift']:.2f} | "
-            f"{r['name_events']:.2f} | **{total:.1f}** | {int(r['steps'])} |")
+    return [f"{n:,}", det, f"{r['drift']:.1f}", d, f"{r['cal']:.1f}", f"{r['ndtr']:.1f}",
+            f"{r['gate_anomaly']:.2f}", f"{r['gate_drift']:.2f}", f"**{_total(r):.1f}**",
+            f"{_total(before):.1f}" if before else "–", run]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="200,2000,10000")
+    ap = common.parser(__doc__)
+    ap.add_argument("--sizes", type=common.int_list, default="200,2000,10000",
+                    help="numbers of sensors")
     ap.add_argument("--detectors", default="page_hinkley,adwin,kswin")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (at most)")
     ap.add_argument("--budget-s", type=float, default=20.0,
@@ -177,11 +186,9 @@ def main() -> int:
     ap.add_argument("--before", type=Path, help="an earlier run's --json-out, shown alongside")
     ap.add_argument("--before-label", default="before")
     ap.add_argument("--json-out", type=Path)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     dets = args.detectors.split(",")
     now: dict[str, dict[str, float]] = {}
     for det in dets:
@@ -193,31 +200,56 @@ def main() -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(now, indent=1))
     before = json.loads(args.before.read_text()) if args.before else {}
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## Drift monitoring and alert gate at scale (benchmarks/drift_scale.py, "
-             f"issue 17) — {stamp}", "",
-             "Command: `python benchmarks/drift_scale.py " + shlex.join(sys.argv[1:]) + "`", "",
-             *([f"Rows `{args.before_label}`: the figures of an earlier run of this script "
-                f"(`--json-out`), in the same table for comparison.", ""]
-               if args.before else []),
-             "Median ms per closed step after the warm-up, 3 drift channels, default "
-             "configuration. `drift` is `DriftMonitor.update`, of which `det` is the array "
-             "detector's update (– where river's detectors ran in a per-sensor loop), `cal` "
-             "is `TailCalibrator.learn_many` and `ndtr` is `log_ndtr` + `ndtri`; "
-             "`gate anomaly` "
-             "is `AlertGate.update` with a score for every sensor, `gate drift` with the "
-             "monitor's evidence; total = drift + gates + `name_events`.", "",
-             "| sensors | detector | code | drift | det | cal | ndtr | gate anomaly | "
-             "gate drift | name_events | total | steps |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for det in dets:
-        for n in sizes:
-            key = f"{det}/{n}"
-            if key in before:
-                lines.append(_row(n, det, before[key], args.before_label))
-            lines.append(_row(n, det, now[key], "now" if before else "this run"))
-    publish("\n".join(lines) + "\n", args.results, record=not args.no_record)
+    section = render(now, before, sizes, dets, args)
+    detail = common.md_table(["sensors", "detector", *PARTS, "total", "steps"],
+                             [[f"{n:,}", det, *(f"{now[f'{det}/{n}'].get(k, float('nan')):.2f}"
+                                                for k in PARTS),
+                               f"{_total(now[f'{det}/{n}']):.2f}", int(now[f"{det}/{n}"]["steps"])]
+                              for det in dets for n in sizes])
+    common.publish(section, args, detail="\n".join(detail))
     return 0
+
+
+def render(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]],
+           sizes: list[int], dets: list[str], args: Any) -> common.Section:
+    """The section: this run's rows merged with the recorded rows of the (sensors, detector)
+    pairs it did not measure, and the goal read from the merged table."""
+    when = datetime.now(UTC)
+    run = f"{when:%Y-%m-%d %H:%M}, {common.code_version(short=True)}"
+    new = {(f"{n:,}", det): _cells(n, det, now[f"{det}/{n}"], before.get(f"{det}/{n}"), run)
+           for det in dets for n in sizes}
+    old = {k: v for k, v in common.recorded_rows(args.results, KEY, 2).items()
+           if len(v) == len(HEADER)}
+    order = {d: i for i, d in enumerate(("page_hinkley", "adwin", "kswin"))}
+    table = sorted({**old, **new}.values(),
+                   key=lambda c: (order.get(c[1], 9), c[1], common.number(c[0]) or 0))
+    goal_row = next((c for c in table
+                     if common.number(c[0]) == GOAL_SENSORS and c[1] == DEFAULT), None)
+    total = common.number(goal_row[8]) if goal_row else None
+    ok = total is not None and total <= GOAL_MS
+    body = ["Median ms per closed step after the warm-up, 3 drift channels, defaults "
+            f"(`{DEFAULT}` is the default detector). `drift` = `DriftMonitor.update`, of which "
+            "`det` is the array detector's update (– where river's detectors ran in a "
+            "per-sensor loop); `cal` = `TailCalibrator.learn_many`, `ndtr` = `log_ndtr` + "
+            "`ndtri`; `gate anomaly` = `AlertGate.update` with a score for every sensor, `gate "
+            "drift` with the monitor's evidence; total = drift + gates + `name_events`. `before: "
+            "total` = the same row in an earlier run's `--json-out` (`--before`"
+            + (f": {args.before_label}" if before else "") + "). The rows of (sensors, "
+            "detector) pairs a run did not measure are those of earlier runs (column run).", "",
+            *common.md_table(HEADER, table, align="rlrrrrrrrrl"), "",
+            f"- Goal (issue 17) drift + alert gate <= {GOAL_MS:g} ms per step at "
+            f"{GOAL_SENSORS:,} sensors: " + (f"{common.verdict(ok)} for the default {DEFAULT} "
+                                             f"monitor, {total:.1f} ms." if goal_row
+                                             else "not measured.")]
+    summary = common.Summary(
+        "drift_scale.py", "drift monitor + alert gate ms per step",
+        f"{total:.1f} ms at {GOAL_SENSORS:,} sensors" if goal_row else
+        f"not measured at {GOAL_SENSORS:,} sensors",
+        f"<= {GOAL_MS:g} ms at {GOAL_SENSORS:,} sensors",
+        common.index_verdict(ok) if goal_row else "–")
+    return common.Section(KEY, "Alerts",
+                          "Drift monitoring and alert gate at scale (benchmarks/drift_scale.py)",
+                          "\n".join(body), summary, when=when)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ Goal (issue 14): at most 1 per 10,000 readings at defaults.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -36,9 +34,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import publish  # noqa: E402
+from benchmarks import common  # noqa: E402
+
+BUDGET = 1.0                        # alerts per 10k readings (issue 14)
 
 
 def gate_alerts(score: np.ndarray, threshold: float, clear: float, cooldown: int) -> list[int]:
@@ -77,8 +76,7 @@ def nab_false_alarms(path: Path, threshold: float, clear: float, cooldown: int
 def nab_at_defaults(nab_dir: Path, overrides: dict[str, Any]) -> tuple[Counter, int, float]:
     """(alerts by kind outside the windows, readings outside them, seconds) of the NAB
     corpus replayed at defaults."""
-    from nab import INTERVAL_MS, corpus_recording, load_corpus
-
+    from benchmarks.nab import INTERVAL_MS, corpus_recording, load_corpus
     from replay.backtest import backtest
     from replay.nab import probation_rows, windows_from_timestamps
     from streaming.config import StreamConfig
@@ -112,21 +110,18 @@ def nab_at_defaults(nab_dir: Path, overrides: dict[str, Any]) -> tuple[Counter, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True, type=Path, help="the shared data folder")
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--sets", default="etth2,ettm1,weather,los_loop")
     ap.add_argument("--max-readings", type=int, default=150_000)
     ap.add_argument("--nab-dir", type=Path, help="the nab folder: replay NAB at defaults")
     ap.add_argument("--nab-scores", type=Path, help="benchmarks/nab.py --save output")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="configuration overrides (default: none, the defaults are measured)")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
+    common.add_overrides(ap)
     args = ap.parse_args()
 
     import torch
-    from real_forecasting import load
 
+    from benchmarks.real_forecasting import load
     from replay.backtest import backtest
     from stfm.cli import _set_overrides
     from streaming.config import StreamConfig
@@ -151,34 +146,58 @@ def main() -> int:
                         for a in res.alerts if a["kind"] == "anomaly")
         rows.append((name, n, kinds, leads, time.perf_counter() - t0))
         print(name, n, dict(kinds), dict(leads), flush=True)
-    cfg = StreamConfig.load(None, _set_overrides(args.set))
-    a = cfg.alerts
-    lines = [f"### False alarms on real data at defaults — "
-             f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
-             "Command: `python benchmarks/false_alarms.py " + " ".join(sys.argv[1:]) + "`", "",
-             f"Defaults: budget alerts.max_per_10k = {a.max_per_10k:g}, anomaly threshold "
-             f"{a.anomaly_threshold}, cooldown {a.anomaly_cooldown_steps} steps, value detectors "
-             f"{cfg.anomaly.detectors}, probation {cfg.anomaly.probation_readings} readings, "
-             f"drift warm-up {cfg.drift.warmup_readings} readings. Real sets without labels: "
-             f"every alert counts as false (an upper bound). Overrides: {args.set or 'none'}. "
-             "Goal: <= 1 per 10k.", "",
-             "| data | readings | anomaly /10k | drift /10k | data-quality raised /10k | "
-             "anomaly alerts by leading component | seconds |", "|---|---|---|---|---|---|---|"]
-    for name, n, kinds, leads, sec in rows:
-        per = {k: kinds.get(k, 0) / n * 1e4 for k in ("anomaly", "drift", "data-quality")}
-        lines.append(f"| {name} | {n:,} | {per['anomaly']:.2f} | {per['drift']:.2f} | "
-                     f"{per['data-quality']:.2f} | {dict(leads) or '-'} | {sec:.0f} |")
     if args.nab_dir:
         kinds, n, sec = nab_at_defaults(args.nab_dir, _set_overrides(args.set))
-        per = {k: kinds.get(k, 0) / n * 1e4 for k in ("anomaly", "drift", "data-quality")}
-        lines.append(f"| NAB outside windows (58 series, defaults) | {n:,} | {per['anomaly']:.2f} "
-                     f"| {per['drift']:.2f} | {per['data-quality']:.2f} | | {sec:.0f} |")
+        rows.append(("NAB outside windows (defaults)", n, kinds, Counter(), sec))
+    cfg = StreamConfig.load(None, _set_overrides(args.set))
+    a = cfg.alerts
+    per = {name: {k: kinds.get(k, 0) / n * 1e4 for k in ("anomaly", "drift", "data-quality")}
+           for name, n, kinds, _, _ in rows}
+    table = [(name, f"{n:,}", *(f"{per[name][k]:.2f}" for k in ("anomaly", "drift",
+                                                                  "data-quality")),
+              ", ".join(f"{c} {k}" for c, k in leads.most_common()))
+             for name, n, _, leads, _ in rows]
     if args.nab_scores:
         al, n = nab_false_alarms(args.nab_scores, a.anomaly_threshold, a.anomaly_clear,
                                  a.anomaly_cooldown_steps)
-        lines.append(f"| NAB outside windows (fused score through the gate rule, patch 1) | "
-                     f"{n:,} | {al / n * 1e4:.2f} | | | {al} alerts | |")
-    publish("\n".join(lines) + "\n", args.results, record=not args.no_record)
+        table.append(("NAB outside windows (fused score, gate rule, patch 1)", f"{n:,}",
+                      f"{al / n * 1e4:.2f}", "", "", f"{al} alerts"))
+
+    def within(kind: str) -> tuple[list[str], list[str]]:
+        ok = [name for name in per if per[name][kind] <= BUDGET]
+        return ok, [f"{name} ({per[name][kind]:.2f})" for name in per if name not in ok]
+
+    (a_ok, a_bad), (d_ok, d_bad) = within("anomaly"), within("drift")
+    met = not a_bad and not d_bad
+    body = [f"Defaults (budget alerts.max_per_10k = {a.max_per_10k:g}, anomaly threshold "
+            f"{a.anomaly_threshold}, cooldown {a.anomaly_cooldown_steps} steps, value detectors "
+            f"{cfg.anomaly.detectors}, probation {cfg.anomaly.probation_readings} readings, "
+            f"drift warm-up {cfg.drift.warmup_readings} readings; overrides: "
+            f"{args.set or 'none'}). Real sets have no labels: every alert counts as false (an "
+            "upper bound); NAB counts alerts outside its labelled windows.", "",
+            *common.md_table(["data", "readings", "anomaly /10k", "drift /10k",
+                              "data-quality raised /10k", "anomaly alerts by leading component"],
+                             table, align="lrrrrl"), "",
+            f"- Goal (issue 14) <= {BUDGET:g} per 10k at defaults: {common.verdict(met)}. Anomaly "
+            f"alerts within it on {len(a_ok)} of {len(per)}"
+            + (f", not on {', '.join(a_bad)}" if a_bad else "")
+            + f"; drift alerts within it on {len(d_ok)} of {len(per)}"
+            + (f", not on {', '.join(d_bad)}" if d_bad else "") + "."]
+    detail = "Seconds per data set: " + ", ".join(f"{name} {sec:.0f}"
+                                                  for name, _, _, _, sec in rows)
+
+    def span(kind: str) -> str:
+        v = [x[kind] for x in per.values()]
+        return f"{min(v):.2f}-{max(v):.2f}" if v else "-"
+
+    summary = common.Summary(
+        "false_alarms.py", "alerts per 10k readings on real data, defaults",
+        f"anomaly {span('anomaly')}, drift {span('drift')}", f"<= {BUDGET:g} per 10k",
+        "**met**" if met else
+        f"not met (anomaly {len(a_ok)}/{len(per)}, drift {len(d_ok)}/{len(per)})")
+    common.publish(common.Section("false_alarms", "Alerts",
+                                  "False alarms on real data (benchmarks/false_alarms.py)",
+                                  "\n".join(body), summary), args, detail=detail)
     return 0
 
 

@@ -18,8 +18,6 @@ with online learning off checks that the halo reproduces one region's forecasts 
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _report import publish  # noqa: E402
-
+from benchmarks import common  # noqa: E402
 from connectors.partitioning import (  # noqa: E402
     PartitionMap,
     edge_cut,
@@ -40,6 +37,8 @@ from connectors.partitioning import (  # noqa: E402
 )
 from connectors.recordings import Recording, load_graph, read_recording  # noqa: E402
 from replay.partitioned import PartitionedRun, run_partitioned  # noqa: E402
+
+GOAL = 0.01                         # halo-exchanged regions within 1 % of one region's MAE
 
 
 def los_loop(data_dir: Path) -> Recording:
@@ -84,11 +83,9 @@ def _ffill(v: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, required=True)
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
     import torch
@@ -154,32 +151,47 @@ def main() -> None:
         d = np.array([np.abs(one.forecasts[k] - r.forecasts[k]).max() for k in keys])
         exact[name] = (len(keys), len(one.forecasts), float(d.max()), int((d > 1e-4).sum()))
 
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## Halo exchange: partitioned regions on Los-loop (benchmarks/halo.py, issue 17) "
-             f"— {now}", "",
-             f"Command: `python benchmarks/halo.py --data-dir ../shared/data --partitions {p}`",
-             "",
-             f"Los-loop, {rec.n_sensors} sensors, {rec.edge_index.shape[1]} directed edges, "
-             f"{rec.n_steps} rows of 5 min; the whole recording streamed, scored on the "
-             f"forecasts made in the test split (rows >= {test_row}), H = 12 (1 h), values in "
-             "mph, the shipped checkpoint adapting online as served (delayed feedback). Edge "
-             f"cut at P = {p}: METIS {cuts['METIS'].cut} of {cuts['METIS'].edges} undirected "
-             f"edges ({cuts['METIS'].share:.1%}), hashing {cuts['hash'].cut} "
-             f"({cuts['hash'].share:.1%}).", "",
-             "| model | layout | points | served MAE | RMSE | vs one region | persistence MAE "
-             "| ghosts (all regions) | readings forwarded | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for model, layout, sc, r, ghosts, fwd, secs in rows:
-        lines.append(f"| {model} | {layout} | {sc['points']:,} | {sc['mae']:.4f} | "
-                     f"{sc['rmse']:.4f} | {sc['mae'] / r - 1:+.2%} | {sc['persistence']:.4f} "
-                     f"| {ghosts} | {fwd:,} | {secs:.0f} |")
-    lines += ["", f"Online learning off (so that regions' models cannot drift apart), "
-              f"{p} x METIS vs one region, the same forecasts?", "",
-              "| run | forecasts compared | of one region's | max abs difference (mph) | "
-              "forecasts differing by > 1e-4 |", "|---|---:|---:|---:|---:|"]
-    for name, (n, total, mx, nd) in exact.items():
-        lines.append(f"| {name} | {n:,} | {total:,} | {mx:.3g} | {nd:,} |")
-    publish("\n".join(lines) + "\n", args.results, record=not args.no_record)
+    graph = "graph layer (live_graph)"
+    halos = [(layout, sc["mae"] / r - 1) for model, layout, sc, r, *_ in rows
+             if model == graph and "halo" in layout and "no halo" not in layout]
+    ok = bool(halos) and all(abs(x) <= GOAL for _, x in halos)
+    head = next((x for layout, x in halos if "METIS" in layout and "2 hops" in layout),
+                halos[0][1] if halos else float("nan"))
+    persistence = rows[0][2]
+    body = [f"Los-loop, {rec.n_sensors} sensors, {rec.n_steps} rows of 5 min, whole recording "
+            f"streamed, scored on forecasts made in the test split (rows >= {test_row}), H = 12 "
+            f"(1 h), mph, the shipped checkpoint adapting online as served. Persistence MAE "
+            f"{persistence['persistence']:.4f} on the same {persistence['points']:,} points. "
+            f"Edge cut at P = {p}: METIS {cuts['METIS'].share:.1%}, hashing "
+            f"{cuts['hash'].share:.1%} of {cuts['METIS'].edges:,} undirected edges.", "",
+            *common.md_table(["model", "layout", "served MAE", "vs one region", "ghosts",
+                              "readings forwarded"],
+                             [(model, layout, f"{sc['mae']:.4f}", f"{sc['mae'] / r - 1:+.2%}",
+                               ghosts, f"{fwd:,}")
+                              for model, layout, sc, r, ghosts, fwd, _ in rows],
+                             align="llrrrr"), "",
+            f"- Goal (issue 17) halo-exchanged partitions within {GOAL:.0%} of single-region "
+            f"error: {common.verdict(ok)} ("
+            + ", ".join(f"{layout} {x:+.2%}" for layout, x in halos) + ").",
+            f"- With online learning off, {p} x METIS vs one region: "
+            + "; ".join(f"{name} {nd:,} of {n:,} forecasts differ (max {mx:.3g} mph)"
+                        for name, (n, total, mx, nd) in exact.items()) + "."]
+    detail = [*common.md_table(["model", "layout", "points", "served MAE", "RMSE",
+                                "persistence MAE", "seconds"],
+                               [(model, layout, f"{sc['points']:,}", f"{sc['mae']:.4f}",
+                                 f"{sc['rmse']:.4f}", f"{sc['persistence']:.4f}", f"{secs:.0f}")
+                                for model, layout, sc, _, _, _, secs in rows], align="llrrrrr"),
+              "", f"Online learning off, {p} x METIS vs one region, the same forecasts?", "",
+              *common.md_table(["run", "forecasts compared", "of one region's",
+                                "max abs difference (mph)", "forecasts differing by > 1e-4"],
+                               [(name, f"{n:,}", f"{total:,}", f"{mx:.3g}", f"{nd:,}")
+                                for name, (n, total, mx, nd) in exact.items()])]
+    summary = common.Summary("halo.py", f"{p} regions vs one on Los-loop",
+                             f"METIS + halo: MAE {head:+.2%} vs one region",
+                             f"within {GOAL:.0%} of one region", common.index_verdict(ok))
+    common.publish(common.Section("halo", "Live stream processing",
+                                  "Halo exchange (benchmarks/halo.py)", "\n".join(body), summary),
+                   args, detail="\n".join(detail))
 
 
 if __name__ == "__main__":

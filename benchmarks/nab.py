@@ -26,10 +26,7 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,10 +36,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import publish  # noqa: E402
-
+from benchmarks import common  # noqa: E402
 from connectors.recordings import Recording  # noqa: E402
 from replay.nab import PROFILES, NabFile, score_corpus, windows_from_timestamps  # noqa: E402
 
@@ -60,6 +55,7 @@ SCOREBOARD = {  # standard / reward low FP / reward low FN (NAB README, SCORING.
     "Null": (0.0, 0.0, 0.0),
 }
 INTERVAL_MS = 300_000
+PROFILE_NAMES = ("standard", "reward low FP", "reward low FN")    # PROFILES, in words
 
 
 def load_corpus(data_dir: Path, limit: int = 0, only: str = ""
@@ -140,8 +136,8 @@ def score_streams(streams: dict[str, np.ndarray], names: list[str], lengths: lis
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True, type=Path, help="the nab folder")
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap, common.SHARED_DATA / "nab", "the nab folder")
     ap.add_argument("--patch-len", type=int, default=1)
     ap.add_argument("--context", type=int, default=32, help="model.context_patches")
     ap.add_argument("--cooldown", type=int, default=0,
@@ -150,9 +146,7 @@ def main() -> int:
     ap.add_argument("--limit-files", type=int, default=0, help="first N series (smoke runs)")
     ap.add_argument("--only", default="", help="comma-separated substrings of series names")
     ap.add_argument("--save", type=Path, help="write the score streams to this .npz")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    common.add_overrides(ap)
     args = ap.parse_args()
 
     import torch
@@ -199,30 +193,48 @@ def main() -> int:
 
     alerts = [a for a in res.alerts if a["kind"] == "anomaly"]
     drift = [a for a in res.alerts if a["kind"] == "drift"]
-    lines = [f"### NAB v1.1 ({len(names)} series, {sum(lengths):,} rows) — "
-             f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
-             "Command: `python benchmarks/nab.py " + " ".join(sys.argv[1:]) + "`", "",
-             f"System: fresh model (patch length {p}, context {args.context} tokens, "
-             f"d_model {cfg.model.d_model}, {cfg.model.n_layers} layer, lr {cfg.model.lr}), "
-             f"online learning on, anomaly likelihood long/short window "
-             f"{cfg.anomaly.long_window}/{cfg.anomaly.short_window}, "
-             f"fused detectors {cfg.anomaly.detectors}, probation "
-             f"{cfg.anomaly.probation_readings} readings, budget "
-             f"{cfg.alerts.max_per_10k:g}/10k; overrides: {args.set or 'none'}. "
-             f"{n_rows / seconds:.0f} corpus rows/s ({sum(lengths) / seconds:.0f} readings/s)"
-             f" on {os.cpu_count()} cores, 1 torch thread; {len(alerts)} anomaly alerts and "
-             f"{len(drift)} drift alerts raised live.", "",
-             "| stream / detector | standard | reward low FP | reward low FN | "
-             "threshold (std) | TP / FN / FP (std) |", "|---|---|---|---|---|---|"]
-    for label, sc in table.items():
-        s = sc["standard"]
-        lines.append(f"| **ours: {label}** | {s.score:.1f} | "
-                     f"{sc['reward_low_FP_rate'].score:.1f} | "
-                     f"{sc['reward_low_FN_rate'].score:.1f} | {s.threshold:.4f} | "
-                     f"{s.tp} / {s.fn} / {s.fp} |")
-    for det, (a, b, c) in SCOREBOARD.items():
-        lines.append(f"| {det} (published) | {a} | {b} | {c} | | |")
-    publish("\n".join(lines) + "\n", args.results, record=not args.no_record)
+    def scores(sc: dict[str, Any]) -> tuple[float, float, float]:
+        return tuple(sc[p].score for p in PROFILES)     # type: ignore[return-value]
+
+    def ours(label: str) -> list[str]:
+        s3, std = scores(table[label]), table[label]["standard"]
+        return [f"ours: {label}", *(f"{x:.1f}" for x in s3), f"{std.tp} / {std.fn} / {std.fp}"]
+
+    head = "combined+cooldown" if "combined+cooldown" in table else "combined"
+    shown = ["combined", *(k for k in table if k.endswith("+cooldown"))]
+    rows = [[f"**{c}**" for c in ours(k)] if k == head else ours(k) for k in shown]
+    rows += [[f"{det} (published)", str(a), str(b), str(c), ""]
+             for det, (a, b, c) in SCOREBOARD.items()]
+    best = scores(table[head])
+    htm = SCOREBOARD["Numenta HTM"]
+    ok = best[0] > SCOREBOARD["ARTime"][0] and all(x > h for x, h in zip(best, htm, strict=True))
+    alone = [k for k in res.score_components if k in table]
+    body = [f"{len(names)} series, {sum(lengths):,} rows; fresh model (patch {p}, context "
+            f"{args.context}, d_model {cfg.model.d_model}, {cfg.model.n_layers} layer), fused "
+            f"detectors {cfg.anomaly.detectors}, probation {cfg.anomaly.probation_readings} "
+            f"readings, budget {cfg.alerts.max_per_10k:g} per 10k, cooldown stream {cd} rows; "
+            f"overrides: {args.set or 'none'}; {n_rows / seconds:.0f} corpus rows/s, 1 torch "
+            f"thread; {len(alerts)} anomaly and {len(drift)} drift alerts raised live.", "",
+            *common.md_table(["stream", *PROFILE_NAMES, "TP / FN / FP (std)"], rows,
+                             align="lrrrl"), "",
+            f"- Goal (issues 5, 14) standard score above {SCOREBOARD['ARTime'][0]} (ARTime), "
+            f"every profile above HTM ({' / '.join(map(str, htm))}): {common.verdict(ok)}: "
+            + " / ".join(f"{x:.1f}" for x in best) + f" ({head}).",
+            "- Single components, standard (no cooldown): "
+            + ", ".join(f"{k} {table[k]['standard'].score:.1f}"
+                        for k in sorted(alone, key=lambda k: -table[k]["standard"].score))
+            + "."]
+    detail = common.md_table(["stream", *PROFILE_NAMES, "threshold (std)", "TP / FN / FP (std)"],
+                             [[k, *(f"{x:.1f}" for x in scores(sc)),
+                               f"{sc['standard'].threshold:.4f}",
+                               f"{sc['standard'].tp} / {sc['standard'].fn} / {sc['standard'].fp}"]
+                              for k, sc in table.items()], align="lrrrrl")
+    summary = common.Summary("nab.py", f"NAB v1.1 score, {len(names)} series",
+                             " / ".join(f"{x:.1f}" for x in best) + f" ({head})",
+                             f"standard > {SCOREBOARD['ARTime'][0]} (ARTime), every profile > HTM",
+                             common.index_verdict(ok))
+    common.publish(common.Section("nab", "Alerts", "NAB v1.1 (benchmarks/nab.py)",
+                                  "\n".join(body), summary), args, detail="\n".join(detail))
     return 0
 
 

@@ -30,7 +30,6 @@ each data set:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -46,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # noqa: E402
 from connectors.recordings import Recording, read_recording  # noqa: E402
 
 TRAIN, VAL, END = 2880, 3600, 14400
@@ -136,15 +136,9 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
             "drift_alerts": drift, "dq_alerts": dq, "seconds": res.seconds}
 
 
-def machine() -> str:
-    from benchmarks.pretrain import machine_info
-
-    return machine_info()
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", type=Path, required=True)
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--datasets", default="etth2,ettm1")
     ap.add_argument("--horizons", default="1,24,48")
     ap.add_argument("--protocols", default="delayed,immediate")
@@ -164,11 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="InfoNCE step on every k-th realized window")
     ap.add_argument("--boost", type=float, default=3.0, help="drift boost of the lr")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    common.add_jobs(ap, min(2, os.cpu_count() or 1))
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: ETTh2, H=24, 2 pretraining epochs, no record")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -207,87 +199,73 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['steps_per_s']:.0f}/s  updates {r['updates']} rollbacks "
                   f"{r['rollbacks']} drift alerts {r['drift_alerts']}", flush=True)
     wall = time.perf_counter() - t_all
-    md = table(rows, warm, args, datasets, horizons, protocols, ablations, wall)
-    print("\n".join(md))
+    section, detail = table(rows, warm, args, datasets, horizons, protocols, ablations, wall)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    if not args.no_record:
-        with open(args.results, "a") as f:
-            f.write("\n" + "\n".join(md) + "\n")
-        print(f"appended to {args.results}")
+    common.publish(section, args, detail=detail)
     return 0
 
 
 def table(rows: list[dict[str, Any]], warm: dict, args: argparse.Namespace,
           datasets: list[str], horizons: list[int], protocols: list[str],
-          ablations: list[str], wall: float) -> list[str]:
+          ablations: list[str], wall: float) -> tuple[common.Section, str]:
+    """The section (a table per protocol with the published numbers, the goal) and the
+    detail (warm-up runs, adaptation counters)."""
     by = {(r["data"], r["h"], r["protocol"], r["ablation"]): r for r in rows}
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = " ".join([".venv/bin/python", "benchmarks/online_forecasting.py", *sys.argv[1:]])
-    md = [f"## Online forecasting under drift (benchmarks/online_forecasting.py) — {now}", "",
-          "```", cmd, "```", "",
-          f"Machine: {machine()}; {args.jobs} runs in parallel, 1 torch thread each. Total "
-          f"wall time {wall / 60:.1f} min.", "",
-          f"Model: STBackbone d_model {args.d_model}, {args.layers} layers, patch length 1, "
-          f"lookback {LOOKBACK} tokens (both protocols), no graph. Warm-up: pretraining on "
-          f"rows [0, {TRAIN}) (forecast + 0.5 x masked + 0.05 x InfoNCE, <= {args.pre_epochs} "
-          f"epochs, early stopping on the forecast loss of [{TRAIN}, {VAL})). Online: "
-          f"`replay backtest` path (StreamCore), batch size 1, Adam lr {args.lr}, "
-          f"adapt.params={args.params}, "
-          f"Huber loss, reservoir replay 256 windows / {args.replay_k} mixed per step, L2-SP "
-          f"{args.penalty}, InfoNCE weight {args.contrastive} every {args.contrastive_every} "
-          f"realized windows, drift boost x{args.boost} "
-          "decaying over 48 steps (+1 update pass while boosted). Metrics: cumulative MSE / "
-          "MAE on z-scored values (train-split statistics) over every forecast whose "
-          f"horizon lies in [{VAL}, {END}).", ""]
+    best = "both+drift" if "both+drift" in ablations else ablations[-1]
+    body = [f"STBackbone d_model {args.d_model}, {args.layers} layer(s), patch 1, lookback "
+            f"{LOOKBACK}; warm-up pretraining on rows [0, {TRAIN}) (<= {args.pre_epochs} "
+            f"epochs); online batch size 1, Adam lr {args.lr}; cumulative MSE / MAE on z-scored "
+            f"values over [{VAL}, {END}). {args.jobs} runs in parallel, 1 torch thread each; "
+            f"{wall / 60:.1f} min. MSE / MAE per horizon:", ""]
+    cells: list[tuple[str, str, int, float, float]] = []   # protocol, data, H, ours, best pub
     for proto in protocols:
-        label = ("Delayed feedback (leak-free; primary)" if proto == "delayed"
+        label = ("Delayed feedback (leak-free, primary)" if proto == "delayed"
                  else "Immediate feedback (FSNet/OneNet protocol; leaks future values)")
-        md += [f"### {label}", ""]
-        head = "| data | variant | " + " | ".join(f"MSE H={h} | MAE H={h}" for h in horizons)
-        md += [head + " | steps/s |",
-               "| --- | --- | " + " | ".join("---: | ---:" for _ in horizons) + " | ---: |"]
+        table_rows = []
         for name in datasets:
             for abl in ablations:
-                cells = []
-                sps = []
-                for h in horizons:
-                    r = by.get((name, h, proto, abl))
-                    cells.append(f"{r['mse']:.3f} | {r['mae']:.3f}" if r else "— | —")
-                    if r:
-                        sps.append(r["steps_per_s"])
-                tail = f" | {np.mean(sps):.0f} |" if sps else " | — |"
-                md.append(f"| {name} | ours: {abl} | " + " | ".join(cells) + tail)
+                rs = [by.get((name, h, proto, abl)) for h in horizons]
+                sps = [r["steps_per_s"] for r in rs if r]
+                table_rows.append([name, abl if abl != best else f"**{abl}**",
+                                   *(f"{r['mse']:.3f} / {r['mae']:.3f}" if r else "–"
+                                     for r in rs), f"{np.mean(sps):.0f}" if sps else "–"])
             for who, vals in PUBLISHED.get((proto, name), {}).items():
-                cells = []
-                for h in horizons:
-                    v = vals[(1, 24, 48).index(h)] if h in (1, 24, 48) else None
-                    cells.append(f"{v:.3f} | —" if v is not None else "— | —")
-                md.append(f"| {name} | published: {who} | " + " | ".join(cells) + " | — |")
-        md.append("")
-        best = "both+drift" if "both+drift" in ablations else ablations[-1]
-        beat = []
-        for name in datasets:
+                table_rows.append([name, f"published: {who}",
+                                   *(f"{vals[(1, 24, 48).index(h)]:.3f}" if h in (1, 24, 48)
+                                     else "–" for h in horizons), ""])
             for h in horizons:
-                r = by.get((name, h, proto, best))
                 pubs = [v[(1, 24, 48).index(h)] for v in PUBLISHED.get((proto, name), {}).values()
                         if h in (1, 24, 48)]
-                if r and pubs:
-                    b = min(pubs)
-                    beat.append(f"{name} H={h}: {r['mse']:.3f} vs {b:.3f} "
-                                f"({'beats' if r['mse'] < b else 'does not beat'}; "
-                                f"{(r['mse'] - b) / b * 100:+.0f} %)")
-        if beat:
-            md += [f"Full system ({best}) against the best published MSE: " + "; ".join(beat)
-                   + ".", ""]
-    md += ["Warm-up runs: " + "; ".join(
+                r = by.get((name, h, proto, best))
+                if pubs:
+                    cells.append((proto, name, h, r["mse"] if r else float("nan"), min(pubs)))
+        body += [f"{label}:", "",
+                 *common.md_table(["data", "variant", *(f"H={h}" for h in horizons), "steps/s"],
+                                  table_rows, align="ll" + "l" * len(horizons) + "r"), ""]
+    beat = [c for c in cells if c[3] < c[4]]
+    ok = bool(cells) and len(beat) == len(cells)
+    body.append(f"- Goal (issue 4) beat the best published number in every cell of both "
+                f"protocols: {common.verdict(ok)}: {best} beats it in {len(beat)} of {len(cells)} "
+                "cells (" + "; ".join(
+                    f"{p} {d} H={h}: {o:.3f} vs {b:.3f}" + ("" if o == o else " (not run)")
+                    for p, d, h, o, b in cells) + ").")
+    first = next((c for c in cells if c[0] == "delayed" and c[3] == c[3]), None)
+    detail = ["Warm-up runs: " + "; ".join(
         f"{k[0]} H={k[1]}: {v['epochs']} epochs, best val {v['best_val']:.4f}, "
-        f"{v['samples_per_s']:.0f} windows/s" for k, v in warm.items()), ""]
-    extra = [f"{r['data']} H={r['h']} {r['protocol']} {r['ablation']}: updates {r['updates']}, "
-             f"rollbacks {r['rollbacks']}, drift alerts {r['drift_alerts']}" for r in rows
-             if r["ablation"] in ("both", "both+drift")]
-    md += ["Adaptation counters: " + "; ".join(extra), ""]
-    return md
+        f"{v['samples_per_s']:.0f} windows/s" for k, v in warm.items()), "",
+        "Adaptation counters: " + "; ".join(
+            f"{r['data']} H={r['h']} {r['protocol']} {r['ablation']}: updates {r['updates']}, "
+            f"rollbacks {r['rollbacks']}, drift alerts {r['drift_alerts']}" for r in rows
+            if r["ablation"] in ("both", "both+drift"))]
+    summary = common.Summary(
+        "online_forecasting.py", f"{', '.join(datasets)} under drift vs published online "
+        "learners", (f"delayed {first[1]} H={first[2]}: {first[3]:.3f} vs {first[4]:.3f}; "
+                     if first else "") + f"beats {len(beat)} of {len(cells)} published cells",
+        "beat the best published number in every cell of both protocols", common.index_verdict(ok))
+    return (common.Section("online_forecasting", "Forecasting accuracy",
+                           "Online forecasting under drift (benchmarks/online_forecasting.py)",
+                           "\n".join(body), summary), "\n".join(detail))
 
 
 if __name__ == "__main__":

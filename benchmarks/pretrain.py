@@ -30,11 +30,7 @@ each window holds every sensor).
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,9 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from connectors.recordings import Recording, load_graph, read_recording
-from models.checkpoint import load_checkpoint, save_checkpoint
-from replay.pretrain import (
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # noqa: E402
+from connectors.recordings import Recording, load_graph, read_recording  # noqa: E402
+from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from replay.pretrain import (  # noqa: E402
     PretrainConfig,
     WindowData,
     batch_of,
@@ -56,8 +56,6 @@ from replay.pretrain import (
     prepare,
     pretrain,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -225,6 +223,14 @@ def verdict(pre: float, rnd: float) -> str:
     return "yes" if pre < rnd else "**NO**"
 
 
+def cmp_row(cells: list[str], a: float, b: float, fmt: str, published: str | None = None
+            ) -> str:
+    """A table row: ``cells``, then ``a`` and ``b`` in ``fmt``, the improvement of ``a`` over
+    ``b`` (lower is better), whether ``a`` is better, and the published figure if given."""
+    out = [*cells, format(a, fmt), format(b, fmt), pct(a, b), verdict(a, b)]
+    return "| " + " | ".join(out + ([published] if published is not None else [])) + " |"
+
+
 def run_ett(data_dir: Path, budget: Budget, horizons: list[int], work: Path,
             log: list[str]) -> tuple[list[str], list[str]]:
     rec = load_ett(data_dir)
@@ -241,15 +247,14 @@ def run_ett(data_dir: Path, budget: Budget, horizons: list[int], work: Path,
         data = prepare(rec, base)
         starts = stride1_test(data, base, 11_520, 14_400)
         m_pre, m_rnd = res["masked"]
-        rows.append(f"| ETTh1 H={h} | masked recon. MSE (val, z) | {m_pre:.4f} | {m_rnd:.4f} "
-                    f"| {pct(m_pre, m_rnd)} | {verdict(m_pre, m_rnd)} | — |")
+        rows.append(cmp_row([f"ETTh1 H={h}", "masked recon. MSE (val, z)"], m_pre, m_rnd,
+                            ".4f", "—"))
         for kind, name in (("probe", "linear probe"), ("finetune", "full fine-tuning")):
             pre = test_metrics_ett(res["ckpts"][(kind, "pre")], rec, base, data, starts)
             rnd = test_metrics_ett(res["ckpts"][(kind, "rand")], rec, base, data, starts)
             for met in ("mse", "mae"):
-                rows.append(f"| ETTh1 H={h} | {name} test {met.upper()} (z) | {pre[met]:.4f} "
-                            f"| {rnd[met]:.4f} | {pct(pre[met], rnd[met])} "
-                            f"| {verdict(pre[met], rnd[met])} | not in README |")
+                rows.append(cmp_row([f"ETTh1 H={h}", f"{name} test {met.upper()} (z)"],
+                                    pre[met], rnd[met], ".4f", "not in README"))
         tput.append(f"| ETTh1 H={h} | {res['pretrain_sps']:.1f} | {res['probe_pre_sps']:.1f} "
                     f"| {res['finetune_pre_sps']:.1f} | {res['finetune_rand_sps']:.1f} | 7 |")
     return rows, tput
@@ -277,16 +282,14 @@ def run_los(data_dir: Path, budget: Budget, work: Path, log: list[str]
             metrics[(use_graph, *key)] = test_metrics_los(ck, rec, base, data, starts, steps)
         name = "Los-loop" + ("" if use_graph else " no graph")
         m_pre, m_rnd = res["masked"]
-        rows.append(f"| {name} | masked recon. MSE (val, z) | {m_pre:.4f} | {m_rnd:.4f} "
-                    f"| {pct(m_pre, m_rnd)} | {verdict(m_pre, m_rnd)} | — |")
+        rows.append(cmp_row([name, "masked recon. MSE (val, z)"], m_pre, m_rnd, ".4f", "—"))
         for kind, label in (("probe", "linear probe"), ("finetune", "full fine-tuning")):
             pre, rnd = metrics[(use_graph, kind, "pre")], metrics[(use_graph, kind, "rand")]
             for h in steps:
                 for met in ("rmse", "mae"):
                     k = f"{met}@{h}"
-                    rows.append(f"| {name} | {label} test {met.upper()} {h * 5} min (mph) "
-                                f"| {pre[k]:.3f} | {rnd[k]:.3f} | {pct(pre[k], rnd[k])} "
-                                f"| {verdict(pre[k], rnd[k])} | not in README |")
+                    rows.append(cmp_row([name, f"{label} test {met.upper()} {h * 5} min (mph)"],
+                                        pre[k], rnd[k], ".3f", "not in README"))
         tput.append(f"| {name} | {res['pretrain_sps']:.1f} | {res['probe_pre_sps']:.1f} "
                     f"| {res['finetune_pre_sps']:.1f} | {res['finetune_rand_sps']:.1f} | 207 |")
     for init, label in (("pre", "pretrained + fine-tuned"), ("rand", "random init, trained")):
@@ -294,34 +297,14 @@ def run_los(data_dir: Path, budget: Budget, work: Path, log: list[str]
         for h in steps:
             for met in ("rmse", "mae"):
                 k = f"{met}@{h}"
-                graph_rows.append(f"| {label} | {met.upper()} {h * 5} min (mph) | {g[k]:.3f} "
-                                  f"| {ng[k]:.3f} | {pct(g[k], ng[k])} "
-                                  f"| {verdict(g[k], ng[k])} |")
+                graph_rows.append(cmp_row([label, f"{met.upper()} {h * 5} min (mph)"], g[k],
+                                          ng[k], ".3f"))
     return rows, tput, graph_rows
 
 
-def machine_info() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return (f"nproc {os.cpu_count()}, {cpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"numpy {np.__version__}; code {commit} + uncommitted changes")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", type=Path, required=True, help="the shared data folder")
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (1-2 epochs)")
     ap.add_argument("--epochs", type=int, default=0,
                     help="fine-tuning / from-scratch epochs (default 8; 2 with --quick)")
@@ -333,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--ett-horizons", default="96", help="comma-separated, e.g. 96,192")
     ap.add_argument("--skip", default="", help="comma-separated data sets to skip: ett,los")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true", help="do not append to --results")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="where checkpoints go (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -374,61 +355,68 @@ def main(argv: list[str] | None = None) -> int:
     if tmp is not None:
         tmp.cleanup()
 
-    cmd = " ".join([".venv/bin/python", "benchmarks/pretrain.py",
-                    *(argv if argv is not None else sys.argv[1:])])
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    n_rows = len(rows)
-    wins = sum(1 for r in rows if "| yes |" in r)
-    md = [f"## Pretraining (benchmarks/pretrain.py) — {now}", "", "```", cmd, "```", "",
-          f"Machine: {machine_info()}. Total wall time {wall / 60:.1f} min.", "",
-          f"Settings: STBackbone d_model {budget.d_model}, {budget.n_layers} temporal layers, "
-          f"4 heads, dropout 0.1, AdamW lr 1e-3, wd 1e-4, seed 0, early stopping patience 3 "
-          f"on the validation loss. Epoch budgets (kept small for a 2-core CPU): pretraining "
-          f"{budget.pre_epochs} (masked patch MSE, mask ratio 0.3, + 0.1 x InfoNCE), "
-          f"linear probe {budget.probe_epochs} (forecast head only, encoder frozen), full "
-          f"fine-tuning and from-scratch training {budget.ft_epochs} each (forecast MSE), each "
-          "starting from its own linear probe (LP-FT). "
-          "Random init = the same architecture and seed as the pretrained model before "
-          "pretraining; its probe trains the head on a frozen random encoder.", "",
-          "- ETTh1: 7 channels as sensors, no graph; rows [0, 8640) / [8640, 11520) / "
-          "[11520, 14400); z-score on train rows; patch 12 x 8 tokens = lookback 96; training "
-          "windows every 4 rows, batches of 32 windows; test: all 2,785 windows (stride 1, "
-          "`test_rows` 2880), forecast of the last token, MSE/MAE over windows x channels x "
-          "horizon on z values.",
-          "- Los-loop: 207 METR-LA sensors, graph `los_adj.csv` (GCN layer after the temporal "
-          "blocks + Laplacian PE); rows [0, 1451) train, [1451, 1612) validation (the last 10 % "
-          "of the protocol's 80 % train, for early stopping only), [1612, 2016) test; z-score "
-          "on rows [0, 1451); patch 3 x 4 tokens = 12 input steps; horizon 12; training windows "
-          "every row, batches of 8 windows (x 207 sensors); test: all 393 windows (stride 1); "
-          "RMSE/MAE in mph at 3/6/9/12 steps ahead (15/30/45/60 min).",
-          "- Improvement = (random - pretrained) / random; positive = pretraining better.",
-          "- Published numbers: neither data README gives published figures for these "
-          "protocols (the ETT README lists only online-forecasting MSE for ETTh2/ETTm1; the "
-          "Los-loop README lists the T-GCN protocol but no results), so that column is empty.",
-          "",
-          f"Pretrained better on {wins} of {n_rows} rows.", "",
-          "| data | metric | pretrained | random init | improvement | pretrained better? "
-          "| published |",
-          "| --- | --- | ---: | ---: | ---: | --- | --- |", *rows, ""]
-    if graph_rows:
-        g_wins = sum(1 for r in graph_rows if "| yes |" in r)
-        md += [f"Graph layer on Los-loop (full fine-tuning / training, test split): with graph "
-               f"better on {g_wins} of {len(graph_rows)} rows. Improvement = (no graph - "
-               "graph) / no graph.", "",
-               "| model | metric | with graph | without graph | improvement | graph better? |",
-               "| --- | --- | ---: | ---: | ---: | --- |", *graph_rows, ""]
-    md += ["Training throughput (windows/s on this CPU; a window holds every sensor):", "",
-           "| data | pretraining | linear probe | fine-tuning | from scratch | sensors/window |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |", *tput, "",
-           "Runs:", "", "```", *log, "```", ""]
-    text = "\n".join(md)
-    print()
-    print(text)
-    if not args.no_record:
-        with open(args.results, "a", encoding="utf-8") as fh:
-            fh.write("\n" + text + "\n")
-        print(f"appended to {args.results}")
+    section, detail = render(rows, tput, graph_rows, log, budget, wall, argv)
+    common.publish(section, args, detail=detail)
     return 0
+
+
+STAGES = ("masked recon.", "linear probe", "full fine-tuning")
+
+
+def render(rows: list[str], tput: list[str], graph_rows: list[str], log: list[str],
+           budget: Budget, wall: float, argv: list[str] | None) -> tuple[common.Section, str]:
+    """The section (wins per data set and stage, goals) and the detail (every row, the graph
+    comparison, training throughput, the runs' log)."""
+    def cells(row: str) -> list[str]:
+        return [c.strip() for c in row.strip().strip("|").split("|")]
+
+    wins = sum(1 for r in rows if cells(r)[5] == "yes")
+    data = list(dict.fromkeys(cells(r)[0] for r in rows))
+    table = ["| data | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
+    for d in data:
+        out = []
+        for st in STAGES:
+            mine = [cells(r) for r in rows if cells(r)[0] == d and cells(r)[1].startswith(st)]
+            out.append(f"{sum(c[5] == 'yes' for c in mine)} of {len(mine)}" if mine else "–")
+        table.append(f"| {d} | " + " | ".join(out) + " |")
+    g_wins = sum(1 for r in graph_rows if cells(r)[5] == "yes")
+    body = [f"STBackbone d_model {budget.d_model}, {budget.n_layers} layers; pretraining = "
+            f"masked patch MSE + 0.1 x InfoNCE ({budget.pre_epochs} epochs), linear probe "
+            f"{budget.probe_epochs}, fine-tuning {budget.ft_epochs} (LP-FT); ETTh1 (7 channels, "
+            "no graph; z values), Los-loop (207 sensors, METR-LA graph, mph, horizon 12). "
+            f"{wall / 60:.1f} min. Rows where the pretrained model is better than random init "
+            "(masked reconstruction on validation, the rest on test; every row: "
+            "`history/detail.md`):", "", *table, "", "Goals (issue 3):",
+            f"- Pretraining beats random initialization on every row: "
+            f"{common.verdict(wins == len(rows))}: {wins} of {len(rows)} rows."]
+    if graph_rows:
+        body.append(f"- On the spatial data the graph layer beats the same model without it: "
+                    f"{common.verdict(g_wins == len(graph_rows))}: better on {g_wins} of "
+                    f"{len(graph_rows)} rows.")
+    body.append("- Published numbers: none for these protocols in the data READMEs.")
+    detail = ["| data | metric | pretrained | random init | improvement | pretrained better? "
+              "| published |", "| --- | --- | ---: | ---: | ---: | --- | --- |", *rows, ""]
+    if graph_rows:
+        detail += ["Graph layer on Los-loop (full fine-tuning / training, test split). "
+                   "Improvement = (no graph - graph) / no graph.", "",
+                   "| model | metric | with graph | without graph | improvement | graph better? |",
+                   "| --- | --- | ---: | ---: | ---: | --- |", *graph_rows, ""]
+    detail += ["Training throughput (windows/s on this CPU; a window holds every sensor):", "",
+               "| data | pretraining | linear probe | fine-tuning | from scratch "
+               "| sensors/window |",
+               "| --- | ---: | ---: | ---: | ---: | ---: |", *tput, "",
+               "Runs:", "", "```", *log, "```"]
+    ok = [wins == len(rows)] + ([g_wins == len(graph_rows)] if graph_rows else [])
+    summary = common.Summary("pretrain.py", "pretrained vs random init (" + ", ".join(
+        d.split(" ")[0] for d in dict.fromkeys(data)) + ")",
+        f"better on {wins} of {len(rows)} rows"
+        + (f"; graph better on {g_wins} of {len(graph_rows)}" if graph_rows else ""),
+        "every row; graph beats no graph",
+        "**met**" if all(ok) else "; ".join(common.index_verdict(x) for x in ok))
+    return (common.Section("pretrain", "Forecasting accuracy",
+                           "Pretraining (benchmarks/pretrain.py)", "\n".join(body), summary,
+                           command=None if argv is None else common.command_line(argv)),
+            "\n".join(detail))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ MAE ratio to persistence <= 0.85 over all rows, (3) ETTh2 cumulative MSE <= 0.34
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -58,6 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import common  # noqa: E402
 from connectors.recordings import Recording, load_graph, read_recording  # noqa: E402
 
 DAY_MS = 86_400_000
@@ -78,6 +78,8 @@ SETS = {
 }
 COLUMNS = ("served", "served-pt", "model", "model-pt", "frozen-pt", "persistence",
            "seasonal_day", "seasonal_week", "moving_average", "holt_winters", "river-hw")
+DETAIL_COLUMNS = ("model-pt", "frozen-pt", "moving_average")      # in history/detail.md
+SIMPLE = ("persistence", "seasonal_day", "seasonal_week", "river-hw")
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -273,64 +275,87 @@ def pretrain_job(job: dict[str, Any]) -> dict[str, Any]:
 # --- the table -----------------------------------------------------------------------------
 
 
-def table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
-    shown = [c for c in COLUMNS if any(c in r for r in rows)]
-    head = "| data | H | points | " + " | ".join(shown) + " | served / persistence (MAE) |"
-    lines = [f"## Served forecasts on real data (benchmarks/real_forecasting.py) — "
-             f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M')} UTC", "",
-             f"Command: `python benchmarks/real_forecasting.py {' '.join(sys.argv[1:])}`", "",
-             f"Protocol: delayed feedback, patch length 1 (a forecast at every grid point), "
-             f"context {args.context} points; fresh model d_model {args.d_model}, "
-             f"{args.layers} layer(s), lr {args.lr}; pretrained backbone d_model "
-             f"{args.pt_d_model}, <= {args.pt_epochs} epochs on the train rows. Metrics on "
-             f"the train-z-scored values, every column on the same points. {seconds / 60:.0f} "
-             f"min on {os.cpu_count()} cores.", "", "MSE / MAE:", "",
-             head, "|" + "---|" * (len(shown) + 4)]
-    ratios, goal1 = [], []
+def table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
+          ) -> tuple[common.Section, str]:
+    """The section (headline columns, goals) and the detail (other columns, speeds)."""
+    def mse_mae(r: dict[str, Any], c: str) -> str:
+        return f"{r[c]['mse']:.3f} / {r[c]['mae']:.3f}" if c in r else "-"
+
+    shown = [c for c in COLUMNS if c not in DETAIL_COLUMNS and any(c in r for r in rows)]
+    ratios, to_best = [], []
+    body_rows = []
     for r in rows:
-        cells = [f"{r[c]['mse']:.3f} / {r[c]['mae']:.3f}" if c in r else "-" for c in shown]
         ratio = r["served"]["mae"] / r["persistence"]["mae"]
+        best = r["served"]["mae"] / min(r[c]["mae"] for c in SIMPLE if c in r)
         ratios.append(ratio)
-        simple = [r[c]["mae"] for c in ("persistence", "seasonal_day", "seasonal_week",
-                                        "river-hw") if c in r]
-        best = min(simple)
-        goal1.append((r["data"], r["h"], r["served"]["mae"] / best))
-        lines.append(f"| {r['data']} | {r['h']} | {r['points']:,} | " + " | ".join(cells)
-                     + f" | {ratio:.3f} |")
-    lines += ["", "Steps per second (fresh run / pretrained run / river, same machine):", ""]
-    for r in rows:
-        s = r["speed"]
-        lines.append(f"- {r['data']} H={r['h']}: {s.get('fresh', 0):.0f} / "
-                     f"{s.get('pt', 0):.0f} / {s.get('river', 0):.0f}; updates "
-                     f"{r['info']['fresh']['updates']}, guard restores "
-                     f"{r['info']['fresh']['guard_restores']} (rejected updates "
-                     f"{r['info']['fresh']['guard_rejected']}); weights "
-                     f"{r['info']['fresh']['weights']}")
-    worst = max(goal1, key=lambda x: x[2])
-    met1 = worst[2] <= 1.0
+        to_best.append((f"{r['data']} H={r['h']}", best))
+        body_rows.append([f"{r['data']}-h{r['h']}", f"{r['points']:,}",
+                          *(mse_mae(r, c) for c in shown), f"{ratio:.3f}", f"{best:.3f}"])
+    worse = [(k, x) for k, x in to_best if x > 1.0]
+    ok1 = not worse
     mean_ratio = float(np.mean(ratios))
-    lines += ["", f"- Goal 1, served never worse than the best of persistence / seasonal naive "
-                  f"/ river (MAE): **{'met' if met1 else 'NOT met'}** (worst: {worst[0]} "
-                  f"H={worst[1]}, {worst[2]:.3f} x the best simple forecaster)",
-              f"- Goal 2, mean MAE ratio to persistence <= 0.85: **"
-              f"{'met' if mean_ratio <= 0.85 else 'NOT met'}** ({mean_ratio:.3f} over "
-              f"{len(ratios)} rows)"]
+    ok2 = mean_ratio <= 0.85
     e2 = {r["h"]: r for r in rows if r["data"] == "etth2"}
-    if e2:
-        got = []
-        for h, goal in zip((1, 24, 48), GOAL_ETTH2, strict=True):
-            if h in e2:
-                best = min(e2[h]["served"]["mse"], e2[h].get("served-pt", {"mse": 9e9})["mse"])
-                dsof = PUBLISHED["etth2"]["DSOF (best backbone), delayed MSE"][(1, 24, 48).index(h)]
-                got.append(f"H={h}: {best:.3f} (goal {goal}, DSOF {dsof}) "
-                           f"{'met' if best <= goal else 'NOT met'}")
-        lines.append("- Goal 3, ETTh2 delayed cumulative MSE (best served): " + "; ".join(got))
-    return "\n".join(lines) + "\n"
+    got, ok3 = [], True
+    for h, goal in zip((1, 24, 48), GOAL_ETTH2, strict=True):
+        if h in e2:
+            best = min(e2[h]["served"]["mse"], e2[h].get("served-pt", {"mse": 9e9})["mse"])
+            dsof = PUBLISHED["etth2"]["DSOF (best backbone), delayed MSE"][(1, 24, 48).index(h)]
+            got.append((h, best, goal, dsof))
+            ok3 = ok3 and best <= goal
+    ok3 = ok3 and len(got) == 3
+    body = ["Leak-free delayed feedback, patch length 1 (a forecast at every grid point), "
+            f"context {args.context} points; fresh model d_model {args.d_model}, {args.layers} "
+            f"layer(s), lr {args.lr}; `-pt` = a backbone (d_model {args.pt_d_model}) pretrained "
+            f"on the train rows (<= {args.pt_epochs} epochs), served the same way. river-hw = "
+            "one `river.time_series.HoltWinters` per sensor. Train-z-scored values, every "
+            f"column on the same points; {seconds / 60:.0f} min on {os.cpu_count()} cores. "
+            "MSE / MAE (model-pt, frozen-pt and moving-average columns, speeds: "
+            "`history/detail.md`):", "",
+            *common.md_table(["data-H", "points", *shown, "served/persistence MAE",
+                              "served/best simple MAE"], body_rows,
+                             align="lr" + "l" * len(shown) + "rr"), "",
+            "Goals (issue 13):",
+            "- Served never worse than the best of persistence / seasonal naive / river (MAE): "
+            + common.verdict(ok1) + (" on " + ", ".join(f"{k} ({x:.3f}x)" for k, x in worse)
+                                     if worse else "") + ".",
+            f"- Mean MAE ratio to persistence <= 0.85: {common.verdict(ok2)}, {mean_ratio:.3f} "
+            f"over {len(ratios)} rows.",
+            "- ETTh2 delayed cumulative MSE <= " + " / ".join(map(str, GOAL_ETTH2))
+            + " at H = 1/24/48: " + (common.verdict(ok3) + ": " + "; ".join(
+                f"H={h} {best:.3f}" for h, best, _, _ in got) + ". Published leak-free best "
+                "(DSOF, best backbone): " + " / ".join(f"{d}" for *_, d in got) + "."
+                if got else "not run.")]
+    worst = max(to_best, key=lambda x: x[1]) if to_best else ("-", float("nan"))
+    summary = common.Summary("real_forecasting.py", f"served forecast vs simple forecasters, "
+                             f"{len(rows)} real set x horizon rows",
+                             f"mean MAE {mean_ratio:.3f}x persistence; worst {worst[0]} "
+                             f"{worst[1]:.3f}x the best simple",
+                             "never worse than best simple; mean <= 0.85x; ETTh2 MSE <= "
+                             + "/".join(map(str, GOAL_ETTH2)),
+                             "; ".join(common.index_verdict(x) for x in (ok1, ok2, ok3)))
+    extra = [c for c in DETAIL_COLUMNS if any(c in r for r in rows)]
+    detail = []
+    if extra:
+        detail += [*common.md_table(["data-H", *extra],
+                                    [[f"{r['data']}-h{r['h']}", *(mse_mae(r, c) for c in extra)]
+                                     for r in rows], align="l" * (len(extra) + 1)), ""]
+    detail.append("Steps per second (fresh run / pretrained run / river, same machine):")
+    for r in rows:
+        s, fresh = r["speed"], r["info"]["fresh"]
+        detail.append(f"- {r['data']} H={r['h']}: {s.get('fresh', 0):.0f} / "
+                      f"{s.get('pt', 0):.0f} / {s.get('river', 0):.0f}; updates "
+                      f"{fresh['updates']}, guard restores {fresh['guard_restores']} "
+                      f"(rejected updates {fresh['guard_rejected']}); weights "
+                      f"{fresh['weights']}")
+    return (common.Section("real_forecasting", "Forecasting accuracy",
+                           "Served forecasts on real data (benchmarks/real_forecasting.py)",
+                           "\n".join(body), summary), "\n".join(detail))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--datasets", default=",".join(SETS))
     ap.add_argument("--horizons", default="1,mid,48",
                     help="grid points; 'mid' = 24 (1 h for traffic)")
@@ -346,10 +371,8 @@ def main() -> int:
                     help="rows streamed before the online part by the fresh run")
     ap.add_argument("--warm-rows", type=int, default=2_100,
                     help="rows streamed before the online part by the pretrained run")
-    ap.add_argument("--jobs", type=int, default=2)
+    common.add_jobs(ap)
     ap.add_argument("--quick", action="store_true", help="ETTh2 and sim at H=24 only")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--pairs", default=None,
                     help="explicit data@horizon list instead of the datasets x horizons grid, "
                          "e.g. etth2@1,etth2@mid,los_loop@mid")
@@ -382,11 +405,8 @@ def main() -> int:
             print(f"[real] {r['data']} H={r['h']}: served {r['served']['mae']:.3f}, "
                   f"persistence {r['persistence']['mae']:.3f}, river {r['river-hw']['mae']:.3f}"
                   f" (MAE) {json.dumps(r['speed'])}", flush=True)
-    text = table(rows, args, time.perf_counter() - t0)
-    print(text)
-    if not args.no_record:
-        with args.results.open("a") as fh:
-            fh.write("\n" + text)
+    section, detail = table(rows, args, time.perf_counter() - t0)
+    common.publish(section, args, detail=detail)
     return 0
 
 

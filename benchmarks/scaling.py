@@ -16,9 +16,13 @@ directly). For every size, in one process:
 (2) **Pipeline vs raw aiokafka** (sizes up to ``--kafka-max-sensors``): the same readings for
     warm-up + steady steps published to an embedded broker, consumed raw by aiokafka
     (``getmany``) and by the live worker (``LiveWorker``), with the timing of
-    ``benchmarks/throughput.py`` (first non-empty fetch -> last outputs acknowledged), so the
-    ratio covers the warm-up too. Larger sizes are left out of (2) by default: at 50,000
+    ``benchmarks/kafka_phases.py`` (first non-empty fetch -> last outputs acknowledged), so
+    the ratio covers the warm-up too. Larger sizes are left out of (2) by default: at 50,000
     sensors it is 20 M messages (~2 GB in the in-memory broker, ~10 min more here).
+
+Recording merges rows by size: the section keeps the recorded rows of the sizes this run did
+not measure, each with its own run (``benchmarks/common.py``); the goals are read from the
+merged table.
 
     python benchmarks/scaling.py --sensors 200,2000,10000,50000 [--steady-steps 8]
         [--kafka-max-sensors 10000] [--results benchmarks/RESULTS.md] [--no-record]
@@ -26,7 +30,6 @@ directly). For every size, in one process:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -42,16 +45,25 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchmarks._report import publish  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.kafka_phases import (  # noqa: E402
+    BATCH,
+    DAY_MS,
+    START_MS,
+    bench_aiokafka,
+    bench_pipeline,
+    output_topics,
+    stream_config,
+)
 from streaming.config import StreamConfig  # noqa: E402
 from streaming.runtime.microbatch import Record, process_records  # noqa: E402
 
-START_MS = 1_767_571_200_000        # 2026-01-05T00:00Z
-DAY_MS = 86_400_000
-BATCH = 20_000
 GOALS = {"rate_10k": 100_000, "ratio": 0.3, "rss_50k_mb": 2048, "drift_gate_ms_10k": 10.0}
+KEY = "scaling"
+HEADER = ["sensors", "core readings/s (steady)", "via Kafka readings/s",
+          "raw aiokafka readings/s", "pipeline / raw", "RSS steady start (MB)",
+          "peak RSS (MB)", "run"]
 
 
 def rss_mb() -> float:
@@ -193,8 +205,6 @@ def core_path(n_sensors: int, steady_steps: int) -> dict[str, Any]:
 
 def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
     """(2): raw aiokafka vs the live worker over the same topic."""
-    import throughput as tp
-
     from connectors.broker import EmbeddedBroker
     from connectors.kafka_io import ensure_topics
     from replay.publish import FLUSH_EVERY, BatchSender
@@ -203,9 +213,9 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
     points = steps * cfg0.patching.patch_len
     with EmbeddedBroker() as broker:
         bs = broker.bootstrap_servers
-        cfg = tp.stream_config(bs, f"scale{n_sensors}", cfg0.patching.interval_ms, 1)
+        cfg = stream_config(bs, f"scale{n_sensors}", cfg0.patching.interval_ms, 1)
         k = cfg.kafka
-        ensure_topics(bs, [k.readings_topic, k.events_topic] + tp.output_topics(cfg))
+        ensure_topics(bs, [k.readings_topic, k.events_topic] + output_topics(cfg))
         keys = sensor_ids(n_sensors)
         n = 0
         t = time.perf_counter()
@@ -220,80 +230,121 @@ def pipeline_ratio(n_sensors: int, steps: int) -> dict[str, Any]:
                 n += len(row)
             sender.flush()
         pub_s = time.perf_counter() - t
-        raw = asyncio.run(tp._bench_aiokafka(bs, k.readings_topic, 1, n))
-        pipe = tp.bench_pipeline(cfg, n, core=build_core(cfg))
+        raw = asyncio.run(bench_aiokafka(bs, k.readings_topic, 1, n))
+        pipe = bench_pipeline(cfg, n, core=build_core(cfg))
     return {"readings": n, "publish_s": pub_s, "raw_rate": raw.rate, "pipe_rate": pipe.rate,
             "ratio": pipe.rate / raw.rate, "pipe_extra": pipe.extra}
 
 
-def render(rows: list[dict[str, Any]], kafka: dict[int, dict[str, Any]], args: Any,
-           when: datetime, seconds: float) -> str:
-    stage_names = list(rows[0]["ms_per_step"]) if rows else []
-    out = [f"## Scaling with the number of sensors ({when:%Y-%m-%d %H:%M} UTC, issue 17)", "",
-           f"`python benchmarks/throughput.py --sensors {args.sensors} --steady-steps "
-           f"{args.steady_steps} --kafka-max-sensors {args.kafka_max_sensors}` ({seconds / 60:.0f}"
-           f" min; nproc {os.cpu_count()}, 1 torch thread, the packaged checkpoint, defaults: "
-           "5-minute grid, 12 points per step, drift page_hinkley on 3 channels)", "",
-           "| sensors | core readings/s (steady) | steps measured (after warm-up) | "
-           "pipeline readings/s | raw aiokafka readings/s | pipeline / raw | RSS at steady "
-           "start (MB) | RSS growth over it (MB) | peak RSS (MB) |",
-           "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+def merged_rows(rows: list[dict[str, Any]], kafka: dict[int, dict[str, Any]], run: str,
+                recorded: dict[tuple[str, ...], list[str]]) -> list[list[str]]:
+    """This run's rows, and the recorded rows of the sizes it did not measure (with their
+    own run cell), by size."""
+    new = {}
     for r in rows:
         kf = kafka.get(r["sensors"])
-        kcols = (f"{kf['pipe_rate']:,.0f} | {kf['raw_rate']:,.0f} | {kf['ratio']:.2f}" if kf
-                 else "not run | not run | -")
-        out.append(f"| {r['sensors']:,} | {r['rate']:,.0f} | {r['steps']} (after "
-                   f"{r['warm_steps']}) | {kcols} | {r['rss_start_mb']:,.0f} | "
-                   f"{r['rss_growth_mb']:+,.0f} | {r['peak_mb']:,.0f} |")
-    out += ["", "Milliseconds per closed step, by stage (steady state, core path):", "",
-            "| stage | " + " | ".join(f"{r['sensors']:,}" for r in rows) + " |",
-            "|---|" + "---:|" * len(rows)]
-    for name in stage_names:
-        out.append(f"| {name} | " + " | ".join(f"{r['ms_per_step'].get(name, 0.0):.1f}"
-                                              for r in rows) + " |")
-    out.append("| **all** | " + " | ".join(f"{sum(r['ms_per_step'].values()):.1f}"
-                                           for r in rows) + " |")
-    by = {r["sensors"]: r for r in rows}
-    goals = []
+        new[(f"{r['sensors']:,}",)] = [
+            f"{r['sensors']:,}", f"{r['rate']:,.0f}",
+            *((f"{kf['pipe_rate']:,.0f}", f"{kf['raw_rate']:,.0f}", f"{kf['ratio']:.2f}")
+              if kf else ("not run", "not run", "–")),
+            f"{r['rss_start_mb']:,.0f}", f"{r['peak_mb']:,.0f}", run]
+    merged = {**{k: v for k, v in recorded.items() if len(v) == len(HEADER)}, **new}
+    return sorted(merged.values(), key=lambda c: common.number(c[0]) or 0)
+
+
+def goals(table: list[list[str]]) -> tuple[list[str], list[bool | None]]:
+    """The goal lines (issue 17) over the merged rows, and per goal met / not / unmeasured."""
+    by = {common.number(c[0]): c for c in table}
+    lines, oks = [], []
+    r = by.get(10_000)
+    via = common.number(r[2]) if r else None
+    ok = None if r is None else via is not None and via >= GOALS["rate_10k"]
+    oks.append(ok)
+    lines.append("- >= 100,000 readings/s per worker at 10,000 sensors: " + (
+        "not measured" if r is None else f"{common.verdict(bool(ok))} through Kafka ("
+        + (f"{r[2]}/s" if via is not None else "not run") + f"); the core path alone {r[1]}/s."))
+    ratios = [(c[0], common.number(c[4])) for c in table]
+    run = [x for _, x in ratios if x is not None]
+    ok = bool(run) and all(x >= GOALS["ratio"] for x in run)
+    oks.append(ok if run else None)
+    skipped = [k for k, x in ratios if x is None]
+    lines.append("- Pipeline >= 0.3x raw aiokafka at every size: " + (
+        "not measured" if not run else common.verdict(ok) + " (" + " / ".join(
+            f"{x:.2f}" for x in run) + (f"; not run through Kafka at {', '.join(skipped)}"
+                                       if skipped else "") + ")."))
+    r = by.get(50_000)
+    ok = None if r is None else (common.number(r[6]) or 0) < GOALS["rss_50k_mb"]
+    oks.append(ok)
+    lines.append("- RSS < 2 GB at 50,000 sensors: " + (
+        "not measured" if r is None else f"{common.verdict(bool(ok))} (peak {r[6]} MB)."))
+    return lines, oks
+
+
+def render(rows: list[dict[str, Any]], kafka: dict[int, dict[str, Any]], args: Any,
+           when: datetime, seconds: float) -> tuple[common.Section, str]:
+    """The section (this run's sizes merged with the recorded ones) and the detail (this
+    run's per-stage timings)."""
+    run = f"{when:%Y-%m-%d %H:%M}, {common.code_version(short=True)}"
+    table = merged_rows(rows, kafka, run, common.recorded_rows(args.results, KEY))
+    goal_lines, oks = goals(table)
+    warm = rows[0]["warm_steps"] if rows else 0
+    body = ["1 torch thread, the packaged checkpoint, defaults (5-minute grid, 12 points per "
+            f"step, Page-Hinkley drift on 3 channels); {args.steady_steps} steady steps "
+            f"measured after {warm} warm-up steps; sizes up to {args.kafka_max_sensors:,} "
+            "also through an embedded broker (pipeline vs raw aiokafka over the same readings, "
+            "warm-up included). The rows of sizes a run did not measure are those of earlier "
+            "runs (column run). Milliseconds per closed step by stage: `history/detail.md`.",
+            "", *common.md_table(HEADER, table, align="rrrrrrrl"), "", "Goals (issue 17):",
+            *goal_lines]
+    by = {common.number(c[0]): c for c in table}
+    head = []
     if 10_000 in by:
-        r = by[10_000]
-        worker = kafka[10_000]["pipe_rate"] if 10_000 in kafka else None
-        ok = worker is not None and worker >= GOALS["rate_10k"]
-        goals.append(f"- >= 100,000 readings/s per worker at 10,000 sensors: "
-                     f"{'**met**' if ok else '**not met**'} ("
-                     + (f"the worker through Kafka {worker:,.0f}/s; " if worker else
-                        "not run through Kafka; ")
-                     + f"the core path alone {r['rate']:,.0f}/s)")
-        dg = r["ms_per_step"].get("drift", 0) + r["ms_per_step"].get("alert gate", 0)
-        goals.append(f"- drift + alert gate <= 10 ms per step at 10,000 sensors: "
-                     f"{'**met**' if dg <= GOALS['drift_gate_ms_10k'] else '**not met**'} "
-                     f"({dg:.1f} ms)")
-    if kafka:
-        worst = min(kafka.values(), key=lambda k: k["ratio"])
-        goals.append(f"- pipeline >= 0.3x raw aiokafka at every size: "
-                     f"{'**met**' if worst['ratio'] >= GOALS['ratio'] else '**not met**'} "
-                     f"(lowest {worst['ratio']:.2f}; sizes above {args.kafka_max_sensors:,} "
-                     "not run through Kafka)")
+        c = by[10_000]
+        head.append(f"10,000 sensors: {c[2]}/s via Kafka (core {c[1]}/s)")
     if 50_000 in by:
-        r = by[50_000]
-        goals.append(f"- RSS < 2 GB at 50,000 sensors: "
-                     f"{'**met**' if r['peak_mb'] < GOALS['rss_50k_mb'] else '**not met**'} "
-                     f"(peak {r['peak_mb']:,.0f} MB"
-                     + (", this process after the smaller sizes)" if len(rows) > 1 else
-                        ", a process of its own)"))
-    out += ["", *goals, ""]
-    return "\n".join(out)
+        head.append(f"50,000: peak RSS {by[50_000][6]} MB")
+    sizes = [c[0] for c in table]
+    dates = sorted({c[-1][:10] for c in table if c[-1][:4].isdigit()})
+    summary = common.Summary(
+        "scaling.py", f"one worker at {sizes[0]}-{sizes[-1]} sensors, steady state",
+        "; ".join(head) or "; ".join(f"{c[0]}: {c[1]}/s core" for c in table),
+        ">= 100k/s at 10k sensors; >= 0.3x raw at every size; RSS < 2 GB at 50k",
+        "; ".join("–" if ok is None else common.index_verdict(ok) for ok in oks),
+        " / ".join(dates))
+    stage_names = list(rows[0]["ms_per_step"]) if rows else []
+    detail = [f"Sizes of this run ({seconds / 60:.0f} min):", "",
+              *common.md_table(["sensors", "core readings/s (steady)",
+                                "steps measured (after warm-up)", "RSS growth over it (MB)",
+                                "peak RSS (MB)"],
+                               [(f"{r['sensors']:,}", f"{r['rate']:,.0f}",
+                                 f"{r['steps']} (after {r['warm_steps']})",
+                                 f"{r['rss_growth_mb']:+,.0f}", f"{r['peak_mb']:,.0f}")
+                                for r in rows], align="rrlrr"),
+              "", "Milliseconds per closed step, by stage (steady state, core path):", "",
+              *common.md_table(
+                  ["stage", *(f"{r['sensors']:,}" for r in rows)],
+                  [*([name, *(f"{r['ms_per_step'].get(name, 0.0):.1f}" for r in rows)]
+                     for name in stage_names),
+                   ["**all**", *(f"{sum(r['ms_per_step'].values()):.1f}" for r in rows)]])]
+    for r in rows:
+        if r["sensors"] == 10_000:
+            dg = r["ms_per_step"].get("drift", 0) + r["ms_per_step"].get("alert gate", 0)
+            detail += ["", f"Drift + alert gate at 10,000 sensors: {dg:.1f} ms per step "
+                       f"(goal <= {GOALS['drift_gate_ms_10k']:g} ms; benchmarks/drift_scale.py "
+                       "measures it alone)."]
+    section = common.Section(KEY, "Live stream processing",
+                             "Scaling with the number of sensors (benchmarks/scaling.py)",
+                             "\n".join(body), summary, when=when)
+    return section, "\n".join(detail)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--sensors", default="200,2000,10000,50000")
     ap.add_argument("--steady-steps", type=int, default=8,
                     help="closed steps measured after the drift warm-up")
     ap.add_argument("--kafka-max-sensors", type=int, default=10_000,
                     help="largest size also run through the broker (pipeline vs raw)")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     import torch
 
@@ -315,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[scale] {n:,} sensors via Kafka: {kf['readings']:,} readings, pipeline "
                   f"{kf['pipe_rate']:,.0f}/s vs raw {kf['raw_rate']:,.0f}/s = "
                   f"{kf['ratio']:.2f}", flush=True)
-    text = render(rows, kafka, args, when, time.perf_counter() - t0)
-    publish(text, args.results, not args.no_record)
+    section, detail = render(rows, kafka, args, when, time.perf_counter() - t0)
+    common.publish(section, args, detail=detail)
     return 0
 
 

@@ -9,8 +9,6 @@ clone of an earlier commit) in the same run, since timings on a shared machine a
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import os
 import re
 import statistics
@@ -23,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import publish  # noqa: E402
+from benchmarks import common  # noqa: E402
+
+NEEDS_MODEL = "backtest"            # the commands whose label says so import torch
 
 
 def commands(tmp: Path) -> list[tuple[str, list[str]]]:
@@ -62,11 +62,9 @@ def run(checkout: Path, argv: list[str], repeats: int) -> tuple[float, bool]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = common.parser(__doc__)
     ap.add_argument("--before", type=Path, help="another checkout to compare with")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cmds = commands(Path(tmp))
@@ -77,22 +75,32 @@ def main() -> int:
             rows.append((label, now, before))
             print(f"{label}: {now[0]:.2f}s" + (f" (before {before[0]:.2f}s)" if before else ""),
                   flush=True)
-    head = "| command | seconds (median) | imports torch |"
-    sep = "|---|---:|---|"
+
+    def yes(b: bool) -> str:
+        return "yes" if b else "no"
+
     if args.before:
-        head = "| command | before: seconds | before: torch | now: seconds | now: torch |"
-        sep = "|---|---:|---|---:|---|"
-    lines = [f"## CLI start-up ({dt.date.today()}, `python benchmarks/startup.py "
-             f"{'--before ' + str(args.before) + ' ' if args.before else ''}"
-             f"--repeats {args.repeats}`)", "", head, sep]
-    for label, now, before in rows:
-        if before:
-            lines.append(f"| {label} | {before[0]:.2f} | {'yes' if before[1] else 'no'} | "
-                         f"{now[0]:.2f} | {'yes' if now[1] else 'no'} |")
-        else:
-            lines.append(f"| {label} | {now[0]:.2f} | {'yes' if now[1] else 'no'} |")
-    lines.append("")
-    publish("\n".join(lines), args.results, not args.no_record)
+        table = common.md_table(["command", "before: s", "before: torch", "now: s", "now: torch"],
+                                [(label, f"{b[0]:.2f}", yes(b[1]), f"{n[0]:.2f}", yes(n[1]))
+                                 for label, n, b in rows if b], align="lrlrl")
+    else:
+        table = common.md_table(["command", "seconds (median)", "imports torch"],
+                                [(label, f"{n[0]:.2f}", yes(n[1])) for label, n, _ in rows],
+                                align="lrl")
+    ok = not any(n[1] for label, n, _ in rows if NEEDS_MODEL not in label)
+    sim = next((n, b) for label, n, b in rows if label.startswith("stfm simulate"))
+    body = [f"Median seconds of {args.repeats} fresh run(s) per command"
+            + (f"; before = the checkout in `{args.before}`" if args.before else "") + ".",
+            "", *table, "",
+            "- Goal (issue 16) commands that need no model import no torch: "
+            f"{common.verdict(ok)}. Backtests need torch and torch-geometric."]
+    headline = (f"`stfm simulate` {sim[1][0]:.2f} -> {sim[0][0]:.2f} s" if sim[1] else
+                f"`stfm simulate` {sim[0][0]:.2f} s")
+    summary = common.Summary("startup.py", "CLI start-up seconds", headline,
+                             "commands without a model import no torch", common.index_verdict(ok))
+    common.publish(common.Section("startup", "Live stream processing",
+                                  "CLI start-up (benchmarks/startup.py)", "\n".join(body), summary),
+                   args)
     return 0
 
 

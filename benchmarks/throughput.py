@@ -45,22 +45,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import cProfile
 import gc
 import io
 import multiprocessing as mp
 import os
-import platform
 import pstats
-import shlex
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,26 +62,32 @@ from typing import Any
 import numpy as np
 import orjson
 
-from connectors.broker import EmbeddedBroker
-from connectors.kafka_io import ensure_topics, make_producer
-from connectors.recordings import Recording
-from replay.publish import iter_messages, publish_recording
-from streaming.config import StreamConfig
-from streaming.forecast.online import OnlineModel
-from streaming.pipeline.core import StreamCore
-from streaming.runtime.microbatch import Outputs, Record, process_records
-from streaming.runtime.worker import LiveWorker
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-START = datetime(2026, 1, 5, tzinfo=UTC)
-START_MS = int(START.timestamp() * 1000)
-DAY_MS = 86_400_000
-BATCH = 20_000                      # records per fetch, as the worker's kafka.max_batch default
-FETCH_MAX_BYTES = 64 * 1024 * 1024  # fetch sizes of the raw consumers (a) and (b)
-PARTITION_FETCH_BYTES = 16 * 1024 * 1024
+from benchmarks import common  # noqa: E402
+from benchmarks.kafka_phases import (  # noqa: E402
+    BATCH,
+    Phase,
+    aiokafka_consumer,
+    bench_aiokafka,
+    bench_kafka_python,
+    bench_pipeline,
+    fresh_core,
+    make_recording,
+    output_topics,
+    stream_config,
+)
+from connectors.broker import EmbeddedBroker  # noqa: E402
+from connectors.kafka_io import ensure_topics, make_producer  # noqa: E402
+from replay.publish import iter_messages, publish_recording  # noqa: E402
+from streaming.config import StreamConfig  # noqa: E402
+from streaming.runtime.microbatch import Outputs, Record, process_records  # noqa: E402
+from streaming.runtime.worker import LiveWorker  # noqa: E402
+
 GOAL = 100_000                      # readings/s per worker
 REF_KAFKA_PYTHON = 62_000           # reference figures on this machine class
 REF_AIOKAFKA = 540_000
-ROOT = Path(__file__).resolve().parents[1]
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -144,129 +144,13 @@ class CpuMeter:
                 return waited, other
 
 
-# --- data ----------------------------------------------------------------------------------
-
-
-def make_recording(n_sensors: int, n_steps: int, interval_ms: int, seed: int = 0) -> Recording:
-    """Per sensor a daily sine (own level, amplitude, phase) + Gaussian noise on a fixed grid."""
-    rng = np.random.default_rng(seed)
-    ts = START_MS + interval_ms * np.arange(n_steps, dtype=np.int64)
-    day = 2 * np.pi * ((ts - START_MS) % DAY_MS) / DAY_MS
-    level = rng.uniform(40.0, 70.0, n_sensors)
-    amp = rng.uniform(5.0, 20.0, n_sensors)
-    phase = rng.uniform(0.0, 2 * np.pi, n_sensors)
-    noise = rng.normal(0.0, 1.5, (n_steps, n_sensors))
-    values = np.round(level + amp * np.sin(day[:, None] + phase) + noise, 3)
-    return Recording(ts, [f"s{j:04d}" for j in range(n_sensors)], values,
-                     interval_ms=interval_ms)
-
-
-def stream_config(bs: str, prefix: str, interval_ms: int, partitions: int,
-                  input_prefix: str | None = None) -> StreamConfig:
-    """A worker configuration whose topics start with ``prefix`` (phases never mix); the input
-    topics with ``input_prefix`` when given. The group is new every time."""
-    inp = input_prefix or prefix
-    return StreamConfig.from_dict({
-        "kafka": {"bootstrap_servers": bs, "group_id": f"{prefix}-{uuid.uuid4().hex[:8]}",
-                  "readings_topic": f"{inp}-readings", "events_topic": f"{inp}-events",
-                  "forecasts_topic": f"{prefix}-forecasts", "alerts_topic": f"{prefix}-alerts",
-                  "dead_letter_topic": f"{prefix}-dead-letter", "partitions": partitions},
-        "patching": {"interval_ms": interval_ms}})
-
-
-def fresh_core(cfg: StreamConfig) -> StreamCore:
-    return StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model, cfg.adapt))
-
-
-def output_topics(cfg: StreamConfig) -> list[str]:
-    k = cfg.kafka
-    return [k.forecasts_topic, k.alerts_topic, k.dead_letter_topic]
-
-
-@dataclass
-class Phase:
-    name: str
-    readings: int
-    seconds: float
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.readings / self.seconds if self.seconds > 0 else float("nan")
-
-
-# --- (a) kafka-python ---------------------------------------------------------------------
-
-
-def bench_kafka_python(bs: str, topic: str, partitions: int, n: int) -> Phase:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_bytes=FETCH_MAX_BYTES,
-                             max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        count = 0
-        t0 = time.perf_counter()
-        deadline = t0 + 600
-        while count < n:
-            batch = consumer.poll(timeout_ms=1000, max_records=BATCH)
-            for msgs in batch.values():
-                count += len(msgs)
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"kafka-python consumed only {count:,} of {n:,}")
-        elapsed = time.perf_counter() - t0
-    finally:
-        consumer.close()
-    return Phase("kafka-python raw", count, elapsed, f"poll(max_records={BATCH})")
-
-
-# --- (b) aiokafka --------------------------------------------------------------------------
-
-
-def _aiokafka_consumer(bs: str) -> Any:
-    from aiokafka import AIOKafkaConsumer
-
-    return AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest", max_poll_records=BATCH,
-                            fetch_max_bytes=FETCH_MAX_BYTES,
-                            max_partition_fetch_bytes=PARTITION_FETCH_BYTES)
-
-
-async def _bench_aiokafka(bs: str, topic: str, partitions: int, n: int) -> Phase:
-    from aiokafka import TopicPartition
-
-    consumer = _aiokafka_consumer(bs)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        count = 0
-        t0 = time.perf_counter()
-        deadline = t0 + 600
-        while count < n:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=BATCH)
-            for msgs in batch.values():
-                count += len(msgs)
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"aiokafka consumed only {count:,} of {n:,}")
-        elapsed = time.perf_counter() - t0
-    finally:
-        await consumer.stop()
-    return Phase("aiokafka raw", count, elapsed, f"getmany(max_records={BATCH})")
-
-
 async def read_records(bs: str, topic: str, partitions: int, n: int | None = None,
                        idle_s: float = 2.0) -> tuple[list[list[Record]], float]:
     """All records of ``topic`` as the worker builds them, in fetch batches (not timed), and
     the seconds spent building the ``Record`` objects (the worker does this per batch)."""
     from aiokafka import TopicPartition
 
-    consumer = _aiokafka_consumer(bs)
+    consumer = aiokafka_consumer(bs)
     await consumer.start()
     batches: list[list[Record]] = []
     build_s = 0.0
@@ -294,90 +178,6 @@ async def read_records(bs: str, topic: str, partitions: int, n: int | None = Non
         gc.enable()
         await consumer.stop()
     return batches, build_s
-
-
-# --- (c) the live pipeline -----------------------------------------------------------------
-
-
-class TimedWorker(LiveWorker):
-    """LiveWorker that notes when it produced the outputs of each batch and when they were
-    acknowledged."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.produces: list[tuple[float, float]] = []
-
-    @property
-    def last_ack(self) -> float | None:
-        return self.produces[-1][1] if self.produces else None
-
-    async def _produce(self, producer: Any, out: Outputs) -> None:
-        t = time.perf_counter()
-        await super()._produce(producer, out)
-        self.produces.append((t, time.perf_counter()))
-
-
-@contextmanager
-def fetch_clock() -> Iterator[dict[str, Any]]:
-    """Wrap ``AIOKafkaConsumer.getmany`` while the block runs, noting every call (entry, exit,
-    records) and the return of the first non-empty one (before it: the group join)."""
-    from aiokafka import AIOKafkaConsumer
-
-    orig = AIOKafkaConsumer.getmany
-    clock: dict[str, Any] = {"first": None, "calls": []}
-
-    async def getmany(self: Any, *partitions: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        res = await orig(self, *partitions, **kwargs)
-        now = time.perf_counter()
-        clock["calls"].append((t, now, sum(len(v) for v in res.values())))
-        if clock["first"] is None and res:
-            clock["first"] = now
-        return res
-
-    AIOKafkaConsumer.getmany = getmany  # type: ignore[method-assign]
-    try:
-        yield clock
-    finally:
-        AIOKafkaConsumer.getmany = orig  # type: ignore[method-assign]
-
-
-def bench_pipeline(cfg: StreamConfig, n: int, core: StreamCore | None = None) -> Phase:
-    ensure_topics(cfg.kafka.bootstrap_servers, output_topics(cfg))
-    core = core if core is not None else fresh_core(cfg)
-    worker = TimedWorker(cfg, core, idle_exit_s=30.0, max_messages=n)
-    t_start = time.perf_counter()
-    with fetch_clock() as clock:
-        stats = asyncio.run(worker.run())
-    t_done = time.perf_counter()
-    if clock["first"] is None or worker.last_ack is None:
-        raise RuntimeError("the worker processed nothing")
-    elapsed = worker.last_ack - clock["first"]
-    # the live loop per batch: getmany (events, then readings) -> Records + process_records
-    # -> _produce -> commit
-    calls = [c for c in clock["calls"] if clock["first"] <= c[0] < worker.last_ack]
-    entries = [t0 for t0, _, _ in clock["calls"]]
-    exits = [t1 for _, t1, _ in clock["calls"]]
-    fetch_s = sum(t1 - t0 for t0, t1, _ in calls)
-    produce_s = sum(p1 - p0 for p0, p1 in worker.produces)
-    stalls = sum(1 for t0, t1, k in calls if not k and t1 - t0 > 0.01)
-    last_exit = [bisect.bisect_right(exits, p0) - 1 for p0, _ in worker.produces]
-    # sequential loop: no getmany starts between a batch's fetch and the produce of its outputs
-    overlapped = any(i + 1 < len(entries) and entries[i + 1] < p0
-                     for i, (p0, _) in zip(last_exit, worker.produces, strict=True))
-    process_s = other_s = None
-    if not overlapped:
-        process_s = sum(p0 - exits[i] for i, (p0, _) in zip(last_exit, worker.produces,
-                                                             strict=True))
-        other_s = elapsed - fetch_s - process_s - produce_s
-    loop = {"fetch_s": fetch_s, "empty_polls": stalls, "overlapped": overlapped,
-            "process_s": process_s, "produce_s": produce_s, "other_s": other_s}
-    extra = {"wall_s": t_done - t_start, "join_s": clock["first"] - t_start, "loop": loop,
-             "batches": stats.batches, "accepted": stats.readings_accepted,
-             "forecasts": stats.forecasts, "alerts": stats.alerts,
-             "dead_letters": stats.dead_letters, "model": core.model.version}
-    return Phase("full pipeline (aiokafka engine)", stats.messages, elapsed,
-                 "LiveWorker: first non-empty fetch -> last outputs acked", extra)
 
 
 # --- latency -------------------------------------------------------------------------------
@@ -588,44 +388,6 @@ async def time_produce(cfg: StreamConfig, outs: list[Outputs]) -> float:
 # --- report --------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import aiokafka
-    import kafka
-    import torch
-
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
-        changed = [line[3:] for line in dirty.splitlines() if line[3:] != "benchmarks/RESULTS.md"]
-        if changed:
-            rev += f" + uncommitted changes in {', '.join(changed)}"
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
-    return {"nproc": str(len(os.sched_getaffinity(0))), "cpu": model, "code": rev,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch threads": str(torch.get_num_threads()), "aiokafka": aiokafka.__version__,
-            "kafka-python": kafka.__version__, "numpy": np.__version__}
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    try:
-        shown = str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        shown = "python" if exe.parent.name == "bin" else str(exe)
-    return shlex.join([shown, *sys.argv])
-
-
 def loop_text(lp: dict[str, Any]) -> str:
     """Where the live loop spent its time (additive only when the loop is sequential)."""
     if lp["overlapped"]:
@@ -638,76 +400,80 @@ def loop_text(lp: dict[str, Any]) -> str:
 
 
 def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[str, float]],
-           n: int, core_rate: float | None, args: argparse.Namespace, when: datetime,
-           info: dict[str, str]) -> str:
+           n: int, core_rate: float | None, args: argparse.Namespace, when: datetime
+           ) -> tuple[list[common.Section], str]:
+    """The throughput section (and the latency one when that phase ran), and the detail."""
     b = phases[1].rate
     pipe = phases[2]
     c = pipe.rate
-    lines = [f"## Throughput (benchmarks/throughput.py) — {when:%Y-%m-%d %H:%M} UTC", "",
-             "```", command_line(), "```", "",
-             f"Machine: nproc {info['nproc']}, CPU {info['cpu']}; Python {info['python']}, "
-             f"torch {info['torch']} ({info['torch threads']} intra-op threads by default), "
-             f"aiokafka {info['aiokafka']}, kafka-python {info['kafka-python']}, numpy "
-             f"{info['numpy']}; embedded Tansu broker on the same machine. Code: {info['code']}.",
-             "",
-             f"Topic: {args.sensors} sensors x {args.steps} steps = {n:,} readings, "
-             f"{args.partitions} partition(s), interval {args.interval_ms} ms.", "",
-             "| phase | readings | seconds | readings/s | ratio vs aiokafka | CPU cores: "
-             "this process / broker / other processes |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for p in phases:
-        cpu = p.extra.get("cpu")
-        load = (f"{cpu['self']:.2f} / {cpu['broker']:.2f} / {cpu['other']:.2f}" if cpu
-                else "-")
-        lines.append(f"| {p.name} | {p.readings:,} | {p.seconds:.2f} | {p.rate:,.0f} | "
-                     f"{p.rate / b:.3f} | {load} |")
-    lines.append("")
-    if lat is not None:
-        cpu = lat["cpu"]
-        lines += [f"- reading-to-forecast latency p50: **{lat['p50']:.0f} ms**",
-                  f"- reading-to-forecast latency p99: **{lat['p99']:.0f} ms** "
-                  f"(max {lat['max']:.0f} ms; {lat['forecasts']:,} forecasts over "
-                  f"{lat['steps']} steps; readings paced at {lat['rate_achieved']:,.0f}/s "
-                  f"(target {lat['rate_target']:,.0f}/s) for {lat['publish_s']:.0f} s by a "
-                  f"producer process; CPU cores worker / producer / broker / other processes "
-                  f"{cpu['self']:.2f} / {cpu['producer']:.2f} / {cpu['broker']:.2f} / "
-                  f"{cpu['other']:.2f}, averaged over the phase)"]
-    lines += [f"- full pipeline / aiokafka raw, (c)/(b): **{c / b:.3f}**",
-              f"- goal >= {GOAL:,} readings/s per worker: "
-              f"**{'met' if c >= GOAL else 'NOT met'}** ({c:,.0f} readings/s with the "
-              "library defaults)"]
-    for p in phases[3:]:
-        lines.append(f"- {p.name}: {p.rate:,.0f} readings/s "
-                     f"(goal {'met' if p.rate >= GOAL else 'not met'})")
+    rows = [(p.name, f"{p.rate:,.0f}", f"**{p.rate / b:.3f}**" if p is pipe
+             else f"{p.rate / b:.3f}") for p in phases]
     if core_rate is not None:
-        lines.append(f"- core path alone (process_records over the same records, no Kafka): "
-                     f"{core_rate:,.0f} readings/s")
-    for p in phases[2:]:
-        lines.append(f"- live loop of '{p.name}' ({p.seconds:.2f} s): "
-                     f"{loop_text(p.extra['loop'])}")
+        rows.append(("core path alone (`process_records`, no Kafka)", f"{core_rate:,.0f}", "–"))
     ex = pipe.extra
-    lines += [f"- pipeline outputs: {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
-              f"{ex['dead_letters']:,} dead letters ({ex['accepted']:,} of {n:,} readings "
-              f"accepted) in {ex['batches']} batches; group join + "
-              f"first fetch {ex['join_s']:.2f} s (excluded from the window)", ""]
+    body = [f"{args.sensors} sensors x {args.steps:,} steps = {n:,} readings, "
+            f"{args.partitions} partition(s), interval {args.interval_ms:,} ms; a fresh model "
+            "(`OnlineModel.fresh`); embedded broker on the same machine.", "",
+            *common.md_table(["phase", "readings/s", "ratio vs aiokafka"], rows), "",
+            f"- Goal (issue 2) >= {GOAL:,} readings/s per worker: {common.verdict(c >= GOAL)} "
+            f"({c:,.0f}/s)."]
+    body += [f"- {p.name}: goal {'met' if p.rate >= GOAL else 'not met'}" for p in phases[3:]]
     if pieces:
         total = sum(s for _, s in pieces)
-        lines += ["Where the time goes (pieces timed one by one over the same records; fetch at "
-                  "the raw aiokafka rate, produce with the worker's `_produce`):", "",
-                  "| piece | seconds | share | µs/reading |", "| --- | ---: | ---: | ---: |"]
-        for name, s in pieces:
-            lines.append(f"| {name} | {s:.2f} | {100 * s / total:.0f}% | "
-                         f"{1e6 * s / n:.2f} |")
-        lines += [f"| **sum** | {total:.2f} | 100% | {1e6 * total / n:.2f} |", ""]
-    return "\n".join(lines) + "\n"
-
-
-def append_results(path: Path, text: str) -> None:
-    if not path.exists() or not path.read_text().strip():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Benchmark results\n")
-    with path.open("a") as fh:
-        fh.write("\n" + text)
+        top = sorted(pieces, key=lambda x: -x[1])
+        body.append("- Where the time goes (µs per reading, pieces timed one by one): "
+                    + ", ".join(f"{name} {1e6 * s / n:.2f}"
+                                + (f" ({100 * s / total:.0f} %)" if s / total >= 0.2 else "")
+                                for name, s in top)
+                    + f"; sum {1e6 * total / n:.2f}.")
+    body.append(f"- Outputs: {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
+                f"{ex['dead_letters']:,} dead letters.")
+    sections = [common.Section(
+        "throughput", "Live stream processing", "Throughput (benchmarks/throughput.py)",
+        "\n".join(body),
+        common.Summary("throughput.py", f"one worker, {args.sensors:,} sensors, {n:,} readings "
+                       "via Kafka vs raw clients", f"{c:,.0f} readings/s = {c / b:.3f}x raw "
+                       "aiokafka", f">= {GOAL:,} readings/s per worker",
+                       common.index_verdict(c >= GOAL)), when=when)]
+    if lat is not None:
+        sections.append(common.Section(
+            "latency", "Live stream processing",
+            "Latency (benchmarks/throughput.py, latency phase)",
+            f"- Reading-to-forecast latency: **p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} "
+            f"ms** (max {lat['max']:.0f} ms), {lat['forecasts']:,} forecasts over "
+            f"{lat['steps']} steps, {args.sensors:,} sensors, readings paced at "
+            f"{lat['rate_achieved']:,.0f}/s for {lat['publish_s']:.0f} s by a producer "
+            "process.\n- No goal set (issue 2 asks for p50/p99 to be reported).",
+            common.Summary("latency", f"reading-to-forecast latency at {lat['rate_target']:,.0f} "
+                           "readings/s", f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms",
+                           "none set", "–"), when=when))
+    detail = common.md_table(["phase", "readings", "seconds", "readings/s", "ratio vs aiokafka",
+                              "CPU cores: this process / broker / other processes"],
+                             [(p.name, f"{p.readings:,}", f"{p.seconds:.2f}", f"{p.rate:,.0f}",
+                               f"{p.rate / b:.3f}",
+                               "{self:.2f} / {broker:.2f} / {other:.2f}".format(**p.extra["cpu"])
+                               if "cpu" in p.extra else "-") for p in phases], align="lrrrrl")
+    detail.append("")
+    detail += [f"- live loop of '{p.name}' ({p.seconds:.2f} s): {loop_text(p.extra['loop'])}"
+               for p in phases[2:]]
+    detail.append(f"- pipeline: {ex['accepted']:,} of {n:,} readings accepted in "
+                  f"{ex['batches']} batches; group join + first fetch {ex['join_s']:.2f} s "
+                  "(excluded from the window)")
+    if lat is not None:
+        cpu = lat["cpu"]
+        detail.append(f"- latency phase: CPU cores worker / producer / broker / other "
+                      f"processes {cpu['self']:.2f} / {cpu['producer']:.2f} / "
+                      f"{cpu['broker']:.2f} / {cpu['other']:.2f}, averaged over the phase")
+    if pieces:
+        total = sum(s for _, s in pieces)
+        detail += ["", "Where the time goes (pieces timed one by one over the same records; "
+                   "fetch at the raw aiokafka rate, produce with the worker's `_produce`):", "",
+                   *common.md_table(["piece", "seconds", "share", "µs/reading"],
+                                    [*((name, f"{s:.2f}", f"{100 * s / total:.0f}%",
+                                        f"{1e6 * s / n:.2f}") for name, s in pieces),
+                                     ("**sum**", f"{total:.2f}", "100%",
+                                      f"{1e6 * total / n:.2f}")])]
+    return sections, "\n".join(detail)
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -741,17 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
                   for i, a in enumerate(argv) if a.split("=")[0] == "--sensors"), "")
     if "," in sizes:        # several sizes: the scaling run (benchmarks/scaling.py)
-        from scaling import main as scaling_main
+        from benchmarks.scaling import main as scaling_main
 
         return scaling_main(argv)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sensors", type=int, default=200)
+    ap = common.parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sensors", type=int, default=200,
+                    help="sensors; a comma-separated list runs benchmarks/scaling.py")
     ap.add_argument("--steps", type=int, default=5000, help="grid points per sensor")
     ap.add_argument("--interval-ms", type=int, default=300_000)
     ap.add_argument("--partitions", type=int, default=1)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true", help="do not append to --results")
     ap.add_argument("--lat-rate", type=float, default=20_000,
                     help="paced readings/s of the latency run")
     ap.add_argument("--lat-seconds", type=float, default=25.0)
@@ -767,10 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     if n < 1_000_000:
         print(f"note: {n:,} readings (< 1,000,000: not the reference size)", flush=True)
     when = datetime.now(UTC)
-    info = machine_info()
-    print(f"[bench] {when:%Y-%m-%d %H:%M:%S} UTC, nproc {info['nproc']} ({info['cpu']}), "
-          f"torch threads {info['torch threads']}", flush=True)
     import torch
+
+    print(f"[bench] {when:%Y-%m-%d %H:%M:%S} UTC, nproc {len(os.sched_getaffinity(0))}, "
+          f"torch threads {torch.get_num_threads()}", flush=True)
 
     default_threads = torch.get_num_threads()
 
@@ -802,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record(*runner.run(bench_kafka_python, bs, k.readings_topic, args.partitions, n), "(a)")
         record(*runner.run(lambda: asyncio.run(
-            _bench_aiokafka(bs, k.readings_topic, args.partitions, n))), "(b)")
+            bench_aiokafka(bs, k.readings_topic, args.partitions, n))), "(b)")
         record(*runner.run(bench_pipeline, cfg, n), "(c)")
         ex = phases[-1].extra
         print(f"[bench]     {ex['forecasts']:,} forecasts, {ex['alerts']} alerts, "
@@ -864,11 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             gc.unfreeze()
             del batches
 
-    text = render(phases, lat, pieces, n, core_rate, args, when, info)
-    print(text, flush=True)
-    if not args.no_record:
-        append_results(args.results, text)
-        print(f"[bench] appended to {args.results}", flush=True)
+    sections, detail = render(phases, lat, pieces, n, core_rate, args, when)
+    for k, sec in enumerate(sections):
+        common.publish(sec, args, detail=detail if k == 0 else "")
     return 0
 
 

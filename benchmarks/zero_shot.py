@@ -30,7 +30,6 @@ average; coverage 0.75-0.85.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -44,8 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _report import publish  # noqa: E402
-
+from benchmarks import common  # noqa: E402
 from connectors.recordings import Recording  # noqa: E402
 from replay.corpus import EVALUATION_SETS, MONTH_MS, SHARED  # noqa: E402
 
@@ -171,76 +169,79 @@ COLS = ("zero-shot", "zs+adapt", "served", "fresh", "persistence", "seasonal")
 
 
 def table(rows: list[dict[str, Any]], pre: dict[str, dict[str, Any]],
-          args: argparse.Namespace, seconds: float) -> str:
-    lines = [f"### Zero-shot forecasting, leave one data set out (issue 15) — "
-             f"{dt.date.today().isoformat()}", "",
-             f"`python benchmarks/zero_shot.py --data-dir {args.data_dir} --datasets "
-             f"{args.datasets} --steps {args.steps} --warm-rows {args.warm_rows} "
-             f"--jobs {args.jobs}{' --live-graph' if args.live_graph else ''}"
-             f"{' --reuse' if args.reuse else ''}` ({seconds / 60:.0f} min on this 2-core "
-             "machine, one thread per job). Delayed feedback; values z-scored with the "
-             "held-out set's train rows; H = 12 grid points at the default grid (patch 12, "
-             "context 8 patches); MSE / MAE at h = 1, 6, 12. zero-shot = the checkpoint "
-             "pretrained without the set, frozen; "
-             "zs+adapt = the same adapting online (supervised + contrastive); served = the "
-             "served mix; fresh = a fresh online model on the same stream.", "",
-             "| held out | h | " + " | ".join(COLS) + " | p10-p90 | width |",
-             "|---|---|" + "---:|" * (len(COLS) + 2)]
-    for r in rows:
-        for hi, h in enumerate(HORIZONS):
-            k = h - 1
-            cells = []
-            for c in COLS:
-                if c not in r:
-                    cells.append("–")
-                    continue
-                cells.append(f"{r[c]['mse'][k]:.3f} / {r[c]['mae'][k]:.3f}")
-            lines.append(f"| {r['data'] if hi == 0 else ''} | {h} | " + " | ".join(cells)
-                         + f" | {r['coverage'][k]:.2f} | {r['width'][k]:.2f} |")
-    lines += ["", "Goals, per held-out set (MAE averaged over h = 1..12):", "",
-              "| held out | zero-shot < persistence at every h (MSE and MAE) | "
-              "zs+adapt vs fresh (MAE) | mean p10-p90 coverage | pretraining "
-              "(steps, min) | checkpoint |", "|---|---|---:|---:|---:|---:|"]
-    gains = []
+          args: argparse.Namespace, seconds: float) -> tuple[common.Section, str]:
+    """The section (per held-out set: the goals' figures and the MAE at h = 12) and the
+    detail (MSE / MAE at h = 1, 6, 12 per column, coverage, width, pretraining)."""
+    gains, beats, covs, summary_rows = [], [], [], []
     for r in rows:
         zs, pe = r["zero-shot"], r["persistence"]
-        beat = all(zs[m][k] < pe[m][k] for m in ("mse", "mae") for k in range(12))
         worse = [h + 1 for h in range(12) if zs["mae"][h] >= pe["mae"][h]
                  or zs["mse"][h] >= pe["mse"][h]]
         g = 1 - np.mean(r["zs+adapt"]["mae"]) / np.mean(r["fresh"]["mae"])
+        cov = float(np.mean(r["coverage"]))
         gains.append(g)
-        p = pre.get(r["data"], {})
-        verdict = "yes" if beat else f"no (h = {','.join(map(str, worse))})"
-        lines.append(f"| {r['data']} | {verdict} "
-                     f"| {100 * g:+.1f} % | {np.mean(r['coverage']):.3f} | "
-                     f"{p.get('steps_run', '?')}, {p.get('minutes', 0):.1f} | "
-                     f"{p.get('ckpt_bytes', 0) / 1e6:.2f} MB |")
-    n_beat = sum(all(r["zero-shot"][m][k] < r["persistence"][m][k] for m in ("mse", "mae")
-                     for k in range(12)) for r in rows)
-    cov = np.mean([np.mean(r["coverage"]) for r in rows])
-    lines += ["", f"Summary: zero-shot beats persistence at every horizon on {n_beat} of "
-              f"{len(rows)} held-out sets (goal: all); zs+adapt vs fresh: "
-              f"{100 * np.mean(gains):+.1f} % MAE on average (goal >= +10 %); mean p10-p90 "
-              f"coverage {cov:.3f} (goal 0.75-0.85).", ""]
-    return "\n".join(lines)
+        beats.append(not worse)
+        covs.append(cov)
+        summary_rows.append([r["data"], "yes" if not worse else
+                             f"no (h = {','.join(map(str, worse))})", f"{100 * g:+.1f} %",
+                             f"{cov:.3f}", " / ".join(f"{r[c]['mae'][11]:.3f}" for c in (
+                                 "zero-shot", "zs+adapt", "served", "fresh", "persistence"))])
+    gain = float(np.mean(gains)) if gains else float("nan")
+    cov_ok = [0.75 <= c <= 0.85 for c in covs]
+    ok = (all(beats), gain >= 0.10, all(cov_ok))
+    body = [f"Each held-out set: a checkpoint pretrained ({args.steps:,} steps) on the other "
+            "sets + synthetic series, then streamed over the held-out set's online part from "
+            f"{args.warm_rows:,} rows before it, delayed feedback, H = 12 grid points, "
+            "z-scored with its train rows. zero-shot = frozen; zs+adapt = the same adapting "
+            "online; served = the served mix; fresh = a fresh online model. "
+            f"{seconds / 60:.0f} min, {args.jobs} jobs. Per horizon: `history/detail.md`.", "",
+            *common.md_table(["held out", "zero-shot < persistence at every h",
+                              "zs+adapt vs fresh (MAE, h 1-12)", "p10-p90 coverage",
+                              "MAE h=12: zero-shot / zs+adapt / served / fresh / persistence"],
+                             summary_rows, align="llrrl"), "",
+            "Goals (issue 15):",
+            f"- Zero-shot frozen beats persistence on every held-out set at every horizon: "
+            f"{common.verdict(ok[0])}, {sum(beats)} of {len(rows)}.",
+            f"- Zero-shot + adaptation beats the fresh online model by >= 10 % MAE on average: "
+            f"{common.verdict(ok[1])}, {100 * gain:+.1f} % over the {len(rows)} sets.",
+            f"- p10-p90 coverage within 75-85 %: {common.verdict(ok[2])} on {sum(cov_ok)} of "
+            f"{len(rows)} (mean {np.mean(covs):.3f})."]
+    detail = [*common.md_table(["held out", "h", *COLS, "p10-p90", "width"],
+                               [[r["data"] if hi == 0 else "", h,
+                                 *(f"{r[c]['mse'][h - 1]:.3f} / {r[c]['mae'][h - 1]:.3f}" if c in r
+                                   else "–" for c in COLS),
+                                 f"{r['coverage'][h - 1]:.2f}", f"{r['width'][h - 1]:.2f}"]
+                                for r in rows for hi, h in enumerate(HORIZONS)],
+                               align="ll" + "r" * (len(COLS) + 2)), "",
+              "Pretraining: " + "; ".join(
+                  f"{k}: {v.get('steps_run', '?')} steps, {v.get('minutes', 0):.1f} min, "
+                  f"{v.get('ckpt_bytes', 0) / 1e6:.2f} MB" for k, v in pre.items())]
+    summary = common.Summary("zero_shot.py", f"leave-one-set-out zero-shot, {len(rows)} sets",
+                             f"{sum(beats)} of {len(rows)} sets beat persistence at every h; "
+                             f"adapt vs fresh {100 * gain:+.1f} %; coverage {np.mean(covs):.3f}",
+                             "every set; >= +10 %; 75-85 %",
+                             "; ".join([common.index_verdict(ok[0]), common.index_verdict(ok[1]),
+                                        common.index_verdict(ok[2]) if ok[2] else
+                                        f"not met ({sum(cov_ok)}/{len(rows)})"]))
+    return (common.Section("zero_shot", "Forecasting accuracy",
+                           "Zero-shot forecasting (benchmarks/zero_shot.py)", "\n".join(body),
+                           summary), "\n".join(detail))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", required=True)
+    ap = common.parser(__doc__)
+    common.add_data_dir(ap)
     ap.add_argument("--datasets", default=",".join(MAIN_SETS),
                     help=f"held-out sets (any of {', '.join(EVALUATION_SETS)})")
     ap.add_argument("--steps", type=int, default=3000, help="pretraining steps per held-out set")
     ap.add_argument("--warm-rows", type=int, default=1200,
                     help="rows streamed before the online part (both runs)")
-    ap.add_argument("--jobs", type=int, default=2)
+    common.add_jobs(ap)
     ap.add_argument("--work", default="/tmp/stfm-zero-shot")
     ap.add_argument("--live-graph", action="store_true",
                     help="the pretrained model uses the held-out set's graph (model.live_graph)")
     ap.add_argument("--reuse", action="store_true",
                     help="take the checkpoints an earlier run left in --work (evaluate only)")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     names = args.datasets.split(",")
     bad = [n for n in names if n not in EVALUATION_SETS]
@@ -259,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                           for k, v in pre.items()}), flush=True)
         rows = list(ex.map(eval_job, [pre[n] for n in names]))
     seconds = time.perf_counter() - t0
-    text = table(rows, pre, args, seconds)
+    section, detail = table(rows, pre, args, seconds)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     (Path(args.work) / "rows.json").write_text(json.dumps({"rows": rows, "pretrain": pre},
                                                           default=str))
-    publish(text, args.results, record=not args.no_record)
+    common.publish(section, args, detail=detail)
     return 0
 
 
