@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stfm demo --out demo-output
 
+# 6 test processes on 2 cores: most tests wait on worker subprocesses and brokers, not the CPU
 test: $(STAMP)
 	sh .ci/ensure-chromium.sh
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 6 --dist worksteal
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q -s

@@ -32,10 +32,12 @@ class BrokerUnavailable(RuntimeError):
 async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
                 backoff_max_s: float, deadline_s: float | None = None,
                 stopped: Callable[[], bool] = lambda: False,
-                on_retry: Callable[[], None] = lambda: None) -> Any:
+                on_retry: Callable[[], None] = lambda: None,
+                fatal: tuple[type[BaseException], ...] = ()) -> Any:
     """``await op()`` until it succeeds, backing off from 0.25 s to ``backoff_max_s``;
     ``deadline_s`` bounds the time (then ``BrokerUnavailable``), None retries until
-    ``stopped()``."""
+    ``stopped()``. ``fatal`` errors are raised at once: no retry can fix them (a commit
+    refused because the group rebalanced)."""
     from aiokafka.errors import KafkaError
 
     t0 = time.monotonic()
@@ -45,6 +47,8 @@ async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
         attempt += 1
         try:
             return await op()
+        except fatal:
+            raise
         except (TimeoutError, KafkaError, OSError) as exc:
             on_retry()
             spent = time.monotonic() - t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
@@ -119,12 +120,23 @@ def make_consumer(bootstrap_servers: str, *topics: str, group_id: str | None = N
     return KafkaConsumer(*topics, **cfg)
 
 
-def read_topic(bootstrap_servers: str, topic: str, *, idle_timeout_s: float = 2.0,
-               max_messages: int | None = None) -> Iterator[tuple[bytes | None, bytes, int, int]]:
-    """Yield ``(key, value, partition, offset)`` of a topic from the beginning until it is idle.
+def at_high_watermark(consumer: Any, tps: list[Any]) -> bool:
+    """Whether a kafka-python consumer has read each of ``tps`` up to the high watermark its
+    fetches last reported (False for a partition no fetch has answered yet)."""
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if hw is None or consumer.position(tp) < hw:
+            return False
+    return True
 
-    Ends when every partition is at its end offset (as of the last poll) and no message came
-    for ``idle_timeout_s``.
+
+def read_topic(bootstrap_servers: str, topic: str, *, max_messages: int | None = None,
+               timeout_s: float = 300.0) -> Iterator[tuple[bytes | None, bytes, int, int]]:
+    """Yield ``(key, value, partition, offset)`` of a topic from the beginning to its end.
+
+    The end of a partition is the high watermark its fetches report (the broker's answer
+    to a ListOffsets request for "latest" is not used: the embedded broker's lags behind
+    the log). Raises ``TimeoutError`` when a partition's end is not reached in ``timeout_s``.
     """
     from kafka import TopicPartition
 
@@ -135,7 +147,7 @@ def read_topic(bootstrap_servers: str, topic: str, *, idle_timeout_s: float = 2.
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         n = 0
-        last_msg = time.monotonic()
+        deadline = time.monotonic() + timeout_s
         while True:
             batch = consumer.poll(timeout_ms=200, max_records=10_000)
             for records in batch.values():
@@ -144,12 +156,10 @@ def read_topic(bootstrap_servers: str, topic: str, *, idle_timeout_s: float = 2.
                     n += 1
                     if max_messages is not None and n >= max_messages:
                         return
-            if batch:
-                last_msg = time.monotonic()
-                continue
-            ends = consumer.end_offsets(tps)
-            at_end = all(consumer.position(tp) >= ends[tp] for tp in tps)
-            if at_end and time.monotonic() - last_msg >= idle_timeout_s:
+            if at_high_watermark(consumer, tps):
                 return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading topic {topic!r} on {bootstrap_servers}: not at "
+                                   f"its end after {timeout_s:g}s")
     finally:
         consumer.close()

@@ -45,13 +45,15 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
-import pandas as pd
 
 from connectors.schemas import split_series
+
+if TYPE_CHECKING:      # pandas and h5py are imported where a file needs them (~0.8 s)
+    import h5py
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,6 @@ __all__ = [
 _TIME_NAMES = ("date", "timestamp", "ts", "time")
 _LONG_TIME_NAMES = ("ts", "timestamp", "time", "date")
 _LONG_SENSOR_NAMES = ("sensor", "sensor_id")
-# pandas >= 3 parses floats exactly by default (and deprecates the option); older pandas needs it
-_FLOAT_KW: dict[str, Any] = (
-    {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"})
 _FORMATS = {"csv": "csv", "csv-long": "csv-long", "npz": "npz", "h5": "h5", "hdf5": "h5"}
 
 
@@ -288,6 +287,8 @@ def _build(path: Path, **kwargs: Any) -> Recording:
 
 
 def _parse_start(path: Path, start: str | int | None) -> int | None:
+    import pandas as pd
+
     if start is None:
         return None
     if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
@@ -352,6 +353,8 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
                        tz: str = "UTC") -> np.ndarray:
     """Epoch-ms int64 from an int (epoch ms) or date-string column; errors name the line.
     Date strings without a UTC offset are local times of ``tz`` (``patching.timezone``)."""
+    import pandas as pd
+
     nulls = col.isna().to_numpy()
     if nulls.any():
         i = int(np.flatnonzero(nulls)[0])
@@ -395,6 +398,8 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
 
 def _naive(text: str) -> bool:
     """Whether a date string carries no UTC offset."""
+    import pandas as pd
+
     try:
         return pd.Timestamp(text).tzinfo is None
     except (ValueError, TypeError):
@@ -404,6 +409,8 @@ def _naive(text: str) -> bool:
 def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str],
                    line_of: np.ndarray) -> np.ndarray:
     """Columns ``cols`` as float64 [T, len(cols)]; non-numeric cells raise naming line/column."""
+    import pandas as pd
+
     out = np.empty((len(df), len(cols)), dtype=np.float64)
     for j, c in enumerate(cols):
         s = df[c]
@@ -523,10 +530,18 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
                   interval_ms=_infer_interval(ts, interval_ms))
 
 
+def _float_kw(pd: Any) -> dict[str, Any]:
+    """pandas >= 3 parses floats exactly by default (and deprecates the option); older pandas
+    needs it."""
+    return {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
 def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any]) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         df = pd.read_csv(io.StringIO(text), header=0, names=cols, dtype=dtype or None,
-                         skip_blank_lines=True, skipinitialspace=True, **_FLOAT_KW)
+                         skip_blank_lines=True, skipinitialspace=True, **_float_kw(pd))
     except (pd.errors.ParserError, ValueError) as e:
         raise _err(path, f"cannot parse CSV: {e}") from None
     return df
@@ -534,6 +549,8 @@ def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any]) -
 
 def _pivot_long(path: Path, df: pd.DataFrame, sensor_col: str, time_col: str, value_col: str,
                 line_of: np.ndarray, interval_ms: int | None, tz: str = "UTC") -> Recording:
+    import pandas as pd
+
     s = df[sensor_col]
     nulls = s.isna().to_numpy()
     if nulls.any():
@@ -568,6 +585,8 @@ def _write_events_sidecar(rec: Recording, path: Path) -> None:
 
 
 def _write_csv(rec: Recording, path: Path) -> None:
+    import pandas as pd
+
     df = pd.DataFrame(rec.values, columns=pd.Index(rec.sensors, dtype=object))
     df.insert(0, "timestamp", _ms_to_iso(rec.timestamps))
     df.to_csv(path, index=False, na_rep="", lineterminator="\n")
@@ -575,6 +594,8 @@ def _write_csv(rec: Recording, path: Path) -> None:
 
 
 def _write_csv_long(rec: Recording, path: Path) -> None:
+    import pandas as pd
+
     n_t, n_s = rec.values.shape
     df = pd.DataFrame({
         "sensor": np.tile(np.array(rec.sensors, dtype=object), n_t),
@@ -768,6 +789,8 @@ def _labels(arr: np.ndarray) -> list[str]:
 
 
 def _read_h5(path: Path, start: str | int | None, interval_ms: int | None) -> Recording:
+    import h5py
+
     try:
         fh = h5py.File(path, "r")
     except FileNotFoundError:
@@ -862,6 +885,8 @@ def _read_h5_pandas(path: Path, fh: h5py.File, interval_ms: int | None) -> Recor
 
 
 def _write_h5(rec: Recording, path: Path) -> None:
+    import h5py
+
     enc = [s.encode("utf-8") for s in rec.sensors]
     width = max([len(b) for b in enc] + [1])
     labels = np.array(enc, dtype=f"S{width}")
@@ -1079,6 +1104,8 @@ def load_graph(path: str | Path, sensors: list[str] | None = None
 
 def _load_edge_list(p: Path, text: str, header: list[str], sensors: list[str] | None
                     ) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
     if "src" not in header or "dst" not in header:
         raise _err(p, f"line 1: edge list needs columns src,dst[,weight]; got {header}")
     df = pd.read_csv(io.StringIO(text), dtype=str, skipinitialspace=True, keep_default_na=False)

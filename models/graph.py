@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 
 def laplacian_pe(edge_index: np.ndarray | Tensor, num_nodes: int, dim: int,
@@ -42,6 +40,8 @@ def gcn_edges(edge_index: np.ndarray | Tensor, num_nodes: int,
     (``GraphLayer(..., normalized=True)``) aggregates every kept edge exactly as the whole
     graph does, which is what lets a region holding part of a network (``streaming.ingest.halo``)
     compute its sensors' graph layer as one region over all of it would."""
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm  # ~1-2 s to import: when used
+
     ei = torch.as_tensor(np.asarray(edge_index), dtype=torch.long).reshape(2, -1)
     ew = None if edge_weight is None else torch.as_tensor(np.asarray(edge_weight),
                                                          dtype=torch.float32)
@@ -57,6 +57,8 @@ class GraphLayer(nn.Module):
     """
 
     def __init__(self, d_model: int, dropout: float = 0.0) -> None:
+        from torch_geometric.nn import GCNConv  # ~1-2 s to import: only models with a graph
+
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.conv = GCNConv(d_model, d_model, add_self_loops=True, normalize=True)

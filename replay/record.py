@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from connectors.kafka_io import Topics, make_consumer
+from connectors.kafka_io import Topics, at_high_watermark, make_consumer
 from connectors.recordings import Recording
 from connectors.schemas import (
     ReadingBatch,
@@ -56,14 +56,15 @@ def _starts(consumer: Any, tps: list[Any], start_offset: int | None,
 
 
 def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | None = None,
-             end_offset: int | None = None, start_ts: int | None = None,
-             end_ts: int | None = None, idle_timeout_s: float = 1.5,
-             progress: bool = True) -> tuple[list[bytes], int]:
+                  end_offset: int | None = None, start_ts: int | None = None,
+                  end_ts: int | None = None, progress: bool = True,
+                  timeout_s: float = 300.0) -> tuple[list[bytes], int]:
     """Values of ``topic`` in the range, partition by partition, in offset order.
 
-    The end of a partition is ``end_offset``/``end_ts`` when given, else the point where no
-    more messages come for ``idle_timeout_s``: the embedded broker's ListOffsets answer for
-    "latest" lags behind the log, so the end offsets it reports are not used.
+    A partition ends at ``end_offset``/``end_ts`` when given, and at the latest at its high
+    watermark as its fetches report it (the embedded broker's ListOffsets answer for
+    "latest" lags behind the log, so the end offsets it reports are not used). Raises
+    ``TimeoutError`` when a partition's end is not reached in ``timeout_s``.
     """
     import time
 
@@ -83,9 +84,13 @@ def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | Non
                 continue
             consumer.assign([tp])
             consumer.seek(tp, lo[tp])
-            last = time.monotonic()
+            deadline = time.monotonic() + timeout_s
             done = False
-            while not done and time.monotonic() - last < idle_timeout_s:
+            while not done and not at_high_watermark(consumer, [tp]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic}-{tp.partition} on "
+                                       f"{bootstrap_servers}: not at its end after "
+                                       f"{timeout_s:g}s")
                 batch = consumer.poll(timeout_ms=200, max_records=50_000)
                 for msg in batch.get(tp, []):
                     if ((end_offset is not None and msg.offset >= end_offset)
@@ -94,8 +99,6 @@ def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | Non
                         break
                     out.append(msg.value)
                     bar.update(1)
-                if batch:
-                    last = time.monotonic()
         bar.close()
         return out, len(tps)
     finally:

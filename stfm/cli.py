@@ -439,7 +439,6 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from connectors.kafka_io import ensure_topics
     from streaming.config import KafkaConfig
-    from streaming.runtime.worker import LiveWorker
 
     cfg = load_config(args)
     infer = not interval_given(args) and args.engine == "aiokafka"
@@ -472,7 +471,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     core = build_core(cfg, ckpt)
     k = cfg.kafka
     from connectors.broker import BrokerError, wait_for_kafka
-    from streaming.runtime.worker import BrokerUnavailable
+    from streaming.runtime.worker import BrokerUnavailable, LiveWorker
 
     try:
         wait_for_kafka(k.bootstrap_servers, timeout_s=k.connect_timeout_s)
@@ -765,7 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrained one")
     p.add_argument("--engine", choices=["aiokafka", "faust"], default="aiokafka")
     p.add_argument("--idle-exit", type=float, default=None,
-                   help="stop after this many seconds without input and with no lag")
+                   help="stop once the input was read to its end and nothing new came for "
+                        "this many seconds (the last partial step is then closed); a worker "
+                        "that has read nothing yet waits for its first input")
     p.add_argument("--summary", help="write a JSON summary here on exit")
     p.add_argument("--status-every", type=float, default=10.0,
                    help="seconds between status log lines (lag per partition, counts)")

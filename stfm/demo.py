@@ -77,10 +77,8 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
         if errors:
             raise errors[0]
         forecasts = _collect(bs, topics.forecasts)
-        alerts = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.alerts,
-                                                             idle_timeout_s=0.5)]
-        dead = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.dead_letter,
-                                                           idle_timeout_s=0.5)]
+        alerts = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.alerts)]
+        dead = [json.loads(v) for _, v, _, _ in read_topic(bs, topics.dead_letter)]
     summary = _summary(rec, truths, core, stats.as_dict(), alerts)
     summary["interval_coverage_p10_p90"] = _coverage(rec, forecasts)
     reasons: dict[str, int] = {}
@@ -104,7 +102,7 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
 
 def _collect(bs: str, topic: str) -> dict[str, list[dict[str, Any]]]:
     by_sensor: dict[str, list[dict[str, Any]]] = {}
-    for _, v, _, _ in read_topic(bs, topic, idle_timeout_s=0.5):
+    for _, v, _, _ in read_topic(bs, topic):
         f = json.loads(v)
         by_sensor.setdefault(f["sensor"], []).append(f)
     return by_sensor

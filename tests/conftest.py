@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,13 +14,35 @@ import pytest
 
 from connectors.broker import EmbeddedBroker
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the broker first (in their order): they run worker processes and wait on
+    them, so in a parallel run (pytest-xdist) they start while the CPU-bound unit tests fill
+    the gaps, and the run does not end on a long one started last."""
+    items.sort(key=lambda item: "broker" not in item.fixturenames
+               and item.get_closest_marker("broker") is None)
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
+    """One broker per test process (each pytest-xdist worker starts its own)."""
+    with EmbeddedBroker(ready_timeout_s=120) as b:
         yield b
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Every test starts with torch on one intra-op thread, whatever a test before it in the
+    same process set (the worker sets torch's threads from its configuration): results then
+    do not depend on which tests shared a process, and parallel test processes do not
+    oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture
@@ -49,3 +74,37 @@ def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 120.0,
 def wait_for() -> Callable[..., None]:
     """``wait_for(cond, what, timeout=120, procs=())`` for tests that run worker processes."""
     return _wait_for
+
+
+@pytest.fixture
+def stfm_process() -> Iterator[Callable[..., subprocess.Popen]]:
+    """``stfm_process(*args, log=path)``: ``python -m stfm.cli *args`` started in the
+    repository with its output appended to ``log``; any still running when the test ends is
+    killed (a failed test leaves no worker behind to load the other test processes)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            p = subprocess.Popen([sys.executable, "-m", "stfm.cli", *args], cwd=ROOT,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(60)
+
+
+def _last_status(log: Path) -> dict:
+    """The newest ``status {...}`` line a worker logged (``--status-every``), or {}."""
+    lines = [ln for ln in log.read_text().splitlines() if " status {" in ln]
+    return json.loads(lines[-1].split("status ", 1)[1]) if lines else {}
+
+
+@pytest.fixture
+def last_status() -> Callable[[Path], dict]:
+    """``last_status(log)``: the newest status line of a worker's log as a dict ({} before
+    the first). A status is logged after the batches before it were processed."""
+    return _last_status

@@ -12,15 +12,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from connectors.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -41,46 +39,49 @@ def readme_commands() -> list[str]:
     return lines
 
 
-def _wait_port(port: int, timeout_s: float = 30.0) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
+def _broker_port(proc: subprocess.Popen, out: Path, wait_for: Callable[..., None]) -> int:
+    """The port the README's broker line bound (started with ``--port 0``: no other process
+    can take it between choosing and binding), once it also made its topics."""
+    wait_for(lambda: "partition(s) each" in out.read_text(), "the broker and its topics",
+             procs=((proc, out),))
+    m = re.search(r"embedded broker on [\d.]+:(\d+)", out.read_text())
+    assert m, out.read_text()
+    return int(m.group(1))
 
 
-def test_readme_command_lines_run(tmp_path: Path) -> None:
+def test_readme_command_lines_run(tmp_path: Path, wait_for) -> None:
     lines = readme_commands()
-    assert len(lines) >= 10 and lines[0].startswith("stfm broker")
-    port = free_port()
+    assert len(lines) >= 10 and lines[0].startswith("stfm broker --port 9092")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     background: list[subprocess.Popen] = []
     ran, skipped = [], []
+    port = None
     try:
         for line in lines:
-            line = line.replace("9092", str(port)).replace("../shared", str(SHARED))
+            line = line.replace("../shared", str(SHARED))
             if str(SHARED) in line and not SHARED.is_dir():
                 skipped.append(line)
                 continue
             if line.endswith("&"):
-                background.append(subprocess.Popen(
-                    shlex.split(line[:-1]), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True))
-                _wait_port(port)
-                time.sleep(1.0)                      # the broker creates its topics
+                out = tmp_path / "broker.out"
+                with open(out, "wb") as fh:
+                    background.append(subprocess.Popen(
+                        shlex.split(line[:-1].replace("9092", "0")), cwd=tmp_path, env=env,
+                        stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+                port = _broker_port(background[-1], out, wait_for)
                 continue
+            assert port is not None, "a line ran before the broker's"
+            line = line.replace("9092", str(port))
             t0 = time.monotonic()
             r = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True,
-                               text=True, timeout=120, check=False)
+                               text=True, timeout=600, check=False)
             assert r.returncode == 0, f"{line}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
             assert "Traceback" not in r.stderr, line
             ran.append((line, time.monotonic() - t0, r))
     finally:
         for p in background:
             os.killpg(p.pid, signal.SIGTERM)
-            p.wait(20)
+            p.wait(60)
     print(f"ran {len(ran)} README lines; skipped (no ../shared/data): {skipped}")
     for line, secs, _ in ran:
         print(f"{secs:6.1f}s  {line[:110]}")

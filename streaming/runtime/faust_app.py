@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -24,13 +25,15 @@ from streaming.runtime.microbatch import WorkerStats, apply_torch_threads, proce
 log = logging.getLogger(__name__)
 
 
-def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats) -> Any:
-    """A Faust app whose agent drives ``core``."""
+def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: str) -> Any:
+    """A Faust app whose agent drives ``core``; ``datadir``: the folder Faust keeps its own
+    files in (it would make ``<group>-data`` in the working directory)."""
     import faust
 
     k = cfg.kafka
     app = faust.App(
-        k.group_id, broker=f"kafka://{k.bootstrap_servers}", value_serializer="raw",
+        k.group_id, broker=f"kafka://{k.bootstrap_servers}", datadir=datadir,
+        value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_disable_leader=True,
         broker_session_timeout=k.session_timeout_ms / 1000,
         broker_heartbeat_interval=k.heartbeat_interval_ms / 1000,
@@ -70,7 +73,8 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
 
     apply_torch_threads(cfg)
     stats = WorkerStats()
-    app = build_app(cfg, core, stats)
+    datadir = tempfile.TemporaryDirectory(prefix="stfm-faust-")
+    app = build_app(cfg, core, stats, datadir.name)
     worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     k = cfg.kafka
     assigned = {"ever": False}
@@ -81,27 +85,30 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
         if assigned_tps:
             assigned["ever"] = True
 
-    def _refused() -> None:
-        # A group the default engine's workers formed refuses Faust's consumers
-        # (InconsistentGroupProtocolError): Faust logs it and retries forever, and it cannot
-        # be stopped cleanly before it joined, so the process ends here with the reason.
+    def _refused(msg: str) -> None:
+        # Faust logs a refused join and retries forever, and it cannot be stopped cleanly
+        # before it joined, so the process ends here with the reason.
         if not assigned["ever"]:
-            msg = _never_assigned(cfg, limit)
             log.error("%s", msg)
             sys.stderr.write(f"stfm run: {msg}\n")
             sys.stderr.flush()
             os._exit(3)
 
-    watchdog = threading.Timer(limit, _refused)
+    # the group's refusal, as soon as the Kafka client reports it; the timer is the fallback
+    # for a join that never completes for any other reason
+    refusal = _GroupRefusal(lambda: _refused(_group_refused(cfg)))
+    logging.getLogger("aiokafka.consumer.group_coordinator").addHandler(refusal)
+    watchdog = threading.Timer(limit, lambda: _refused(_never_assigned(cfg, limit)))
     watchdog.daemon = True
     watchdog.start()
 
     if idle_exit_s is not None:
         @app.timer(0.5)
         async def _idle_check() -> None:
-            if not assigned["ever"]:
-                return              # still joining (or refused: the watchdog says so)
-            last = stats.last_processed or stats.started
+            if not assigned["ever"] or not stats.messages:
+                return              # still joining (or refused: the watchdog says so), or
+                #                     waiting for the first input
+            last = stats.last_processed
             if time.time() - last < idle_exit_s:
                 return
             lag = 0
@@ -123,10 +130,34 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
+    finally:
+        datadir.cleanup()
     watchdog.cancel()
+    logging.getLogger("aiokafka.consumer.group_coordinator").removeHandler(refusal)
     if not assigned["ever"]:
         raise FaustGroupError(_never_assigned(cfg, limit))
     return stats
+
+
+class _GroupRefusal(logging.Handler):
+    """Calls ``refused()`` when the Kafka client logs that the group refused this member's
+    protocol: a group that workers of the default engine formed keeps their protocol."""
+
+    def __init__(self, refused: Any) -> None:
+        super().__init__(logging.ERROR)
+        self.refused = refused
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "InconsistentGroupProtocol" in record.getMessage():
+            self.refused()
+
+
+def _group_refused(cfg: StreamConfig) -> str:
+    k = cfg.kafka
+    return (f"consumer group {k.group_id!r} refused the Faust worker "
+            "(InconsistentGroupProtocolError): workers of the default engine formed it, and "
+            "a group keeps the protocol it was formed with. Use another --group-id for the "
+            "Faust engine.")
 
 
 def _never_assigned(cfg: StreamConfig, limit: float) -> str:

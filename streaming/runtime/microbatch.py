@@ -8,6 +8,8 @@ keyed ``topic:partition:offset``). Nothing here touches Kafka.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -91,7 +93,15 @@ class WorkerStats:
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
         d["uptime_s"] = round(time.time() - self.started, 3)
+        d["peak_rss_mb"] = peak_rss_mb()
         return d
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MB (``getrusage``: KB on Linux, bytes
+    on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:

@@ -4,6 +4,7 @@ otherwise processes nothing in silence)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -21,13 +22,37 @@ async def active_partitions(consumer: Any, batch: dict[Any, list[Any]],
 
 
 async def lag(consumer: Any) -> dict[str, int]:
-    """Messages behind the end, per assigned ``topic-partition``."""
+    """Messages behind the end, per assigned ``topic-partition`` whose end is known (a fetch
+    for it answered): a partition not fetched yet is left out rather than reported as 0."""
     out = {}
     for tp in consumer.assignment():
         hw = consumer.highwater(tp)
+        if hw is None:
+            continue
         pos = await consumer.position(tp)
-        out[f"{tp.topic}-{tp.partition}"] = max(0, (hw or 0) - pos)
+        out[f"{tp.topic}-{tp.partition}"] = max(0, hw - pos)
     return out
+
+
+async def caught_up(consumer: Any, fresh_s: float = 2.0) -> bool:
+    """Whether the consumer holds partitions and has read each to its end, as the broker
+    said within the last ``fresh_s`` seconds. A partition's end is known only once a fetch
+    for it answered, and it stays known only while fetches keep answering: joining the
+    group, a slow first fetch or a broker that went away are never taken for an input read
+    to its end (an idle exit would otherwise stop a worker that has not read anything yet,
+    or one whose broker is down)."""
+    tps = consumer.assignment()
+    if not tps:
+        return False
+    oldest = time.time() * 1000 - fresh_s * 1000
+    for tp in tps:
+        hw = consumer.highwater(tp)
+        if hw is None or await consumer.position(tp) < hw:
+            return False
+        polled = consumer.last_poll_timestamp(tp)
+        if polled is None or polled < oldest:
+            return False
+    return True
 
 
 async def at_end(consumer: Any, k: Any) -> str | None:

@@ -94,8 +94,15 @@ class LiveWorker:
         self.nothing_to_read: str | None = None  # said once when the group is at the end
         self._from_beginning = from_beginning    # the first assignment starts over
         self._stop = asyncio.Event()
+        # held while a batch is processed and delivered, and by the rebalance hooks: aiokafka
+        # runs them in its own task, and a region must not be checkpointed and dropped by a
+        # revocation while a batch of it is half processed (or its outputs unacknowledged)
+        self._work = asyncio.Lock()
+        self._generation = 0        # rebalances seen (revocations and assignments)
         self._inflight: asyncio.Task[None] | None = None    # delivery of the last batch
-        self._assigned_at = time.monotonic()    # idleness counts from data or an assignment
+        # idle since (monotonic): the input was read to its end (every assigned partition
+        # fetched at least once) with nothing held or in flight; None while it is not
+        self._idle_since: float | None = None
         self._consumer: Any = None
         self._producer: Any = None
         # the data's cadence: inferred before anything is processed (``infer_interval``,
@@ -131,6 +138,11 @@ class LiveWorker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def working(self) -> asyncio.Lock:
+        """The lock held while a batch is processed and delivered (``async with``): the
+        rebalance hooks take it, so a rebalance never lands in the middle of a batch."""
+        return self._work
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -180,19 +192,29 @@ class LiveWorker:
 
     async def _loop(self, consumer: Any, producer: Any) -> None:
         k = self.cfg.kafka
-        last_data = last_status = last_lag = time.monotonic()
+        last_status = last_lag = time.monotonic()
         idle = False
         while not self._stop.is_set():
             batch = await self._fetch(consumer)
+            generation = self._generation       # the assignment the batch was fetched for
             now = time.monotonic()
             if batch and self._cadence_open:
-                last_data = now
                 batch = self._watch_cadence(batch)
             if batch:
-                await self._handle(consumer, producer, batch)
-                last_data = now
+                async with self._work:
+                    if generation == self._generation:
+                        await self._handle(consumer, producer, batch)
+                    else:
+                        # a rebalance came between the fetch and now: every assigned
+                        # partition resumes where its state says (checkpoint or committed
+                        # offset), so these records come again; processed now they would be
+                        # applied twice
+                        log.info("a batch fetched before a rebalance is dropped (%d records): "
+                                 "its partitions resume from their checkpoints or committed "
+                                 "offsets", sum(len(m) for m in batch.values()))
             elif self._inflight is not None and self._inflight.done():
-                await self._settle()
+                async with self._work:
+                    await self._settle()
             elif self.nothing_to_read is None and self.stats.messages == 0 and not self._held:
                 self.nothing_to_read = await watch.at_end(consumer, k)
                 if self.nothing_to_read:
@@ -209,13 +231,29 @@ class LiveWorker:
                 self.observers.lag_measured(self.stats.lag)
             if self.max_messages is not None and self.stats.messages >= self.max_messages:
                 break
-            if (self.idle_exit_s is not None and not batch and self._inflight is None
-                    and now - max(last_data, self._assigned_at) >= self.idle_exit_s):
-                self.stats.lag = await watch.lag(consumer)
-                if sum(self.stats.lag.values()) == 0:
+            if self.idle_exit_s is not None:
+                # idle: the input read to its end with nothing in flight; a worker that has
+                # read nothing yet waits for its first input (a consumer started before its
+                # producer), unless its group already read everything there is
+                started = (self.stats.messages > 0 or bool(self._held)
+                           or self.nothing_to_read is not None)
+                if batch or self._inflight is not None or not started:
+                    self._idle_since = None
+                elif not await watch.caught_up(consumer):
+                    self._idle_since = None
+                elif self._idle_since is None:
+                    self._idle_since = now
+                elif now - self._idle_since >= self.idle_exit_s:
                     log.info("idle for %.1fs with no lag: stopping", self.idle_exit_s)
                     idle = True
                     break
+        self.stats.lag = await watch.lag(consumer)      # at exit, for the summary
+        async with self._work:
+            await self._shut_down(consumer, producer, idle)
+
+    async def _shut_down(self, consumer: Any, producer: Any, idle: bool) -> None:
+        """What is left when the loop ends: held readings, the last delivery, at the end
+        of the input (``idle``) the last partial step, and the final checkpoint."""
         if self._held:          # the input ended (or we stop) before the cadence was clear
             await self._handle(consumer, producer, self._release(force=True))
         await self._settle()
@@ -395,13 +433,15 @@ class LiveWorker:
         if not mine:
             return
         try:
-            await self._retry("committing offsets", lambda: consumer.commit(mine))
+            await self._retry("committing offsets", lambda: consumer.commit(mine),
+                              fatal=(CommitFailedError, IllegalStateError))
         except (CommitFailedError, IllegalStateError) as exc:
             # a rebalance took the partitions: the checkpoint still holds the offsets
             log.warning("commit skipped after a rebalance: %s", exc)
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[Any]],
-                     deadline_s: float | None = None) -> Any:
+                     deadline_s: float | None = None,
+                     fatal: tuple[type[BaseException], ...] = ()) -> Any:
         k = self.cfg.kafka
 
         def counted() -> None:
@@ -410,12 +450,18 @@ class LiveWorker:
         return await kafka_async.retry(what, op, servers=k.bootstrap_servers,
                                        backoff_max_s=k.retry_backoff_max_s,
                                        deadline_s=deadline_s, stopped=self._stop.is_set,
-                                       on_retry=counted)
+                                       on_retry=counted, fatal=fatal)
 
     # --- rebalances (public: the listener calls these) ----------------------------------
 
     async def on_revoked(self, revoked: list[TP]) -> None:
-        """Regions leaving this worker: checkpointed (after their outputs) and dropped."""
+        """Regions leaving this worker: checkpointed (after their outputs) and dropped, once
+        the batch being processed is done."""
+        async with self._work:
+            self._generation += 1
+            await self._revoke(revoked)
+
+    async def _revoke(self, revoked: list[TP]) -> None:
         k = self.cfg.kafka
         gone = sorted(tp.partition for tp in revoked
                       if tp.topic == k.readings_topic and tp.partition in self.cores)
@@ -432,7 +478,8 @@ class LiveWorker:
         """Regions arriving: restored from their checkpoints; returns where each assigned
         partition resumes (an offset; None: the group's committed offset; -1: its start)."""
         k = self.cfg.kafka
-        self._assigned_at = time.monotonic()
+        self._generation += 1
+        self._idle_since = None                 # idleness counts again from the new assignment
         for tp in assigned:
             if tp.topic == k.readings_topic:
                 self.regions.get(tp.partition)
@@ -449,19 +496,33 @@ class LiveWorker:
     async def _fetch(self, consumer: Any) -> dict[Any, list[Any]]:
         """One micro-batch of readings plus the events fetched so far. Events are fetched on
         their own: ``getmany`` fills ``max_records`` from the partitions in order, so a
-        readings backlog would starve the small events topic. Until the first fetch
-        response of an events partition is in, we wait for it briefly."""
+        readings backlog would starve the small events topic. Readings are never processed
+        before every assigned events partition has answered a fetch (its end is known), so
+        events published before the readings they touch are applied first however slow that
+        first answer is."""
         k = self.cfg.kafka
         rd_tps = [tp for tp in consumer.assignment() if tp.topic != k.events_topic]
         batch: dict[Any, list[Any]] = dict(await consumer.getmany(
             *rd_tps, timeout_ms=k.fetch_timeout_ms, max_records=k.max_batch))
-        ev_tps = [tp for tp in consumer.assignment() if tp.topic == k.events_topic]
-        if ev_tps:
+        t0 = time.monotonic()
+        warned = False
+        while True:
+            ev_tps = [tp for tp in consumer.assignment() if tp.topic == k.events_topic]
+            if not ev_tps:
+                return batch
             unknown = any(consumer.highwater(tp) is None for tp in ev_tps)
-            batch.update(await consumer.getmany(
-                *ev_tps, timeout_ms=k.fetch_timeout_ms if unknown else 0,
-                max_records=k.max_batch))
-        return batch
+            for tp, msgs in (await consumer.getmany(
+                    *ev_tps, timeout_ms=k.fetch_timeout_ms if unknown else 0,
+                    max_records=k.max_batch)).items():
+                batch.setdefault(tp, []).extend(msgs)
+            if (not unknown or not batch or self._stop.is_set()
+                    or all(consumer.highwater(tp) is not None for tp in ev_tps)):
+                return batch
+            if not warned and time.monotonic() - t0 > 10:
+                warned = True
+                log.warning("readings wait for the first answer of the events partitions "
+                            "(%s), so that events are applied before the readings they touch",
+                            ", ".join(f"{tp.topic}-{tp.partition}" for tp in ev_tps))
 
 
 def halo_plan(cfg: StreamConfig) -> HaloPlan | None:
@@ -495,13 +556,14 @@ class _Rebalance(ConsumerRebalanceListener):
         from aiokafka import TopicPartition
 
         consumer = self.consumer
-        seek = self.worker.on_assigned([TP(tp.topic, tp.partition) for tp in assigned])
-        for tp, off in seek.items():
-            if off is None:
-                continue
-            if off < 0:
-                await consumer.seek_to_beginning(TopicPartition(*tp))
-                log.info("%s-%d: from the beginning (--from-beginning)", *tp)
-            else:
-                consumer.seek(TopicPartition(*tp), off)
-                log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)
+        async with self.worker.working():
+            seek = self.worker.on_assigned([TP(tp.topic, tp.partition) for tp in assigned])
+            for tp, off in seek.items():
+                if off is None:
+                    continue
+                if off < 0:
+                    await consumer.seek_to_beginning(TopicPartition(*tp))
+                    log.info("%s-%d: from the beginning (--from-beginning)", *tp)
+                else:
+                    consumer.seek(TopicPartition(*tp), off)
+                    log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)

@@ -5,7 +5,7 @@ import sys
 import pytest
 from kafka import KafkaAdminClient
 
-from connectors.broker import BrokerError, EmbeddedBroker, free_port, wait_for_kafka
+from connectors.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from connectors.kafka_io import ensure_topics
 
 pytestmark = pytest.mark.broker
@@ -33,10 +33,12 @@ def test_port_in_use_is_a_clear_error(broker):
 
 
 def test_stfm_broker_command_starts_and_stops():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stfm.cli", "broker", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "stfm.cli", "broker", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
+        first = proc.stdout.readline()          # said once the broker answers
+        assert first.startswith("embedded broker on 127.0.0.1:"), first
+        port = int(first.split()[3].rsplit(":", 1)[1])
         wait_for_kafka(f"127.0.0.1:{port}", 60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

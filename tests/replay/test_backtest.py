@@ -49,7 +49,7 @@ def test_backtest_and_live_worker_give_the_same_forecasts(broker, unique) -> Non
     publish_recording(rec, bs, topic=k.readings_topic, events_topic=k.events_topic,
                       progress=False)
     live_core = _core(cfg, list(rec.sensors))
-    asyncio.run(LiveWorker(cfg, live_core, idle_exit_s=2.0).run())
+    asyncio.run(LiveWorker(cfg, live_core, idle_exit_s=0.5).run())
     live = {(f["sensor"], f["step"]): (f["yhat"], f["model_version"])
             for f in (orjson.loads(v) for _, v, _, _ in read_topic(bs, k.forecasts_topic))}
 

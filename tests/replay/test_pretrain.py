@@ -107,14 +107,14 @@ def test_torchrun_data_parallel(rec, tmp_path):
     """Two ranks (gloo on CPU) train one model: gradients are averaged, rank 0 saves it."""
     data = tmp_path / "net.npz"
     write_simulation(rec, [], data)
-    from connectors.broker import free_port
-
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                f"--master_port={free_port()}"]
+    # --standalone: the rendezvous takes a port of its own choosing (no port picked here that
+    # another process could take first)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
     r = subprocess.run([*torchrun, "-m", "stfm.cli", "replay", "pretrain", str(data),
                         "--out", str(tmp_path / "ddp"), "--epochs", "2", "--d-model", "16",
                         "--n-heads", "2", "--n-layers", "1", "--quiet"],
-                       capture_output=True, text=True, timeout=120, check=False)
+                       capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     # both ranks print a JSON summary to the same pipe, possibly on one line
     dec = json.JSONDecoder()
@@ -165,7 +165,8 @@ def test_no_graph_is_said_and_the_checkpoint_has_one_truth(rec, tmp_path, caplog
     assert meta["config"]["graph"] is False and meta["extra"]["pretrain"]["graph"] is False
 
 
-def test_torch_threads_come_from_the_config(rec, tmp_path, monkeypatch):
+def test_torch_threads_come_from_the_config(tmp_path, monkeypatch):
+    rec = simulate(SimConfig(n_sensors=3, n_days=3, seed=2))[0]     # small: threads only
     seen = []
     real = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))

@@ -112,7 +112,7 @@ def _publish_and_run(broker, unique: str, data: Path, tmp_path: Path, *flags: st
     summary = tmp_path / "summary.json"
     sets = [f"--set=kafka.{t.replace('-', '_')}_topic={name}" for t, name in topics.items()]
     run = _stfm("run", "--bootstrap-servers", bs, "--group-id", f"g-{unique}", "--fresh",
-                "--idle-exit", "3", "--summary", str(summary), *sets, *flags)
+                "--idle-exit", "1", "--summary", str(summary), *sets, *flags)
     assert run.returncode == 0, run.stderr[-3000:]
     forecasts = [orjson.loads(v) for _, v, _, _ in read_topic(bs, topics["forecasts"])]
     return run, json.loads(summary.read_text()), forecasts

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 
-from connectors.broker import EmbeddedBroker, free_port
+from connectors.broker import EmbeddedBroker
 from connectors.kafka_async import TP
 from connectors.kafka_io import ensure_topics, read_topic
 from connectors.recordings import Recording
@@ -19,27 +23,36 @@ from replay.simulator import SimConfig, simulate
 from streaming.runtime.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[3]
+# what the worker's Kafka client logs when its broker went away
+_NOTICED = ("Unable connect", "Unable to connect", "Connection refused", "Connect attempt",
+            "Heartbeat failed", "coordinator dead", "Failed fetch")
+
+
+@contextmanager
+def _held_port() -> Iterator[int]:
+    """A port bound but not listening while the block runs: connections to it are refused
+    and no other process (another test's broker) can take it meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 def test_unreachable_broker_at_start_exits_nonzero_after_the_deadline(tmp_path: Path) -> None:
-    port = free_port()
-    t0 = time.monotonic()
-    r = subprocess.run(
-        [sys.executable, "-m", "stfm.cli", "run", "--fresh", "--bootstrap-servers",
-         f"127.0.0.1:{port}", "--set", "kafka.connect_timeout_s=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    took = time.monotonic() - t0
+    with _held_port() as port:
+        r = subprocess.run(
+            [sys.executable, "-m", "stfm.cli", "run", "--fresh", "--bootstrap-servers",
+             f"127.0.0.1:{port}", "--set", "kafka.connect_timeout_s=3"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 3, r.stderr[-2000:]
     assert f"broker at 127.0.0.1:{port} not reachable after 3s" in r.stderr
     assert "retrying in" in r.stderr                 # it did retry, and said so
-    assert took < 60
 
 
 def _rows(rec: Recording, lo: int, hi: int) -> Recording:
     return rec.slice_rows(lo, hi)
 
 
-def test_worker_resumes_after_the_broker_restarts(tmp_path: Path) -> None:
+def test_worker_resumes_after_the_broker_restarts(tmp_path: Path, wait_for) -> None:
     """Stop the embedded broker mid-run and start it again on the same port.
 
     The embedded broker keeps its data in memory, so after the restart the topics are empty:
@@ -47,20 +60,22 @@ def test_worker_resumes_after_the_broker_restarts(tmp_path: Path) -> None:
     read when the broker stopped: it had read all of the first part). So that the tail gets
     the offsets it would have had on a broker that keeps its log, the already consumed first
     part is published again before it; the worker must resume at its own position (the
-    first tail offset) and not read the first part twice.
+    first tail offset) and not read the first part twice. The worker is paused (SIGSTOP)
+    while the broker comes back and is refilled, so it never meets the broker half-filled.
     """
     rec, _ = simulate(SimConfig(n_sensors=8, n_days=3, seed=4, n_events=0))
     split = int(rec.n_steps * 0.6) // 12 * 12
     head = _rows(rec, 0, split)
-    port = free_port()
-    broker = EmbeddedBroker(port=port).start()
+    broker = EmbeddedBroker().start()
+    port = broker.port
     bs = broker.bootstrap_servers
     topics = {k: f"{k}-x" for k in ("readings", "events", "forecasts", "alerts", "dead-letter")}
     cfg = tmp_path / "w.toml"
     store = tmp_path / "store"
     cfg.write_text(
         "[kafka]\n" + "".join(f'{k.replace("-", "_")}_topic = "{v}"\n' for k, v in topics.items())
-        + f'max_batch = 300\n[checkpoint]\ndir = "{store}"\nevery_steps = 4\n')
+        + 'max_batch = 300\nretry_backoff_max_s = 1\n'
+        + f'[checkpoint]\ndir = "{store}"\nevery_steps = 4\n')
     log = tmp_path / "worker.log"
     forecasts: dict[bytes, bytes] = {}
     proc = None
@@ -71,28 +86,37 @@ def test_worker_resumes_after_the_broker_restarts(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
              "--bootstrap-servers", bs, "--group-id", "g-faults", "--fresh",
-             "--idle-exit", "20", "--summary", str(tmp_path / "summary.json")],
+             "--status-every", "0.5", "--summary", str(tmp_path / "summary.json")],
             cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         ckpts = CheckpointStore(store, f"g-faults/{topics['readings']}-0")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:      # wait until the head is fully processed
+
+        def head_checkpointed() -> bool:
             ck = ckpts.paths() and CheckpointStore.read(ckpts.paths()[-1])
-            if ck and ck.offsets.get(TP(topics["readings"], 0)) == n_head:
-                break
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the worker did not finish the first part")
-        time.sleep(1.0)                         # let the last outputs be acknowledged
+            return bool(ck) and ck.offsets.get(TP(topics["readings"], 0)) == n_head
+
+        # the head fully processed; a checkpoint is written after its outputs were acked
+        wait_for(head_checkpointed, "the worker to finish the first part",
+                 procs=((proc, log),))
         forecasts.update((k, v) for k, v, _, _ in read_topic(bs, topics["forecasts"]))
+        seen = len(log.read_text())
         broker.stop()
-        time.sleep(3.0)                         # the worker sees the broker gone
-        assert proc.poll() is None, "the worker died with the broker"
-        broker.start()
-        ensure_topics(bs, list(topics.values()))
-        publish_recording(rec, bs, topic=topics["readings"], events_topic=topics["events"],
-                          progress=False)          # first part (offsets only) + tail
-        assert proc.wait(180) == 0, log.read_text()[-3000:]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hold:
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past TIME_WAIT
+            hold.bind(("127.0.0.1", port))      # refused meanwhile; no one else takes it
+            wait_for(lambda: any(w in log.read_text()[seen:] for w in _NOTICED),
+                     "the worker to notice the broker gone", procs=((proc, log),))
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            broker.start()
+            ensure_topics(bs, list(topics.values()))
+            publish_recording(rec, bs, topic=topics["readings"], events_topic=topics["events"],
+                              progress=False)      # first part (offsets only) + tail
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: f'"messages":{rec.values.size},' in log.read_text(),
+                 "the worker to read the tail", procs=((proc, log),))
+        proc.terminate()                        # checkpoints, then exits
+        assert proc.wait(600) == 0, log.read_text()[-3000:]
         forecasts.update((k, v) for k, v, _, _ in read_topic(bs, topics["forecasts"]))
     finally:
         if proc is not None and proc.poll() is None:

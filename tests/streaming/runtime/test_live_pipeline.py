@@ -34,7 +34,7 @@ def _cfg(bs: str, unique: str, **extra: object) -> StreamConfig:
 
 
 def _run_worker(cfg: StreamConfig, core: StreamCore) -> dict:
-    return asyncio.run(LiveWorker(cfg, core, idle_exit_s=2.0).run()).as_dict()
+    return asyncio.run(LiveWorker(cfg, core, idle_exit_s=0.5).run()).as_dict()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str, model:
         f'dead_letter_topic = "dead-letter-{unique}"\n')
     summary = tmp_path / "summary.json"
     run = _stfm("run", "--config", str(cfg_file), "--bootstrap-servers", bs, "--group-id",
-                f"g-{unique}", *model_flags, "--engine", engine, "--idle-exit", "3",
+                f"g-{unique}", *model_flags, "--engine", engine, "--idle-exit", "1",
                 "--summary", str(summary))
     assert run.returncode == 0, run.stderr[-3000:]
     s = json.loads(summary.read_text())
@@ -228,7 +228,7 @@ def test_alerts_tail_prints_alerts(broker, unique):
     producer.flush()
     producer.close()
     r = _stfm("alerts", "tail", "--bootstrap-servers", broker.bootstrap_servers, "--topic",
-              topic, "--from-beginning", "--max", "2", "--timeout", "20")
+              topic, "--from-beginning", "--max", "2", "--timeout", "120")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert "s7" in lines[0] and "page_hinkley fired" in lines[0] and "2026-01-05" in lines[0]

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -41,10 +42,14 @@ def _config(tmp: Path, name: str, unique: str, store: Path, every: int) -> Path:
     return f
 
 
-def _worker(cfg: Path, bs: str, group: str, log: Path) -> subprocess.Popen:
+def _worker(cfg: Path, bs: str, group: str, log: Path, *, idle_exit: bool = True
+            ) -> subprocess.Popen:
+    """A worker of ``group``; with ``idle_exit`` it stops once it has read everything,
+    without it it runs until it is killed."""
+    idle = ["--idle-exit", "1"] if idle_exit else []
     return subprocess.Popen(
         [sys.executable, "-m", "stfm.cli", "run", "--config", str(cfg),
-         "--bootstrap-servers", bs, "--group-id", group, "--fresh", "--idle-exit", "3",
+         "--bootstrap-servers", bs, "--group-id", group, "--fresh", *idle,
          "--summary", str(log.with_suffix(".json"))],
         cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -75,31 +80,31 @@ def _final_state(store: Path, group: str) -> dict:
 
 
 def _run_with_kills(cfg: Path, bs: str, group: str, store: Path, kills: int, tmp: Path,
-                    seed: int) -> int:
+                    seed: int, wait_for: Callable[..., None]) -> int:
     """Start the worker, SIGKILL it ``kills`` times at random points after it made progress
-    (a new checkpoint), restart it each time, then let it finish. Returns kills done."""
+    (a new checkpoint), restart it each time, then let it finish. The killed ones have no
+    idle exit, so each kill lands whatever the machine's speed. Returns kills done."""
     rng = random.Random(seed)
     ckpts = _region_store(store, group)
     done = 0
     log = tmp / f"{group}.log"
+
+    def newest() -> int:
+        return max((int(p.name[5:]) for p in ckpts.paths()), default=0)
+
     while done < kills:
-        before = max((int(p.name[5:]) for p in ckpts.paths()), default=0)
-        proc = _worker(cfg, bs, group, log)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            now = max((int(p.name[5:]) for p in ckpts.paths()), default=0)
-            if now > before:
-                break
-            time.sleep(0.05)
-        if proc.poll() is not None:            # finished before we could kill it
-            break
-        time.sleep(rng.uniform(0.0, 0.6))      # somewhere between two checkpoints
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        before = newest()
+        proc = _worker(cfg, bs, group, log, idle_exit=False)
+        try:
+            wait_for(lambda b=before: newest() > b, "a new checkpoint", procs=((proc, log),))
+            time.sleep(rng.uniform(0.0, 0.6))      # somewhere between two checkpoints
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(60)
         assert proc.returncode == -signal.SIGKILL
         done += 1
     proc = _worker(cfg, bs, group, log)
-    assert proc.wait(300) == 0, log.read_text()[-3000:]
+    assert proc.wait(600) == 0, log.read_text()[-3000:]
     return done
 
 
@@ -108,7 +113,8 @@ def _run_with_kills(cfg: Path, bs: str, group: str, store: Path, kills: int, tmp
     pytest.param(9.0, 5, id="soak", marks=pytest.mark.slow),
 ])
 def test_kill9_restart_gives_the_uninterrupted_result(broker, unique: str, tmp_path: Path,
-                                                      n_days: float, kills: int) -> None:
+                                                      wait_for, n_days: float,
+                                                      kills: int) -> None:
     bs = broker.bootstrap_servers
     rec, _ = simulate(SimConfig(n_sensors=20, n_days=n_days, seed=7, n_events=0))
     readings = int((~torch.isnan(torch.from_numpy(rec.values))).sum())
@@ -119,8 +125,9 @@ def test_kill9_restart_gives_the_uninterrupted_result(broker, unique: str, tmp_p
     bad_cfg = _config(tmp_path, "bad", unique, store, every=6)
 
     ref = _worker(ref_cfg, bs, f"ref-{unique}", tmp_path / "ref.log")
-    assert ref.wait(300) == 0, (tmp_path / "ref.log").read_text()[-3000:]
-    done = _run_with_kills(bad_cfg, bs, f"bad-{unique}", store, kills, tmp_path, seed=1)
+    assert ref.wait(600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    done = _run_with_kills(bad_cfg, bs, f"bad-{unique}", store, kills, tmp_path, seed=1,
+                           wait_for=wait_for)
     assert done == kills, f"the run finished after {done} of {kills} kills"
 
     ref_fc, _ = _forecasts(bs, f"forecasts-ref-{unique}")

@@ -27,7 +27,7 @@ from streaming.runtime.worker import LiveWorker
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """``{(sample name, sorted labels): value}`` of a ``/metrics`` page."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    text = urllib.request.urlopen(url, timeout=60).read().decode()
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -57,7 +57,8 @@ def test_observe_config_errors_name_the_key() -> None:
 
 
 @pytest.mark.broker
-def test_metrics_scraped_from_a_running_worker_match_what_it_produced(broker, unique, tmp_path):
+def test_metrics_scraped_from_a_running_worker_match_what_it_produced(broker, unique, tmp_path,
+                                                                    wait_for):
     bs = broker.bootstrap_servers
     topics = {f"{t}_topic": f"{t.replace('_', '-')}-{unique}"
               for t in ("readings", "events", "forecasts", "alerts", "dead_letter")}
@@ -80,27 +81,34 @@ def test_metrics_scraped_from_a_running_worker_match_what_it_produced(broker, un
     telemetry = Telemetry()
     server = serve_metrics(telemetry.registry, "127.0.0.1", 0)
     core = StreamCore(cfg, OnlineModel.fresh(cfg.patching, cfg.model))
-    worker = LiveWorker(cfg, core, idle_exit_s=4.0, observers=[telemetry])
+    worker = LiveWorker(cfg, core, observers=[telemetry])     # runs until stopped
     done: dict = {}
     thread = threading.Thread(target=lambda: done.update(stats=asyncio.run(worker.run())))
     thread.start()
     n_in = rec.values.size + len(rec.events) + len(bad)
+    lag_key = ("stfm_consumer_lag_messages", (("partition", "0"), ("topic", k.readings_topic)))
     try:
-        deadline = time.monotonic() + 120
-        m = scrape(server.url)
-        while value(m, "stfm_messages_total") < n_in and time.monotonic() < deadline:
-            assert thread.is_alive() or done, "the worker stopped early"
-            time.sleep(0.2)
-            m = scrape(server.url)
-        assert thread.is_alive(), "scraped while running"
+        scraped: dict = {}
+
+        def all_read() -> bool:
+            assert thread.is_alive(), "the worker stopped early"
+            scraped.update(m=scrape(server.url))
+            return value(scraped["m"], "stfm_messages_total") >= n_in and lag_key in scraped["m"]
+
+        wait_for(all_read, "the scraped counters to reach the input")
+        m = scraped["m"]                        # scraped while running
         assert value(m, "stfm_messages_total") == n_in
         assert value(m, "stfm_readings_accepted_total") == rec.values.size
         assert value(m, "stfm_step_processing_seconds_count") > 0
         assert value(m, "stfm_batch_processing_seconds_count") > 0
-        thread.join(timeout=120)
+        worker.stop()
+        thread.join(timeout=300)
         assert not thread.is_alive()
         m = scrape(server.url)
     finally:
+        if thread.is_alive():
+            worker.stop()
+            thread.join(timeout=60)
         server.close()
     stats = done["stats"]
     forecasts = sum(1 for _ in read_topic(bs, k.forecasts_topic))
@@ -121,8 +129,7 @@ def test_metrics_scraped_from_a_running_worker_match_what_it_produced(broker, un
         core.forecaster.expert_metrics["persistence"].mae)
     assert value(m, "stfm_model_info", region="0", version=core.model.version) == 1
     assert value(m, "stfm_sensors", region="0") == rec.n_sensors
-    assert (("stfm_consumer_lag_messages", (("partition", "0"), ("topic", k.readings_topic)))
-            in m)
+    assert lag_key in m
     assert stats.checkpoints > 0
     assert time.time() - 300 < value(m, "stfm_last_checkpoint_timestamp_seconds") <= time.time()
     assert 0 <= value(m, "stfm_checkpoint_age_seconds") < 300
