@@ -369,7 +369,7 @@ def decode_events(
     return EventBatch(out, src), dead
 
 
-ALERT_KINDS = ("drift", "anomaly", "data-quality")
+ALERT_KINDS = ("drift", "anomaly", "data-quality", "model")
 SEVERITIES = ("info", "warning", "critical")
 
 
@@ -383,7 +383,7 @@ class Alert:
     any of them is a channel ``"s/c"`` of a multichannel sensor (``split_series``)."""
 
     id: str
-    kind: str                    # drift | anomaly | data-quality
+    kind: str                    # drift | anomaly | data-quality | model
     sensors: list[str]
     ts: int                      # event time (epoch ms) it refers to
     step: int | None

@@ -134,7 +134,7 @@ def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
     sensors = sorted(s for s, _ in counts.most_common(max_sensors))
     y = {s: i for i, s in enumerate(sensors)}
     fig, ax = plt.subplots(figsize=(12, max(3.0, 0.28 * len(sensors) + 1.5)))
-    markers = {"drift": "v", "anomaly": "o", "data-quality": "x"}
+    markers = {"drift": "v", "anomaly": "o", "data-quality": "x", "model": "s"}
     colours = {"critical": "tab:red", "warning": "tab:orange"}
     seen: set[tuple[str, str]] = set()
     for a in alerts:

@@ -108,11 +108,28 @@ MIN_WARMUP_STEPS = 4
 
 @dataclass
 class DriftConfig:
-    """Per-sensor drift monitors on residual and embedding channels (array detectors over all
-    sensors, river's arithmetic: ``streaming.alerts.detectors``)."""
+    """Per-sensor change detection. The default, ``bocpd``, watches each sensor's deseasonalized
+    level and spread with online Bayesian change-point detection
+    (``streaming.alerts.changepoint``); ``page_hinkley``, ``adwin`` and ``kswin`` watch the
+    forecast-residual and embedding channels instead (array detectors over all sensors,
+    river's arithmetic: ``streaming.alerts.detectors``)."""
 
-    detector: str = "page_hinkley"      # page_hinkley | adwin | kswin
-    channels: str = "abs_residual+seasonal_residual+embedding_distance"  # '+'-joined
+    detector: str = "page_hinkley"      # page_hinkley | adwin | kswin | bocpd (see RESULTS.md:
+    #                                     bocpd is not the default until it handles weekly
+    #                                     cycles)
+    expected_run_steps: float = 200.0   # bocpd: 1 / hazard, in steps between changes
+    runs: int = 8                       # bocpd: run lengths kept per sensor and statistic
+    alpha0: float = 5.0                 # bocpd: Normal-Gamma shape (prior weight of the scale)
+    kappa0: float = 0.05                # bocpd: prior weight of a new run's mean (small: a new
+    #                                     run's level is learned from its own readings)
+    min_effect: float = 5.0             # bocpd: smallest change worth an alert, in the
+    #                                     statistic's step-to-step noise
+    bocpd_threshold: float = 0.0        # bocpd: posterior mass that declares a change
+    #                                     (0: from alerts.max_per_10k)
+    season_rate: float = 0.1            # bocpd: learning rate of the daily profile
+    report_calmer: bool = False         # bocpd: alert on variance falls too (a sensor grown
+    #                                     calmer; detected either way)
+    channels: str = "abs_residual+seasonal_residual"  # residual detectors' channels, '+'-joined
     threshold: float = 9.0              # Page-Hinkley lambda (in standardized-error units)
     delta: float = 0.5                  # Page-Hinkley tolerated increase (standardized units)
     clip: float = 8.0                   # standardized values are clipped to [-clip, clip]
@@ -122,6 +139,8 @@ class DriftConfig:
     kswin_stat_size: int = 30           # KSWIN recent sample compared with the window
     warmup_readings: int = 288          # readings per sensor and channel before alerts may fire
     #                                     (in steps: readings / patch_len, at least 4)
+    min_readings: int = 30              # bocpd: readings per sensor before a change may fire
+    #                                     (and its first day, on a grid with a daily cycle)
     season_ms: int = 86_400_000         # season of the seasonal-naive reference (0 = off)
 
     def warmup_steps(self, patch_len: int) -> int:
@@ -129,9 +148,23 @@ class DriftConfig:
         return max(MIN_WARMUP_STEPS, -(-self.warmup_readings // patch_len))
 
     def validate(self) -> None:
-        if self.detector not in ("page_hinkley", "adwin", "kswin"):
-            raise ConfigError(
-                f"drift.detector must be page_hinkley, adwin or kswin, not {self.detector!r}")
+        if self.detector not in ("bocpd", "page_hinkley", "adwin", "kswin"):
+            raise ConfigError("drift.detector must be bocpd, page_hinkley, adwin or kswin, "
+                              f"not {self.detector!r}")
+        if self.expected_run_steps <= 1:
+            raise ConfigError("drift.expected_run_steps must be > 1")
+        if self.runs < 2:
+            raise ConfigError("drift.runs must be >= 2")
+        if self.alpha0 < 1:
+            raise ConfigError("drift.alpha0 must be >= 1")
+        if self.kappa0 <= 0:
+            raise ConfigError("drift.kappa0 must be > 0")
+        if not 0 <= self.bocpd_threshold < 1:
+            raise ConfigError("drift.bocpd_threshold must be in [0, 1) (0: from the budget)")
+        if not 0 < self.season_rate <= 1:
+            raise ConfigError("drift.season_rate must be in (0, 1]")
+        if self.min_effect < 0:
+            raise ConfigError("drift.min_effect must be >= 0")
         bad = [c for c in self.channels.split("+") if c not in DRIFT_CHANNELS]
         if bad or not self.channels:
             raise ConfigError(f"drift.channels: unknown channel {bad[0] if bad else ''!r} "
@@ -139,7 +172,7 @@ class DriftConfig:
         _positive(self, "drift", "threshold", "adwin_delta", "kswin_alpha", "clip")
         if not 0 < self.kswin_stat_size < self.kswin_window:
             raise ConfigError("drift needs 0 < kswin_stat_size < kswin_window")
-        for k in ("delta", "warmup_readings", "season_ms"):
+        for k in ("delta", "warmup_readings", "season_ms", "min_readings"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"drift.{k} must be >= 0")
 

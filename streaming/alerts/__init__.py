@@ -3,8 +3,10 @@ decides which of it becomes an alert.
 
 - ``signals``: the per-step statistics the detectors watch (nowcast residual, seasonal
   residual, embedding distance);
-- ``drift``: drift channels over change detectors; ``detectors``: Page-Hinkley, ADWIN and
-  KSWIN as arrays over sensors;
+- ``changepoint``: the default change detector, online Bayesian change-point detection
+  (``bocpd``) on each sensor's deseasonalized level and spread;
+- ``drift``: drift channels over change detectors (``drift.detector`` = page_hinkley, adwin
+  or kswin); ``detectors``: Page-Hinkley, ADWIN and KSWIN as arrays over sensors;
 - ``anomaly``: the fused anomaly score; ``novelty``: detectors on the raw values;
   ``calibration``: each surprise calibrated to a false-alarm budget on the sensor's history;
 - ``quality``: data-quality checks (silence, flat lines);

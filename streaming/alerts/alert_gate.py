@@ -4,11 +4,12 @@ Detectors say what they see, per sensor and step (``Evidence``); the gate decide
 becomes an ``Alert``, per kind (``GateRule``): a threshold on the evidence's score, a warm-up
 (scored steps before a sensor may fire), hysteresis (after an alert a sensor re-arms only once
 its score fell below ``clear``), a cooldown (the earliest next alert on a sensor is
-``min_gap_steps`` after the last), and a graph merge (sensors that fire in the same step and
-are linked within ``merge_hops`` edges through other firing sensors become one regional
-alert; ``common_mode_min`` or more sensors firing in one step are one alert, graph or not). It
-then names the events that coincide with an alert on its sensors ("coincides with
-roadworks on s012"). One incident gives one alert, not one per step.
+``min_gap_steps`` after the last, unless the evidence says something else changed: a level
+fall after a level rise, a variance rise after a level change), and a graph merge (sensors
+that fire in the same step and are linked within ``merge_hops`` edges through other firing
+sensors become one regional alert; ``common_mode_min`` or more sensors firing in one step
+are one alert, graph or not). It then names the events that coincide with an alert on its
+sensors ("coincides with roadworks on s012"). One incident gives one alert, not one per step.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def rules(cfg: StreamConfig) -> dict[str, GateRule]:
         # a drift alert blocks its sensor for the next drift_cooldown_steps steps
         "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1),
         "data-quality": GateRule(),
+        "model": GateRule(),        # the model's own events (rollback, non-finite forecast)
     }
 
 
@@ -123,7 +125,12 @@ class AlertGate:
                 st.disarmed[ix[ok & ~armed & (vals < rule.clear)]] = False
             fire = ok & armed & (vals >= rule.threshold) & (seen > rule.warmup_steps)
         if step is not None:
-            fire &= ~st.has_last[ix] | (step - st.last[ix] >= rule.min_gap_steps)
+            cool = fire & st.has_last[ix] & (step - st.last[ix] < rule.min_gap_steps)
+            for p in np.flatnonzero(cool).tolist():
+                # in cooldown only a change of another kind or direction gets through
+                sig = _signature(evidence.get(names[p]))
+                cool[p] = sig is None or sig == st.signature.get(names[p])
+            fire &= ~cool
         if scores is not None:                  # only sensors with evidence fire
             has = np.zeros(len(names), bool)
             has[[pos[s] for s in evidence if s in pos]] = True
@@ -144,6 +151,10 @@ class AlertGate:
             at = [self._index[s] for s in group]
             if step is not None:
                 st.last[at], st.has_last[at] = step, True
+            for s in group:
+                sig = _signature(evidence.get(s))
+                if sig is not None:
+                    st.signature[s] = sig
             if rule.clear is not None:
                 st.disarmed[at] = True
             alerts.append(self._build(kind, rule, step, ts, group, top, firing, evidence))
@@ -169,6 +180,18 @@ class AlertGate:
             raise ValueError(f"alert gate: {kind} sensors must be unique ({dup!r} twice)")
         self._lists[kind] = (list(names), ix, pos)
         return ix, pos
+
+    def due(self, kind: str, key: str, step: int, gap: int) -> bool:
+        """Whether an alert of ``kind`` about ``key`` (a sensor, or a name for the region) may
+        be raised at ``step``: none was in the last ``gap`` steps. Records it if so (the
+        gate's state, so a restored core decides the same)."""
+        st = self._kinds[kind]
+        i = self._slot(key)
+        st.grow(len(self._names))
+        if st.has_last[i] and step - st.last[i] < gap:
+            return False
+        st.last[i], st.has_last[i] = step, True
+        return True
 
     def report(self, kind: str, step: int | None, ts: int, sensors: list[str],
                evidence: Evidence) -> Alert:
@@ -293,6 +316,9 @@ class AlertGate:
                               for i in np.flatnonzero(st.has_last[:n]).tolist()}
             out["disarmed"][k] = sorted(names[i]
                                         for i in np.flatnonzero(st.disarmed[:n]).tolist())
+        sigs = {k: dict(st.signature) for k, st in self._kinds.items() if st.signature}
+        if sigs:
+            out["signature"] = sigs
         out["events"] = list(self.events)
         return out
 
@@ -314,7 +340,17 @@ class AlertGate:
             for s, n in last.items():
                 st.last[self._index[s]], st.has_last[self._index[s]] = n, True
             st.disarmed[[self._index[s] for s in disarmed]] = True
+        for k, sigs in state.get("signature", {}).items():
+            if k in self._kinds:
+                self._kinds[k].signature = {str(s): str(v) for s, v in sigs.items()}
         self.events = deque(state["events"])
+
+
+def _signature(ev: Evidence | None) -> str | None:
+    """What a drift says changed ("level:up", "variance:down"), when it says so."""
+    if ev is None or not ev.detail.get("change"):
+        return None
+    return f"{ev.detail['change']}:{ev.detail.get('value_direction') or ''}"
 
 
 class _KindState:
@@ -325,6 +361,7 @@ class _KindState:
         self.last = np.zeros(0, np.int64)      # step of the last alert (if has_last)
         self.has_last = np.zeros(0, bool)
         self.disarmed = np.zeros(0, bool)      # fired, not yet below ``clear``
+        self.signature: dict[str, str] = {}    # sensor -> what its last alert said changed
 
     def grow(self, n: int) -> None:
         if n > len(self.seen):

@@ -285,6 +285,9 @@ class DriftMonitor:
             else:
                 run, onset = np.where(scored, z, 0.0), np.full(m, at, np.int64)
                 rose = det & (z > 0)
+            # "rose" in words needs the statistic itself above its normal level (z is net
+            # of the common mode, which may be negative)
+            rose &= x > mean
             # the normal level follows the data, but not while the error is high
             follow = scored & ~det & (z < 3.0)
             dd = np.where(follow, x - mean, 0.0)

@@ -355,7 +355,7 @@ class Forecaster:
         self.model.boost(sensors, step)
 
     def drain_events(self) -> list[dict[str, Any]]:
-        """Rolled-back updates since the last call (for data-quality alerts)."""
+        """Rolled-back updates since the last call (for model alerts)."""
         return self.model.drain_alerts()
 
     # --- state --------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class OnlineModel:
         self.booster.boost(sensors, step)
 
     def drain_alerts(self) -> list[dict]:
-        """``data-quality`` alerts raised by rollbacks since the last call."""
+        """``model`` events raised by rollbacks since the last call."""
         out, self._alerts = self._alerts, []
         return out
 
@@ -328,7 +328,7 @@ class OnlineModel:
         self.guard.restore()
         self.n_skipped += 1
         self._alerts.append({
-            "kind": "data-quality", "sensors": list(sensors or []), "step": step,
+            "kind": "model", "sensors": list(sensors or []), "step": step,
             "detector": "online-update", "statistic": f"{where} loss",
             "severity": "warning",
             "detail": {"reason": why, "action": "restored the last good snapshot of the "
@@ -351,7 +351,7 @@ class OnlineModel:
             return math.nan
         if not np.isfinite(x[mask]).all():
             self._alerts.append({
-                "kind": "data-quality", "sensors": list(sensors or []), "step": step,
+                "kind": "model", "sensors": list(sensors or []), "step": step,
                 "detector": "online-update", "statistic": "input window",
                 "severity": "warning",
                 "detail": {"reason": "non-finite normalized input; update skipped",

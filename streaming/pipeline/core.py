@@ -10,6 +10,7 @@ input order gives the same outputs. Every stage is its own module with ``state_d
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from connectors.schemas import Alert, EventBatch, ReadingBatch, format_minute
 from streaming.alerts.alert_gate import AlertGate, Evidence
 from streaming.alerts.anomaly import AnomalyScorer, ScoreBlock
+from streaming.alerts.changepoint import ChangeMonitor
 from streaming.alerts.drift import DriftMonitor
 from streaming.alerts.quality import DataQuality, QualityEvent
 from streaming.alerts.signals import Signals
@@ -33,8 +35,9 @@ from streaming.ingest.registry import SensorRegistry
 from streaming.ingest.window import ContextWindow, Pending
 
 STAGES = ("patcher", "window", "baselines", "forecaster", "signals", "quality", "scorer", "drift",
-          "gate")
-NEW_STAGES = ("quality",)    # a state of an earlier version may lack these: they start fresh
+          "changes", "gate")
+NEW_STAGES = ("quality", "changes")   # a state of an earlier version may lack these: they
+#                                       start fresh
 
 
 @dataclass
@@ -91,6 +94,8 @@ class StreamCore:
         self.scorer = AnomalyScorer(cfg)
         self.drift = DriftMonitor(cfg.drift, step_ms=p.interval_ms * p.patch_len,
                                   patch_len=p.patch_len)
+        self.changes = ChangeMonitor(cfg.drift, cfg.alerts.max_per_10k, p.interval_ms,
+                                     p.patch_len, p.timezone)
         extra = model.meta.get("extra", {})
         self.gate = AlertGate(cfg, extra.get("edge_index"), extra.get("sensors"))
         self._own: frozenset[str] | None = None     # None: every sensor is the region's own
@@ -249,9 +254,16 @@ class StreamCore:
                                    _without(evidence, names, quiet), names, scores.score)
         stats = self.signals.drift_channels(realized, seasonal, distance)
         out.statistics.append((step.step, stats))
-        found = _without(self.drift.update(names, stats, step.step, step.end_ts), names, quiet)
-        for name, ev in found.items():
-            self._describe_change(self.patcher.registry.index[name], step.step, ev)
+        if self.cfg.drift.detector == "bocpd":
+            found = _without(self.changes.update(names, step.step, step.start_ts, step.values,
+                                                 step.end_ts), names, quiet)
+            for name, ev in found.items():
+                self._name_trend(self.patcher.registry.index[name], step.step, ev)
+        else:
+            found = _without(self.drift.update(names, stats, step.step, step.end_ts), names,
+                             quiet)
+            for name, ev in found.items():
+                self._describe_change(self.patcher.registry.index[name], step.step, ev)
         drift = self.gate.update("drift", step.step, step.end_ts, found)
         for a in drift:
             self.forecaster.boost(a.sensors, step.step)
@@ -259,8 +271,10 @@ class StreamCore:
         self.gate.name_events(alerts, step.end_ts)
         out.alerts += alerts
         self.forecaster.after_step(inputs, step.step, names)
-        for i, ev in enumerate(self.forecaster.drain_events()):
-            out.alerts.append(self._rollback_alert(step, i, ev))
+        events = self.forecaster.drain_events()
+        if events and self.gate.due("model", "region", step.step,
+                                    self.cfg.alerts.drift_cooldown_steps + 1):
+            out.alerts.append(self._rollback_alert(step, events, len(events)))
 
     def _block(self, step: ClosedStep, yhat: np.ndarray, exists: np.ndarray,
                leader: list[str], pending: Pending) -> ForecastBlock:
@@ -368,7 +382,7 @@ class StreamCore:
             return
         sd_b, sd_a = float(np.std(before)), float(np.std(after))
         delta = float(np.mean(after) - np.mean(before))
-        ratio = sd_a / sd_b if sd_b > 0 else float("inf")
+        ratio = sd_a / sd_b if sd_b > 0 else (1.0 if sd_a == 0 else math.nan)
         trend = _trend_change(before, after, sd_b)
         if trend is not None:
             kind, direction = "trend", "up" if trend[1] > trend[0] else "down"
@@ -377,6 +391,9 @@ class StreamCore:
             kind, words = "level", (f"level {'rose' if delta > 0 else 'fell'} by "
                                     f"{abs(delta):.3g} ({abs(delta) / sd_b:.1f} std)")
             direction = "up" if delta > 0 else "down"
+        elif math.isnan(ratio):
+            kind, direction = "variance", "up"
+            words = f"values vary (std {sd_a:.3g}) after a constant stretch"
         elif ratio >= 1.5 or ratio <= 1 / 1.5:
             kind, direction = "variance", "up" if ratio > 1 else "down"
             words = f"variability x{ratio:.2f}"
@@ -386,8 +403,35 @@ class StreamCore:
         else:
             kind, direction, words = "shape", None, "shape changed, level and spread kept"
         ev.detail.update({"change": kind, "value_direction": direction,
-                          "level_change": round(delta, 6), "std_ratio": round(ratio, 4)})
+                          "level_change": round(delta, 6),
+                          "std_ratio": None if math.isnan(ratio) else round(ratio, 4)})
         ev.text += f"; {words}"
+
+    def _name_trend(self, i: int, step: int, ev: Evidence) -> None:
+        """A level change whose values since the onset follow a new line rather than a new
+        level is reported as a trend change (``_trend_change`` on the context window)."""
+        since = ev.detail.get("since_step")
+        k = self.window.k
+        if ev.detail.get("change") != "level" or since is None or \
+                i >= self.window.values.shape[0]:
+            return
+        r = step - int(since) + 1
+        if not 1 < r < k:
+            return
+        vals = self.window.values[i]
+        after, before = vals[k - r:].ravel(), vals[max(0, k - 2 * max(r, 4)):k - r].ravel()
+        after, before = after[~np.isnan(after)], before[~np.isnan(before)]
+        if len(after) < 2 or len(before) < 2:
+            return
+        trend = _trend_change(before, after, float(np.std(before)))
+        if trend is None:
+            return
+        direction = "up" if trend[1] > trend[0] else "down"
+        ev.detail.update({"change": "trend", "value_direction": direction,
+                          "direction": direction, "slope_before": round(trend[0], 6),
+                          "slope_after": round(trend[1], 6)})
+        ev.text = (f"{ev.text}; the values since follow a new trend of {trend[1]:+.3g} per "
+                   f"reading (was {trend[0]:+.3g})")
 
     def _quality_alert(self, step: ClosedStep, ev: QualityEvent) -> Alert:
         name = self.sensors[ev.sensor]
@@ -411,22 +455,31 @@ class StreamCore:
             key=f"data-quality:{name}:{ev.condition}:{ev.since_step}:{state}"))
 
     def _bad_forecast_alert(self, step: ClosedStep, names: list[str]) -> Alert:
-        return self.gate.report("data-quality", step.step, step.end_ts, names, Evidence(
+        """One ``model`` alert for the region: the model gave non-finite forecasts."""
+        return self.gate.report("model", step.step, step.end_ts, names, Evidence(
             score=1.0, detector="forecast-guard", statistic="forecast",
-            key=f"data-quality:forecast:{step.step}",
+            key=f"model:forecast:{step.step}",
             text=f"non-finite forecast for {len(names)} sensor(s) ({', '.join(names[:5])}); "
                  "served the last observed value",
             detail={"model_version": self.forecaster.version}))
 
-    def _rollback_alert(self, step: ClosedStep, i: int, ev: dict[str, Any]) -> Alert:
-        """An online update that went bad and was rolled back (reported by the model)."""
+    def _rollback_alert(self, step: ClosedStep, events: list[dict[str, Any]], n: int
+                        ) -> Alert:
+        """Online updates that went bad and were rolled back (reported by the model): one
+        ``model`` alert for the region, at most one per cooldown (``alerts.
+        drift_cooldown_steps``), not a data-quality alert per sensor (the batch's sensors
+        are counted in the detail, not listed as the alert's sensors)."""
+        ev = events[0]
         d = dict(ev.get("detail") or {})
-        return self.gate.report("data-quality", ev.get("step", step.step), step.end_ts,
-                                list(ev.get("sensors") or []), Evidence(
+        batch = list(ev.get("sensors") or [])
+        d.update({"batch_sensors": len(batch), "events": n})
+        return self.gate.report("model", ev.get("step", step.step), step.end_ts, [], Evidence(
             score=1.0, detector=ev.get("detector", "online-update"),
             statistic=ev.get("statistic", ""), severity=ev.get("severity"),
-            key=f"data-quality:{step.step}:{i}",
-            text=f"online update rolled back: {d.get('reason', '')}".rstrip(": "), detail=d))
+            key=f"model:{step.step}",
+            text=(f"model: online update rolled back ({d.get('reason', '')}) on a batch of "
+                  f"{len(batch)} sensor(s); serving continues with the last good weights"),
+            detail=d))
 
 
 def _trend_change(before: np.ndarray, after: np.ndarray, sd: float

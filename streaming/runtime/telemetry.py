@@ -37,7 +37,7 @@ METRICS = {     # name -> what it counts (the README's list is this table)
                                                    "assigned partition",
     "stfm_steps_closed_total{region}": "time steps closed",
     "stfm_forecasts_total": "forecast messages produced",
-    "stfm_alerts_total{kind}": "alerts produced, by kind (drift, anomaly, data-quality)",
+    "stfm_alerts_total{kind}": "alerts produced, by kind (drift, anomaly, data-quality, model)",
     "stfm_step_processing_seconds": "histogram: time to process one closed step of a region",
     "stfm_batch_processing_seconds": "histogram: time to process one fetched batch",
     "stfm_online_mae{region,model}": "cumulative online MAE (input units) of the served "

@@ -101,10 +101,12 @@ def test_nan_loss_rolls_back_and_raises_data_quality_alert() -> None:
     handle = model.model.forecast_head.register_forward_hook(hook)
     res = backtest(rec, core, start_row=onset, end_row=onset + 3 * P, progress=False)
     handle.remove()
-    dq = [a for a in res.alerts if a["kind"] == "data-quality"]
-    assert dq, "a NaN loss must raise a data-quality alert"
+    dq = [a for a in res.alerts if a["kind"] == "model"]
+    assert len(dq) == 1, "a NaN loss raises one model alert for the region"
     assert "non-finite loss" in dq[0]["detail"]["reason"]
-    assert dq[0]["id"].startswith("data-quality:") and dq[0]["sensors"]
+    assert dq[0]["id"].startswith("model:") and dq[0]["sensors"] == []
+    assert dq[0]["detail"]["batch_sensors"] > 0
+    assert not [a for a in res.alerts if a["kind"] == "data-quality"]
     for n, p in model.params.items():
         assert torch.equal(p.detach(), snap[n]), f"{n} not restored"
         assert torch.isfinite(p).all()

@@ -25,6 +25,7 @@ import torch
 from connectors.schemas import Alert, ReadingBatch
 from streaming.alerts.alert_gate import AlertGate, Evidence
 from streaming.alerts.anomaly import AnomalyScorer
+from streaming.alerts.changepoint import ChangeMonitor
 from streaming.alerts.detectors import ADWINArray, KSWINArray, PageHinkleyArray
 from streaming.alerts.drift import DriftMonitor
 from streaming.alerts.quality import DataQuality
@@ -216,6 +217,11 @@ DRIVERS = {
                                 np.abs(_values(k)[:, 1] - 10), _values(k), explain_at=0.5),
         lambda sc: sc.update(0, 0, NAMES, np.zeros(2), None, explain_at=0.5),
         "anomaly scorer"),
+    "changes": Driver(
+        lambda: ChangeMonitor(dataclasses.replace(CFG.drift, min_readings=2 * P), 1.0, IV, P),
+        lambda d, k: {s: e.text for s, e in d.update(NAMES, 1000 + k, T0 + k * P * IV,
+                                                      _values(k)).items()},
+        lambda d: d.update(["a"], 0, 0, np.zeros((2, P))), "change monitor"),
     "drift": Driver(
         lambda: DriftMonitor(CFG.drift, patch_len=P),
         lambda d, k: d.update(NAMES, {"abs_residual": np.abs(_values(k)[:, 0] - 10),

@@ -1,0 +1,233 @@
+"""The change model: online Bayesian change-point detection on deseasonalized values."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from connectors.recordings import Recording
+from streaming.alerts.bocpd import BOCPDArray
+from streaming.alerts.changepoint import ChangeMonitor, threshold_for_budget
+from streaming.config import DriftConfig
+
+IV, P = 300_000, 12
+T0 = int(np.datetime64("2026-03-02", "ms").astype(np.int64))
+
+
+def run_monitor(x: np.ndarray, cfg: DriftConfig | None = None, tz: str = "UTC",
+                t0: int = T0, iv: int = IV) -> tuple[list[tuple[int, int, object]],
+                                                      ChangeMonitor]:
+    """Feed ``x`` ``[T, M]`` step by step; returns (end reading, onset reading, evidence)."""
+    x = np.asarray(x, np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    T, M = x.shape
+    mon = ChangeMonitor(cfg or DriftConfig(), 1.0, iv, P, tz)
+    names = [f"s{i}" for i in range(M)]
+    out = []
+    base = t0 // (P * iv)
+    for s in range(T // P):
+        start = t0 + s * P * iv
+        for _name, ev in mon.update(names, base + s, start, x[s * P:(s + 1) * P].T,
+                                   start + P * iv).items():
+            out.append(((s + 1) * P - 1, int((ev.detail["since_ts"] - t0) // iv), ev))
+    return out, mon
+
+
+def test_bocpd_moves_to_the_new_run_after_a_shift() -> None:
+    det = BOCPDArray(hazard=1 / 100, runs=8, alpha0=5)
+    det.grow(2)
+    det.beta0[:] = 5.0
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        det.update(rng.normal(size=2) + (np.array([8.0, 0.0]) if t >= 30 else 0.0), t)
+    mass = det.mass_after(np.array([29, 29]))
+    assert mass[0] > 0.999 and mass[1] < 0.5
+    assert det.map_start(np.array([29, 29]))[0] == 30
+    after, _, before, _ = det.run_summary(0, 29)
+    assert after - before == pytest.approx(8.0, abs=1.0)
+
+
+def test_bocpd_state_round_trip_and_bad_input() -> None:
+    det = BOCPDArray(runs=4)
+    det.grow(3)
+    rng = np.random.default_rng(1)
+    for t in range(10):
+        det.update(rng.normal(size=3), t)
+    twin = BOCPDArray(runs=4)
+    twin.load_state_dict(det.state_dict())
+    x = rng.normal(size=3)
+    assert np.array_equal(det.update(x, 10), twin.update(x, 10))
+    assert np.array_equal(det.logp, twin.logp)
+    with pytest.raises(ValueError, match="expected 3 observations"):
+        det.update(np.zeros(2), 11)
+    with pytest.raises(ValueError, match="4 run lengths"):
+        BOCPDArray(runs=5).load_state_dict(det.state_dict())
+    before = det.logp.copy()
+    det.update(np.array([np.nan, np.nan, np.nan]), 11)      # nothing seen: nothing moves
+    assert np.array_equal(before, det.logp)
+
+
+def test_level_shift_found_fast_with_its_onset_and_magnitude() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(900, 4))
+    x[450:, 0] += 4.0
+    x[450:, 1] -= 4.0
+    found, _ = run_monitor(x)
+    by = {ev.text.split(":")[0]: (end, onset, ev) for end, onset, ev in found}
+    assert set(by) == {"s0", "s1"}, [ev.text for *_, ev in found]
+    for s, sign in (("s0", 1), ("s1", -1)):
+        end, onset, ev = by[s]
+        assert end - 450 <= 36 and abs(onset - 450) <= 3   # mid-step: within 3 steps
+        assert ev.detail["change"] == "level"
+        assert ev.detail["value_direction"] == ("up" if sign > 0 else "down")
+        assert ev.detail["level_change"] == pytest.approx(4.0 * sign, abs=0.6)
+
+
+def test_variance_up_is_found_and_down_only_when_asked() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1200, 2))
+    x[600:, 0] *= 4.0
+    x[600:, 1] /= 4.0
+    found, _ = run_monitor(x)
+    assert [(ev.text.split(":")[0], ev.detail["change"], ev.detail["value_direction"])
+            for *_, ev in found] == [("s0", "variance", "up")]
+    end, onset, ev = found[0]
+    assert end - 600 <= 72 and abs(onset - 600) <= 12
+    assert ev.detail["std_ratio"] == pytest.approx(4.0, rel=0.35)
+    found, _ = run_monitor(x, DriftConfig(report_calmer=True))
+    kinds = {(ev.text.split(":")[0], ev.detail["value_direction"]) for *_, ev in found}
+    assert kinds == {("s0", "up"), ("s1", "down")}
+
+
+@pytest.mark.parametrize("kind", ["iid", "ar", "daily"])
+def test_stationary_streams_are_silent(kind: str) -> None:
+    """40 streams of 6,000 readings each (240,000 readings) at the default budget."""
+    rng = np.random.default_rng({"iid": 5, "ar": 6, "daily": 7}[kind])
+    T, M = 6000, 40
+    e = rng.normal(size=(T, M))
+    if kind == "ar":
+        x = np.zeros((T, M))
+        for t in range(1, T):
+            x[t] = 0.8 * x[t - 1] + 0.6 * e[t]
+    elif kind == "daily":
+        x = e + 5 * np.sin(2 * np.pi * np.arange(T)[:, None] / 288 + rng.uniform(0, 6, M)[None])
+    else:
+        x = e
+    found, _ = run_monitor(x)
+    # the budget is 1 per 10,000 readings for all alerts; level and variance changes use a
+    # small share of it (measured: 0 on iid noise, at most 2 in 240,000 readings otherwise)
+    assert len(found) <= (0 if kind == "iid" else 2), [ev.text for *_, ev in found]
+
+
+def test_words_match_numbers() -> None:
+    """Every change's text says rose/fell as its own numbers do, and prints no inf/nan."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(1500, 6)) * np.array([1, 1, 1, 0.01, 100, 1])
+    x[700:, 0] += 5
+    x[700:, 1] -= 5
+    x[700:, 2] *= 4
+    x[:700, 3] = 0.0                     # constant, then noisy
+    x[700:, 4] += 800
+    x[700:, 5] = x[700:, 5] * 3 - 10
+    found, _ = run_monitor(x, DriftConfig(report_calmer=True))
+    assert len(found) >= 5
+    for *_, ev in found:
+        text, d = ev.text, ev.detail
+        assert not re.search(r"\b(inf|nan)\b", text, re.I), text
+        if d["change"] == "level":
+            assert ("rose" in text) == (d["level_after"] > d["level_before"]), text
+            assert (f"by {abs(d['level_after'] - d['level_before']):.4g}" in text
+                    or d['level_before'] == 0)
+        else:
+            assert ("rose" in text) == (d["std_ratio"] > 1), text
+            assert f"x{d['std_ratio']:.2f}" in text
+        assert ("rose" in text) == (d["value_direction"] == "up")
+
+
+def test_threshold_follows_the_budget() -> None:
+    assert threshold_for_budget(1.0) == pytest.approx(0.99)
+    assert threshold_for_budget(0.1) > threshold_for_budget(1.0) > threshold_for_budget(5.0)
+    assert ChangeMonitor(DriftConfig(), 5.0, IV, P).threshold == pytest.approx(0.95)
+    assert ChangeMonitor(DriftConfig(bocpd_threshold=0.9), 5.0, IV, P).threshold == 0.9
+
+
+def test_daylight_saving_switch_is_not_a_change() -> None:
+    """A daily cycle that follows Berlin's wall clock, across the March and October switches:
+    the profile is kept per local time of day, so the switch moves nothing. In UTC the
+    same series looks shifted by an hour after the switch."""
+    berlin = ZoneInfo("Europe/Berlin")
+    for day in ("2026-03-22", "2026-10-18"):
+        t0 = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
+        ts = t0 + IV * np.arange(14 * 288, dtype=np.int64)
+        hour = np.array([datetime.fromtimestamp(t / 1000, berlin).hour
+                         + datetime.fromtimestamp(t / 1000, berlin).minute / 60 for t in ts])
+        rng = np.random.default_rng(9)
+        # a sharp morning ramp: an hour's shift of it is a big error against a UTC profile
+        x = 10 * ((hour >= 7) & (hour < 19)) + rng.normal(size=len(ts)) * 0.5
+        found, _ = run_monitor(x, tz="Europe/Berlin", t0=t0)
+        assert found == [], [ev.text for *_, ev in found]
+        found, _ = run_monitor(x, tz="UTC", t0=t0)      # the control: a UTC profile sees it
+        assert any(end >= 288 for end, _, _ in found)
+
+
+def test_state_round_trip_continues_identically() -> None:
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(1200, 3))
+    x[800:, 1] += 3
+    names = ["a", "b", "c"]
+    a = ChangeMonitor(DriftConfig(), 1.0, IV, P)
+    b = ChangeMonitor(DriftConfig(), 1.0, IV, P)
+    for s in range(50):
+        a.update(names, s, s * P * IV, x[s * P:(s + 1) * P].T)
+    b.load_state_dict(a.state_dict())
+    for s in range(50, 100):
+        ea = a.update(names, s, s * P * IV, x[s * P:(s + 1) * P].T)
+        eb = b.update(names, s, s * P * IV, x[s * P:(s + 1) * P].T)
+        assert {k: v.text for k, v in ea.items()} == {k: v.text for k, v in eb.items()}
+    with pytest.raises(ValueError, match="rows of values"):
+        a.update(["a"], 100, 100 * P * IV, x[:P].T)
+
+
+def _backtest(x: np.ndarray, overrides: dict | None = None) -> list[dict]:
+    from replay.backtest import backtest
+    from streaming.config import StreamConfig
+    from streaming.pipeline.core import StreamCore
+    from streaming.pipeline.factory import build_model
+
+    ts = T0 + IV * np.arange(len(x), dtype=np.int64)
+    rec = Recording(timestamps=ts, sensors=["s0"], values=x[:, None], interval_ms=IV)
+    cfg = StreamConfig.load(None, {"patching.interval_ms": IV, "drift.detector": "bocpd",
+                                   **(overrides or {})})
+    core = StreamCore(cfg, build_model(cfg, None), sensors=["s0"])
+    return backtest(rec, core, progress=False).alerts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_600_point_shift_at_defaults(seed: int) -> None:
+    """The issue's series: 5-minute grid, daily sine of amplitude 5, noise sd 1, +6 at 300."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(600)
+    x = 5 * np.sin(2 * np.pi * t / 288) + rng.normal(size=600)
+    x[300:] += 6
+    drift = [a for a in _backtest(x) if a["kind"] == "drift"]
+    assert len(drift) == 1, drift
+    at = (drift[0]["ts"] - T0) // IV
+    assert 300 <= at <= 324
+    assert abs((drift[0]["detail"]["since_ts"] - T0) // IV - 300) <= 3
+    assert drift[0]["detail"]["value_direction"] == "up"
+
+
+def test_second_change_in_cooldown_is_raised() -> None:
+    """A rise, then a fall 8 steps later (inside the 24-step cooldown): both are alerts."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=900)
+    x[500:] += 6
+    x[596:] -= 12
+    drift = [a for a in _backtest(x) if a["kind"] == "drift"]
+    dirs = [a["detail"]["value_direction"] for a in drift]
+    assert dirs == ["up", "down"], [a["detail"].get("text") for a in drift]
+    assert drift[1]["step"] - drift[0]["step"] < 24
