@@ -97,13 +97,6 @@ class BOCPDArray:
             a[idx] = 0.0
         self.start[idx] = t
 
-    def predictive(self, x: np.ndarray) -> np.ndarray:
-        """Log predictive density of ``x`` under the run-length mixture, per stream."""
-        rows = np.arange(self.n_streams)
-        lj = self.logp + self._log_t(rows, np.nan_to_num(np.asarray(x, np.float64))[:, None])
-        mx = lj.max(axis=1)
-        return mx + np.log(np.exp(lj - mx[:, None]).sum(axis=1))
-
     def _log_t(self, rows: np.ndarray | slice, xx: np.ndarray) -> np.ndarray:
         """Student-t log predictive of ``xx`` ``[rows, 1]`` under each kept run's posterior:
         with ``q = beta_n (kappa_n + 1) / kappa_n``,

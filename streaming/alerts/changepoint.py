@@ -182,7 +182,6 @@ class ChangeMonitor:
         self.history = np.zeros((0, _HISTORY_STEPS * patch_len))  # deseasonalized readings
         self.history_steps = np.full(_HISTORY_STEPS, -1, np.int64)  # their steps (ring)
         self.phi = np.zeros(0)            # readings' lag-1 autocorrelation within steps
-        self.t = 0
 
     # --- per step ---------------------------------------------------------------------
 
@@ -222,7 +221,6 @@ class ChangeMonitor:
         n, p = values.shape
         if len(names) < n:
             raise ValueError(f"change monitor: {n} rows of values for {len(names)} sensors")
-        self.t += 1
         self._grow(n, step)
         ts = start_ts + self.interval_ms * np.arange(p, dtype=np.int64)
         level = self.level[:n]
@@ -453,14 +451,13 @@ class ChangeMonitor:
     # --- state ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "profile": self.profile.copy(), "profile_n": self.profile_n.copy(),
+        return {"profile": self.profile.copy(), "profile_n": self.profile_n.copy(),
                 "level": self.level.copy(), "seen": self.seen.copy(),
                 "history": self.history.copy(), "history_steps": self.history_steps.copy(),
                 "phi": self.phi.copy(),
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])
         self.profile = np.asarray(state["profile"], np.float32).copy()
         self.profile_n = np.asarray(state["profile_n"], np.int32).copy()
         if self.profile.shape[1] != max(self.slots, 1):

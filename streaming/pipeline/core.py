@@ -368,18 +368,10 @@ class StreamCore:
         spread kept), else a change of shape. Compares the context window's values after the
         onset with those before it; nothing is said when the window does not reach back past
         the onset."""
-        since = ev.detail.get("since_step")
-        k = self.window.k
-        if since is None or i >= self.window.values.shape[0]:
+        sides = self._around_onset(i, step, ev.detail.get("since_step"), 1)
+        if sides is None:
             return
-        r = step - int(since) + 1
-        if not 0 < r < k:
-            return
-        vals = self.window.values[i]
-        after, before = vals[k - r:].ravel(), vals[max(0, k - 2 * max(r, 4)):k - r].ravel()
-        after, before = after[~np.isnan(after)], before[~np.isnan(before)]
-        if len(after) < 2 or len(before) < 2:
-            return
+        before, after = sides
         sd_b, sd_a = float(np.std(before)), float(np.std(after))
         delta = float(np.mean(after) - np.mean(before))
         ratio = sd_a / sd_b if sd_b > 0 else (1.0 if sd_a == 0 else math.nan)
@@ -407,22 +399,33 @@ class StreamCore:
                           "std_ratio": None if math.isnan(ratio) else round(ratio, 4)})
         ev.text += f"; {words}"
 
-    def _name_trend(self, i: int, step: int, ev: Evidence) -> None:
-        """A level change whose values since the onset follow a new line rather than a new
-        level is reported as a trend change (``_trend_change`` on the context window)."""
-        since = ev.detail.get("since_step")
+    def _around_onset(self, i: int, step: int, since: int | None, min_steps: int
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Sensor ``i``'s observed values in the context window before and since the step
+        ``since`` (as many before as after, at least 4 steps): None when the stretch since
+        has fewer than ``min_steps`` steps, the window does not reach back past it, or
+        either side has fewer than 2 values."""
         k = self.window.k
-        if ev.detail.get("change") != "level" or since is None or \
-                i >= self.window.values.shape[0]:
-            return
+        if since is None or i >= self.window.values.shape[0]:
+            return None
         r = step - int(since) + 1
-        if not 1 < r < k:
-            return
+        if not min_steps <= r < k:
+            return None
         vals = self.window.values[i]
         after, before = vals[k - r:].ravel(), vals[max(0, k - 2 * max(r, 4)):k - r].ravel()
         after, before = after[~np.isnan(after)], before[~np.isnan(before)]
         if len(after) < 2 or len(before) < 2:
+            return None
+        return before, after
+
+    def _name_trend(self, i: int, step: int, ev: Evidence) -> None:
+        """A level change whose values since the onset follow a new line rather than a new
+        level is reported as a trend change (``_trend_change`` on the context window)."""
+        sides = (self._around_onset(i, step, ev.detail.get("since_step"), 2)
+                 if ev.detail.get("change") == "level" else None)
+        if sides is None:
             return
+        before, after = sides
         trend = _trend_change(before, after, float(np.std(before)))
         if trend is None:
             return
