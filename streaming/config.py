@@ -114,9 +114,7 @@ class DriftConfig:
     forecast-residual and embedding channels instead (array detectors over all sensors,
     river's arithmetic: ``streaming.alerts.detectors``)."""
 
-    detector: str = "page_hinkley"      # page_hinkley | adwin | kswin | bocpd (see RESULTS.md:
-    #                                     bocpd is not the default until it handles weekly
-    #                                     cycles)
+    detector: str = "bocpd"             # bocpd | page_hinkley | adwin | kswin
     expected_run_steps: float = 200.0   # bocpd: 1 / hazard, in steps between changes
     runs: int = 8                       # bocpd: run lengths kept per sensor and statistic
     alpha0: float = 5.0                 # bocpd: Normal-Gamma shape (prior weight of the scale)
@@ -127,6 +125,8 @@ class DriftConfig:
     bocpd_threshold: float = 0.0        # bocpd: posterior mass that declares a change
     #                                     (0: from alerts.max_per_10k)
     season_rate: float = 0.1            # bocpd: learning rate of the daily profile
+    common_mode_min: int = 5            # bocpd: with this many sensors, the step's network-wide
+    #                                     move is taken out first (0: off)
     report_calmer: bool = False         # bocpd: alert on variance falls too (a sensor grown
     #                                     calmer; detected either way)
     channels: str = "abs_residual+seasonal_residual"  # residual detectors' channels, '+'-joined
@@ -163,6 +163,8 @@ class DriftConfig:
             raise ConfigError("drift.bocpd_threshold must be in [0, 1) (0: from the budget)")
         if not 0 < self.season_rate <= 1:
             raise ConfigError("drift.season_rate must be in (0, 1]")
+        if self.common_mode_min < 0:
+            raise ConfigError("drift.common_mode_min must be >= 0 (0: off)")
         if self.min_effect < 0:
             raise ConfigError("drift.min_effect must be >= 0")
         bad = [c for c in self.channels.split("+") if c not in DRIFT_CHANNELS]

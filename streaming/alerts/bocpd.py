@@ -66,6 +66,9 @@ class BOCPDArray:
         self.mu0 = np.zeros(0)           # prior mean per stream
         self.beta0 = np.ones(0)          # prior scale per stream (alpha * variance)
         self.alpha = np.zeros(0)         # prior shape per stream (alpha0 unless set)
+        self.origin = np.zeros(0)        # per stream, what the single-precision run means
+        #                                  are relative to (its first value; moved when the
+        #                                  data wander far from it)
 
     def grow(self, n: int, t: int = 0) -> None:
         """Room for ``n`` streams; new ones start with one run beginning at step ``t``."""
@@ -83,6 +86,7 @@ class BOCPDArray:
         self.mu0 = np.concatenate([self.mu0, np.zeros(add)])
         self.beta0 = np.concatenate([self.beta0, np.ones(add)])
         self.alpha = np.concatenate([self.alpha, np.full(add, self.alpha0)])
+        self.origin = np.concatenate([self.origin, np.full(add, np.nan)])
         self.n_streams = n
 
     def reset(self, mask: np.ndarray, t: int) -> None:
@@ -104,7 +108,7 @@ class BOCPDArray:
         k0, n, mean = self.kappa0, self.n[rows], self.mean[rows]
         kn = k0 + n
         an = self.alpha[rows, None].astype(DTYPE) + 0.5 * n
-        dm = mean - self.mu0[rows, None].astype(DTYPE)
+        dm = mean - (self.mu0[rows] - self.origin[rows])[:, None].astype(DTYPE)
         mun = mean - k0 * dm / kn
         beta0 = self.beta0[rows, None].astype(DTYPE)
         q = (beta0 + 0.5 * self.m2[rows] + 0.5 * k0 * n * dm * dm / kn) * (kn + 1) / kn
@@ -129,7 +133,8 @@ class BOCPDArray:
         k = m if isinstance(rows, slice) else len(rows)
         ww = (np.ones(k, DTYPE) if w is None
               else np.clip(np.asarray(w, np.float64)[rows], 1e-3, 1.0).astype(DTYPE))
-        xx = x[rows][:, None].astype(DTYPE)
+        self._anchor(rows, x[rows])
+        xx = (x[rows] - self.origin[rows])[:, None].astype(DTYPE)
         w2 = ww[:, None]
         lj = self.logp[rows] + self._log_t(rows, xx) * w2
         mx = lj.max(axis=1, keepdims=True)
@@ -145,13 +150,16 @@ class BOCPDArray:
         # the least probable run gives its slot to the new one (empty slots first)
         j = np.argmin(grow, axis=1)
         r = np.arange(k)
+        # the normalizer without a second pass: the kept runs' mass after the split is
+        # exp(evidence) less the (1 - h) share of the dropped run
+        dropped = np.exp(np.minimum(grow[r, j] - evidence, 0.0))
+        log_total = evidence + np.log(np.maximum(1.0 - dropped, 1e-30))
         grow[r, j] = evidence + DTYPE(self.log_h)
         n1[r, j] = 0.0
         mean1[r, j] = 0.0
         m21[r, j] = 0.0
         start1[r, j] = t + 1          # the new run's first observation is the next one
-        top = grow.max(axis=1, keepdims=True)
-        grow -= top + np.log(np.exp(grow - top).sum(axis=1, keepdims=True))
+        grow -= log_total[:, None]
         if isinstance(rows, slice):
             self.logp, self.n, self.mean, self.m2, self.start = grow, n1, mean1, m21, start1
         else:
@@ -160,6 +168,21 @@ class BOCPDArray:
         # the stream's surprise: log p(x | past) (the evidence before the hazard split)
         out[rows] = evidence / ww
         return out
+
+    def _anchor(self, rows: np.ndarray | slice, x: np.ndarray) -> None:
+        """Keep each stream's values near its origin: set on the first value, moved to the
+        value when it is more than 10,000 prior scales away (the runs' means move with it;
+        their spreads do not change)."""
+        org = self.origin[rows]
+        scale = np.sqrt(self.beta0[rows] / self.alpha[rows])
+        with np.errstate(invalid="ignore"):
+            move = np.isnan(org) | (np.abs(x - org) > 1e4 * scale)
+        if not move.any():
+            return
+        idx = np.arange(self.n_streams)[rows][move]
+        delta = np.where(np.isnan(org[move]), 0.0, x[move] - org[move])
+        self.mean[idx] -= delta[:, None].astype(DTYPE)
+        self.origin[idx] = x[move]
 
     def mass_after(self, t0: np.ndarray) -> np.ndarray:
         """Posterior mass of the runs that started after step ``t0`` (per stream)."""
@@ -179,10 +202,11 @@ class BOCPDArray:
         pa = np.where(after, self.logp[i], -np.inf)
         pb = np.where(~after, self.logp[i], -np.inf)
         ja, jb = int(np.argmax(pa)), int(np.argmax(pb))
-        ma, na = float(self.mean[i, ja]), float(self.n[i, ja])
+        o = float(self.origin[i]) if np.isfinite(self.origin[i]) else 0.0
+        ma, na = float(self.mean[i, ja]) + o, float(self.n[i, ja])
         if not np.isfinite(pb[jb]):
             return ma, na, float(self.mu0[i]), 0.0
-        mb, nb = float(self.mean[i, jb]), float(self.n[i, jb])
+        mb, nb = float(self.mean[i, jb]) + o, float(self.n[i, jb])
         rest = nb - na
         if rest > 1e-6:
             return ma, na, (nb * mb - na * ma) / rest, rest
@@ -192,7 +216,8 @@ class BOCPDArray:
         return {"hazard": self.hazard, "runs": self.runs, "kappa0": self.kappa0,
                 "alpha0": self.alpha0, "logp": self.logp.copy(), "n": self.n.copy(),
                 "mean": self.mean.copy(), "m2": self.m2.copy(), "start": self.start.copy(),
-                "mu0": self.mu0.copy(), "beta0": self.beta0.copy(), "alpha": self.alpha.copy()}
+                "mu0": self.mu0.copy(), "beta0": self.beta0.copy(), "alpha": self.alpha.copy(),
+                "origin": self.origin.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         runs = int(state["runs"])
@@ -204,4 +229,5 @@ class BOCPDArray:
         self.mu0 = np.asarray(state["mu0"], np.float64).copy()
         self.beta0 = np.asarray(state["beta0"], np.float64).copy()
         self.alpha = np.asarray(state["alpha"], np.float64).copy()
+        self.origin = np.asarray(state["origin"], np.float64).copy()
         self.n_streams = len(self.mu0)

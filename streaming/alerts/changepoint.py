@@ -104,8 +104,26 @@ class _Stat:
     def sd(self, fallback: np.ndarray) -> np.ndarray:
         """The statistic's noise scale (from step-to-step differences, else ``fallback``)."""
         sd = self.scale * _SQRT_PI_2
-        return np.where((self.n >= 5) & (sd > 0), sd,
+        n = len(fallback)
+        return np.where((self.n[:n] >= 5) & (sd[:n] > 0), sd[:n],
                         np.where(np.isfinite(fallback) & (fallback > 0), fallback, 1.0))
+
+    def without_common(self, y: np.ndarray, fallback: np.ndarray, min_sensors: int
+                       ) -> tuple[np.ndarray, bool]:
+        """``y`` less the step's common mode: the median over sensors of their standardized
+        deviation from their own level, in each sensor's units (a weekend, a holiday or a
+        storm moves the whole network; a change is what moves a sensor against the rest).
+        Unchanged below ``min_sensors`` sensors with a level (0: off)."""
+        n = len(y)
+        if not min_sensors:
+            return y, False
+        sd = self.sd(fallback)[:n]
+        with np.errstate(invalid="ignore"):
+            z = (y - self.level[:n]) / sd
+        good = np.isfinite(z) & (self.n[:n] >= 3)
+        if int(good.sum()) < min_sensors:
+            return y, False
+        return y - float(np.median(z[good])) * sd, True
 
     def update(self, y: np.ndarray, t: int, fallback: np.ndarray, alpha0: np.ndarray
                ) -> np.ndarray:
@@ -174,14 +192,18 @@ class ChangeMonitor:
         self.slots = (season // self.slot_ms
                       if season and season % self.slot_ms == 0 and season // self.slot_ms >= 2
                       else 0)
-        self.profile = np.zeros((0, max(self.slots, 1)), np.float32)
-        self.profile_n = np.zeros((0, max(self.slots, 1)), np.int32)
+        # [slot, sensor]: a step reads and writes a few whole rows
+        self.profile = np.zeros((max(self.slots, 1), 0), np.float32)
+        self.profile_n = np.zeros((max(self.slots, 1), 0), np.int32)
         self.level = np.zeros(0)          # the values' level (the profile is relative to it)
         self.seen = np.zeros(0, np.int64)   # readings per sensor
+        self.anchor = np.zeros(0)          # first step mean: the first season's profile is
+        #                                    relative to it (single precision stays exact)
         self.stats = {c: _Stat(cfg) for c in CHANNELS}
         self.history = np.zeros((0, _HISTORY_STEPS * patch_len))  # deseasonalized readings
         self.history_steps = np.full(_HISTORY_STEPS, -1, np.int64)  # their steps (ring)
         self.phi = np.zeros(0)            # readings' lag-1 autocorrelation within steps
+        self.common = False               # whether this step's network-wide move was removed
 
     # --- per step ---------------------------------------------------------------------
 
@@ -189,11 +211,12 @@ class ChangeMonitor:
         add = n - len(self.level)
         if add <= 0:
             return
-        s = self.profile.shape[1]
-        self.profile = np.concatenate([self.profile, np.zeros((add, s), np.float32)])
-        self.profile_n = np.concatenate([self.profile_n, np.zeros((add, s), np.int32)])
+        s = self.profile.shape[0]
+        self.profile = np.concatenate([self.profile, np.zeros((s, add), np.float32)], axis=1)
+        self.profile_n = np.concatenate([self.profile_n, np.zeros((s, add), np.int32)], axis=1)
         self.level = np.concatenate([self.level, np.full(add, np.nan)])
         self.seen = np.concatenate([self.seen, np.zeros(add, np.int64)])
+        self.anchor = np.concatenate([self.anchor, np.full(add, np.nan)])
         self.history = np.concatenate([self.history,
                                        np.full((add, self.history.shape[1]), np.nan)])
         for st in self.stats.values():
@@ -225,41 +248,57 @@ class ChangeMonitor:
         ts = start_ts + self.interval_ms * np.arange(p, dtype=np.int64)
         level = self.level[:n]
         ok = np.isfinite(values)
+        seasoned = self._seasoned(n)
         if self.slots:
             slots = self.local_slots(ts)
-            prof = self.profile[:n][:, slots].astype(np.float64)
-            known = (self.profile_n[:n][:, slots] > 0) & self._seasoned(n)[:, None]
-            resid = np.where(ok, values - np.where(known, prof, 0.0), np.nan)
+            prof = self.profile[slots, :n].T.astype(np.float64)
+            known = self.profile_n[slots, :n].T > 0
+            # once the cycle is known, a reading in a slot never seen (an outage on the
+            # first day) has no expectation: it waits for the profile, it is not raw
+            resid = np.where(seasoned[:, None], np.where(known, values - prof, np.nan), values)
         else:
-            resid = np.where(ok, values, np.nan)
-        cnt = ok.sum(axis=1)
+            resid = values
+        fin = np.isfinite(resid)
+        cnt = fin.sum(axis=1)
         have = cnt > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.where(have, np.nansum(np.nan_to_num(resid, nan=0.0), axis=1)
-                         / np.maximum(cnt, 1), np.nan)
+            y = np.where(have, np.where(fin, resid, 0.0).sum(axis=1) / np.maximum(cnt, 1),
+                         np.nan)
             spread = _robust_spread(resid)
             # the step mean's noise from within the step, for the level's scale until step
-            # differences exist: the readings' std, widened by their autocorrelation
-            fallback = self._mean_noise(resid, cnt)
+            # differences exist: the readings' std, widened by their autocorrelation (only
+            # needed while some sensor's level has fewer than 5 steps)
+            young = self.stats["level"].n[:n] < 5
+            fallback = (self._mean_noise(resid, cnt, young) if young.any()
+                        else np.full(n, np.nan))
             tiny = 1e-9 * np.maximum(np.abs(np.where(np.isfinite(y), y, 0.0)), 1.0)
             logs = np.where(np.isfinite(spread), np.log(np.maximum(spread, tiny)), np.nan)
-        self._remember(step, resid)
         # the scale prior is trusted (alpha0) once the statistic is deseasonalized; during a
         # sensor's first season its raw level may still carry the daily cycle: a weak prior
-        alpha = np.where(self._seasoned(n) | (self.slots == 0), self.cfg.alpha0,
+        alpha = np.where(seasoned | (self.slots == 0), self.cfg.alpha0,
                          min(self.cfg.alpha0, 2.0))
-        sd_level = self.stats["level"].update(y, step, fallback, alpha)
-        sd_spread = self.stats["spread"].update(logs, step, np.full(n, 0.3), alpha)
+        lv, sp = self.stats["level"], self.stats["spread"]
+        spread_fallback = np.full(n, 0.3)
+        y0 = y
+        y, common_l = lv.without_common(y, fallback, self.cfg.common_mode_min)
+        # the readings in the detector's frame (network-wide move out), for onset and size
+        self._remember(step, resid - np.nan_to_num(y0 - y)[:, None] if common_l else resid)
+        logs, common_s = sp.without_common(logs, spread_fallback, self.cfg.common_mode_min)
+        self.common = common_l or common_s
+        sd_level = lv.update(y, step, fallback, alpha)
+        sd_spread = sp.update(logs, step, spread_fallback, alpha)
         # the values' level and profile follow the data (after the detectors saw the step)
         first = have & np.isnan(level)
         new_level = np.where(first, y, np.where(have, level + 0.1 * (y - level), level))
         self.level[:n] = new_level
-        before = self._seasoned(n)
+        before = seasoned
         if self.slots:
-            # during the first season the profile holds the raw readings; centred on their
-            # mean when the season completes (a level that chased the cycle would bend it)
-            self._learn_profile(values, slots, np.where(before, new_level, 0.0))
-        self.seen[:n] += cnt
+            # during the first season the profile holds the readings less the sensor's first
+            # step mean (``anchor``), centred when the season completes (a level that chased
+            # the cycle would bend it)
+            self.anchor[:n] = np.where(np.isnan(self.anchor[:n]), y, self.anchor[:n])
+            self._learn_profile(values, slots, np.where(before, new_level, self.anchor[:n]))
+        self.seen[:n] += ok.sum(axis=1)
         found = self._declare(names, n, step, end_ts if end_ts is not None else
                               int(ts[-1] + self.interval_ms), {"level": sd_level,
                                                                "spread": sd_spread})
@@ -269,12 +308,12 @@ class ChangeMonitor:
                 full = np.zeros(len(self.level), bool)
                 full[:n] = done
                 idx = np.flatnonzero(done)
-                known = self.profile_n[idx] > 0
-                prof = self.profile[idx].astype(np.float64)
-                mean = (np.where(known, prof, 0.0).sum(axis=1)
-                        / np.maximum(known.sum(axis=1), 1))
-                self.profile[idx] = np.where(known, prof - mean[:, None], 0.0)
-                self.level[idx] = mean
+                known = self.profile_n[:, idx] > 0
+                prof = self.profile[:, idx].astype(np.float64)
+                mean = (np.where(known, prof, 0.0).sum(axis=0)
+                        / np.maximum(known.sum(axis=0), 1))
+                self.profile[:, idx] = np.where(known, prof - mean[None], 0.0)
+                self.level[idx] = mean + self.anchor[idx]
                 for st in self.stats.values():
                     st.reset(full, step)
         return found
@@ -286,26 +325,31 @@ class ChangeMonitor:
         per_season = self.slots * self.slot_ms // self.interval_ms
         return self.seen[:n] >= per_season
 
-    def _mean_noise(self, resid: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    def _mean_noise(self, resid: np.ndarray, cnt: np.ndarray, rows: np.ndarray
+                    ) -> np.ndarray:
         """Noise of a step mean judged from inside the step: the readings' std times
         ``sqrt((1 + phi) / ((1 - phi) P))`` with ``phi`` their lag-1 autocorrelation (an
-        exponential mean over steps, clipped to [0, 0.9])."""
+        exponential mean over the steps where it was needed, clipped to [0, 0.9]); NaN
+        outside ``rows``."""
         n = resid.shape[0]
+        idx = np.flatnonzero(rows)
+        r, k = resid[idx], cnt[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            c = resid - np.nanmean(np.where(np.isfinite(resid), resid, np.nan), axis=1,
-                                   keepdims=True) if cnt.any() else resid
-            c = np.where(np.isfinite(c), c, 0.0)
+            fin = np.isfinite(r)
+            mean = np.where(fin, r, 0.0).sum(axis=1) / np.maximum(k, 1)
+            c = np.where(fin, r - mean[:, None], 0.0)
             v0 = (c * c).sum(axis=1)
             v1 = (c[:, 1:] * c[:, :-1]).sum(axis=1)
             phi = np.where(v0 > 0, v1 / np.where(v0 > 0, v0, 1.0), np.nan)
         self._grow_phi(n)
-        old = self.phi[:n]
-        has = np.isfinite(phi) & (cnt >= 4)
-        self.phi[:n] = np.where(has, np.where(np.isnan(old), phi, old + 0.1 * (phi - old)), old)
-        f = np.clip(np.nan_to_num(self.phi[:n]), 0.0, 0.9)
-        sd = np.sqrt(v0 / np.maximum(cnt - 1, 1))
-        return np.where(cnt >= 3, sd * np.sqrt((1 + f) / ((1 - f) * np.maximum(cnt, 1))),
-                        np.nan)
+        old = self.phi[idx]
+        has = np.isfinite(phi) & (k >= 4)
+        self.phi[idx] = np.where(has, np.where(np.isnan(old), phi, old + 0.1 * (phi - old)), old)
+        f = np.clip(np.nan_to_num(self.phi[idx]), 0.0, 0.9)
+        sd = np.sqrt(v0 / np.maximum(k - 1, 1))
+        out = np.full(n, np.nan)
+        out[idx] = np.where(k >= 3, sd * np.sqrt((1 + f) / ((1 - f) * np.maximum(k, 1))), np.nan)
+        return out
 
     def _grow_phi(self, n: int) -> None:
         if len(self.phi) < n:
@@ -318,14 +362,13 @@ class ChangeMonitor:
         uniq, first = np.unique(slots, return_index=True)
         if len(uniq) < len(slots):       # more readings than slots in a step: keep the first
             values, slots = values[:, first], uniq
-        dev = values - np.where(np.isfinite(level), level, 0.0)[:, None]
+        dev = (values - np.where(np.isfinite(level), level, 0.0)[:, None]).T
         o = np.isfinite(dev)
-        cur = self.profile[:n, slots].astype(np.float64)
-        cnt = self.profile_n[:n, slots]
+        cur = self.profile[slots, :n]
+        cnt = self.profile_n[slots, :n]
         rate = np.maximum(1.0 / (cnt + 1.0), self.cfg.season_rate)
-        new = np.where(o, cur + rate * (np.where(o, dev, cur) - cur), cur)
-        self.profile[:n, slots] = new
-        self.profile_n[:n, slots] = cnt + o
+        self.profile[slots, :n] = np.where(o, cur + rate * (np.where(o, dev, cur) - cur), cur)
+        self.profile_n[slots, :n] = cnt + o
 
     def _remember(self, step: int, resid: np.ndarray) -> None:
         n, p = resid.shape
@@ -352,16 +395,20 @@ class ChangeMonitor:
             for i in np.flatnonzero(fire).tolist():
                 after, n_after, before, _ = det.run_summary(i, int(st.last_cp[i]))
                 split = self._split(i, int(onset[i]), channel)
-                if channel == "level" and split is not None:
+                since = (self._since(i, int(onset[i]), split, step)
+                         if channel == "level" and split is not None else None)
+                if since is not None:
                     # a change inside the onset step dilutes the run's mean: the readings
                     # since the split say the new level when they are all remembered
-                    since = self._since(i, int(onset[i]), split, step)
-                    if since is not None:
-                        after = since
+                    after = float(since.mean())
                 effect = abs(after - before) / sd[channel][i]
                 need = self.cfg.min_effect * (_SPREAD_EFFECT if channel == "spread" else 1.0)
-                if effect < need and step - int(onset[i]) < 3:
+                held = _held(after, before, float(st.prev[i]), since, self.patch_len) and (
+                    channel == "level" or step > int(onset[i]))   # spread: two steps of it
+                if (effect < need or not held) and step - int(onset[i]) < 3:
                     continue              # a young run: wait for more of it before judging
+                if not held:
+                    effect = 0.0          # a spike that came and went: an anomaly's business
                 st.last_cp[i] = int(onset[i])
                 calmer = channel == "spread" and after < before
                 if effect < need or names[i] in out or (
@@ -372,9 +419,9 @@ class ChangeMonitor:
                                                float(mass[i]), effect)
         return out
 
-    def _since(self, i: int, onset: int, split: int, step: int) -> float | None:
-        """Mean of sensor ``i``'s deseasonalized readings from ``split`` (an offset into the
-        step before ``onset``) to now, when the history still holds all of them."""
+    def _since(self, i: int, onset: int, split: int, step: int) -> np.ndarray | None:
+        """Sensor ``i``'s deseasonalized readings from ``split`` (an offset into the step
+        before ``onset``) to now, when the history still holds all of them."""
         p = self.patch_len
         parts = []
         for s in range(onset - 1, step + 1):
@@ -384,7 +431,7 @@ class ChangeMonitor:
             parts.append(self.history[i, k * p:(k + 1) * p])
         x = np.concatenate(parts)[split:]
         x = x[np.isfinite(x)]
-        return float(x.mean()) if len(x) else None
+        return x if len(x) else None
 
     def _evidence(self, name: str, i: int, channel: str, step: int, end_ts: int, onset: int,
                   split: int | None, before: float, after: float, mass: float,
@@ -398,8 +445,8 @@ class ChangeMonitor:
             kind, delta = "level", after - before
             words = (f"level {'rose' if up else 'fell'} by {abs(delta):.4g} "
                      f"(from about {before:.4g} to {after:.4g}"
-                     + (", daily cycle removed)" if self.slots and self.seen[i] >=
-                        self.slots * self.slot_ms // self.interval_ms else ")"))
+                     + _removed(self.slots > 0 and self.seen[i] >=
+                                self.slots * self.slot_ms // self.interval_ms, self.common))
             detail: dict[str, Any] = {"level_change": round(delta, 6),
                                       "level_before": round(before, 6),
                                       "level_after": round(after, 6)}
@@ -453,6 +500,7 @@ class ChangeMonitor:
     def state_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.copy(), "profile_n": self.profile_n.copy(),
                 "level": self.level.copy(), "seen": self.seen.copy(),
+                "anchor": self.anchor.copy(),
                 "history": self.history.copy(), "history_steps": self.history_steps.copy(),
                 "phi": self.phi.copy(),
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
@@ -460,11 +508,12 @@ class ChangeMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.profile = np.asarray(state["profile"], np.float32).copy()
         self.profile_n = np.asarray(state["profile_n"], np.int32).copy()
-        if self.profile.shape[1] != max(self.slots, 1):
-            raise ValueError(f"change monitor: state has {self.profile.shape[1]} profile "
+        if self.profile.shape[0] != max(self.slots, 1):
+            raise ValueError(f"change monitor: state has {self.profile.shape[0]} profile "
                              f"slots, this configuration {max(self.slots, 1)}")
         self.level = np.asarray(state["level"], np.float64).copy()
         self.seen = np.asarray(state["seen"], np.int64).copy()
+        self.anchor = np.asarray(state["anchor"], np.float64).copy()
         self.history = np.asarray(state["history"], np.float64).copy()
         self.history_steps = np.asarray(state["history_steps"], np.int64).copy()
         self.phi = np.asarray(state["phi"], np.float64).copy()
@@ -487,6 +536,28 @@ def _robust_spread(resid: np.ndarray) -> np.ndarray:
     total = d2.sum(axis=1) - d2.max(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt >= 3, np.sqrt(total / (2 * np.maximum(cnt - 1, 1))), np.nan)
+
+
+def _held(after: float, before: float, last: float, since: np.ndarray | None, p: int
+          ) -> bool:
+    """Whether a change has lasted: the newest step's statistic (``last``) is still at least
+    half way from ``before`` to ``after``, and, where the readings since the onset are
+    known (``since``), there are a step's worth of them and their newer half is too."""
+    gap = after - before
+    if not np.isfinite(last) or (last - before) * np.sign(gap) < 0.5 * abs(gap):
+        return False
+    if since is None:
+        return True
+    if len(since) < p:
+        return False
+    recent = float(since[len(since) // 2:].mean())
+    return (recent - before) * np.sign(gap) >= 0.5 * abs(gap)
+
+
+def _removed(cycle: bool, common: bool) -> str:
+    """The end of a level's "(from ... to ...)": what was taken out of the values first."""
+    what = [w for w, on in (("daily cycle", cycle), ("network-wide moves", common)) if on]
+    return f", {' and '.join(what)} removed)" if what else ")"
 
 
 def _offset_ms(ts: int, tz: Any) -> int:

@@ -27,6 +27,7 @@ the alert gate (``streaming.alerts.alert_gate``) turns it into alerts (cooldown 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from typing import Any
@@ -48,6 +49,9 @@ def make_detector(cfg: DriftConfig, warmup: int = 4, seed: int = 0) -> Any:
         return PageHinkleyArray(cfg.delta, cfg.threshold, alpha=1.0)
     if cfg.detector == "adwin":
         return ADWINArray(delta=cfg.adwin_delta, clock=1, grace_period=warmup)
+    if cfg.detector != "kswin":
+        raise ValueError(f"drift monitor: {cfg.detector!r} is not a residual detector "
+                         "(page_hinkley, adwin or kswin)")
     return KSWINArray(alpha=cfg.kswin_alpha, window_size=cfg.kswin_window,
                       stat_size=cfg.kswin_stat_size, seed=seed)
 
@@ -211,6 +215,9 @@ class DriftMonitor:
 
     def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5,
                  step_ms: int = 0, patch_len: int = 12) -> None:
+        if cfg.detector == "bocpd":     # changes come from streaming.alerts.changepoint; the
+            cfg = dataclasses.replace(cfg, detector="page_hinkley")   # residual channels
+            #                             keep their default detector should they be fed
         self.cfg = cfg
         self.warmup = cfg.warmup_steps(patch_len)
         self.ewma = ewma

@@ -231,3 +231,14 @@ def test_second_change_in_cooldown_is_raised() -> None:
     dirs = [a["detail"]["value_direction"] for a in drift]
     assert dirs == ["up", "down"], [a["detail"].get("text") for a in drift]
     assert drift[1]["step"] - drift[0]["step"] < 24
+
+
+def test_large_values_keep_their_precision() -> None:
+    """A sensor near 1e6 with noise 0.1 (single-precision run statistics are kept relative
+    to an origin): a shift of 1.0 is found, with its size."""
+    rng = np.random.default_rng(12)
+    x = 1e6 + 0.1 * rng.normal(size=(900, 2))
+    x[500:, 0] += 1.0
+    found, _ = run_monitor(x)
+    assert [ev.text.split(":")[0] for *_, ev in found] == ["s0"]
+    assert found[0][2].detail["level_change"] == pytest.approx(1.0, abs=0.2)
