@@ -108,17 +108,18 @@ class _Stat:
         return np.where((self.n[:n] >= 5) & (sd[:n] > 0), sd[:n],
                         np.where(np.isfinite(fallback) & (fallback > 0), fallback, 1.0))
 
-    def without_common(self, y: np.ndarray, fallback: np.ndarray, min_sensors: int
+    def without_common(self, y: np.ndarray, scale: np.ndarray, min_sensors: int
                        ) -> tuple[np.ndarray, bool]:
-        """``y`` less the step's common mode: the median over sensors of their standardized
-        deviation from their own level, in each sensor's units (a weekend, a holiday or a
-        storm moves the whole network; a change is what moves a sensor against the rest).
-        Unchanged below ``min_sensors`` sensors with a level (0: off)."""
+        """``y`` less the step's common mode: the median over sensors of their deviation from
+        their own level in units of ``scale``, times their ``scale`` (a weekend, a holiday or
+        a storm moves the whole network; a change is what moves a sensor against the rest).
+        ``scale`` must not depend on what this removes (else a sensor's removal feeds on
+        itself). Unchanged below ``min_sensors`` sensors with a level (0: off)."""
         n = len(y)
         if not min_sensors:
             return y, False
-        sd = self.sd(fallback)[:n]
-        with np.errstate(invalid="ignore"):
+        sd = scale[:n]
+        with np.errstate(invalid="ignore", divide="ignore"):
             z = (y - self.level[:n]) / sd
         good = np.isfinite(z) & (self.n[:n] >= 3)
         if int(good.sum()) < min_sensors:
@@ -204,6 +205,8 @@ class ChangeMonitor:
         self.history_steps = np.full(_HISTORY_STEPS, -1, np.int64)  # their steps (ring)
         self.phi = np.zeros(0)            # readings' lag-1 autocorrelation within steps
         self.common = False               # whether this step's network-wide move was removed
+        self.noise = np.zeros(0)          # within-step noise of a step mean (``_noise``)
+        self.noise_n = np.zeros(0, np.int64)
 
     # --- per step ---------------------------------------------------------------------
 
@@ -280,16 +283,16 @@ class ChangeMonitor:
         lv, sp = self.stats["level"], self.stats["spread"]
         spread_fallback = np.full(n, 0.3)
         y0 = y
-        y, common_l = lv.without_common(y, fallback, self.cfg.common_mode_min)
+        y, common_l = lv.without_common(y, self._noise(spread, cnt), self.cfg.common_mode_min)
         # the readings in the detector's frame (network-wide move out), for onset and size
         self._remember(step, resid - np.nan_to_num(y0 - y)[:, None] if common_l else resid)
-        logs, common_s = sp.without_common(logs, spread_fallback, self.cfg.common_mode_min)
+        logs, common_s = sp.without_common(logs, np.ones(n), self.cfg.common_mode_min)
         self.common = common_l or common_s
         sd_level = lv.update(y, step, fallback, alpha)
         sd_spread = sp.update(logs, step, spread_fallback, alpha)
         # the values' level and profile follow the data (after the detectors saw the step)
         first = have & np.isnan(level)
-        new_level = np.where(first, y, np.where(have, level + 0.1 * (y - level), level))
+        new_level = np.where(first, y0, np.where(have, level + 0.1 * (y0 - level), level))
         self.level[:n] = new_level
         before = seasoned
         if self.slots:
@@ -324,6 +327,24 @@ class ChangeMonitor:
         autocorrelation)."""
         per_season = self.slots * self.slot_ms // self.interval_ms
         return self.seen[:n] >= per_season
+
+    def _noise(self, spread: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """A step mean's noise from within the steps, ``spread / sqrt(readings)``, averaged
+        over steps (a plain mean over the first 20, then an exponential one): the scale of
+        the network-wide move, independent of what the detectors were fed."""
+        n = len(spread)
+        if len(self.noise) < n:
+            add = n - len(self.noise)
+            self.noise = np.concatenate([self.noise, np.full(add, np.nan)])
+            self.noise_n = np.concatenate([self.noise_n, np.zeros(add, np.int64)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = spread / np.sqrt(np.maximum(cnt, 1))
+        ok = np.isfinite(x) & (x > 0)
+        old, k = self.noise[:n], self.noise_n[:n] + ok
+        rate = np.maximum(1.0 / np.maximum(k, 1), 0.05)
+        self.noise[:n] = np.where(ok, np.where(np.isnan(old), x, old + rate * (x - old)), old)
+        self.noise_n[:n] = k
+        return self.noise[:n]
 
     def _mean_noise(self, resid: np.ndarray, cnt: np.ndarray, rows: np.ndarray
                     ) -> np.ndarray:
@@ -502,7 +523,8 @@ class ChangeMonitor:
                 "level": self.level.copy(), "seen": self.seen.copy(),
                 "anchor": self.anchor.copy(),
                 "history": self.history.copy(), "history_steps": self.history_steps.copy(),
-                "phi": self.phi.copy(),
+                "phi": self.phi.copy(), "noise": self.noise.copy(),
+                "noise_n": self.noise_n.copy(),
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -517,6 +539,8 @@ class ChangeMonitor:
         self.history = np.asarray(state["history"], np.float64).copy()
         self.history_steps = np.asarray(state["history_steps"], np.int64).copy()
         self.phi = np.asarray(state["phi"], np.float64).copy()
+        self.noise = np.asarray(state["noise"], np.float64).copy()
+        self.noise_n = np.asarray(state["noise_n"], np.int64).copy()
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
 

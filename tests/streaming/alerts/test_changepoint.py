@@ -242,3 +242,20 @@ def test_large_values_keep_their_precision() -> None:
     found, _ = run_monitor(x)
     assert [ev.text.split(":")[0] for *_, ev in found] == ["s0"]
     assert found[0][2].detail["level_change"] == pytest.approx(1.0, abs=0.2)
+
+
+def test_a_network_wide_move_is_not_a_change_but_one_sensor_against_it_is() -> None:
+    """Eight sensors of very different scales (1 to 1,000) move together (a weekend-like
+    step of 3 std at reading 900, back at 1,500); one of them also shifts on its own at
+    1,200. Only that one is a change, and removing the common move stays stable."""
+    rng = np.random.default_rng(13)
+    scale = np.array([1, 2, 5, 10, 50, 100, 500, 1000], float)
+    common = np.zeros(2000)
+    common[900:1500] = 3.0
+    x = (rng.normal(size=(2000, 8)) + common[:, None]) * scale + 100 * scale
+    x[1200:, 5] += 6 * scale[5]
+    found, mon = run_monitor(x)
+    assert [(ev.text.split(":")[0], ev.detail["value_direction"]) for *_, ev in found] == [
+        ("s5", "up")], [ev.text for *_, ev in found]
+    assert found[0][2].detail["level_change"] == pytest.approx(6 * scale[5], rel=0.2)
+    assert np.all(np.abs(mon.stats["level"].level[:8] / scale - 100) < 10)
