@@ -2,9 +2,8 @@
 """The BOCPD change detector (``drift.detector = bocpd``) on its own: labelled change points,
 the issue-29 synthetic checks, and its cost per step.
 
-* Labelled check: 90 simulated series of 100-1,000 points (level, variance and trend changes,
-  0-2 per series; hourly with a daily cycle or daily without one; AR(0-0.6) noise, a third
-  Student-t(5)), scored with the TCPD F1 (margin 5, the start counts) and covering metric,
+* Labelled check (``change_points.labelled``): 90 simulated series of 100-1,000 points,
+  scored with the TCPD F1 (margin 5, the start counts) and covering metric,
   beside a detector that never fires and binary segmentation (``change_points.binseg``).
 * NAB slices (``--nab-dir``): ``change_points.nab``; the labelled anomaly as the change.
 * Synthetic (5-minute grid, daily sine of amplitude 5, noise sd 1): a +6 shift at point 300
@@ -29,58 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.change_points import binseg, f1, nab  # noqa: E402
+from benchmarks.change_points import binseg, cover, f1, labelled, nab  # noqa: E402
 from streaming.alerts.changepoint import ChangeMonitor  # noqa: E402
 from streaming.config import DriftConfig  # noqa: E402
 
 P = 12
-
-
-def labelled(seed: int) -> tuple[np.ndarray, int, list[int]]:
-    """One labelled series: (values, interval ms, change points)."""
-    rng = np.random.default_rng(5000 + seed)
-    n = int(rng.integers(100, 1001))
-    seasonal = seed % 3 == 0
-    interval = 3_600_000 if seasonal else 86_400_000
-    phi = float(rng.choice([0.0, 0.3, 0.6]))
-    e = (rng.standard_t(5, n) / np.sqrt(5 / 3) if rng.random() < 0.3 else rng.normal(size=n))
-    noise = np.zeros(n)
-    for t in range(n):
-        noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
-    x = 10 + np.zeros(n)
-    if seasonal:
-        x += rng.uniform(1, 3) * np.sin(2 * np.pi * np.arange(n) / 24 + rng.uniform(0, 6.28))
-    cps: list[int] = []
-    cand = np.arange(60 if seasonal else 40, n - 20)
-    for _ in range(int(rng.choice([0, 1, 1, 2]))):
-        ok = [c for c in cand if all(abs(c - p) >= 40 for p in cps)]
-        if not ok:
-            break
-        cps.append(int(rng.choice(ok)))
-    cps.sort()
-    scale = np.ones(n)
-    for c in cps:
-        kind = rng.choice(["level", "level", "variance", "trend"])
-        if kind == "level":
-            x[c:] += rng.choice([-1, 1]) * rng.uniform(2, 5)
-        elif kind == "variance":
-            scale[c:] *= rng.uniform(2.5, 4)
-        else:
-            x[c:] += rng.choice([-1, 1]) * rng.uniform(3, 6) / 100 * np.arange(n - c)
-    return x + noise * scale, interval, cps
-
-
-def cover(truth: list[int], found: list[int], n: int) -> float:
-    """The covering metric of TCPD: each true segment's best Jaccard overlap with a found
-    one, weighted by its length."""
-    def segs(cps: list[int]) -> list[tuple[int, int]]:
-        b = sorted({0, *[c for c in cps if 0 < c < n], n})
-        return list(zip(b[:-1], b[1:], strict=True))
-    total = 0.0
-    for a, b in segs(truth):
-        total += (b - a) * max(max(0, min(b, d) - max(a, c)) / (max(b, d) - min(a, c))
-                               for c, d in segs(found))
-    return total / n
 
 
 def detect(x: np.ndarray, iv: int, cfg: DriftConfig | None = None) -> list[tuple[int, str]]:

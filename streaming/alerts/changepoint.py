@@ -194,8 +194,11 @@ class ChangeMonitor:
                       if season and season % self.slot_ms == 0 and season // self.slot_ms >= 2
                       else 0)
         # [slot, sensor]: a step reads and writes a few whole rows
-        self.profile = np.zeros((max(self.slots, 1), 0), np.float32)
-        self.profile_n = np.zeros((max(self.slots, 1), 0), np.int32)
+        # a daily season keeps weekend days apart: rows [slots, 2 slots) once one is seen
+        self.week = self.slots and season == DAY_MS
+        rows = max(self.slots, 1) * (2 if self.week else 1)
+        self.profile = np.zeros((rows, 0), np.float32)
+        self.profile_n = np.zeros((rows, 0), np.int32)
         self.level = np.zeros(0)          # the values' level (the profile is relative to it)
         self.seen = np.zeros(0, np.int64)   # readings per sensor
         self.anchor = np.zeros(0)          # first step mean: the first season's profile is
@@ -225,8 +228,10 @@ class ChangeMonitor:
         for st in self.stats.values():
             st.grow(n, t)
 
-    def local_slots(self, ts: np.ndarray) -> np.ndarray:
-        """Profile slot of each timestamp: its local wall-clock time of day (``tz``) in slots."""
+    def local_slots(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Profile slot of each timestamp, its local wall-clock time of day (``tz``) in slots,
+        and its row with weekend days apart (local Saturday and Sunday: the slot plus
+        ``slots``; the slot itself without a daily season)."""
         ts = np.asarray(ts, np.int64)
         if self.tz in ("UTC", "Etc/UTC"):
             local = ts
@@ -237,7 +242,11 @@ class ChangeMonitor:
                 local = ts + offs[int(ts[0])]
             else:                     # the step spans a switch: each reading's own offset
                 local = ts + np.array([_offset_ms(int(x), self._zone) for x in ts], np.int64)
-        return (local % self.cfg.season_ms) // self.slot_ms
+        slot = (local % self.cfg.season_ms) // self.slot_ms
+        if not self.week:
+            return slot, slot
+        weekend = (local // DAY_MS + 3) % 7 >= 5        # 1970-01-01 was a Thursday
+        return slot, slot + self.slots * weekend
 
     def update(self, names: list[str], step: int, start_ts: int, values: np.ndarray,
                end_ts: int | None = None) -> dict[str, Evidence]:
@@ -253,9 +262,13 @@ class ChangeMonitor:
         ok = np.isfinite(values)
         seasoned = self._seasoned(n)
         if self.slots:
-            slots = self.local_slots(ts)
-            prof = self.profile[slots, :n].T.astype(np.float64)
-            known = self.profile_n[slots, :n].T > 0
+            slots, rows = self.local_slots(ts)
+            prof = self.profile[rows, :n].T.astype(np.float64)
+            known = self.profile_n[rows, :n].T > 0
+            if self.week and (rows != slots).any():     # a weekend slot not seen yet: the
+                day = self.profile_n[slots, :n].T > 0     # daily profile stands in
+                prof = np.where(known, prof, self.profile[slots, :n].T)
+                known |= day
             # once the cycle is known, a reading in a slot never seen (an outage on the
             # first day) has no expectation: it waits for the profile, it is not raw
             resid = np.where(seasoned[:, None], np.where(known, values - prof, np.nan), values)
@@ -300,7 +313,9 @@ class ChangeMonitor:
             # step mean (``anchor``), centred when the season completes (a level that chased
             # the cycle would bend it)
             self.anchor[:n] = np.where(np.isnan(self.anchor[:n]), y, self.anchor[:n])
-            self._learn_profile(values, slots, np.where(before, new_level, self.anchor[:n]))
+            # (the first season learns the daily rows whatever the day; weekend rows after)
+            self._learn_profile(values, slots, rows, before,
+                                np.where(before, new_level, self.anchor[:n]))
         self.seen[:n] += ok.sum(axis=1)
         found = self._declare(names, n, step, end_ts if end_ts is not None else
                               int(ts[-1] + self.interval_ms), {"level": sd_level,
@@ -311,11 +326,12 @@ class ChangeMonitor:
                 full = np.zeros(len(self.level), bool)
                 full[:n] = done
                 idx = np.flatnonzero(done)
-                known = self.profile_n[:, idx] > 0
-                prof = self.profile[:, idx].astype(np.float64)
+                day = slice(0, self.slots)
+                known = self.profile_n[day, idx] > 0
+                prof = self.profile[day, idx].astype(np.float64)
                 mean = (np.where(known, prof, 0.0).sum(axis=0)
                         / np.maximum(known.sum(axis=0), 1))
-                self.profile[:, idx] = np.where(known, prof - mean[None], 0.0)
+                self.profile[day, idx] = np.where(known, prof - mean[None], 0.0)
                 self.level[idx] = mean + self.anchor[idx]
                 for st in self.stats.values():
                     st.reset(full, step)
@@ -376,20 +392,25 @@ class ChangeMonitor:
         if len(self.phi) < n:
             self.phi = np.concatenate([self.phi, np.full(n - len(self.phi), np.nan)])
 
-    def _learn_profile(self, values: np.ndarray, slots: np.ndarray, level: np.ndarray) -> None:
-        """Each reading's deviation from the level into its slot: a plain mean over the first
-        visits, then an exponential mean (``drift.season_rate``)."""
+    def _learn_profile(self, values: np.ndarray, slots: np.ndarray, rows: np.ndarray,
+                       seasoned: np.ndarray, level: np.ndarray) -> None:
+        """Each reading's deviation from the level into its row (``rows`` once the sensor is
+        ``seasoned``, its daily ``slots`` before): a plain mean over the first visits, then
+        an exponential mean (``drift.season_rate``)."""
         n = values.shape[0]
-        uniq, first = np.unique(slots, return_index=True)
-        if len(uniq) < len(slots):       # more readings than slots in a step: keep the first
-            values, slots = values[:, first], uniq
         dev = (values - np.where(np.isfinite(level), level, 0.0)[:, None]).T
-        o = np.isfinite(dev)
-        cur = self.profile[slots, :n]
-        cnt = self.profile_n[slots, :n]
-        rate = np.maximum(1.0 / (cnt + 1.0), self.cfg.season_rate)
-        self.profile[slots, :n] = np.where(o, cur + rate * (np.where(o, dev, cur) - cur), cur)
-        self.profile_n[slots, :n] = cnt + o
+        for target, who in ((slots, ~seasoned), (rows, seasoned)):
+            if not who.any():
+                continue
+            # one reading per row (more readings than slots in a step: the first of each)
+            uniq, first = np.unique(target, return_index=True)
+            d = dev[first]
+            o = np.isfinite(d) & who[None]
+            cur = self.profile[uniq, :n]
+            cnt = self.profile_n[uniq, :n]
+            rate = np.maximum(1.0 / (cnt + 1.0), self.cfg.season_rate)
+            self.profile[uniq, :n] = np.where(o, cur + rate * (np.where(o, d, cur) - cur), cur)
+            self.profile_n[uniq, :n] = cnt + o
 
     def _remember(self, step: int, resid: np.ndarray) -> None:
         n, p = resid.shape
@@ -530,9 +551,10 @@ class ChangeMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.profile = np.asarray(state["profile"], np.float32).copy()
         self.profile_n = np.asarray(state["profile_n"], np.int32).copy()
-        if self.profile.shape[0] != max(self.slots, 1):
+        want = max(self.slots, 1) * (2 if self.week else 1)
+        if self.profile.shape[0] != want:
             raise ValueError(f"change monitor: state has {self.profile.shape[0]} profile "
-                             f"slots, this configuration {max(self.slots, 1)}")
+                             f"rows, this configuration {want}")
         self.level = np.asarray(state["level"], np.float64).copy()
         self.seen = np.asarray(state["seen"], np.int64).copy()
         self.anchor = np.asarray(state["anchor"], np.float64).copy()
