@@ -77,6 +77,11 @@ class _Stat:
         self.n = np.zeros(0, np.int64)   # values seen (since the last reset)
         self.pairs = np.zeros(0, np.int64)   # consecutive pairs in c0/c1 (never reset)
         self.last_cp = np.zeros(0, np.int64)   # step of the last declared change (or arming)
+        # small changes in one direction, added up (a trend is a run of them): the value
+        # before the first, its onset step, the direction (0: none)
+        self.acc_before = np.zeros(0)
+        self.acc_onset = np.zeros(0, np.int64)
+        self.acc_dir = np.zeros(0, np.int64)
 
     def grow(self, n: int, t: int) -> None:
         add = n - len(self.level)
@@ -91,13 +96,16 @@ class _Stat:
         self.n = np.concatenate([self.n, np.zeros(add, np.int64)])
         self.pairs = np.concatenate([self.pairs, np.zeros(add, np.int64)])
         self.last_cp = np.concatenate([self.last_cp, np.full(add, t, np.int64)])
+        self.acc_before = np.concatenate([self.acc_before, np.full(add, np.nan)])
+        self.acc_onset = np.concatenate([self.acc_onset, np.zeros(add, np.int64)])
+        self.acc_dir = np.concatenate([self.acc_dir, np.zeros(add, np.int64)])
 
     def reset(self, mask: np.ndarray, t: int) -> None:
         """Start the sensors in ``mask`` over at step ``t`` (their statistic changed meaning:
         the daily profile is now removed)."""
         m = np.asarray(mask)
         self.det.reset(m, t + 1)
-        self.level[m], self.scale[m], self.prev[m] = np.nan, 0.0, np.nan
+        self.level[m], self.scale[m], self.prev[m], self.acc_dir[m] = np.nan, 0.0, np.nan, 0
         self.c0[m], self.c1[m], self.n[m], self.pairs[m] = 0.0, 0.0, 0, 0
         self.last_cp[m] = t + 1
 
@@ -164,14 +172,18 @@ class _Stat:
         return {"det": self.det.state_dict(), "level": self.level.copy(),
                 "scale": self.scale.copy(), "prev": self.prev.copy(), "c0": self.c0.copy(),
                 "c1": self.c1.copy(), "n": self.n.copy(), "pairs": self.pairs.copy(),
+                "acc_before": self.acc_before.copy(), "acc_onset": self.acc_onset.copy(),
+                "acc_dir": self.acc_dir.copy(),
                 "last_cp": self.last_cp.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.det.load_state_dict(state["det"])
-        for k in ("level", "scale", "prev", "c0", "c1"):
+        for k in ("level", "scale", "prev", "c0", "c1", "acc_before"):
             setattr(self, k, np.asarray(state[k], np.float64).copy())
         self.n = np.asarray(state["n"], np.int64).copy()
         self.pairs = np.asarray(state["pairs"], np.int64).copy()
+        self.acc_onset = np.asarray(state["acc_onset"], np.int64).copy()
+        self.acc_dir = np.asarray(state["acc_dir"], np.int64).copy()
         self.last_cp = np.asarray(state["last_cp"], np.int64).copy()
 
 
@@ -435,7 +447,8 @@ class ChangeMonitor:
                 continue
             onset = det.map_start(st.last_cp)[:n]
             for i in np.flatnonzero(fire).tolist():
-                after, n_after, before, _ = det.run_summary(i, int(st.last_cp[i]))
+                after, _, before, _ = det.run_summary(i, int(st.last_cp[i]))
+                at = int(onset[i])
                 split = self._split(i, int(onset[i]), channel)
                 since = (self._since(i, int(onset[i]), split, step)
                          if channel == "level" and split is not None else None)
@@ -449,16 +462,28 @@ class ChangeMonitor:
                     channel == "level" or step > int(onset[i]))   # spread: two steps of it
                 if (effect < need or not held) and step - int(onset[i]) < 3:
                     continue              # a young run: wait for more of it before judging
+                st.last_cp[i] = at
                 if not held:
-                    effect = 0.0          # a spike that came and went: an anomaly's business
-                st.last_cp[i] = int(onset[i])
+                    continue              # a spike that came and went: an anomaly's business
+                gradual = effect < need
+                if gradual:
+                    # a small change that held: added to the small ones before it in the
+                    # same direction (a trend is a run of them), judged on their sum
+                    d = int(np.sign(after - before))
+                    if st.acc_dir[i] != d:
+                        st.acc_before[i], st.acc_onset[i], st.acc_dir[i] = before, at, d
+                    before, at = float(st.acc_before[i]), int(st.acc_onset[i])
+                    effect = abs(after - before) / sd[channel][i]
+                    if effect < need:
+                        continue
+                    split = None
+                st.acc_dir[i] = 0
                 calmer = channel == "spread" and after < before
-                if effect < need or names[i] in out or (
-                        calmer and not self.cfg.report_calmer):
+                if names[i] in out or (calmer and not self.cfg.report_calmer):
                     continue
-                out[names[i]] = self._evidence(names[i], i, channel, step, end_ts,
-                                               int(onset[i]), split, before, after,
-                                               float(mass[i]), effect)
+                out[names[i]] = self._evidence(names[i], i, channel, step, end_ts, at, split,
+                                               before, after, float(mass[i]), effect,
+                                               gradual)
         return out
 
     def _since(self, i: int, onset: int, split: int, step: int) -> np.ndarray | None:
@@ -477,15 +502,16 @@ class ChangeMonitor:
 
     def _evidence(self, name: str, i: int, channel: str, step: int, end_ts: int, onset: int,
                   split: int | None, before: float, after: float, mass: float,
-                  effect: float) -> Evidence:
+                  effect: float, gradual: bool = False) -> Evidence:
         p, iv = self.patch_len, self.interval_ms
         onset_ts = end_ts - (step - onset + 1) * p * iv
         if split is not None:
             onset_ts = end_ts - (step - onset + 2) * p * iv + split * iv
         up = after > before
+        how = " gradually" if gradual else ""
         if channel == "level":
-            kind, delta = "level", after - before
-            words = (f"level {'rose' if up else 'fell'} by {abs(delta):.4g} "
+            kind, delta = ("trend" if gradual else "level"), after - before
+            words = (f"level {'rose' if up else 'fell'}{how} by {abs(delta):.4g} "
                      f"(from about {before:.4g} to {after:.4g}"
                      + _removed(self.slots > 0 and self.seen[i] >=
                                 self.slots * self.slot_ms // self.interval_ms, self.common))
@@ -494,7 +520,7 @@ class ChangeMonitor:
                                       "level_after": round(after, 6)}
         else:
             kind, ratio = "variance", math.exp(after - before)
-            words = (f"variability {'rose' if up else 'fell'} x{ratio:.2f} "
+            words = (f"variability {'rose' if up else 'fell'}{how} x{ratio:.2f} "
                      f"(spread about {math.exp(before):.4g} before, {math.exp(after):.4g} "
                      "after)")
             detail = {"std_ratio": round(ratio, 4), "spread_before": round(math.exp(before), 6),

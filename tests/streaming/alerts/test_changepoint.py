@@ -259,3 +259,22 @@ def test_a_network_wide_move_is_not_a_change_but_one_sensor_against_it_is() -> N
         ("s5", "up")], [ev.text for *_, ev in found]
     assert found[0][2].detail["level_change"] == pytest.approx(6 * scale[5], rel=0.2)
     assert np.all(np.abs(mon.stats["level"].level[:8] / scale - 100) < 10)
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.004])
+def test_a_trend_is_found_as_changes_that_run_one_way(slope: float) -> None:
+    """A slope (std per reading) from reading 600, no jump. A steep one is a run of level
+    changes; a gentle one a run of changes each too small to report, which are added up and
+    reported as one gradual change (kind trend)."""
+    rng = np.random.default_rng(14)
+    t = np.arange(3600)
+    x = rng.normal(size=(3600, 2))
+    x[:, 0] += slope * np.maximum(t - 600, 0)
+    found, _ = run_monitor(x)
+    assert found and all(ev.text.startswith("s0") for *_, ev in found), [
+        ev.text for *_, ev in found]
+    assert all(ev.detail["value_direction"] == "up" for *_, ev in found)
+    end, onset, ev = found[0]
+    assert 600 <= onset < end <= 600 + 5 / slope      # found by 5 std of rise
+    if slope < 0.01:
+        assert ev.detail["change"] == "trend" and "rose gradually" in ev.text
