@@ -48,7 +48,7 @@ DAY_MS = 86_400_000
 MAX_SLOTS = 288                  # profile slots per day (coarser bins for faster grids)
 CHANNELS = ("level", "spread")
 _SQRT_PI_2 = math.sqrt(math.pi) / 2   # E|X - Y| = 2 sd / sqrt(pi) for iid normal X, Y
-_SPREAD_EFFECT = 0.6             # the spread's smallest effect, as a share of min_effect (a
+_SPREAD_EFFECT = 0.5             # the spread's smallest effect, as a share of min_effect (a
 #                                  log scale ratio of 1.5-2 is a few noise units only)
 _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset split, level)
 
