@@ -60,8 +60,10 @@ def rules(cfg: StreamConfig) -> dict[str, GateRule]:
                             critical=a.anomaly_critical, min_gap_steps=a.anomaly_cooldown_steps,
                             merge_hops=a.merge_hops, common_mode_min=a.common_mode_min,
                             score_in_text=True),
-        # a drift alert blocks its sensor for the next drift_cooldown_steps steps
-        "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1),
+        # a drift alert blocks its sensor for the next drift_cooldown_steps steps; sensors
+        # changing in the same step merge like anomalies (graph neighbours, common mode)
+        "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1, merge_hops=a.merge_hops,
+                          common_mode_min=a.common_mode_min),
         "data-quality": GateRule(),
         "model": GateRule(),        # the model's own events (rollback, non-finite forecast)
     }

@@ -101,6 +101,18 @@ class BOCPDArray:
             a[idx] = 0.0
         self.start[idx] = t
 
+    def seed(self, idx: np.ndarray, value: np.ndarray, weight: float) -> None:
+        """Give the streams ``idx`` (just reset, one run each) ``weight`` observations at
+        ``value``: where their run is known to start."""
+        if not len(idx):
+            return
+        value = np.asarray(value, np.float64)
+        self.origin[idx] = np.where(np.isnan(self.origin[idx]), value, self.origin[idx])
+        j = np.argmax(self.logp[idx], axis=1)
+        self.n[idx, j] = weight
+        self.mean[idx, j] = (value - self.origin[idx]).astype(DTYPE)
+        self.m2[idx, j] = 0.0
+
     def _log_t(self, rows: np.ndarray | slice, xx: np.ndarray) -> np.ndarray:
         """Student-t log predictive of ``xx`` ``[rows, 1]`` under each kept run's posterior:
         with ``q = beta_n (kappa_n + 1) / kappa_n``,
