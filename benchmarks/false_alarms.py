@@ -172,7 +172,10 @@ def main() -> int:
     body = [f"Defaults (budget alerts.max_per_10k = {a.max_per_10k:g}, anomaly threshold "
             f"{a.anomaly_threshold}, cooldown {a.anomaly_cooldown_steps} steps, value detectors "
             f"{cfg.anomaly.detectors}, probation {cfg.anomaly.probation_readings} readings, "
-            f"drift warm-up {cfg.drift.warmup_readings} readings; overrides: "
+            + (f"change detector bocpd (alerts after {cfg.drift.min_readings} readings and "
+               "a sensor's first day); overrides: " if cfg.drift.detector == "bocpd" else
+               f"drift {cfg.drift.detector}, warm-up {cfg.drift.warmup_readings} readings; "
+               "overrides: ") +
             f"{args.set or 'none'}). Real sets have no labels: every alert counts as false (an "
             "upper bound); NAB counts alerts outside its labelled windows.", "",
             *common.md_table(["data", "readings", "anomaly /10k", "drift /10k",
