@@ -18,7 +18,10 @@ Per closed step and sensor:
 4. **Declare a change** when the posterior mass on runs that started after the sensor's last
    declared change exceeds ``threshold``, set from the false-alarm budget
    (``alerts.max_per_10k``, see ``threshold_for_budget``), and the most probable such run
-   differs from the one before by at least ``drift.min_effect`` of the statistic's scale. The
+   differs from the one before by at least ``drift.min_effect`` of the statistic's scale,
+   times its wander (``1 / sqrt(1 - rho)``, rho its lowest recent autocorrelation: an air
+   pressure that drifts slowly moves many step-to-step units without a change). Small changes
+   that hold and run one way are added up: a trend, judged on the plain scale. The
    onset is that run's start, refined to the reading by a CUSUM split of the two steps around
    it; the magnitude is the difference of the run means, in the sensor's own units (level) or
    as a ratio (spread).
@@ -50,6 +53,9 @@ CHANNELS = ("level", "spread")
 _SQRT_PI_2 = math.sqrt(math.pi) / 2   # E|X - Y| = 2 sd / sqrt(pi) for iid normal X, Y
 _SPREAD_EFFECT = 0.5             # the spread's smallest effect, as a share of min_effect (a
 #                                  log scale ratio of 1.5-2 is a few noise units only)
+_WANDER_STEPS = 48               # steps whose lowest autocorrelation says how a statistic
+#                                  wanders (the change itself raises the estimate)
+_FLAT = 1e-6                     # a step's spread below this share of its level is flat
 _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset split, level)
 
 
@@ -75,6 +81,7 @@ class _Stat:
         self.c0 = np.zeros(0)         # EWMA of centred squares and lag-1 products (rho)
         self.c1 = np.zeros(0)
         self.n = np.zeros(0, np.int64)   # values seen (since the last reset)
+        self.rho_seen = np.zeros((_WANDER_STEPS, 0))   # lag-1 autocorrelation per step (ring)
         self.pairs = np.zeros(0, np.int64)   # consecutive pairs in c0/c1 (never reset)
         self.last_cp = np.zeros(0, np.int64)   # step of the last declared change (or arming)
         # small changes in one direction, added up (a trend is a run of them): the value
@@ -93,6 +100,7 @@ class _Stat:
         self.prev = np.concatenate([self.prev, np.full(add, np.nan)])
         self.c0 = np.concatenate([self.c0, np.zeros(add)])
         self.c1 = np.concatenate([self.c1, np.zeros(add)])
+        self.rho_seen = np.concatenate([self.rho_seen, np.zeros((_WANDER_STEPS, add))], axis=1)
         self.n = np.concatenate([self.n, np.zeros(add, np.int64)])
         self.pairs = np.concatenate([self.pairs, np.zeros(add, np.int64)])
         self.last_cp = np.concatenate([self.last_cp, np.full(add, t, np.int64)])
@@ -113,7 +121,15 @@ class _Stat:
             self.level[idx] = start[idx]
             self.det.seed(idx, start[idx], 2.0)
         self.c0[m], self.c1[m], self.n[m], self.pairs[m] = 0.0, 0.0, 0, 0
+        self.rho_seen[:, m] = 0.0
         self.last_cp[m] = t + 1
+
+    def wander(self, i: int) -> float:
+        """How much further than its step-to-step variation sensor ``i``'s statistic moves
+        without a change: ``1 / sqrt(1 - rho)`` with ``rho`` its lowest lag-1 autocorrelation
+        over the last ``_WANDER_STEPS`` steps (an AR(1)'s stationary spread over its
+        differences' spread; the lowest, since a change itself raises the estimate)."""
+        return float(1.0 / math.sqrt(1.0 - min(float(self.rho_seen[:, i].min()), 0.95)))
 
     def sd(self, fallback: np.ndarray) -> np.ndarray:
         """The statistic's noise scale (from step-to-step differences, else ``fallback``)."""
@@ -160,6 +176,7 @@ class _Stat:
             self.pairs = self.pairs + both
             rho = np.where((self.pairs > 10) & (self.c0 > 0),
                            np.clip(self.c1 / np.maximum(self.c0, 1e-300), 0.0, 0.95), 0.0)
+        self.rho_seen[t % _WANDER_STEPS, :len(rho)] = rho
         self.det.update(np.where(ok, y, np.nan), t, (1 - rho) / (1 + rho))
         # scale: mean |difference| (a plain mean while young, then an EWMA with jumps capped)
         diff = np.abs(y - self.prev)
@@ -179,7 +196,7 @@ class _Stat:
                 "scale": self.scale.copy(), "prev": self.prev.copy(), "c0": self.c0.copy(),
                 "c1": self.c1.copy(), "n": self.n.copy(), "pairs": self.pairs.copy(),
                 "acc_before": self.acc_before.copy(), "acc_onset": self.acc_onset.copy(),
-                "acc_dir": self.acc_dir.copy(),
+                "acc_dir": self.acc_dir.copy(), "rho_seen": self.rho_seen.copy(),
                 "last_cp": self.last_cp.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -191,6 +208,9 @@ class _Stat:
         self.acc_onset = np.asarray(state["acc_onset"], np.int64).copy()
         self.acc_dir = np.asarray(state["acc_dir"], np.int64).copy()
         self.last_cp = np.asarray(state["last_cp"], np.int64).copy()
+        # (a checkpoint from before the wander estimate: no wander known yet)
+        self.rho_seen = (np.asarray(state["rho_seen"], np.float64).copy() if "rho_seen" in state
+                         else np.zeros((_WANDER_STEPS, len(self.level))))
 
 
 class ChangeMonitor:
@@ -305,9 +325,12 @@ class ChangeMonitor:
             young = self.stats["level"].n[:n] < 5
             fallback = (self._mean_noise(resid, cnt, young) if young.any()
                         else np.full(n, np.nan))
-            # a step of identical readings says nothing of the spread (a quantized sensor, a
-            # rain gauge at 0): no spread statistic for it
-            logs = np.where(np.isfinite(spread) & (spread > 0), np.log(spread), np.nan)
+            # a step of identical readings (or readings that differ by float rounding only)
+            # says nothing of the spread (a quantized sensor, a rain gauge at 0): no spread
+            # statistic for it
+            raw = np.where(ok, values, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
+            flat = spread <= _FLAT * np.abs(raw)
+            logs = np.where(np.isfinite(spread) & (spread > 0) & ~flat, np.log(spread), np.nan)
         # the scale prior is trusted (alpha0) once the statistic is deseasonalized; during a
         # sensor's first season its raw level may still carry the daily cycle: a weak prior
         alpha = np.where(seasoned | (self.slots == 0), self.cfg.alpha0,
@@ -464,7 +487,11 @@ class ChangeMonitor:
                     # since the split say the new level when they are all remembered
                     after = float(since.mean())
                 effect = abs(after - before) / sd[channel][i]
-                need = self.cfg.min_effect * (_SPREAD_EFFECT if channel == "spread" else 1.0)
+                # an abrupt change must beat the statistic's wander (a slowly wandering air
+                # pressure moves many step-to-step units in a day); a trend's sum is judged
+                # on the plain scale, since a trend is itself a wander that does not return
+                need0 = self.cfg.min_effect * (_SPREAD_EFFECT if channel == "spread" else 1.0)
+                need = need0 * st.wander(i)
                 held = _held(after, before, float(st.prev[i]), since, self.patch_len) and (
                     channel == "level" or step > int(onset[i]))   # spread: two steps of it
                 if (effect < need or not held) and step - int(onset[i]) < 3:
@@ -482,7 +509,7 @@ class ChangeMonitor:
                     st.acc_dir[i] += d
                     before, at = float(st.acc_before[i]), int(st.acc_onset[i])
                     effect = abs(after - before) / sd[channel][i]
-                    if effect < need or abs(st.acc_dir[i]) < 2:
+                    if effect < need0 or abs(st.acc_dir[i]) < 2:
                         continue
                     split = None
                 st.acc_dir[i] = 0

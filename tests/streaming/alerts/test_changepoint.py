@@ -278,3 +278,33 @@ def test_a_trend_is_found_as_changes_that_run_one_way(slope: float) -> None:
     assert 600 <= onset < end <= 600 + 5 / slope      # found by 5 std of rise
     if slope < 0.01:
         assert ev.detail["change"] == "trend" and "rose gradually" in ev.text
+
+
+def test_wander_is_measured_without_the_change_itself() -> None:
+    """A statistic that wanders (AR(0.9) steps) needs a larger effect (at most 1 / sqrt(0.1)
+    = 3.2 times; the estimate, around a level that follows the wander and the lowest over a
+    window, is conservative); iid steps need 1x, also right after a large jump (which raises
+    the running autocorrelation for a while, but not the lowest over the window)."""
+    from streaming.alerts.changepoint import _Stat
+
+    rng = np.random.default_rng(15)
+    st = _Stat(DriftConfig())
+    st.grow(2, 0)
+    ar = 0.0
+    for t in range(400):
+        ar = 0.9 * ar + rng.normal() * np.sqrt(1 - 0.81)
+        iid = rng.normal() + (8.0 if t >= 380 else 0.0)
+        st.update(np.array([ar, iid]), t, np.ones(2), np.full(2, 5.0))
+    assert 1.5 < st.wander(0) < 3.3
+    assert st.wander(1) < 1.3
+
+
+def test_float_rounding_is_not_a_spread() -> None:
+    """A sensor stuck at 60 with float-rounding jitter, then noisy: no variance change with
+    an absurd ratio (a flat step has no spread statistic, as an exactly constant one)."""
+    rng = np.random.default_rng(17)
+    x = 60.0 + 1e-9 * rng.normal(size=(900, 1))
+    x[450:] += rng.normal(size=(450, 1))
+    found, _ = run_monitor(x)
+    assert not [ev for *_, ev in found if ev.detail["change"] == "variance"], [
+        ev.text for *_, ev in found]
