@@ -26,6 +26,9 @@ Per closed step and sensor:
    it; the magnitude is the difference of the run means, in the sensor's own units (level) or
    as a ratio (spread).
 
+An intermittent sensor (more than half its steps flat: a rain gauge, a valve) raises no
+changes: its bursts are events, the anomaly score's business.
+
 A sensor may raise a change after ``drift.min_readings`` readings (30 by default): the
 detector needs a few steps to know the statistic's scale. On a grid with a possible daily
 cycle (an interval that divides the day into 2 or more slots) it also waits for its first
@@ -44,7 +47,7 @@ import numpy as np
 
 from connectors.schemas import format_minute, zone
 from streaming.alerts.alert_gate import Evidence
-from streaming.alerts.bocpd import BOCPDArray
+from streaming.alerts.bocpd import BOCPDArray, row_max, row_sum
 from streaming.config import DriftConfig
 
 DAY_MS = 86_400_000
@@ -56,6 +59,7 @@ _SPREAD_EFFECT = 0.5             # the spread's smallest effect, as a share of m
 _WANDER_STEPS = 48               # steps whose lowest autocorrelation says how a statistic
 #                                  wanders (the change itself raises the estimate)
 _FLAT = 1e-6                     # a step's spread below this share of its level is flat
+_INTERMITTENT = 0.5              # a sensor with more flat steps than this has no changes
 _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset split, level)
 
 
@@ -248,6 +252,10 @@ class ChangeMonitor:
         self.common = False               # whether this step's network-wide move was removed
         self.noise = np.zeros(0)          # within-step noise of a step mean (``_noise``)
         self.noise_n = np.zeros(0, np.int64)
+        # share of steps that are flat (identical readings): an intermittent sensor (a rain
+        # gauge, a valve) mostly sits at one value and its bursts are events, not changes
+        self.flat_share = np.zeros(0)
+        self.flat_n = np.zeros(0, np.int64)
 
     # --- per step ---------------------------------------------------------------------
 
@@ -260,6 +268,8 @@ class ChangeMonitor:
         self.profile_n = np.concatenate([self.profile_n, np.zeros((s, add), np.int32)], axis=1)
         self.level = np.concatenate([self.level, np.full(add, np.nan)])
         self.seen = np.concatenate([self.seen, np.zeros(add, np.int64)])
+        self.flat_share = np.concatenate([self.flat_share, np.zeros(add)])
+        self.flat_n = np.concatenate([self.flat_n, np.zeros(add, np.int64)])
         self.anchor = np.concatenate([self.anchor, np.full(add, np.nan)])
         self.history = np.concatenate([self.history,
                                        np.full((add, self.history.shape[1]), np.nan)])
@@ -313,10 +323,10 @@ class ChangeMonitor:
         else:
             resid = values
         fin = np.isfinite(resid)
-        cnt = fin.sum(axis=1)
+        cnt = row_sum(fin)
         have = cnt > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.where(have, np.where(fin, resid, 0.0).sum(axis=1) / np.maximum(cnt, 1),
+            y = np.where(have, row_sum(np.where(fin, resid, 0.0)) / np.maximum(cnt, 1),
                          np.nan)
             spread = _robust_spread(resid)
             # the step mean's noise from within the step, for the level's scale until step
@@ -328,9 +338,16 @@ class ChangeMonitor:
             # a step of identical readings (or readings that differ by float rounding only)
             # says nothing of the spread (a quantized sensor, a rain gauge at 0): no spread
             # statistic for it
-            raw = np.where(ok, values, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
-            flat = spread <= _FLAT * np.abs(raw)
+            raw = row_sum(np.where(ok, values, 0.0)) / np.maximum(row_sum(ok), 1)
+            span = row_max(np.where(ok, values, -np.inf)) + row_max(np.where(ok, -values,
+                                                                               -np.inf))
+            flat = (span <= _FLAT * np.abs(raw)) | (spread <= _FLAT * np.abs(raw))
             logs = np.where(np.isfinite(spread) & (spread > 0) & ~flat, np.log(spread), np.nan)
+        judged = np.isfinite(spread)
+        k = self.flat_n[:n] + judged
+        rate = np.maximum(1.0 / np.maximum(k, 1), 0.01)
+        self.flat_share[:n] += np.where(judged, rate * (flat - self.flat_share[:n]), 0.0)
+        self.flat_n[:n] = k
         # the scale prior is trusted (alpha0) once the statistic is deseasonalized; during a
         # sensor's first season its raw level may still carry the daily cycle: a weak prior
         alpha = np.where(seasoned | (self.slots == 0), self.cfg.alpha0,
@@ -358,7 +375,7 @@ class ChangeMonitor:
             # (the first season learns the daily rows whatever the day; weekend rows after)
             self._learn_profile(values, slots, rows, before,
                                 np.where(before, new_level, self.anchor[:n]))
-        self.seen[:n] += ok.sum(axis=1)
+        self.seen[:n] += row_sum(ok).astype(np.int64)
         found = self._declare(names, n, step, end_ts if end_ts is not None else
                               int(ts[-1] + self.interval_ms), {"level": sd_level,
                                                                "spread": sd_spread})
@@ -415,10 +432,10 @@ class ChangeMonitor:
         r, k = resid[idx], cnt[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
             fin = np.isfinite(r)
-            mean = np.where(fin, r, 0.0).sum(axis=1) / np.maximum(k, 1)
+            mean = row_sum(np.where(fin, r, 0.0)) / np.maximum(k, 1)
             c = np.where(fin, r - mean[:, None], 0.0)
-            v0 = (c * c).sum(axis=1)
-            v1 = (c[:, 1:] * c[:, :-1]).sum(axis=1)
+            v0 = row_sum(c * c)
+            v1 = row_sum(c[:, 1:] * c[:, :-1])
             phi = np.where(v0 > 0, v1 / np.where(v0 > 0, v0, 1.0), np.nan)
         self._grow_phi(n)
         old = self.phi[idx]
@@ -464,6 +481,7 @@ class ChangeMonitor:
     def _declare(self, names: list[str], n: int, step: int, end_ts: int,
                  sd: dict[str, np.ndarray]) -> dict[str, Evidence]:
         ready = self.seen[:n] >= max(self.cfg.min_readings, 2 * self.patch_len)
+        ready &= self.flat_share[:n] <= _INTERMITTENT
         if self.slots:      # a daily cycle must be known before a change can be told from it
             ready &= self._seasoned(n)
         out: dict[str, Evidence] = {}
@@ -606,7 +624,8 @@ class ChangeMonitor:
                 "anchor": self.anchor.copy(),
                 "history": self.history.copy(), "history_steps": self.history_steps.copy(),
                 "phi": self.phi.copy(), "noise": self.noise.copy(),
-                "noise_n": self.noise_n.copy(),
+                "noise_n": self.noise_n.copy(), "flat_share": self.flat_share.copy(),
+                "flat_n": self.flat_n.copy(),
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -624,6 +643,11 @@ class ChangeMonitor:
         self.phi = np.asarray(state["phi"], np.float64).copy()
         self.noise = np.asarray(state["noise"], np.float64).copy()
         self.noise_n = np.asarray(state["noise_n"], np.int64).copy()
+        # (a state from before the intermittency share: none known yet)
+        self.flat_share = np.asarray(state.get("flat_share", np.zeros(len(self.level))),
+                                     np.float64).copy()
+        self.flat_n = np.asarray(state.get("flat_n", np.zeros(len(self.level))),
+                                 np.int64).copy()
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
 
@@ -638,9 +662,9 @@ def _robust_spread(resid: np.ndarray) -> np.ndarray:
         return np.full(n, np.nan)
     d = np.diff(resid, axis=1)
     fin = np.isfinite(d)
-    cnt = fin.sum(axis=1)
+    cnt = row_sum(fin)
     d2 = np.where(fin, d * d, 0.0)
-    total = d2.sum(axis=1) - d2.max(axis=1)
+    total = row_sum(d2) - row_max(d2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt >= 3, np.sqrt(total / (2 * np.maximum(cnt - 1, 1))), np.nan)
 

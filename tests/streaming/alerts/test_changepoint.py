@@ -308,3 +308,18 @@ def test_float_rounding_is_not_a_spread() -> None:
     found, _ = run_monitor(x)
     assert not [ev for *_, ev in found if ev.detail["change"] == "variance"], [
         ev.text for *_, ev in found]
+
+
+def test_an_intermittent_sensor_has_events_not_changes() -> None:
+    """A rain gauge: 0 most of the time, bursts of 2-8 hours of rain (a level far above its
+    usual 0 for many steps): no change alerts (the bursts are the anomaly score's); a
+    normal sensor beside it with a real shift still gets its alert."""
+    rng = np.random.default_rng(18)
+    T = 288 * 20
+    rain = np.zeros(T)
+    for start in rng.choice(np.arange(288, T - 100), 12, replace=False):
+        rain[start:start + int(rng.integers(24, 96))] = rng.gamma(2.0, 1.5, 1)[0]
+    other = rng.normal(size=T)
+    other[T // 2:] += 5.0
+    found, _ = run_monitor(np.stack([rain, other], axis=1))
+    assert [ev.text.split(":")[0] for *_, ev in found] == ["s1"], [ev.text for *_, ev in found]
