@@ -58,7 +58,7 @@ _SPREAD_EFFECT = 0.5             # the spread's smallest effect, as a share of m
 #                                  log scale ratio of 1.5-2 is a few noise units only)
 _WANDER_STEPS = 48               # steps whose lowest autocorrelation says how a statistic
 #                                  wanders (the change itself raises the estimate)
-_FLAT = 1e-6                     # a step's spread below this share of its level is flat
+_FLAT = 1e-9                     # a step's spread below this share of its level is flat
 _INTERMITTENT = 0.5              # a sensor with more flat steps than this has no changes
 _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset split, level)
 
