@@ -8,7 +8,8 @@ network they (and ``group.py``) publish.
   stops when the N-th message is in hand.
 * (c) ``bench_pipeline``: the live worker (``LiveWorker``, aiokafka engine) over the same
   topic, from the return of its first non-empty fetch to the acknowledgement of its last
-  outputs (``fetch_clock``, ``TimedWorker``).
+  outputs (``fetch_clock``, ``TimedWorker``); with ``kafka.processing_guarantee =
+  exactly_once`` to the commit of its last transaction.
 """
 
 from __future__ import annotations
@@ -177,6 +178,13 @@ class TimedWorker(LiveWorker):
         t = time.perf_counter()
         await super()._produce(producer, out)
         self.produces.append((t, time.perf_counter()))
+
+    async def _transact(self, work: Any) -> None:
+        """exactly_once: the batch's transactions (outputs and offsets) committed."""
+        t = time.perf_counter()
+        await super()._transact(work)
+        if work:
+            self.produces.append((t, time.perf_counter()))
 
 
 @contextmanager

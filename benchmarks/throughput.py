@@ -19,6 +19,12 @@ batch were acknowledged by the broker; rate = N / (last ack - first fetch). The 
 commit (one round trip) and the consumer/producer shutdown are outside the window. (c') repeats
 (c) with ``torch.set_num_threads(1)`` (skip with ``--no-single-thread``): on a small machine
 torch's intra-op threads compete with the event loop, the broker and any other process.
+(e) the cost of exactly-once outputs: ``--eos-pairs`` (default 2) pairs of runs on fresh
+groups, the pipeline with ``kafka.processing_guarantee = exactly_once`` (a transaction per
+batch holding its outputs and input offsets, ``connectors.transactions``) and again at least
+once, alternating (the first at-least-once run is (c)); the cost is 1 - the median
+exactly-once rate / the median at-least-once rate (``--eos-pairs 0`` skips it). Recorded in
+its own section, ``exactly_once``.
 
 The machine may be shared: before each timed phase the script waits (``--quiet-wait`` seconds in
 all) until other processes use < 0.25 cores, and it reports the average CPU cores used during
@@ -37,8 +43,8 @@ Where the time goes: the records of the topic are read once more (not timed) and
 core, encode outputs), plus producing the encoded outputs with the worker's own ``_produce``.
 
     python benchmarks/throughput.py [--sensors 200] [--steps 5000] [--interval-ms 300000]
-                                    [--partitions 1] [--results benchmarks/RESULTS.md]
-                                    [--no-record]
+                                    [--partitions 1] [--eos-pairs 2]
+                                    [--results benchmarks/RESULTS.md] [--no-record]
 """
 
 from __future__ import annotations
@@ -86,6 +92,9 @@ from streaming.runtime.microbatch import Outputs, Record, process_records  # noq
 from streaming.runtime.worker import LiveWorker  # noqa: E402
 
 GOAL = 100_000                      # readings/s per worker
+EOS_GOAL = 0.15                     # exactly_once costs at most this share of the rate
+EOS_NAME = "full pipeline, exactly_once (transactions)"
+ALO_NAME = "full pipeline (aiokafka engine)"
 REF_KAFKA_PYTHON = 62_000           # reference figures on this machine class
 REF_AIOKAFKA = 540_000
 _HZ = os.sysconf("SC_CLK_TCK")
@@ -399,6 +408,45 @@ def loop_text(lp: dict[str, Any]) -> str:
             f"{lp['produce_s']:.2f} s, commit + rest {lp['other_s']:.2f} s")
 
 
+def eos_cost(phases: list[Phase]) -> tuple[float, float, float]:
+    """Median at-least-once and exactly-once rates of the pipeline runs, and the cost
+    (1 - exactly-once / at-least-once)."""
+    alo = float(np.median([p.rate for p in phases if p.name.startswith(ALO_NAME)]))
+    eos = float(np.median([p.rate for p in phases if p.name.startswith(EOS_NAME)]))
+    return alo, eos, 1 - eos / alo
+
+
+def eos_section(phases: list[Phase], eos: list[Phase], n: int, args: argparse.Namespace,
+                when: datetime) -> common.Section:
+    """The exactly-once section: the runs of each guarantee and the cost."""
+    alo_rate, eos_rate, cost = eos_cost(phases)
+    runs = [p for p in phases if p.name.startswith((ALO_NAME, EOS_NAME))]
+    rows = [(p.name, f"{p.rate:,.0f}", f"{p.rate / alo_rate:.3f}") for p in runs]
+    rows.append(("**median exactly_once / median at_least_once**", f"{eos_rate:,.0f} / "
+                 f"{alo_rate:,.0f}", f"**{eos_rate / alo_rate:.3f}**"))
+    met = cost <= EOS_GOAL
+    ex = eos[0].extra
+    body = [f"{args.sensors:,} sensors x {args.steps:,} steps = {n:,} readings, "
+            f"{args.partitions} partition(s) (one region each: a transaction per region and "
+            "batch), no checkpoints; at-least-once and exactly-once runs alternate on fresh "
+            "groups over the same input, in the same run.", "",
+            *common.md_table(["phase", "readings/s", "ratio vs median at-least-once"], rows),
+            "",
+            f"- Goal (issue 30) exactly-once costs <= {EOS_GOAL:.0%} of the rate: "
+            f"{common.verdict(met)} ({cost:+.1%}).",
+            f"- Per exactly-once batch ({ex['batches']} batches in the first run): begin, "
+            "produce the outputs, `send_offsets_to_transaction` (AddOffsetsToTxn + "
+            "TxnOffsetCommit), EndTxn; acks from all in-sync replicas (`acks=all`) instead "
+            "of the leader's."]
+    return common.Section(
+        "exactly_once", "Live stream processing",
+        "Exactly-once outputs (benchmarks/throughput.py, exactly-once phase)", "\n".join(body),
+        common.Summary("exactly_once", f"cost of kafka.processing_guarantee = exactly_once, "
+                       f"{args.sensors:,} sensors", f"{cost:+.1%} readings/s vs at least once "
+                       f"({eos_rate:,.0f} vs {alo_rate:,.0f}/s)", f"<= {EOS_GOAL:.0%}",
+                       common.index_verdict(met)), when=when)
+
+
 def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[str, float]],
            n: int, core_rate: float | None, args: argparse.Namespace, when: datetime
            ) -> tuple[list[common.Section], str]:
@@ -417,7 +465,8 @@ def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[s
             *common.md_table(["phase", "readings/s", "ratio vs aiokafka"], rows), "",
             f"- Goal (issue 2) >= {GOAL:,} readings/s per worker: {common.verdict(c >= GOAL)} "
             f"({c:,.0f}/s)."]
-    body += [f"- {p.name}: goal {'met' if p.rate >= GOAL else 'not met'}" for p in phases[3:]]
+    body += [f"- {p.name}: goal {'met' if p.rate >= GOAL else 'not met'}" for p in phases[3:]
+             if not p.name.startswith((EOS_NAME, ALO_NAME + ","))]
     if pieces:
         total = sum(s for _, s in pieces)
         top = sorted(pieces, key=lambda x: -x[1])
@@ -435,6 +484,9 @@ def render(phases: list[Phase], lat: dict[str, Any] | None, pieces: list[tuple[s
                        "via Kafka vs raw clients", f"{c:,.0f} readings/s = {c / b:.3f}x raw "
                        "aiokafka", f">= {GOAL:,} readings/s per worker",
                        common.index_verdict(c >= GOAL)), when=when)]
+    eos = [p for p in phases if p.name.startswith(EOS_NAME)]
+    if eos:
+        sections.append(eos_section(phases, eos, n, args, when))
     if lat is not None:
         sections.append(common.Section(
             "latency", "Live stream processing",
@@ -523,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-single-thread", action="store_true",
                     help="skip the extra pipeline run with torch.set_num_threads(1)")
+    ap.add_argument("--eos-pairs", type=int, default=2,
+                    help="pairs of exactly_once / at_least_once pipeline runs (0: none)")
     ap.add_argument("--quiet-wait", type=float, default=120.0,
                     help="seconds in all to wait for other processes to go quiet before phases")
     ap.add_argument("--top", type=int, default=15, help="functions shown per profile table")
@@ -587,6 +641,27 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(default_threads)
             p1.name = "full pipeline, torch.set_num_threads(1)"
             record(p1, cpu1, "(c')")
+
+        for i in range(args.eos_pairs):
+            cfg_e = stream_config(bs, f"bench-eos{i}", args.interval_ms, args.partitions,
+                                  input_prefix="bench")
+            cfg_e.kafka.processing_guarantee = "exactly_once"
+            pe, cpue = runner.run(bench_pipeline, cfg_e, n)
+            pe.name = EOS_NAME + (f", run {i + 1}" if args.eos_pairs > 1 else "")
+            record(pe, cpue, "(e)")
+            if pe.readings != n:
+                raise RuntimeError(f"exactly_once pipeline consumed {pe.readings:,} of {n:,}")
+            if i + 1 < args.eos_pairs:      # the first at-least-once run is (c)
+                cfg_a = stream_config(bs, f"bench-alo{i}", args.interval_ms, args.partitions,
+                                      input_prefix="bench")
+                pa, cpua = runner.run(bench_pipeline, cfg_a, n)
+                pa.name = f"{ALO_NAME}, run {i + 2}"
+                record(pa, cpua, "(e)")
+        if args.eos_pairs:
+            alo_rate, eos_rate, cost = eos_cost(phases)
+            print(f"[bench] exactly_once: median {eos_rate:,.0f} vs at_least_once "
+                  f"{alo_rate:,.0f} readings/s: cost {cost:+.1%} (goal <= {EOS_GOAL:.0%})",
+                  flush=True)
 
         lat = None
         if not args.no_latency:

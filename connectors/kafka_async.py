@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from connectors.security import SecuritySettings, client_kwargs
+
 log = logging.getLogger(__name__)
 
 
@@ -64,13 +66,16 @@ async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
             wait = min(wait * 2, backoff_max_s)
 
 
-async def start_producer(bootstrap_servers: str, max_batch_size: int = 1024 * 1024) -> Any:
+async def start_producer(bootstrap_servers: str, max_batch_size: int = 1024 * 1024, *,
+                         security: SecuritySettings | None = None) -> Any:
     """A started producer; ``max_batch_size`` bounds one record batch (a consumer whose
-    fetch limit per partition is below it may stall on a broker without KIP-74)."""
+    fetch limit per partition is below it may stall on a broker without KIP-74);
+    ``security``: its TLS/SASL settings (``connectors.security``; None: plaintext)."""
     from aiokafka import AIOKafkaProducer
 
     p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
-                         max_batch_size=max_batch_size, acks=1, request_timeout_ms=10_000)
+                         max_batch_size=max_batch_size, acks=1, request_timeout_ms=10_000,
+                         **client_kwargs(security, "aiokafka"))
     try:
         await p.start()
     except BaseException:
@@ -81,7 +86,8 @@ async def start_producer(bootstrap_servers: str, max_batch_size: int = 1024 * 10
 
 async def start_consumer(k: Any, topics: list[str], listener: Any,
                          copartitioned: bool = False) -> Any:
-    """A group consumer with manual commits and short timeouts (``k``: ``KafkaConfig``).
+    """A group consumer with manual commits and short timeouts (``k``: ``KafkaConfig``, its
+    security settings included).
     ``copartitioned``: partition ``i`` of every topic goes to the same worker (Kafka's
     range assignor over topics of equal partition counts), as the halo exchange needs."""
     from aiokafka import AIOKafkaConsumer
@@ -95,8 +101,12 @@ async def start_consumer(k: Any, topics: list[str], listener: Any,
         max_poll_interval_ms=k.max_poll_interval_ms, max_poll_records=k.max_batch,
         fetch_max_wait_ms=k.fetch_max_wait_ms, request_timeout_ms=10_000,
         fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+        # no records of an open transaction, nor of an aborted one where the broker lists
+        # them (Kafka; not Tansu: connectors.transactions), e.g. the boundary messages of
+        # another region's worker with kafka.processing_guarantee = exactly_once
+        isolation_level="read_committed",
         partition_assignment_strategy=(RangePartitionAssignor,) if copartitioned
-        else (RoundRobinPartitionAssignor,))
+        else (RoundRobinPartitionAssignor,), **client_kwargs(k, "aiokafka"))
     try:
         await c.start()
         c.subscribe(topics, listener=listener)

@@ -13,11 +13,33 @@ Formats (chosen by extension or ``fmt=``):
   and ``sensors`` is accepted too.
 * ``.csv`` — auto-detected from the header: long (``sensor,ts,value``), wide with a first time
   column (``date``/``timestamp``/``ts``/``time``) or wide without time (needs ``--start`` and
-  ``--interval-ms``). Empty cells are NaN; naive timestamps are UTC. The writer produces the wide
-  layout with ISO-8601 UTC timestamps and shortest round-trip float text, so timestamps, sensors
-  and values round-trip exactly. Events go to a sidecar ``<stem>.events.jsonl`` (read back
-  automatically); lat/lon and the graph are NOT kept in CSV. ``fmt="csv-long"`` writes the long
-  layout (``sensor,ts,value`` with epoch-ms ``ts``).
+  ``--interval-ms``). Empty cells are NaN. The writer produces the wide layout with ISO-8601
+  UTC timestamps and shortest round-trip float text, so timestamps, sensors and values
+  round-trip exactly. Events go to a sidecar ``<stem>.events.jsonl`` (read back automatically);
+  lat/lon and the graph are NOT kept in CSV. ``fmt="csv-long"`` writes the long layout
+  (``sensor,ts,value`` with epoch-ms ``ts``). Real files are read without hand cleaning by
+  these rules (each logged as a warning once and kept in ``Recording.read_report``):
+
+  - encoding: UTF-8, else cp1252, else latin-1; U+FFFD replacement characters that a file
+    itself stores in its header are repaired from their unit context (after ``m``: ``²``;
+    before ``mol``/``g``/``m``/``s``...: ``µ``; before ``C``/``F``: ``°``; any other: ``?``);
+  - repeated timestamps (a row with the time of the row before): merged, the last non-empty
+    reading of each column wins (long layout: the later line of a sensor and time wins);
+  - a column that is mostly text (more than half of its non-empty cells are not numbers) is
+    skipped; a numeric column with a few non-number cells is an error naming line and column
+    (``--na-values`` reads such cells as missing). ``columns`` (``--columns``) picks the sensor
+    columns by name or glob;
+  - ``na_values`` (``--na-values``) are read as missing. A value that looks like a missing-value
+    code (it sits farther from the rest of its column than the rest's whole range and more
+    than 10 of its standard deviations, is rare, and repeats or reads -9999/999...) is warned
+    about, not removed: a value far from the rest may be real;
+  - naive timestamps are local times of ``timezone`` (``--timezone``): the repeated hour when
+    clocks go back is resolved by the order of the rows, a time that does not exist (the hour
+    skipped when clocks go forward) is an error naming the line. Without a timezone they are
+    read as UTC with a warning, and a file that then looks local (time going back, a repeated
+    or a missing hour exactly at a summer-time switch of a common zone) names ``--timezone``.
+
+``columns`` and ``na_values`` apply to .npz/.h5 files too (sensor selection, numeric codes).
 
 Multichannel recordings: an array ``[T, N, C]`` (npz ``data`` or ``values``, plain HDF5
 ``data``/``values``) is N sensors with C channels each and becomes N*C series named
@@ -36,10 +58,12 @@ path and says where (line/row/column/key) and what is wrong.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import logging
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -59,6 +83,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "RecordingError",
+    "ReadReport",
     "expand_channels",
     "stations_of",
     "Recording",
@@ -77,6 +102,43 @@ _FORMATS = {"csv": "csv", "csv-long": "csv-long", "npz": "npz", "h5": "h5", "hdf
 
 class RecordingError(ValueError):
     """Bad recording or recording file; the message names the file and the place."""
+
+
+@dataclass
+class ReadReport:
+    """What a reader resolved or noticed in a file (``Recording.read_report``): each item is
+    also logged as a warning; kept so a command's summary can print the counts."""
+
+    encoding: str = "utf-8"
+    renamed: dict[str, str] = field(default_factory=dict)       # repaired header names
+    duplicates: int = 0                  # rows merged into the row before (same timestamp)
+    duplicate_lines: list[int] = field(default_factory=list)    # the first few such lines
+    skipped_columns: list[str] = field(default_factory=list)    # mostly-text columns
+    sentinels: list[tuple[str, float, int]] = field(default_factory=list)  # column, value, n
+    naive_as_utc: bool = False           # naive timestamps read as UTC (no timezone given)
+    timezone: str | None = None          # the zone naive timestamps were read in
+    looks_local: str | None = None       # why a file read as UTC looks like local time
+
+    def as_dict(self) -> dict[str, Any]:
+        """The items that say something (empty ones left out), JSON-ready."""
+        out: dict[str, Any] = {}
+        if self.encoding != "utf-8":
+            out["encoding"] = self.encoding
+        if self.renamed:
+            out["renamed_columns"] = dict(self.renamed)
+        if self.duplicates:
+            out["duplicate_timestamps"] = self.duplicates
+            out["duplicate_lines"] = list(self.duplicate_lines)
+        if self.skipped_columns:
+            out["skipped_text_columns"] = list(self.skipped_columns)
+        if self.sentinels:
+            out["suspected_missing_codes"] = [
+                {"column": c, "value": _num_text(v), "count": n} for c, v, n in self.sentinels]
+        if self.naive_as_utc:
+            out["naive_timestamps_read_as"] = "UTC"
+        if self.looks_local:
+            out["looks_local"] = self.looks_local
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,6 +163,7 @@ class Recording:
     edge_weight: np.ndarray | None = None
     events: list[dict] = field(default_factory=list)
     interval_ms: int | None = None
+    read_report: ReadReport | None = None   # set by read_recording; not part of equality
 
     def __post_init__(self) -> None:
         ts = np.asarray(self.timestamps)
@@ -350,9 +413,13 @@ def _datetimes_to_ms(dt: pd.Series) -> np.ndarray:
 
 
 def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarray,
-                       tz: str = "UTC") -> np.ndarray:
-    """Epoch-ms int64 from an int (epoch ms) or date-string column; errors name the line.
-    Date strings without a UTC offset are local times of ``tz`` (``patching.timezone``)."""
+                       tz: str | None, report: ReadReport,
+                       groups: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Epoch-ms int64 from an int (epoch ms) or date-string column, and whether the dates were
+    naive (no UTC offset); errors name the line. Naive dates are local times of ``tz``
+    (``--timezone``); without one they are read as UTC, with a warning. ``groups`` (one code per
+    row, long layout) are series whose times each run in order: a repeated local hour is
+    inferred per series."""
     import pandas as pd
 
     nulls = col.isna().to_numpy()
@@ -360,7 +427,7 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
         i = int(np.flatnonzero(nulls)[0])
         raise _err(path, f"line {line_of[i]}: column '{name}' has an empty timestamp")
     if pd.api.types.is_integer_dtype(col.dtype):
-        return col.to_numpy(dtype=np.int64)
+        return col.to_numpy(dtype=np.int64), False
     if pd.api.types.is_float_dtype(col.dtype):
         arr = col.to_numpy(dtype=np.float64)
         frac = np.flatnonzero(arr != np.round(arr))
@@ -368,7 +435,7 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
             i = int(frac[0])
             raise _err(path, f"line {line_of[i]}: column '{name}' is not an integer epoch-ms "
                              f"timestamp: {arr[i]!r}")
-        return arr.astype(np.int64)
+        return arr.astype(np.int64), False
     col = col.astype(str).str.strip()
     try:
         dt = pd.to_datetime(col, utc=True, format="ISO8601")
@@ -382,18 +449,62 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
                 i = int(np.flatnonzero(bad)[0])
                 raise _err(path, f"line {line_of[i]}: column '{name}' is not a timestamp: "
                                  f"{col.iloc[i]!r}") from None
-    if _naive(col.iloc[0]):
-        log.info("%s: column '%s' has timestamps without a UTC offset (e.g. %r); read as "
-                 "local times of %s (patching.timezone)", path, name, col.iloc[0], tz)
-        if tz != "UTC":
-            try:
-                dt = (dt.dt.tz_localize(None)
-                      .dt.tz_localize(tz, ambiguous="infer", nonexistent="shift_forward")
-                      .dt.tz_convert("UTC"))
-            except (ValueError, TypeError) as exc:   # e.g. an ambiguous DST hour
-                raise _err(path, f"column '{name}': local times of {tz} "
-                                 f"(patching.timezone) cannot be placed: {exc}") from None
-    return _datetimes_to_ms(dt)
+    naive = _naive(col.iloc[0])
+    if not naive:
+        return _datetimes_to_ms(dt), False
+    if tz is None:
+        report.naive_as_utc = True
+        log.warning("%s: timestamps in column '%s' have no UTC offset (e.g. %r): read as UTC; "
+                    "pass --timezone ZONE if they are local times", path, name, col.iloc[0])
+        return _datetimes_to_ms(dt), True
+    report.timezone = tz
+    log.info("%s: column '%s' has timestamps without a UTC offset (e.g. %r); read as local "
+             "times of %s (--timezone, patching.timezone)", path, name, col.iloc[0], tz)
+    if tz == "UTC":
+        return _datetimes_to_ms(dt), True
+    return _localize(path, dt.dt.tz_localize(None), name, line_of, tz, groups), True
+
+
+def _localize(path: Path, wall: pd.Series, name: str, line_of: np.ndarray, tz: str,
+              groups: np.ndarray | None) -> np.ndarray:
+    """Epoch ms of the wall-clock times ``wall`` in zone ``tz``. The hour that repeats when
+    clocks go back is told apart by the order of the rows (pandas ``ambiguous="infer"``); a
+    time that does not exist there (the hour skipped when clocks go forward) is an error."""
+    import pandas as pd
+
+    try:
+        pd.Timestamp(0).tz_localize(tz)
+    except (KeyError, ValueError, TypeError) as exc:     # zoneinfo's not-found is a KeyError
+        raise _err(path, f"--timezone: unknown time zone {tz!r} (an IANA name such as "
+                         f"Europe/Berlin): {exc}") from None
+    rows = [np.arange(len(wall))]
+    if groups is not None and wall.dt.tz_localize(tz, ambiguous="NaT",
+                                                  nonexistent="shift_forward").isna().any():
+        rows = [np.flatnonzero(groups == g) for g in np.unique(groups)]   # infer per series
+    out = np.empty(len(wall), dtype=np.int64)
+    for idx in rows:
+        part = wall.iloc[idx]
+        try:
+            loc = part.dt.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+        except ValueError as exc:      # an ambiguous time whose twin is not in the file
+            amb = np.flatnonzero(part.dt.tz_localize(tz, ambiguous="NaT",
+                                                     nonexistent="shift_forward").isna())
+            if not amb.size:
+                raise _err(path, f"column '{name}': local times of {tz} cannot be placed: "
+                                 f"{exc}") from None
+            i = int(idx[int(amb[0])])
+            raise _err(path, f"line {line_of[i]}: column '{name}': {wall.iloc[i]} occurs twice "
+                             f"in {tz} (clocks set back an hour) and the order of the rows does "
+                             f"not tell which one is meant (the file does not repeat that "
+                             f"hour)") from None
+        gone = loc.isna().to_numpy()
+        if gone.any():
+            i = int(idx[int(np.flatnonzero(gone)[0])])
+            raise _err(path, f"line {line_of[i]}: column '{name}': {wall.iloc[i]} does not "
+                             f"exist in {tz} (the clocks skipped that hour); is the file in "
+                             f"{tz} local time? (--timezone)")
+        out[idx] = _datetimes_to_ms(loc.dt.tz_convert("UTC"))
+    return out
 
 
 def _naive(text: str) -> bool:
@@ -406,25 +517,246 @@ def _naive(text: str) -> bool:
         return False
 
 
-def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str],
-                   line_of: np.ndarray) -> np.ndarray:
-    """Columns ``cols`` as float64 [T, len(cols)]; non-numeric cells raise naming line/column."""
+# common zones with summer time, each for the zones that switch with it at the same wall-clock
+# hour (Europe/Berlin for CET, America/New_York for the US zones, ...)
+_COMMON_ZONES = ("Europe/London", "Europe/Berlin", "Europe/Helsinki", "America/New_York",
+                 "America/Chicago", "America/Denver", "America/Los_Angeles",
+                 "Australia/Sydney", "Pacific/Auckland")
+_HOUR_MS = 3_600_000
+
+
+def _switch_zones(wall_ms: np.ndarray, kind: str) -> list[list[str]]:
+    """For each wall-clock time (epoch ms read as UTC): the common zones where it is
+    ``"ambiguous"`` (in the hour that repeats when clocks go back) or ``"nonexistent"``."""
     import pandas as pd
 
-    out = np.empty((len(df), len(cols)), dtype=np.float64)
-    for j, c in enumerate(cols):
+    idx = pd.DatetimeIndex(wall_ms.astype("datetime64[ms]"))
+    out: list[list[str]] = [[] for _ in range(len(idx))]
+    for z in _COMMON_ZONES:
+        if kind == "ambiguous":
+            hit = idx.tz_localize(z, ambiguous="NaT", nonexistent="shift_forward").isna()
+        else:
+            hit = idx.tz_localize(z, ambiguous=np.ones(len(idx), bool), nonexistent="NaT").isna()
+        for i in np.flatnonzero(hit):
+            out[i].append(z)
+    return out
+
+
+def _zones_text(zones: list[str]) -> str:
+    return f"--timezone {zones[0]}" + (f" (or {', '.join(zones[1:])})" if zones[1:] else "")
+
+
+def _local_back_hint(ts: np.ndarray, i: int) -> str:
+    """For a naive file read as UTC whose time at row ``i`` is not after row ``i - 1``: a hint
+    naming ``--timezone`` when that is the repeated hour of a common zone, else ``""``."""
+    d = int(ts[i] - ts[i - 1])
+    if not -_HOUR_MS <= d <= 0:
+        return ""
+    zones = _switch_zones(ts[i:i + 1], "ambiguous")[0]
+    if not zones:
+        return ("; the timestamps have no UTC offset and were read as UTC: if they are local "
+                "times (back one hour as clocks are set back), pass --timezone ZONE"
+                if d == -_HOUR_MS else "")
+    return (f"; the timestamps have no UTC offset and were read as UTC, but this is the hour "
+            f"that repeats when {zones[0]} sets its clocks back: they look like local times, "
+            f"pass {_zones_text(zones)}")
+
+
+def _local_gap_hint(ts: np.ndarray, place: Any) -> str | None:
+    """For a naive file read as UTC: a note when a gap of exactly one hour more than the
+    usual step skips the hour that does not exist in a common zone (clocks forward)."""
+    if ts.shape[0] < 3:
+        return None
+    d = np.diff(ts)
+    step = int(np.median(d[d > 0])) if np.any(d > 0) else 0
+    if step <= 0:
+        return None
+    at = np.flatnonzero(d == step + _HOUR_MS) + 1
+    if not at.size:
+        return None
+    for i, zones in zip(at.tolist(), _switch_zones(ts[at] - _HOUR_MS, "nonexistent"),
+                        strict=True):
+        if zones:
+            return (f"{place(i)}: the hour before {_fmt_ms(int(ts[i]))} is missing, exactly "
+                    f"the hour {zones[0]} skips when it sets its clocks forward: the timestamps "
+                    f"(no UTC offset, read as UTC) look like local times; pass "
+                    f"{_zones_text(zones)}")
+    return None
+
+
+def _local_dup_hint(ts: np.ndarray, dup_rows: np.ndarray, place: Any) -> str | None:
+    """For a naive file read as UTC: a note when a repeated timestamp lies in the hour that
+    repeats when a common zone sets its clocks back, or right after the hour it skips when it
+    sets them forward (where a tool may have moved that hour's local times)."""
+    if not dup_rows.size:
+        return None
+    back = _switch_zones(ts[dup_rows], "ambiguous")
+    fwd = _switch_zones(ts[dup_rows] - 1, "nonexistent")
+    for i, za, zf in zip(dup_rows.tolist(), back, fwd, strict=True):
+        if za or zf:
+            when = (f"in the hour that repeats when {za[0]} sets its clocks back" if za else
+                    f"right after the hour {zf[0]} skips when it sets its clocks forward")
+            return (f"{place(i)}: the timestamp {_fmt_ms(int(ts[i]))} repeats {when}: the "
+                    f"timestamps (no UTC offset, read as UTC) look like local times; pass "
+                    f"{_zones_text(za or zf)}")
+    return None
+
+
+def _note_local(path: Path, report: ReadReport, hint: str | None) -> None:
+    if hint and report.looks_local is None:
+        report.looks_local = hint
+        log.warning("%s: %s", path, hint)
+
+
+def _merge_repeated_rows(path: Path, ts: np.ndarray, values: np.ndarray, line_of: np.ndarray,
+                         report: ReadReport, naive_utc: bool
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows in time order: time going back is an error naming the line (and ``--timezone``
+    where it looks like local time); a row with the timestamp of the row before is merged into
+    it, the last non-empty reading of each column winning, counted in ``report``."""
+    import pandas as pd
+
+    def place(i: int) -> str:
+        return f"line {line_of[i]}"
+
+    if ts.shape[0] < 2:
+        return ts, values
+    d = np.diff(ts)
+    back = np.flatnonzero(d < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        hint = _local_back_hint(ts, i) if naive_utc else ""
+        raise _err(path, f"{place(i)}: timestamp {_fmt_ms(int(ts[i]))} is earlier than "
+                         f"{place(i - 1)} ({_fmt_ms(int(ts[i - 1]))}); timestamps must "
+                         f"strictly increase{hint}")
+    dup_rows = np.flatnonzero(d == 0) + 1
+    if naive_utc:
+        _note_local(path, report, _local_dup_hint(ts, dup_rows, place)
+                    or _local_gap_hint(ts, place))
+    if not dup_rows.size:
+        return ts, values
+    _note_duplicates(path, report, line_of[dup_rows], ts[dup_rows],
+                     "a row with the time of the row before",
+                     "the last non-empty reading of each column wins")
+    group = np.concatenate([[0], np.cumsum(d != 0)])
+    merged = pd.DataFrame(values).groupby(group, sort=False).last().to_numpy(np.float64)
+    return ts[np.concatenate([[True], d != 0])], merged
+
+
+def _note_duplicates(path: Path, report: ReadReport, lines: np.ndarray, ts: np.ndarray,
+                     what: str, rule: str) -> None:
+    n = int(lines.shape[0])
+    report.duplicates += n
+    report.duplicate_lines = [int(x) for x in lines[:5]]
+    first = ", ".join(f"line {int(k)} at {_fmt_ms(int(t))}" for k, t in zip(lines[:5], ts[:5],
+                                                                           strict=True))
+    log.warning("%s: %d duplicate timestamp%s (%s): %s%s; merged, %s", path, n,
+                "" if n == 1 else "s", what, first, ", ..." if n > 5 else "", rule)
+
+
+def _num_text(v: float) -> str:
+    """A number as a user would type it (``-9999``, not ``-9999.0``)."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def _nines(v: float) -> bool:
+    """Whether ``v`` reads like a classic missing-value code: -99, 999, -9999, ..."""
+    return float(v).is_integer() and abs(v) >= 99 and set(str(int(abs(v)))) == {"9"}
+
+
+def _find_sentinels(values: np.ndarray) -> list[tuple[int, float, int]]:
+    """``(column, value, count)`` for values that look like missing-value codes: an extreme of
+    its column (its min or max), farther from the rest than the rest's whole range and more
+    than 10 standard deviations of the rest, at most 5 % of the readings, and repeated (or
+    reading like -9999)."""
+    found: list[tuple[int, float, int]] = []
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        col = col[np.isfinite(col)]
+        for side in ("min", "max"):
+            if col.size < 10:
+                break
+            v = float(col.min() if side == "min" else col.max())
+            hit = col == v
+            n = int(hit.sum())
+            rest = col[~hit]
+            if rest.size < 2 or n > 0.05 * col.size or not (n >= 2 or _nines(v)):
+                continue
+            sd, lo, hi = float(rest.std()), float(rest.min()), float(rest.max())
+            gap = lo - v if side == "min" else v - hi
+            if sd > 0 and gap > 10 * sd and gap > hi - lo:
+                found.append((j, v, n))
+                col = rest
+    return found
+
+
+def _note_sentinels(path: Path, report: ReadReport, sensors: Sequence[str],
+                    values: np.ndarray) -> None:
+    """Warn (once per value) about values that look like missing-value codes; kept as read."""
+    found = _find_sentinels(values)
+    if not found:
+        return
+    report.sentinels = [(sensors[j], v, n) for j, v, n in found]
+    by_value: dict[str, list[str]] = {}
+    for j, v, n in found:
+        by_value.setdefault(_num_text(v), []).append(
+            f"'{sensors[j]}' ({'once' if n == 1 else f'{n} times'})")
+    for v, where in by_value.items():
+        log.warning("%s: %s looks like a missing-value code (far outside the rest of its "
+                    "column) in %s; read as a number: pass --na-values %s to read it as "
+                    "missing", path, v, ", ".join(where), v)
+
+
+def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str], line_of: np.ndarray,
+                   strict: Sequence[str] = ()) -> tuple[np.ndarray, list[str], list[str]]:
+    """Columns ``cols`` as float64 [T, k], the k columns kept, and the columns skipped as mostly
+    text (more than half of their non-empty cells are not numbers; a column in ``strict`` is
+    never skipped). Other non-number cells raise naming line and column."""
+    import pandas as pd
+
+    out: list[np.ndarray] = []
+    kept: list[str] = []
+    skipped: list[str] = []
+    for c in cols:
         s = df[c]
         if pd.api.types.is_numeric_dtype(s.dtype):
-            out[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            out.append(s.to_numpy(dtype=np.float64, na_value=np.nan))
+            kept.append(c)
             continue
         conv = pd.to_numeric(s, errors="coerce")
         bad = (conv.isna() & s.notna()).to_numpy()
         if bad.any():
+            if c not in strict and 2 * int(bad.sum()) > int(s.notna().sum()):
+                skipped.append(c)
+                continue
             i = int(np.flatnonzero(bad)[0])
+            cell = str(s.iloc[i]).strip()
             raise _err(path, f"line {line_of[i]}: column '{c}' is not a number: "
-                             f"{str(s.iloc[i])!r}")
-        out[:, j] = conv.to_numpy(dtype=np.float64, na_value=np.nan)
-    return out
+                             f"{str(s.iloc[i])!r} (--na-values {cell} reads such cells as "
+                             f"missing)")
+        out.append(conv.to_numpy(dtype=np.float64, na_value=np.nan))
+        kept.append(c)
+    block = np.stack(out, axis=1) if out else np.empty((len(df), 0), dtype=np.float64)
+    return block, kept, skipped
+
+
+def _choose_columns(path: Path, names: Sequence[str], patterns: Sequence[str] | None,
+                    what: str) -> tuple[list[str], set[str]]:
+    """The ``names`` that ``patterns`` (names or globs, ``--columns``) pick, in file order, and
+    the names given exactly; a pattern that picks nothing is an error listing the names."""
+    if not patterns:
+        return list(names), set()
+    picked: set[str] = set()
+    exact: set[str] = set()
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            shown = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            raise _err(path, f"--columns: {pat!r} matches no {what} (there are: {shown})")
+        picked.update(hits)
+        if pat in names:
+            exact.add(pat)
+    return [n for n in names if n in picked], exact
 
 
 def events_sidecar_path(path: str | Path) -> Path:
@@ -457,13 +789,71 @@ def _read_events_sidecar(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
-              tz: str = "UTC") -> Recording:
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def _decode(path: Path, raw: bytes, report: ReadReport) -> str:
+    """The file's text: by its byte-order mark, else UTF-8, else cp1252 (Windows' Western
+    European: ``W/m²``, ``µmol``), else latin-1 (which decodes any bytes)."""
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            try:
+                text = raw.decode(enc)
+            except UnicodeDecodeError as e:
+                line = raw.count(b"\n", 0, e.start) + 1
+                raise _err(path, f"line {line}: not valid {enc} although the file starts with "
+                                 f"its byte-order mark: {e.reason}") from None
+            report.encoding = enc
+            return text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        bad = raw[e.start]
+    try:
+        text, enc = raw.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:          # bytes cp1252 leaves undefined (0x81, 0x8d, ...)
+        text, enc = raw.decode("latin-1"), "latin-1"
+    report.encoding = enc
+    log.info("%s: not UTF-8 (byte 0x%02x on line %d); read as %s", path, bad, line, enc)
+    return text
+
+
+# U+FFFD that a file itself stores (its bytes lost before it was written), by unit context
+_FFFD_RULES = ((re.compile("(?<=m)\ufffd(?![0-9A-Za-z])"), "²"),                 # W/m²
+               (re.compile("\ufffd(?=(?:mol|g|m|s|S|V|A|W|l|L|Pa)(?![A-Za-z]))"), "µ"),
+               (re.compile("\ufffd(?=[CF](?![A-Za-z]))"), "°"))                   # °C
+
+
+def _repair_names(path: Path, names: Sequence[str], report: ReadReport) -> list[str]:
+    """``names`` without U+FFFD replacement characters: repaired from their unit context
+    (``_FFFD_RULES``), any other becomes ``?``; one warning lists what changed."""
+    out: list[str] = []
+    changed: dict[str, str] = {}
+    for n in names:
+        if "\ufffd" in n:
+            r = n
+            for rx, rep in _FFFD_RULES:
+                r = rx.sub(rep, r)
+            changed[n] = r = r.replace("\ufffd", "?")
+            n = r
+        out.append(n)
+    if changed:
+        report.renamed.update(changed)
+        log.warning("%s: names in the file hold U+FFFD replacement characters (the original "
+                    "bytes were lost before the file was written); repaired from their unit "
+                    "context: %s", path, "; ".join(f"{a!r} -> {b!r}" for a, b in changed.items()))
+    return out
+
+
+def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: str | None,
+              columns: Sequence[str] | None, na_values: Sequence[str] | None,
+              report: ReadReport) -> Recording:
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise _err(path, f"cannot read: {e}") from None
-    text = raw.decode("utf-8", errors="replace")
+    text = _decode(path, raw, report)
     if text.startswith("\ufeff"):
         text = text[1:]
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -477,6 +867,7 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
     for j, c in enumerate(cols):
         if c == "":
             raise _err(path, f"line 1: header column {j + 1} is empty")
+    cols = _repair_names(path, cols, report)
     if len(set(cols)) != len(cols):
         seen: set[str] = set()
         for c in cols:
@@ -501,6 +892,7 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
                              f"got {got}{hint}")
 
     lower = [c.lower() for c in cols]
+    nas = list(na_values or ())
     sensor_col = next((cols[j] for j, c in enumerate(lower) if c in _LONG_SENSOR_NAMES), None)
     if sensor_col is not None:
         time_col = next((cols[lower.index(n)] for n in _LONG_TIME_NAMES if n in lower), None)
@@ -509,23 +901,32 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None,
         if missing:
             raise _err(path, f"line 1: long-format CSV (has column '{sensor_col}') is missing "
                              f"column(s) {missing}; expected sensor,ts,value; got {cols}")
-        df = _pandas_csv(path, text, cols, {sensor_col: str})
+        df = _pandas_csv(path, text, cols, {sensor_col: str}, {value_col: nas} if nas else None)
         return _pivot_long(path, df, sensor_col, time_col, value_col, line_of, interval_ms,
-                           tz)
+                           tz, columns, report)
 
-    if lower[0] in _TIME_NAMES:
-        df = _pandas_csv(path, text, cols, {})
-        ts = _parse_time_column(path, df[cols[0]], cols[0], line_of, tz)
-        _check_monotonic(path, ts, lambda i: f"line {line_of[i]}")
-        values = _numeric_block(path, df, cols[1:], line_of)
+    has_time = lower[0] in _TIME_NAMES
+    chosen, exact = _choose_columns(path, cols[1:] if has_time else cols, columns, "column")
+    df = _pandas_csv(path, text, cols, {}, {c: nas for c in chosen} if nas else None)
+    if has_time:
+        ts, naive = _parse_time_column(path, df[cols[0]], cols[0], line_of, tz, report)
+    values, sensors, skipped = _numeric_block(path, df, chosen, line_of, strict=sorted(exact))
+    if skipped:
+        report.skipped_columns = skipped
+        log.warning("%s: column%s %s skipped: mostly text, not numbers (--columns chooses the "
+                    "sensor columns)", path, "" if len(skipped) == 1 else "s",
+                    ", ".join(f"'{c}'" for c in skipped))
+    if not sensors:
+        raise _err(path, f"no numeric sensor columns (skipped as text: {skipped})")
+    if has_time:
+        ts, values = _merge_repeated_rows(path, ts, values, line_of, report,
+                                          naive and tz is None)
     else:
-        df = _pandas_csv(path, text, cols, {})
-        values = _numeric_block(path, df, cols, line_of)
         ts = _synthetic_times(path, len(df), start, interval_ms,
                               f"wide CSV without a time column (first column '{cols[0]}' is "
                               f"not one of {'/'.join(_TIME_NAMES)})")
-    sensors = cols if lower[0] not in _TIME_NAMES else cols[1:]
-    return _build(path, timestamps=ts, sensors=list(sensors), values=values,
+    _note_sentinels(path, report, sensors, values)
+    return _build(path, timestamps=ts, sensors=sensors, values=values,
                   events=_read_events_sidecar(path),
                   interval_ms=_infer_interval(ts, interval_ms))
 
@@ -536,19 +937,26 @@ def _float_kw(pd: Any) -> dict[str, Any]:
     return {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
-def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any]) -> pd.DataFrame:
+def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any],
+                na_values: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """The CSV text as a frame (header replaced by ``cols``); ``na_values`` per column are
+    read as missing on top of pandas' defaults (empty, NA, NaN, null, ...)."""
     import pandas as pd
 
     try:
         df = pd.read_csv(io.StringIO(text), header=0, names=cols, dtype=dtype or None,
-                         skip_blank_lines=True, skipinitialspace=True, **_float_kw(pd))
+                         skip_blank_lines=True, skipinitialspace=True, na_values=na_values,
+                         **_float_kw(pd))
     except (pd.errors.ParserError, ValueError) as e:
         raise _err(path, f"cannot parse CSV: {e}") from None
     return df
 
 
 def _pivot_long(path: Path, df: pd.DataFrame, sensor_col: str, time_col: str, value_col: str,
-                line_of: np.ndarray, interval_ms: int | None, tz: str = "UTC") -> Recording:
+                line_of: np.ndarray, interval_ms: int | None, tz: str | None,
+                columns: Sequence[str] | None, report: ReadReport) -> Recording:
+    """The long layout (one reading a line) as a wide recording. A sensor's reading repeated at
+    one time: the later line wins (its last non-empty value), counted in ``report``."""
     import pandas as pd
 
     s = df[sensor_col]
@@ -556,21 +964,38 @@ def _pivot_long(path: Path, df: pd.DataFrame, sensor_col: str, time_col: str, va
     if nulls.any():
         i = int(np.flatnonzero(nulls)[0])
         raise _err(path, f"line {line_of[i]}: column '{sensor_col}' is empty")
-    ts_rows = _parse_time_column(path, df[time_col], time_col, line_of, tz)
-    vals = _numeric_block(path, df, [value_col], line_of)[:, 0]
-    scodes, sensors = pd.factorize(s.astype(str).str.strip(), sort=False)
+    scodes, uniq = pd.factorize(s.astype(str).str.strip(), sort=False)
+    sensors = _repair_names(path, [str(x) for x in uniq], report)
+    chosen, _ = _choose_columns(path, sensors, columns, "sensor")
+    if len(chosen) != len(sensors):
+        remap = np.full(len(sensors), -1, dtype=np.int64)
+        remap[[sensors.index(c) for c in chosen]] = np.arange(len(chosen))
+        rows = remap[scodes] >= 0
+        df, line_of, scodes, sensors = df[rows], line_of[rows], remap[scodes[rows]], chosen
+    ts_rows, naive = _parse_time_column(path, df[time_col], time_col, line_of, tz, report,
+                                        groups=scodes)
+    vals = _numeric_block(path, df, [value_col], line_of, strict=[value_col])[0][:, 0]
     uts, tcodes = np.unique(ts_rows, return_inverse=True)
-    key = tcodes.astype(np.int64) * len(sensors) + scodes
-    dup = pd.Series(key).duplicated().to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        first = int(np.flatnonzero(key == key[i])[0])
-        raise _err(path, f"line {line_of[i]}: duplicate reading for sensor "
-                         f"{sensors[scodes[i]]!r} at {_fmt_ms(int(ts_rows[i]))} "
-                         f"(first at line {line_of[first]})")
-    values = np.full((uts.shape[0], len(sensors)), np.nan)
-    values[tcodes, scodes] = vals
-    return _build(path, timestamps=uts, sensors=[str(x) for x in sensors], values=values,
+    n_s = len(sensors)
+    key = tcodes.astype(np.int64) * n_s + scodes
+    dup = np.flatnonzero(pd.Series(key).duplicated().to_numpy())
+    if naive and tz is None:
+        _, first_row = np.unique(tcodes, return_index=True)
+        _note_local(path, report,
+                    _local_dup_hint(ts_rows, dup, lambda i: f"line {line_of[i]}")
+                    or _local_gap_hint(uts, lambda i: f"line {line_of[first_row[i]]}"))
+    values = np.full((uts.shape[0], n_s), np.nan)
+    if dup.size:
+        _note_duplicates(path, report, line_of[dup], ts_rows[dup],
+                         "a sensor's reading at a time it already has",
+                         "the later line of a sensor wins (its last non-empty value)")
+        last = pd.Series(vals).groupby(key, sort=False).last()
+        k = last.index.to_numpy(np.int64)
+        values[k // n_s, k % n_s] = last.to_numpy(np.float64)
+    else:
+        values[tcodes, scodes] = vals
+    _note_sentinels(path, report, sensors, values)
+    return _build(path, timestamps=uts, sensors=list(sensors), values=values,
                   events=_read_events_sidecar(path), interval_ms=_infer_interval(uts, interval_ms))
 
 
@@ -933,14 +1358,19 @@ def _resolve_fmt(path: Path, fmt: str | None) -> str:
 
 
 def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
-                   interval_ms: int | None = None, timezone: str = "UTC") -> Recording:
+                   interval_ms: int | None = None, timezone: str | None = None,
+                   columns: str | Sequence[str] | None = None,
+                   na_values: str | Sequence[str] | None = None) -> Recording:
     """Read a recording; format from ``fmt`` or the extension (.csv, .npz, .h5/.hdf5).
 
     ``start`` (ISO string, naive = UTC, or epoch ms) and ``interval_ms`` give the time axis of
     layouts without timestamps (``start`` is ignored where the file has them); ``interval_ms``
     also overrides the inferred (median) interval. Integer time columns are epoch ms; date
-    strings without a UTC offset are local times of ``timezone`` (an IANA name). CSV header
-    names are stripped of surrounding whitespace.
+    strings without a UTC offset are local times of ``timezone`` (an IANA name; None: read as
+    UTC with a warning). ``columns`` (names or globs, a list or comma-separated) picks the
+    sensors; ``na_values`` (likewise) are read as missing. CSV header names are stripped of
+    surrounding whitespace. What the reader resolved (duplicates, skipped columns, suspected
+    missing-value codes) is in the result's ``read_report`` (module docstring: the rules).
     """
     p = Path(path)
     kind = _resolve_fmt(p, fmt)
@@ -952,11 +1382,59 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
         raise _err(p, "is a directory")
     if p.stat().st_size == 0:
         raise _err(p, "empty file")
+    cols, nas = _split_list(columns), _split_list(na_values)
+    report = ReadReport()
     if kind in ("csv", "csv-long"):
-        return _read_csv(p, start, interval_ms, timezone)
-    if kind == "npz":
-        return _read_npz(p, start, interval_ms)
-    return _read_h5(p, start, interval_ms)
+        rec = _read_csv(p, start, interval_ms, timezone, cols, nas, report)
+    else:
+        rec = _read_npz(p, start, interval_ms) if kind == "npz" else _read_h5(p, start,
+                                                                              interval_ms)
+        rec = _binary_options(p, rec, cols, nas)
+    rec.read_report = report
+    return rec
+
+
+def _split_list(items: str | Sequence[str] | None) -> list[str] | None:
+    """``"a, b*"`` or ``["a", "b*"]`` -> ``["a", "b*"]`` (blanks dropped); None stays None."""
+    if items is None:
+        return None
+    parts = items.split(",") if isinstance(items, str) else list(items)
+    return [t.strip() for t in parts if t.strip()] or None
+
+
+def _number(text: str) -> float | None:
+    """``text`` as a float, or None where it is not a number (a text code)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _binary_options(path: Path, rec: Recording, columns: list[str] | None,
+                    na_values: list[str] | None) -> Recording:
+    """``na_values`` (the numeric ones) and ``columns`` for an .npz/.h5 recording: the chosen
+    sensors keep their positions, the graph edges between them and their events."""
+    codes = [v for v in (_number(t) for t in na_values or ()) if v is not None]
+    if codes:
+        rec.values = np.where(np.isin(rec.values, codes), np.nan, rec.values)
+    chosen, _ = _choose_columns(path, rec.sensors, columns, "sensor")
+    if len(chosen) == rec.n_sensors:
+        return rec
+    pos = {s: j for j, s in enumerate(rec.sensors)}
+    keep = np.array([pos[c] for c in chosen], dtype=np.int64)
+    remap = np.full(rec.n_sensors, -1, dtype=np.int64)
+    remap[keep] = np.arange(keep.size)
+    ei, ew = rec.edge_index, rec.edge_weight
+    if ei is not None:
+        inside = (remap[ei[0]] >= 0) & (remap[ei[1]] >= 0)
+        ei = remap[ei[:, inside]]
+        ew = None if ew is None else ew[inside]
+    picked = set(chosen)
+    return _build(path, timestamps=rec.timestamps, sensors=chosen, values=rec.values[:, keep],
+                  lat=None if rec.lat is None else rec.lat[keep],
+                  lon=None if rec.lon is None else rec.lon[keep], edge_index=ei,
+                  edge_weight=ew, interval_ms=rec.interval_ms,
+                  events=[e for e in rec.events if e.get("sensor") in (None, *picked)])
 
 
 def write_recording(rec: Recording, path: str | Path, *, fmt: str | None = None) -> Path:

@@ -24,14 +24,14 @@ TS_MAX_MS = 100_000_000_000_000  # year ~5138; anything beyond is a unit mistake
 _MISSING = object()
 
 
-DEAD_LETTER_KINDS = ("late", "future", "out_of_range", "unknown_sensor", "invalid")
+DEAD_LETTER_KINDS = ("late", "future", "out_of_range", "unknown_sensor", "capacity", "invalid")
 
 
 def reason_kind(reason: str) -> str:
     """The kind of a dead letter's reason (one of ``DEAD_LETTER_KINDS``), for counting:
     reasons start with their kind (``late: ...``) or say what failed validation."""
     head = reason.split(";", 1)[0].split(":", 1)[0].strip()
-    if head in ("late", "future", "out_of_range"):
+    if head in ("late", "future", "out_of_range", "capacity"):
         return head
     if head.startswith("unknown sensor"):
         return "unknown_sensor"
@@ -140,6 +140,13 @@ def format_minute(ms: int, tz: str | None = None) -> str:
     if tz is None or tz == "UTC":
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
     return datetime.fromtimestamp(ms / 1000, zone(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def format_when(ms: int, tz: str | None = None) -> str:
+    """``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (default UTC), the zone's abbreviation at that
+    time (CET, CEST, +08): the time a person reads says which clock it is on."""
+    when = datetime.fromtimestamp(ms / 1000, zone(tz))
+    return f"{when.strftime('%Y-%m-%d %H:%M')} {when.tzname() or tz or 'UTC'}"
 
 
 _NAIVE_SEEN: set[str] = set()        # timezones already announced for naive timestamps

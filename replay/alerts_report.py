@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from connectors.schemas import Alert, format_minute, to_json, zone
+from connectors.schemas import Alert, format_minute, to_json
+from connectors.security import SecuritySettings
 
+NO_SENSOR = "(no sensor)"   # the timeline's row of alerts that name none (model alerts)
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
 
@@ -54,14 +58,15 @@ def read_alerts_file(path: str | Path) -> list[Alert]:
 def read_alerts_topic(bootstrap_servers: str, topic: str = "alerts", *,
                       start_offset: int | None = None, end_offset: int | None = None,
                       start_ts: int | None = None, end_ts: int | None = None,
-                      progress: bool = False) -> tuple[list[Alert], list[str]]:
+                      progress: bool = False, security: SecuritySettings | None = None
+                      ) -> tuple[list[Alert], list[str]]:
     """Alerts of a topic range (offsets: same bounds on every partition; times: the alerts'
     own ``ts``, end exclusive) and the problems of the messages that were not alerts (each
     named by its position)."""
     from replay.record import consume_range
 
     values, _ = consume_range(bootstrap_servers, topic, start_offset=start_offset,
-                              end_offset=end_offset, progress=progress)
+                              end_offset=end_offset, progress=progress, security=security)
     alerts, problems = [], []
     for i, v in enumerate(values):
         try:
@@ -104,72 +109,160 @@ def summarize(alerts: list[Alert], tz: str = "UTC") -> dict[str, Any]:
     }
 
 
-def format_table(alerts: list[Alert], limit: int = 50, tz: str = "UTC") -> str:
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` as lines of at most ``width`` characters, broken after spaces, commas and
+    semicolons, so that a table cell is wrapped between words, not cut inside one (a word
+    longer than the column is split)."""
+    if len(text) <= width:
+        return [text]
+    lines: list[str] = []
+    cur = ""
+    for tok in re.split(r"(?<=[\s,;])", text):
+        while len(tok) > width:
+            if cur.strip():
+                lines.append(cur.rstrip())
+            cur = ""
+            lines.append(tok[:width])
+            tok = tok[width:]
+        if cur.strip() and len((cur + tok).rstrip()) > width:
+            lines.append(cur.rstrip())
+            cur = tok
+        else:
+            cur += tok
+    if cur.strip():
+        lines.append(cur.rstrip())
+    return lines or [""]
+
+
+def format_table(alerts: list[Alert], limit: int = 50, tz: str = "UTC",
+                 max_width: int = 40) -> str:
     """The first ``limit`` alerts (time order) as a fixed-width text table; the time column
-    names its zone."""
+    names its zone. A cell longer than ``max_width`` wraps onto more lines between words."""
     rows = [alert_row(a, tz) for a in sorted(alerts, key=lambda a: a.ts)][:limit]
     cols = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events")
     head = {c: c for c in cols} | {"time": f"time ({tz})"}
-    width = {c: min(max([len(head[c])] + [len(r[c]) for r in rows]), 36) for c in cols}
+    width = {c: min(max([len(head[c])] + [len(r[c]) for r in rows]), max(max_width,
+                                                                        len(head[c])))
+             for c in cols}
     line = "  ".join(head[c].ljust(width[c]) for c in cols)
     out = [line, "-" * len(line)]
-    out += ["  ".join(r[c][:width[c]].ljust(width[c]) for c in cols) for r in rows]
+    for r in rows:
+        cells = [_wrap(r[c], width[c]) for c in cols]
+        for parts in zip_longest(*cells, fillvalue=""):
+            out.append("  ".join(v.ljust(width[c]) for v, c in zip(parts, cols, strict=True))
+                       .rstrip())
     if len(alerts) > limit:
         out.append(f"... {len(alerts) - limit} more (all in alerts.csv)")
     return "\n".join(out)
 
 
 def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
-                  title: str = "alerts", tz: str = "UTC") -> Path:
-    """One row per sensor (the ``max_sensors`` with most alerts), time on x (labelled in the
-    IANA zone ``tz``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
+                  title: str = "alerts", tz: str = "UTC", sensors: str | None = None) -> Path:
+    """``timeline_figure`` written to ``path`` as a PNG."""
+    fig = timeline_figure(alerts, max_sensors=max_sensors, title=title, tz=tz,
+                          sensors=sensors)
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    counts = Counter(s for a in alerts for s in a.sensors)
-    sensors = sorted(s for s, _ in counts.most_common(max_sensors))
-    y = {s: i for i, s in enumerate(sensors)}
-    fig, ax = plt.subplots(figsize=(12, max(3.0, 0.28 * len(sensors) + 1.5)))
-    markers = {"drift": "v", "anomaly": "o", "data-quality": "x", "model": "s"}
-    colours = {"critical": "tab:red", "warning": "tab:orange"}
-    seen: set[tuple[str, str]] = set()
-    for a in alerts:
-        t = np.datetime64(int(a.ts), "ms")
-        for ev in a.events:
-            if isinstance(ev, dict) and ev.get("sensor") in y:
-                ax.plot([np.datetime64(int(ev["ts"]), "ms")] * 2,
-                        [y[ev["sensor"]] - 0.4, y[ev["sensor"]] + 0.4], color="0.6", lw=2)
-        for s in a.sensors:
-            if s not in y:
-                continue
-            key = (a.kind, a.severity)
-            ax.scatter([t], [y[s]], marker=markers.get(a.kind, "s"),
-                       color=colours.get(a.severity, "tab:blue"), s=36,
-                       label=f"{key[0]} ({key[1]})" if key not in seen else None, zorder=3)
-            seen.add(key)
-    ax.set_yticks(range(len(sensors)), sensors, fontsize=7)
-    ax.set_ylim(-1, max(len(sensors), 1))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=zone(tz)))
-    ax.set_xlabel(f"time ({tz})")
-    ax.set_title(f"{title}: {len(alerts)} alerts (grey: events named by alerts)")
-    ax.grid(axis="x", alpha=0.3)
-    if seen:
-        ax.legend(loc="upper left", fontsize=8, ncol=3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=110)
+    finally:
+        plt.close(fig)
     return out
 
 
+def timeline_figure(alerts: list[Alert], max_sensors: int = 40, title: str = "alerts",
+                    tz: str = "UTC", sensors: str | None = None) -> Any:
+    """One row per sensor (those ``sensors`` names, comma-separated ids or globs, else the
+    ``max_sensors`` with most alerts), dates with the year on x in the IANA zone ``tz``; a
+    colour and marker per alert kind (larger, black-edged: critical; hollow: info), the
+    events the alerts named as grey ticks, the legend right of the data; the open figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from replay.plots import (
+        ALERT_MARKERS,
+        alert_colour,
+        date_axis,
+        legend_outside,
+        select_sensors,
+        to_num,
+    )
+
+    counts = Counter(s for a in alerts for s in a.sensors)
+    if sensors:
+        # an id without alerts gets an empty row; a glob has to match a sensor with alerts
+        named = {p.strip() for p in sensors.split(",") if p.strip() and
+                 not any(ch in p for ch in "*?[")}
+        names = sorted(set(counts) | named)
+        shown = [names[i] for i in select_sensors(names, sensors)]
+        why = f"sensors chosen with --sensors {sensors!r}"
+    else:
+        shown = sorted(s for s, _ in counts.most_common(max_sensors))
+        why = (f"the {len(shown)} sensors with the most alerts (choose: --sensors)"
+               if len(counts) > len(shown) else f"all {len(shown)} sensors with alerts")
+    if not sensors and any(not a.sensors for a in alerts):
+        shown.append(NO_SENSOR)         # model alerts name no sensor: the top row
+    y = {s: i for i, s in enumerate(shown)}
+    fig, ax = plt.subplots(figsize=(12, max(3.0, 0.28 * len(shown) + 1.8)),
+                           layout="constrained")
+    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    ev_x: list[int] = []
+    ev_y: list[int] = []
+    times: list[int] = []
+    for a in alerts:
+        for ev in a.events:
+            if isinstance(ev, dict) and ev.get("sensor") in y and "ts" in ev:
+                ev_x.append(int(ev["ts"]))
+                ev_y.append(y[ev["sensor"]])
+        rows = [y[s] for s in (a.sensors or [NO_SENSOR]) if s in y]
+        if rows:
+            xs, ys = groups.setdefault((a.kind, a.severity), ([], []))
+            xs += [int(a.ts)] * len(rows)
+            ys += rows
+            times.append(int(a.ts))
+    if ev_x:
+        ax.vlines(to_num(ev_x), np.asarray(ev_y) - 0.4, np.asarray(ev_y) + 0.4, color="0.6",
+                  lw=2, label="event named by an alert", zorder=1)
+    extra: dict[str, str] = {}
+    size = {"critical": 70, "warning": 36, "info": 22}
+    order = {k: i for i, k in enumerate(("drift", "anomaly", "data-quality", "model"))}
+    sev_order = {k: i for i, k in enumerate(("critical", "warning", "info"))}
+    for (kind, sev), (xs, ys) in sorted(groups.items(), key=lambda kv: (
+            order.get(kv[0][0], 9), kv[0][0], sev_order.get(kv[0][1], 9))):
+        colour = alert_colour(kind, extra)
+        marker = ALERT_MARKERS.get(kind, "s")
+        filled = marker not in ("x", "+", "|", "_", "1", "2", "3", "4")
+        style: dict[str, Any] = ({"facecolors": "none" if sev == "info" else colour,
+                                  "edgecolors": "black" if sev == "critical" else colour}
+                                 if filled else {"color": colour})
+        ax.scatter(to_num(xs), ys, marker=marker, s=size.get(sev, 36), zorder=3,
+                   linewidths=1.2, label=f"{kind} ({sev})", **style)
+    ax.set_yticks(range(len(shown)), shown, fontsize=7)
+    ax.set_ylim(-1, max(len(shown), 1))
+    ax.set_title(f"{title}: {len(alerts)} alerts; rows: {why}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    all_t = times + ev_x
+    if all_t:
+        lo, hi = min(all_t), max(all_t)
+        pad = max((hi - lo) // 40, 3_600_000)
+        date_axis(ax, tz, lo - pad, hi + pad)
+    else:
+        ax.text(0.5, 0.5, "no alerts", transform=ax.transAxes, ha="center", va="center")
+        ax.set_xticks([])
+        ax.set_xlabel(f"time ({tz})")
+    legend_outside(ax)
+    return fig
+
+
 def write_report(alerts: list[Alert], out_dir: str | Path,
-                 title: str = "alerts", tz: str = "UTC") -> dict[str, Any]:
-    """``alerts.csv``, ``summary.json`` and ``timeline.png`` under ``out_dir``."""
+                 title: str = "alerts", tz: str = "UTC",
+                 sensors: str | None = None) -> dict[str, Any]:
+    """``alerts.csv``, ``summary.json`` and ``timeline.png`` under ``out_dir`` (its rows:
+    the sensors ``sensors`` names, ids or globs, else those with the most alerts)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     alerts = sorted(alerts, key=lambda a: a.ts)
@@ -180,5 +273,5 @@ def write_report(alerts: list[Alert], out_dir: str | Path,
             w.writerow(alert_row(a, tz))
     summary = summarize(alerts, tz)
     (out / "summary.json").write_text(to_json(summary, indent=2))
-    plot_timeline(alerts, out / "timeline.png", title=title, tz=tz)
+    plot_timeline(alerts, out / "timeline.png", title=title, tz=tz, sensors=sensors)
     return summary

@@ -59,6 +59,8 @@ class BacktestResult:
     experts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [F, N, H]
     quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # "0.1"/"0.9" -> [F, N, H]
     imputation: dict[str, Any] | None = None   # with ``holdout``: gap filling's errors
+    interval_ms: int = 0            # grid interval (0: taken from the forecast times)
+    timezone: str = "UTC"           # patching.timezone: the zone the plots show times in
 
     def interval_metrics(self, from_row: int = 0) -> dict[str, list[float | None]] | None:
         """p10-p90 interval of the served forecast per horizon point: the share of truths
@@ -317,7 +319,8 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
                           for c in names},
         score_raw={c: stack_scores(lambda sb, c=c: sb.raw.get(c)) for c in names},
         statistics=statistics, experts=experts, quantiles=quantiles,
-        imputation=_imputation(rec.values, fed, hidden, imputed) if holdout > 0 else None)
+        imputation=_imputation(rec.values, fed, hidden, imputed) if holdout > 0 else None,
+        interval_ms=int(core.cfg.patching.interval_ms), timezone=core.cfg.patching.timezone)
 
 
 def _imputation(values: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
@@ -344,8 +347,13 @@ def _imputation(values: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
 
 
 def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
-                 plot_sensors: int = 3, title: str = "backtest") -> dict[str, Any]:
-    """``report.json``, ``per_sensor.csv``, ``alerts.jsonl``, ``curve.csv`` and two PNGs."""
+                 plot_sensors: int = 3, title: str = "backtest", sensors: str | None = None,
+                 tz: str | None = None) -> dict[str, Any]:
+    """``report.json``, ``per_sensor.csv``, ``alerts.jsonl``, ``curve.csv`` and two PNGs.
+
+    ``forecasts.png`` draws the sensors ``sensors`` names (comma-separated ids or globs),
+    else ``plot_sensors`` picked automatically; plot times are in ``tz`` (default the
+    result's ``patching.timezone``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_h = res.by_horizon(from_row)
@@ -377,7 +385,12 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
             f.write(f"{t},{a:.6g},{b:.6g}\n")
     summary["points_file"] = _write_points(res.points(from_row), out)
     (out / "report.json").write_text(to_json(summary, indent=2))
-    _plots(res, out, from_row, plot_sensors, title)
+    from replay.backtest_plots import plot_error_over_time, plot_forecasts
+
+    plot_error_over_time(res, out / "error_over_time.png", from_row=from_row, title=title,
+                         tz=tz)
+    plot_forecasts(res, out / "forecasts.png", from_row=from_row, sensors=sensors,
+                   n_auto=plot_sensors, title=title, tz=tz)
     return summary
 
 
@@ -421,59 +434,3 @@ def _count(items: Any) -> dict[str, int]:
     for k in items:
         out[k] = out.get(k, 0) + 1
     return out
-
-
-def _plots(res: BacktestResult, out: Path, from_row: int, n_sensors: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ts, mse, mae = res.curve(from_row)
-    sel = res.scored(from_row)
-    err = (res.yhat[sel] - res.truth[sel]).astype(np.float64)
-    hours = (ts - ts[0]) / 3.6e6 if len(ts) else ts
-    fig, ax = plt.subplots(figsize=(10, 4))
-    if len(ts):
-        ax.plot(hours, mae, lw=1.6, color="tab:blue", label="served forecast")
-        for name, arr in res.experts.items():
-            e = np.abs(arr[sel] - res.truth[sel]).astype(np.float64)
-            ok = ~np.isnan(e)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cum = np.cumsum(np.where(ok, e, 0).sum(axis=(1, 2))) / np.cumsum(
-                    ok.sum(axis=(1, 2)))
-            style = ({"lw": 1.4, "color": "black", "ls": "--"} if name == "persistence"
-                     else {"lw": 0.7, "alpha": 0.6})
-            ax.plot(hours, cum, label=name, **style)
-        kinds = {}
-        for a in res.alerts:
-            x = (int(a["ts"]) - ts[0]) / 3.6e6
-            if 0 <= x <= hours[-1]:
-                c = "red" if a.get("kind") == "drift" else "orange"
-                kinds[a.get("kind")] = ax.axvline(x, color=c, lw=0.6, alpha=0.5)
-        for k, line in kinds.items():
-            line.set_label(f"{k} alert")
-    ax.set_xlabel("hours since the first scored forecast")
-    ax.set_ylabel("cumulative MAE (input scale)")
-    ax.set_title(f"{title}: served forecast vs persistence and the other experts")
-    ax.legend(loc="upper right", fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "error_over_time.png", dpi=110)
-    plt.close(fig)
-
-    worst = sorted(range(len(res.sensors)),
-                   key=lambda i: -np.nan_to_num(np.nanmean(np.abs(err[:, i]))) if len(sel)
-                   else 0)[:n_sensors]
-    fig, axes = plt.subplots(max(1, len(worst)), 1, figsize=(10, 2.4 * max(1, len(worst))),
-                             squeeze=False)
-    last = sel[-min(len(sel), 500):]
-    for ax, i in zip(axes[:, 0], worst, strict=False):
-        x = (res.ts[last] - res.ts[last[0]]) / 3.6e6 if len(last) else []
-        ax.plot(x, res.truth[last, i, 0], lw=1, label="truth")
-        ax.plot(x, res.yhat[last, i, 0], lw=1, label="forecast (1 step ahead)")
-        ax.set_title(f"sensor {res.sensors[i]}", fontsize=9)
-        ax.legend(loc="upper right", fontsize=7)
-    axes[-1, 0].set_xlabel("hours (last scored forecasts)")
-    fig.tight_layout()
-    fig.savefig(out / "forecasts.png", dpi=110)
-    plt.close(fig)

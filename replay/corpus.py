@@ -180,7 +180,8 @@ def shared_source(data_dir: str | Path, name: str, *, lap_pe_dim: int = 8,
         if spec.get("pandas"):
             vals, ts, interval = _pandas_wide(path, spec.get("drop", ()))
         else:
-            rec = read_recording(path, start=spec.get("start"), interval_ms=spec.get("interval"))
+            rec = read_recording(path, start=spec.get("start"), interval_ms=spec.get("interval"),
+                                 timezone="UTC")     # the shared sets' times, as published
             if spec.get("graph"):
                 ei, ew = load_graph(Path(data_dir) / spec["graph"], list(rec.sensors))
                 graph = _graph_inputs(ei, ew, rec.n_sensors, lap_pe_dim)

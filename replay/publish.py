@@ -18,6 +18,7 @@ from connectors.kafka_io import Topics, ensure_topics, topic_partitions
 from connectors.partitioning import PartitionMap, PartitionMapError
 from connectors.recordings import Recording, stations_of
 from connectors.schemas import split_series
+from connectors.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ class BatchSender:
     ~12,000 readings/s here. Keys go to Kafka's default (murmur2) partition unless placed;
     ``flush`` returns once the broker acknowledged everything added before it."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, *,
+                 security: SecuritySettings | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         try:
             self._producer: Any = self._loop.run_until_complete(
-                start_producer(bootstrap_servers, max_batch_size=BATCH_BYTES))
+                start_producer(bootstrap_servers, max_batch_size=BATCH_BYTES,
+                               security=security))
         except BaseException:
             self._loop.close()
             raise
@@ -149,7 +152,8 @@ def iter_messages(rec: Recording, *, skip_missing: bool = False
 
 
 def _map_routes(rec: Recording, bootstrap_servers: str, topic: str, events_topic: str,
-                pmap: PartitionMap) -> tuple[dict[bytes, int], bool]:
+                pmap: PartitionMap, security: SecuritySettings | None = None
+                ) -> tuple[dict[bytes, int], bool]:
     """Partition of each reading key under ``pmap`` and whether sensor events follow it
     (the events topic has the partitions); fails for unmapped sensors and a short topic."""
     where = pmap.source or "the partition map"
@@ -158,7 +162,7 @@ def _map_routes(rec: Recording, bootstrap_servers: str, topic: str, events_topic
         raise PartitionMapError(
             f"{where}: {len(missing)} of the recording's {len(stations_of(rec.sensors)[0])} "
             f"sensors are not in the map, e.g. {', '.join(map(repr, missing[:5]))}")
-    have = topic_partitions(bootstrap_servers, [topic, events_topic])
+    have = topic_partitions(bootstrap_servers, [topic, events_topic], security=security)
     n = have.get(topic, 0)
     if n < pmap.partitions:
         raise PartitionMapError(
@@ -177,7 +181,8 @@ def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = To
                       events_topic: str = Topics.events, speed: float = 0.0,
                       skip_missing: bool = False, partitions: int | None = None,
                       progress: bool = True,
-                      partition_map: PartitionMap | None = None) -> PublishStats:
+                      partition_map: PartitionMap | None = None,
+                      security: SecuritySettings | None = None) -> PublishStats:
     """Publish ``rec`` keyed by sensor, with readings and events interleaved by time
     (a sensor's channel series ``"s/c"`` as one ``"values"`` message per time, ``iter_messages``).
 
@@ -186,24 +191,26 @@ def publish_recording(rec: Recording, bootstrap_servers: str, *, topic: str = To
     (default: the map's, else 1). With ``partition_map`` each reading goes explicitly to its
     sensor's partition (and so does an event naming a mapped sensor, when the events topic
     has as many partitions); every sensor must be in the map and the readings topic must
-    have at least the map's partitions (``PartitionMapError`` otherwise).
+    have at least the map's partitions (``PartitionMapError`` otherwise). ``security``: the
+    clients' TLS/SASL settings (``connectors.security``).
     """
     if speed < 0:
         raise ValueError("--speed must be >= 0")
     if partitions is None:
         partitions = partition_map.partitions if partition_map is not None else 1
-    ensure_topics(bootstrap_servers, [topic, events_topic], partitions=partitions)
+    ensure_topics(bootstrap_servers, [topic, events_topic], partitions=partitions,
+                  security=security)
     routes: dict[bytes, int] = {}
     route_events = False
     if partition_map is not None:
         routes, route_events = _map_routes(rec, bootstrap_servers, topic, events_topic,
-                                           partition_map)
+                                           partition_map, security)
     stats = PublishStats()
     total = reading_messages(rec, skip_missing=skip_missing)
     t_start = time.monotonic()
     ts0 = int(rec.timestamps[0]) if len(rec.timestamps) else 0
     last_ts = None
-    with BatchSender(bootstrap_servers) as sender, \
+    with BatchSender(bootstrap_servers, security=security) as sender, \
             tqdm(total=total + len(rec.events), unit="msg", disable=not progress,
                  desc=f"publish → {topic}", mininterval=0.5) as bar:
         for kind, key, value, ts in iter_messages(rec, skip_missing=skip_missing):

@@ -27,6 +27,7 @@ from connectors.schemas import (
     format_minute,
     parse_ts,
 )
+from connectors.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def _starts(consumer: Any, tps: list[Any], start_offset: int | None,
 def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | None = None,
                   end_offset: int | None = None, start_ts: int | None = None,
                   end_ts: int | None = None, progress: bool = True,
-                  timeout_s: float = 300.0) -> tuple[list[bytes], int]:
+                  timeout_s: float = 300.0, security: SecuritySettings | None = None
+                  ) -> tuple[list[bytes], int]:
     """Values of ``topic`` in the range, partition by partition, in offset order.
 
     A partition ends at ``end_offset``/``end_ts`` when given, and at the latest at its high
@@ -70,7 +72,7 @@ def consume_range(bootstrap_servers: str, topic: str, *, start_offset: int | Non
 
     from kafka import TopicPartition
 
-    consumer = make_consumer(bootstrap_servers, group_id=None)
+    consumer = make_consumer(bootstrap_servers, group_id=None, security=security)
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -109,7 +111,8 @@ def record_topic(bootstrap_servers: str, topic: str = Topics.readings, *,
                  events_topic: str | None = None, start_offset: int | None = None,
                  end_offset: int | None = None, start: str | int | None = None,
                  end: str | int | None = None, interval_ms: int | None = None,
-                 progress: bool = True) -> tuple[Recording, RecordStats]:
+                 progress: bool = True, security: SecuritySettings | None = None
+                 ) -> tuple[Recording, RecordStats]:
     """Consume a topic range and build the recording it holds.
 
     ``start``/``end`` (epoch ms or ISO-8601; ``end`` exclusive) select readings by their
@@ -119,7 +122,7 @@ def record_topic(bootstrap_servers: str, topic: str = Topics.readings, *,
     end_ts = parse_ts(end) if end is not None else None
     stats = RecordStats()
     raws, n_parts = consume_range(bootstrap_servers, topic, start_offset=start_offset,
-                                  end_offset=end_offset, progress=progress)
+                                  end_offset=end_offset, progress=progress, security=security)
     stats.messages = len(raws)
     batch, dead = decode_readings(raws, topic=topic)
     for d in dead:
@@ -151,7 +154,8 @@ def record_topic(bootstrap_servers: str, topic: str = Topics.readings, *,
     stats.readings = len(batch)
     events: list[dict[str, Any]] = []
     if events_topic is not None:
-        ev_raws, _ = consume_range(bootstrap_servers, events_topic, progress=False)
+        ev_raws, _ = consume_range(bootstrap_servers, events_topic, progress=False,
+                                   security=security)
         evb, ev_dead = decode_events(ev_raws, topic=events_topic)
         stats.invalid += len(ev_dead)
         events = [e for e in evb.events if times[0] <= e["ts"] <= times[-1]]

@@ -52,12 +52,18 @@ def _set_overrides(items: list[str]) -> dict[str, str]:
 
 
 def print_config(cfg: Any, section: str | None = None) -> None:
-    """The effective configuration at start, one line per section, on stderr."""
-    from streaming.config import summary_line
+    """The effective configuration at start, on stderr: one line with what differs from the
+    defaults; with ``-v`` every key, one line per section."""
+    from streaming.config import changed_from_defaults, summary_line
 
-    lines = cfg.summary_lines() if section is None else [summary_line(section, cfg)]
-    for line in lines:
-        print(f"config {line}", file=sys.stderr)
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        lines = cfg.summary_lines() if section is None else [summary_line(section, cfg)]
+        for line in lines:
+            print(f"config {line}", file=sys.stderr)
+        return
+    changed = changed_from_defaults(cfg, section)
+    print("config: " + (" ".join(changed) + " (others default" if changed else "defaults (")
+          + "; every key with -v)", file=sys.stderr)
 
 
 def interval_given(args: argparse.Namespace) -> bool:
@@ -115,7 +121,43 @@ def load_config(args: argparse.Namespace) -> Any:
     return StreamConfig.load(getattr(args, "config", None), overrides)
 
 
+def _add_security_flags(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """``--config`` (its ``[kafka]`` table) and ``--set kafka.KEY=VALUE``: the TLS/SASL
+    settings of a tool's Kafka clients (README: Secured cluster)."""
+    if config:
+        p.add_argument("--config", help="TOML configuration file; its [kafka] table's "
+                                        "security settings (flags override it)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [kafka] key, e.g. --set kafka.security_protocol=SSL "
+                        "--set kafka.ssl_cafile=ca.pem")
+
+
+def kafka_security(args: argparse.Namespace, config: bool = True) -> Any:
+    """The ``[kafka]`` table of ``--config`` (when ``config``) with the ``--set kafka.*``
+    overrides on top, validated: what a tool's clients need to reach a secured cluster."""
+    from streaming.config import KafkaConfig, build_section, read_toml
+
+    overrides = {k: v for k, v in _set_overrides(getattr(args, "set_", [])).items()
+                 if k.startswith("kafka.")}
+    path = getattr(args, "config", None) if config else None
+    k = build_section(KafkaConfig, read_toml(path, overrides).get("kafka", {}), "kafka")
+    k.validate()
+    return k
+
+
 # --- commands ---------------------------------------------------------------------------
+
+
+BROKER_PROBE_S = 3.0      # how long a tool tries to reach its broker before it says so
+
+
+def need_broker(servers: str, security: Any) -> None:
+    """Fail fast, in words, when the broker a tool needs is not there: ``BrokerError`` ("broker
+    at X not reachable after 3s", one line, exit 2) instead of kafka-python's 30 s bootstrap
+    wait and its traceback."""
+    from connectors.broker import wait_for_kafka
+
+    wait_for_kafka(servers, timeout_s=BROKER_PROBE_S, max_backoff_s=0.5, security=security)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -129,13 +171,18 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)      # before the broker starts: a stop request that
     signal.signal(signal.SIGINT, _stop)       # comes while it starts still stops it cleanly
-    broker = EmbeddedBroker(port=args.port, host=args.host).start()
-    print(f"embedded broker on {broker.bootstrap_servers} (in-memory); Ctrl-C stops it",
-          flush=True)
+    broker = EmbeddedBroker(port=args.port, host=args.host, tls=args.tls).start()
+    print(f"embedded broker on {broker.bootstrap_servers} (in-memory"
+          f"{', TLS' if args.tls else ''}); Ctrl-C stops it", flush=True)
+    if broker.tls_files is not None:
+        print(f"TLS: clients verify the broker with the CA certificate "
+              f"{broker.tls_files.ca_file} (made now, removed at stop): "
+              f"{' '.join(broker.security.set_flags())}", flush=True)
     if args.partitions:
         from connectors.kafka_io import Topics, create_topics
 
-        made = create_topics(broker.bootstrap_servers, Topics().all(), args.partitions)
+        made = create_topics(broker.bootstrap_servers, Topics().all(), args.partitions,
+                             security=broker.security)
         print(f"topics {', '.join(made)} with {args.partitions} partition(s) each (a topic "
               "a plain producer creates on this broker gets 4)", flush=True)
     try:
@@ -166,22 +213,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay_publish(args: argparse.Namespace) -> int:
-    from connectors.recordings import read_recording
     from replay.publish import publish_recording
 
-    rec = read_recording(args.file, start=args.start, interval_ms=args.interval_ms,
-                         timezone=args.timezone or "UTC")
+    rec = read_file(args, args.file, interval_ms=args.interval_ms, timezone=args.timezone)
     pmap = None
     if args.partition_map:
         from connectors.partitioning import PartitionMap
 
         pmap = PartitionMap.load(args.partition_map)
+    need_broker(args.bootstrap_servers, kafka_security(args))
     stats = publish_recording(rec, args.bootstrap_servers, topic=args.topic,
                               events_topic=args.events_topic, speed=args.speed,
                               skip_missing=args.skip_missing, partitions=args.partitions,
-                              progress=not args.quiet, partition_map=pmap)
+                              progress=not args.quiet, partition_map=pmap,
+                              security=kafka_security(args))
     print(f"published {stats.readings} readings and {stats.events} events in "
-          f"{stats.seconds:.1f}s ({stats.readings / max(stats.seconds, 1e-9):,.0f} readings/s)")
+          f"{stats.seconds:.1f}s ({stats.readings / max(stats.seconds, 1e-9):,.0f} readings/s)"
+          f"{read_note(rec)}")
     return 0
 
 
@@ -214,13 +262,59 @@ def cmd_replay_record(args: argparse.Namespace) -> int:
     from connectors.recordings import write_recording
     from replay.record import record_topic
 
+    need_broker(args.bootstrap_servers, kafka_security(args))
     rec, stats = record_topic(args.bootstrap_servers, args.topic, events_topic=args.events_topic,
                               start_offset=args.from_offset, end_offset=args.to_offset,
-                              start=args.from_ts, end=args.to_ts, progress=not args.quiet)
+                              start=args.from_ts, end=args.to_ts, progress=not args.quiet,
+                              security=kafka_security(args))
     write_recording(rec, args.out)
     print(f"recorded {stats.readings} readings ({rec.n_sensors} sensors x {rec.n_steps} rows), "
           f"{stats.events} events, {stats.invalid} invalid messages left out → {args.out}")
     return 0
+
+
+def _add_reading_flags(p: argparse.ArgumentParser) -> None:
+    """``--columns`` and ``--na-values``: what of a recording file becomes sensor readings
+    (README: Reading real sensor files)."""
+    p.add_argument("--columns", metavar="NAMES",
+                   help="comma-separated column names or globs that become sensors, e.g. "
+                        "'OT,T *' (default: every numeric column; a column that is mostly "
+                        "text is skipped with a warning)")
+    p.add_argument("--na-values", metavar="CODES",
+                   help="comma-separated cell values read as missing besides empty/NA/NaN, "
+                        "e.g. -9999 (a list starting with '-' needs '=': "
+                        "--na-values=-9999,ERR)")
+
+
+def read_file(args: argparse.Namespace, path: str, *, interval_ms: int | None,
+              timezone: str | None) -> Any:
+    """A recording file read as the file flags say (``--start``, ``--columns``,
+    ``--na-values``; ``timezone`` None: naive timestamps are UTC, with a warning). What the
+    reader resolved (duplicates, skipped columns, ...) is in its ``read_report``."""
+    from connectors.recordings import read_recording
+
+    return read_recording(path, start=args.start, interval_ms=interval_ms, timezone=timezone,
+                          columns=getattr(args, "columns", None),
+                          na_values=getattr(args, "na_values", None))
+
+
+def read_note(rec: Any) -> str:
+    """``"; read: 1 duplicate timestamp merged, ..."`` for a command's summary line, or ``""``
+    (each item was logged as a warning when read)."""
+    r = getattr(rec, "read_report", None)
+    if r is None:
+        return ""
+    said = []
+    if r.duplicates:
+        said.append(f"{r.duplicates} duplicate timestamp{'s' if r.duplicates > 1 else ''} "
+                    f"merged (last wins)")
+    if r.skipped_columns:
+        said.append(f"text column{'s' if len(r.skipped_columns) > 1 else ''} skipped: "
+                    f"{', '.join(r.skipped_columns)}")
+    if r.sentinels:
+        said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
+                    f"suspected missing-value code (--na-values)")
+    return f"; read: {', '.join(said)}" if said else ""
 
 
 def _add_range_flags(p: argparse.ArgumentParser) -> None:
@@ -236,22 +330,23 @@ def _add_range_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_replay_pretrain(args: argparse.Namespace) -> int:
 
-    from connectors.recordings import load_graph, read_recording
+    from connectors.recordings import load_graph
 
     corpus_mode = bool(args.corpus or args.synthetic or args.inductive or len(args.files) > 1)
     recs = []
     for f in args.files:
-        rec = read_recording(f, start=args.start, interval_ms=args.interval_ms,
-                             timezone=args.timezone or "UTC")
+        rec = read_file(args, f, interval_ms=args.interval_ms, timezone=args.timezone)
         recs.append((Path(f).stem, rec))
     ranged = any(getattr(args, k) is not None
                  for k in ("from_offset", "to_offset", "from_ts", "to_ts"))
     if ranged or (not recs and not args.corpus and not args.synthetic):
         from replay.record import record_topic
 
+        need_broker(args.bootstrap_servers, kafka_security(args, config=False))
         rec, _ = record_topic(args.bootstrap_servers, args.topic, start_offset=args.from_offset,
                               end_offset=args.to_offset, start=args.from_ts, end=args.to_ts,
-                              progress=not args.quiet)
+                              progress=not args.quiet,
+                              security=kafka_security(args, config=False))
         recs.append((args.topic, rec))
     if args.graph:
         if len(recs) != 1:
@@ -283,7 +378,9 @@ def _training_config(args: argparse.Namespace, cls: Any, section: str) -> Any:
                  if k in fields and v is not None}
     if not args.graph_layer:
         overrides[f"{section}.graph"] = False
-    return cls.load(args.config, {**overrides, **_set_overrides(args.set_)})
+    sets = {k: v for k, v in _set_overrides(args.set_).items()
+            if not k.startswith("kafka.")}      # the clients' settings (kafka_security)
+    return cls.load(args.config, {**overrides, **sets})
 
 
 def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> int:
@@ -317,7 +414,6 @@ def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> i
 
 
 def cmd_replay_backtest(args: argparse.Namespace) -> int:
-    from connectors.recordings import read_recording
     from replay.backtest import backtest, write_report
     from streaming.pipeline.core import StreamCore
     from streaming.pipeline.factory import build_model
@@ -325,9 +421,14 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
 
     tz = args.timezone or load_config(args).patching.timezone
     # a file with timestamps keeps its own interval (checked against --interval-ms below);
-    # one without (given --start) is spaced by --interval-ms
-    rec = read_recording(args.file, start=args.start,
-                         interval_ms=args.interval_ms if args.start else None, timezone=tz)
+    # one without (given --start) is spaced by --interval-ms. The default zone (UTC, neither
+    # --timezone nor patching.timezone) reads naive timestamps with a warning
+    rec = read_file(args, args.file, interval_ms=args.interval_ms if args.start else None,
+                    timezone=None if tz == "UTC" and not args.timezone else tz)
+    if args.sensors:        # a pattern that matches no sensor is said before the run
+        from replay.plots import select_sensors
+
+        select_sensors(rec.sensors, args.sensors)
     cadence = recording_cadence(rec)
     given = interval_given(args)
     if not given and cadence is not None:
@@ -340,23 +441,62 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
         from streaming.ingest.cadence import Cadence, mismatch, mismatch_message
 
         if mismatch(cfg.patching.interval_ms, cadence[0]):
-            print("WARNING " + mismatch_message(cfg.patching.interval_ms, Cadence(
-                cadence[0], rec.n_sensors, rec.n_steps), "stfm replay backtest"),
-                file=sys.stderr)
+            text = mismatch_message(cfg.patching.interval_ms, Cadence(
+                cadence[0], rec.n_sensors, rec.n_steps), "stfm replay backtest")
+            if not args.force:
+                raise ValueError(f"{text}; or pass --force to run on this grid anyway")
+            print("WARNING " + text, file=sys.stderr)
     apply_torch_threads(cfg)
     print_config(cfg)
     from streaming.pipeline.factory import resolve_checkpoint
 
     model = build_model(cfg, resolve_checkpoint(cfg, args.checkpoint, args.fresh))
+    for d in model.checkpoint_differences(cfg.patching.interval_ms, list(rec.sensors)):
+        log.warning("checkpoint %s does not match the data: %s", model.name, d)
     if rec.edge_index is not None and rec.edge_index.shape[1] > 0:
         model.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)
     core = StreamCore(cfg, model, sensors=list(rec.sensors))
     res = backtest(rec, core, feedback=args.feedback, start_row=args.start_row,
                    end_row=args.end_row, progress=not args.quiet, holdout=args.holdout)
     summary = write_report(res, args.out, from_row=args.score_from_row or args.start_row,
-                           title=Path(args.file).name)
-    print(to_json(summary))
+                           title=Path(args.file).name, sensors=args.sensors)
+    read = rec.read_report.as_dict() if rec.read_report is not None else {}
+    if args.json:
+        print(to_json({**summary, "read": read} if read else summary))
+    else:
+        print(backtest_words(summary, rec, args.out, read_note(rec)))
     return 0
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None or x != x else f"{x:.4g}"
+
+
+def backtest_words(summary: dict[str, Any], rec: Any, out: str, note: str) -> str:
+    """The few lines a person reads at the end of a backtest (the JSON is in
+    ``OUT/report.json``, or on stdout with ``--json``)."""
+    from connectors.schemas import format_when
+
+    experts = summary.get("experts", {})
+    pers = (experts.get("persistence") or {}).get("mae")
+    others = sorted(((v["mae"], k) for k, v in experts.items()
+                     if k not in ("persistence", "model", "frozen") and v.get("mae") is not None))
+    ratio = summary.get("mae_vs_persistence")
+    kinds = summary.get("alerts_by_kind") or {}
+    lines = [
+        f"backtest of {summary.get('title')}: {rec.n_steps:,} rows x {rec.n_sensors} sensors, "
+        f"{format_when(int(rec.timestamps[0]))} to {format_when(int(rec.timestamps[-1]))}, "
+        f"{summary.get('steps', 0):,} steps scored in {summary.get('seconds', 0):.0f} s",
+        f"served forecast MAE {_num(summary.get('mae'))}"
+        + (f" (persistence {_num(pers)}: {ratio:.3f}x" if ratio is not None else " (")
+        + (f"; best other simple forecaster {others[0][1]} {_num(others[0][0])})" if others
+           else ")"),
+        "alerts: " + (", ".join(f"{n} {k}" for k, n in sorted(kinds.items(),
+                                                             key=lambda kv: -kv[1]))
+                      or "none"),
+        f"report: {out}/report.json, per_sensor.csv, alerts.jsonl; plots: {out}/forecasts.png, "
+        f"{out}/error_over_time.png" + (f"\n{note.strip('; ')}" if note else "")]
+    return "\n".join(lines)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -366,12 +506,13 @@ def cmd_topics(args: argparse.Namespace) -> int:
     k = cfg.kafka
     names = args.topics or [k.readings_topic, k.events_topic, k.forecasts_topic,
                             k.alerts_topic, k.dead_letter_topic]
+    need_broker(k.bootstrap_servers, k)
     if args.topics_command == "list":
-        have = topic_partitions(k.bootstrap_servers, names)
+        have = topic_partitions(k.bootstrap_servers, names, security=k)
         for n in names:
             print(f"{n:<24} {have[n]} partition(s)" if n in have else f"{n:<24} (missing)")
         return 0
-    made = create_topics(k.bootstrap_servers, names, args.partitions)
+    made = create_topics(k.bootstrap_servers, names, args.partitions, security=k)
     differ = 0
     for n, (parts, created) in made.items():
         if created:
@@ -392,7 +533,8 @@ def log_region_layout(cfg: Any, sensors: list[str] | None) -> dict[str, int]:
     from connectors.kafka_io import partition_of, topic_partitions
 
     k = cfg.kafka
-    parts = topic_partitions(k.bootstrap_servers, [k.readings_topic, k.events_topic])
+    parts = topic_partitions(k.bootstrap_servers, [k.readings_topic, k.events_topic],
+                             security=k)
     n = parts.get(k.readings_topic, 0)
     pmap = None
     if k.partition_map:
@@ -456,6 +598,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               "engine keeps no checkpoints (README: what the Faust engine does not "
               "guarantee)", file=sys.stderr)
         return 2
+    if args.engine == "faust" and cfg.kafka.processing_guarantee == "exactly_once":
+        print("stfm run: kafka.processing_guarantee = exactly_once needs --engine aiokafka: "
+              "the Faust engine produces and commits at least once (README: Delivery "
+              "guarantees)", file=sys.stderr)
+        return 2
     if args.ui is not None:
         cfg.observe.ui_port = args.ui
     if args.metrics_port is not None:
@@ -471,17 +618,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     core = build_core(cfg, ckpt)
     k = cfg.kafka
     from connectors.broker import BrokerError, wait_for_kafka
-    from streaming.runtime.worker import BrokerUnavailable, LiveWorker
+    from connectors.transactions import TransactionsUnsupported
+    from streaming.runtime.worker import (
+        BrokerUnavailable,
+        LiveWorker,
+        OffsetOutOfRange,
+        TransactionFailed,
+    )
 
     try:
-        wait_for_kafka(k.bootstrap_servers, timeout_s=k.connect_timeout_s)
+        wait_for_kafka(k.bootstrap_servers, timeout_s=k.connect_timeout_s, security=k)
     except BrokerError as exc:
         print(f"stfm run: {exc} (kafka.connect_timeout_s = {k.connect_timeout_s:g})",
               file=sys.stderr)
         return 3
     ensure_topics(k.bootstrap_servers, [k.readings_topic, k.events_topic, k.forecasts_topic,
                                         k.alerts_topic, k.dead_letter_topic],
-                  partitions=k.partitions)
+                  partitions=k.partitions, security=k)
     log_region_layout(cfg, list(core.sensors) if core.patcher.registry.fixed else None)
     from stfm.views import describe, start_views
 
@@ -507,6 +660,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except BrokerUnavailable as exc:
             print(f"stfm run: {exc}", file=sys.stderr)
             return 3
+        except (OffsetOutOfRange, TransactionFailed) as exc:
+            print(f"stfm run: {exc}", file=sys.stderr)
+            return 1
+        except TransactionsUnsupported as exc:
+            print(f"stfm run: {exc}", file=sys.stderr)
+            return 2
         finally:
             views.close()
     regions = worker.cores if worker is not None and worker.cores else {0: core}
@@ -532,23 +691,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
     from connectors.kafka_io import make_consumer
     from connectors.schemas import decode_alert, format_minute
+    from connectors.transactions import CommittedFilter, install_committed_filter
 
+    need_broker(args.bootstrap_servers, kafka_security(args))
     consumer = make_consumer(args.bootstrap_servers, args.topic, group_id=None,
-                             from_beginning=args.from_beginning,
+                             from_beginning=args.from_beginning, security=kafka_security(args),
                              consumer_timeout_ms=int(args.timeout * 1000) if args.timeout else
                              float("inf"))
-    n = bad = 0
+    install_committed_filter(consumer)      # alerts of aborted transactions left out
+    keep = alert_filter(args)
+    tz = args.timezone or "UTC"
+    n = bad = shown = 0
     try:
-        for msg in consumer:
+        for msg in CommittedFilter().feed(consumer):
+            n += 1
             try:
                 a = decode_alert(msg.value, f"offset {msg.offset}")
-                print(f"{format_minute(a.ts)}  {a.kind:<12} {a.severity:<8} "
-                      f"{','.join(a.sensors):<20} {a.text}", flush=True)
             except ValueError as exc:
                 bad += 1
                 print(f"(unreadable alert at offset {msg.offset}: {exc}): {msg.value[:200]!r}")
-            n += 1
-            if args.max and n >= args.max:
+            else:
+                if not keep(a):
+                    continue
+                shown += 1
+                print(f"{format_minute(a.ts, tz)} {_zone_label(a.ts, tz)}  {a.kind:<12} "
+                      f"{a.severity:<8} {','.join(a.sensors):<20} {a.text}", flush=True)
+            if args.max and shown + bad >= args.max:       # lines printed
                 break
     except KeyboardInterrupt:
         pass
@@ -556,9 +724,42 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
         consumer.close()
     # said on stderr, so that stdout stays one line per alert
     print(f"stfm alerts tail: read {n} message(s) from {args.topic}: {n - bad} alert(s)"
+          + (f", {shown} shown (filtered)" if shown != n - bad else "")
           + (f", {bad} unreadable" if bad else "") + ("" if n - bad else " (no alerts)"),
           file=sys.stderr)
     return 0
+
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def alert_filter(args: argparse.Namespace) -> Any:
+    """The ``alerts tail`` filters as one predicate on an alert: ``--sensor`` (ids or globs,
+    any of the alert's sensors), ``--kind`` (comma-separated) and ``--severity`` (that
+    severity or worse)."""
+    from fnmatch import fnmatchcase
+
+    pats = [p.strip() for p in (args.sensor or "").split(",") if p.strip()]
+    kinds = {k.strip() for k in (args.kind or "").split(",") if k.strip()}
+    least = SEVERITY_RANK[args.severity] if args.severity else 0
+
+    def keep(a: Any) -> bool:
+        if kinds and a.kind not in kinds:
+            return False
+        if SEVERITY_RANK.get(a.severity, 1) < least:
+            return False
+        return not pats or any(fnmatchcase(s, p) for s in a.sensors for p in pats)
+
+    return keep
+
+
+def _zone_label(ms: int, tz: str) -> str:
+    """The zone's abbreviation at ``ms`` (CET, CEST, UTC), so a time read says its zone."""
+    from datetime import datetime
+
+    from connectors.schemas import zone
+
+    return datetime.fromtimestamp(ms / 1000, zone(tz)).tzname() or tz
 
 
 def _time_arg(value: str | None) -> int | None:
@@ -587,10 +788,12 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
             alerts = read_alerts_file(args.file)
             source = args.file
         else:
+            need_broker(args.bootstrap_servers, kafka_security(args))
             alerts, problems = read_alerts_topic(
                 args.bootstrap_servers, args.topic, start_offset=args.from_offset,
                 end_offset=args.to_offset,
-                start_ts=_time_arg(args.from_ts), end_ts=_time_arg(args.to_ts))
+                start_ts=_time_arg(args.from_ts), end_ts=_time_arg(args.to_ts),
+                security=kafka_security(args))
             for p in problems:
                 log.warning("left out: %s", p)
             source = f"{args.topic} on {args.bootstrap_servers}"
@@ -603,7 +806,8 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError):
         raise SystemExit(f"alerts report: --timezone: unknown zone {args.timezone!r} (an IANA "
                          "name such as UTC or Europe/Berlin)") from None
-    summary = write_report(alerts, args.out, title=source, tz=args.timezone)
+    summary = write_report(alerts, args.out, title=source, tz=args.timezone,
+                           sensors=args.sensors)
     print(format_table(alerts, limit=args.limit, tz=args.timezone))
     print(f"\n{summary['alerts']} alerts from {source}: by kind {summary['by_kind']}, "
           f"by severity {summary['by_severity']}, {summary['with_events']} naming events "
@@ -629,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=1,
                    help="create the worker's five topics with this many partitions at start "
                         "(0 = create none; a topic a producer auto-creates gets 4)")
+    p.add_argument("--tls", action="store_true",
+                   help="clients must use TLS: a CA and server certificate are made at start "
+                        "and the CA file's path is printed (README: Secured cluster)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("simulate", help="write a simulated sensor network with injected drifts")
@@ -654,6 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone",
                    help="IANA zone of timestamps written without a UTC offset (default: "
                         "patching.timezone, UTC)")
+    _add_reading_flags(p)
     p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
     p.add_argument("--skip-missing", action="store_true", help="do not publish nulls")
     p.add_argument("--partitions", type=int, default=None,
@@ -661,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-map", metavar="MAP_JSON",
                    help="send each reading to its sensor's partition from this map (`stfm "
                         "partition`) instead of by key hash")
+    _add_security_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_publish)
 
@@ -679,6 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = rp.add_parser("record", help="record a topic range into a file")
     p.add_argument("--out", required=True, help="output file (.npz, .csv or .h5)")
     _add_range_flags(p)
+    _add_security_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_record)
 
@@ -704,13 +914,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone",
                    help="IANA zone of timestamps written without a UTC offset (default: "
                         "patching.timezone, UTC)")
+    _add_reading_flags(p)
     p.add_argument("--interval-ms", type=int, help="interval for files without timestamps")
     p.add_argument("--graph", help="adjacency CSV (N x N) or edge list for the sensors")
     p.add_argument("--no-graph", dest="graph_layer", action="store_false",
                    help="train without the graph layer")
     p.add_argument("--config", help="TOML file; its [pretrain] table (flags override it)")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any pretrain key, e.g. --set pretrain.mask_ratio=0.4")
+                   help="override any pretrain key, e.g. --set pretrain.mask_ratio=0.4; "
+                        "kafka.* keys: the security of the topic reader (--set "
+                        "kafka.security_protocol=SSL)")
     for name, typ in (("epochs", int), ("batch_size", int), ("lr", float), ("d_model", int),
                       ("n_layers", int), ("n_heads", int), ("patch_len", int),
                       ("context_patches", int), ("horizon", int), ("train_rows", int),
@@ -744,10 +957,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "fills them (imputation error in the report)")
     p.add_argument("--score-from-row", type=int, default=0,
                    help="count only forecasts whose horizon starts here (warm-up before)")
+    p.add_argument("--sensors", metavar="IDS",
+                   help="sensors forecasts.png draws: comma-separated ids or globs "
+                        "('T (degC),s01*'; default: the 3 with the most alerts, then the "
+                        "highest MAE relative to persistence)")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
     p.add_argument("--timezone",
                    help="IANA zone of timestamps written without a UTC offset (default: "
                         "patching.timezone, UTC)")
+    p.add_argument("--force", action="store_true",
+                   help="run even when --interval-ms is more than 2x off the data's spacing")
+    p.add_argument("--json", action="store_true",
+                   help="print the whole summary as JSON (it is in OUT/report.json too) "
+                        "instead of a few lines")
+    _add_reading_flags(p)
     _add_config_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay_backtest)
@@ -790,11 +1013,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--config", help="TOML configuration file (its [kafka] topic names)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    _add_security_flags(p, config=False)
     p.set_defaults(func=cmd_topics)
     p = tp.add_parser("list", help="the topics' partition counts")
     p.add_argument("topics", nargs="*", help="topic names (default: the five the worker uses)")
     p.add_argument("--config", help="TOML configuration file (its [kafka] topic names)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    _add_security_flags(p, config=False)
     p.set_defaults(func=cmd_topics)
 
     ap_alerts = sub.add_parser("alerts", help="alerts: tail, report").add_subparsers(
@@ -803,9 +1028,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     p.add_argument("--topic", default=TOPICS.alerts)
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--max", type=int, default=0, help="stop after this many alerts")
+    p.add_argument("--max", type=int, default=0,
+                   help="stop after printing this many alerts (0 = never)")
     p.add_argument("--timeout", type=float, default=0.0,
                    help="stop after this many seconds without alerts (0 = never)")
+    p.add_argument("--sensor", metavar="IDS",
+                   help="only alerts on these sensors: comma-separated ids or globs")
+    p.add_argument("--kind", help="only these kinds, comma-separated (drift, anomaly, "
+                                  "data-quality, model)")
+    p.add_argument("--severity", choices=list(SEVERITY_RANK),
+                   help="only alerts of this severity or worse")
+    p.add_argument("--timezone", help="IANA zone the times are printed in (default UTC; "
+                                      "each time says its zone)")
+    _add_security_flags(p)
     p.set_defaults(func=cmd_alerts_tail)
     p = ap_alerts.add_parser("report", help="table + PNG timeline of an alerts file or topic "
                                             "range")
@@ -819,8 +1054,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-ts", help="end alert time, exclusive (ISO-8601 or epoch ms)")
     p.add_argument("--out", default="alerts-report")
     p.add_argument("--limit", type=int, default=50, help="rows of the printed table")
+    p.add_argument("--sensors", metavar="IDS",
+                   help="rows of timeline.png: comma-separated sensor ids or globs (default: "
+                        "the 40 with the most alerts)")
     p.add_argument("--timezone", default="UTC",
                    help="IANA zone of the times in the table, CSV and timeline (default UTC)")
+    _add_security_flags(p)
     p.set_defaults(func=cmd_alerts_report)
 
     p = sub.add_parser("demo", help="broker + simulated network + live worker, end to end")

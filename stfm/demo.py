@@ -87,7 +87,8 @@ def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int 
         reasons[key] = reasons.get(key, 0) + 1
     summary["dead_letter_reasons"] = reasons
     (out_dir / "summary.json").write_text(to_json(summary, indent=2))
-    png = _plot(rec, truths, forecasts, alerts, out_dir / "demo.png")
+    png = _plot(rec, truths, forecasts, alerts, out_dir / "demo.png",
+                tz=cfg.patching.timezone)
     _print_summary(summary, png, time.monotonic() - t0)
     if keep_open:
         print(f"[demo] live page still at {views.url('page')}; Ctrl-C to stop", flush=True)
@@ -190,26 +191,32 @@ def _print_summary(s: dict[str, Any], png: Path, seconds: float) -> None:
 
 
 def _plot(rec: Recording, truths: list[DriftTruth], forecasts: dict[str, list[dict[str, Any]]],
-          alerts: list[dict[str, Any]], path: Path) -> Path:
+          alerts: list[dict[str, Any]], path: Path, tz: str = "UTC") -> Path:
+    """Readings, live forecasts with their p10-p90 band, injected drifts and alerts of up to
+    four drifted sensors, on a date axis in ``tz`` with the legend right of the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from replay.plots import alert_colour, date_axis, legend_outside, to_num, value_label
 
     shown: list[str] = []
     for t in truths:
         if t.sensors[0] not in shown:
             shown.append(t.sensors[0])
     shown = shown[:4] or list(rec.sensors[:4])
-    fig, axes = plt.subplots(len(shown), 1, figsize=(12, 2.6 * len(shown)), sharex=True)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(12, 1.2 + 2.4 * len(shown)),
+                             sharex=True, layout="constrained")
     axes = np.atleast_1d(axes)
-    days = (rec.timestamps - rec.timestamps[0]) / 86_400_000
+    x = to_num(rec.timestamps)
+    handles: dict[str, Any] = {}
     for ax, s in zip(axes, shown, strict=True):
         j = rec.sensors.index(s)
-        ax.plot(days, rec.values[:, j], lw=0.6, color="0.4", label="readings")
+        ax.plot(x, rec.values[:, j], lw=0.6, color="0.4", label="readings")
         fs = forecasts.get(s, [])
         if fs:
-            hx = (np.concatenate([f["horizon_ts"] for f in fs]) - rec.timestamps[0]) / 86_400_000
+            hx = to_num(np.concatenate([f["horizon_ts"] for f in fs]))
             hy = np.concatenate([f["yhat"] for f in fs])
             ax.plot(hx, hy, lw=0.6, color="tab:blue", alpha=0.8, label="forecasts")
             if all("q" in f for f in fs):
@@ -217,21 +224,24 @@ def _plot(rec: Recording, truths: list[DriftTruth], forecasts: dict[str, list[di
                 hi = np.concatenate([f["q"]["0.9"] for f in fs])
                 ax.fill_between(hx, lo, hi, color="tab:blue", alpha=0.15, lw=0,
                                 label="p10-p90")
+        kinds = [t.kind for t in truths if s in t.sensors]
         for t in truths:
             if s in t.sensors:
-                ax.axvline((t.onset_ts - rec.timestamps[0]) / 86_400_000, color="tab:red",
-                           ls="--", lw=1, label=f"injected {t.kind}")
+                ax.axvline(to_num([t.onset_ts])[0], color="black", ls="--", lw=1,
+                           label="injected drift onset")
         for a in alerts:
             if s in a["sensors"]:
-                ax.axvline((a["ts"] - rec.timestamps[0]) / 86_400_000, color="tab:orange",
-                           lw=1.5, label="alert")
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles, strict=True))
-        ax.legend(uniq.values(), uniq.keys(), loc="upper left", fontsize=7, ncol=4)
-        ax.set_ylabel(s)
-    axes[-1].set_xlabel("days")
+                kind = str(a.get("kind", "?"))
+                ax.axvline(to_num([a["ts"]])[0], color=alert_colour(kind), lw=1.5,
+                           label=f"{kind} alert")
+        ax.set_title(f"{s}: injected {', '.join(kinds)}" if kinds else s, fontsize=9,
+                     loc="left")
+        ax.set_ylabel(value_label([s]), fontsize=8)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    legend_outside(axes[0], list(handles.values()), list(handles))
+    date_axis(axes[-1], tz, int(rec.timestamps[0]), int(rec.timestamps[-1]))
     fig.suptitle("stfm demo: live forecasts and drift alerts")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -40,12 +40,14 @@ def start_views(cfg: StreamConfig, *, ui: bool | None = None) -> Views:
     picks a free port). The page's network comes from the sensor graph when one is
     configured (positions, edges), else from the sensors as they appear."""
     o = cfg.observe
+    guard = {"token_env": o.http_token_env,
+             "allowed_hosts": [h for h in o.allowed_hosts.split(",") if h.strip()]}
     views = Views()
     try:
         if o.metrics_port:
             views.telemetry = Telemetry()
             views.servers["metrics"] = serve_metrics(views.telemetry.registry, o.host,
-                                                     o.metrics_port)
+                                                     o.metrics_port, **guard)
             views.observers.append(views.telemetry)
         if o.ui_port or ui:
             views.feed = LiveFeed(o.history_steps, interval_ms=cfg.patching.interval_ms,
@@ -55,8 +57,11 @@ def start_views(cfg: StreamConfig, *, ui: bool | None = None) -> Views:
 
                 g = read_recording(cfg.graph)
                 views.feed.set_network(g.sensors, g.lat, g.lon, g.edge_index)
-            views.servers["page"] = serve_live_page(views.feed, o.host, o.ui_port)
+            views.servers["page"] = serve_live_page(views.feed, o.host, o.ui_port, **guard)
             views.observers.append(views.feed)
+    except ValueError:                  # ViewSecurityError: beyond loopback without a token
+        views.close()
+        raise
     except OSError as exc:
         views.close()
         raise OSError(f"cannot serve on {o.host} (observe.metrics_port={o.metrics_port}, "

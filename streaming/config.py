@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from connectors.kafka_io import Topics
+from connectors.security import (
+    DEFAULT_PASSWORD_ENV,
+    PASSWORD_KEYS,
+    SecurityError,
+    refused_key_message,
+)
+from connectors.security import check as check_security
 from models.shape import BASES, ModelShape, ModelSize
 
 
@@ -35,6 +42,9 @@ class PatchingConfig:
     # ^ per-sensor plausible [min, max]; keys are sensor ids or globs ("pm25/*")
     future_rearm_steps: int = 24        # closed steps before a `future` sensor is re-flagged
     timezone: str = "UTC"               # IANA zone of timestamps written without a UTC offset
+    max_sensors: int = 20_000           # sensors per region (each costs ~33 KB): new ids
+    #                                     beyond it go to dead-letter as `capacity` (one alert)
+    max_sensor_id_bytes: int = 256      # longer sensor ids go to dead-letter as `invalid`
 
     def future_ms(self) -> int:
         """How far ahead of the clock a reading may be (``max_future_ms`` or 3 steps)."""
@@ -44,7 +54,7 @@ class PatchingConfig:
 
     def validate(self) -> None:
         _positive(self, "patching", "interval_ms", "patch_len", "clock_quorum",
-                  "value_abs_max", "future_rearm_steps")
+                  "value_abs_max", "future_rearm_steps", "max_sensors", "max_sensor_id_bytes")
         try:
             from connectors.schemas import zone
 
@@ -387,6 +397,9 @@ class AdaptConfig:
             raise ConfigError(f"adapt.ewc_decay must be in (0, 1), got {self.ewc_decay!r}")
 
 
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")   # kafka.processing_guarantee
+
+
 @dataclass
 class KafkaConfig:
     bootstrap_servers: str = "127.0.0.1:9092"  # Kafka brokers (host:port,...)
@@ -415,6 +428,28 @@ class KafkaConfig:
     max_poll_interval_ms: int = 60_000  # longest time between fetches before a rebalance
     connect_timeout_s: float = 60.0     # broker unreachable at start: retry this long, then exit
     retry_backoff_max_s: float = 8.0    # longest wait between retries (doubles from 0.25 s)
+    offset_out_of_range: str = "earliest"   # a resume offset past a partition's end or before
+    #                                     its start (topic recreated, broker restarted empty,
+    #                                     retention): logged as an error, counted, then
+    #                                     earliest (re-read what is there), latest or fail
+    processing_guarantee: str = "at_least_once"  # or exactly_once: each region's outputs
+    #                                     and input offsets commit in one Kafka transaction
+    #                                     (read_committed consumers see each output once;
+    #                                     aiokafka engine only)
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL
+    #                                     (SASL over TLS): every Kafka client of every command
+    ssl_cafile: str | None = None       # CA certificates (PEM) the brokers are verified with
+    #                                     (None: the system's)
+    ssl_certfile: str | None = None     # client certificate (PEM), for brokers that ask for
+    #                                     one (mutual TLS)
+    ssl_keyfile: str | None = None      # its private key (PEM; None: inside ssl_certfile)
+    ssl_check_hostname: bool = True     # a broker's certificate must name the host dialled
+    sasl_mechanism: str | None = None   # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)
+    sasl_username: str | None = None    # SASL user name (SASL_* only)
+    sasl_password_env: str = DEFAULT_PASSWORD_ENV  # environment variable that holds the SASL
+    #                                     password (it is never a configuration value)
+    sasl_password_file: str | None = None  # or a file that holds it (trailing newline
+    #                                     dropped); used instead of the variable when set
 
     def topics(self) -> Topics:
         """The five topic names as configured."""
@@ -429,12 +464,22 @@ class KafkaConfig:
             raise ConfigError("kafka.heartbeat_interval_ms must be < kafka.session_timeout_ms")
         if self.halo_hops < 0:
             raise ConfigError(f"kafka.halo_hops must be >= 0, got {self.halo_hops}")
+        if self.offset_out_of_range not in ("earliest", "latest", "fail"):
+            raise ConfigError("kafka.offset_out_of_range must be earliest, latest or fail, got "
+                              f"{self.offset_out_of_range!r}")
         if self.halo_wait_s < 0:
             raise ConfigError(f"kafka.halo_wait_s must be >= 0, got {self.halo_wait_s}")
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ConfigError("kafka.processing_guarantee must be at_least_once or "
+                              f"exactly_once, got {self.processing_guarantee!r}")
         names = [self.readings_topic, self.events_topic, self.boundary_topic]
         if len(set(names)) != len(names):
             raise ConfigError("kafka.boundary_topic must differ from kafka.readings_topic and "
                               "kafka.events_topic")
+        try:
+            check_security(self, "kafka")
+        except SecurityError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass
@@ -458,8 +503,21 @@ class ObserveConfig:
     ui_port: int = 0                    # serve the live page here (`stfm run --ui PORT`)
     history_steps: int = 96             # closed steps per sensor the live page keeps
     lag_every_s: float = 2.0            # consumer lag is measured this often
+    http_token_env: str = "STFM_HTTP_TOKEN"  # env variable whose value, when set, every
+    #                                     request must send as `Authorization: Bearer`;
+    #                                     needed when host is beyond loopback
+    allowed_hosts: str = ""             # Host names both answer besides loopback and host,
+    #                                     comma separated (e.g. the name a proxy forwards)
 
     def validate(self) -> None:
+        env = self.http_token_env
+        if not env or "=" in env or "\0" in env or env.strip() != env:
+            raise ConfigError(f"observe.http_token_env must name an environment variable, "
+                              f"got {env!r}")
+        for name in self.allowed_hosts.split(","):
+            if any(c in name.strip() for c in " /:@") and not name.strip().startswith("["):
+                raise ConfigError(f"observe.allowed_hosts: {name.strip()!r} is not a host name "
+                                  f"or address (no port, no scheme; IPv6 in brackets)")
         for key in ("metrics_port", "ui_port"):
             port = getattr(self, key)
             if not 0 <= port <= 65535:
@@ -568,6 +626,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
+    for name in unknown:
+        if f"{prefix}{name}" in REFUSED_KEYS:       # no value in the message: it is a secret
+            raise ConfigError(refused_key_message(f"{prefix}{name}"))
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
@@ -637,10 +698,46 @@ def _coerce(typ: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
 
 
+def changed_from_defaults(cfg: Any, section: str | None = None) -> list[str]:
+    """``section.key=value`` of every key that differs from its default (secrets masked), in
+    field order; ``section``: ``cfg`` is that one section."""
+    if section is not None:
+        pairs = [(section, cfg, type(cfg)())]
+    else:
+        base = type(cfg)()
+        pairs = [(f.name, getattr(cfg, f.name), getattr(base, f.name))
+                 for f in dataclasses.fields(cfg)]
+    out = []
+    for name, value, default in pairs:
+        if not dataclasses.is_dataclass(value):
+            if value != default:
+                out.append(f"{name}={value!r}".replace("'", ""))
+            continue
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if v != getattr(default, f.name):
+                out.append(f"{name}.{f.name}={_shown(f.name, v)!r}".replace("'", ""))
+    return out
+
+
 def summary_line(section: str, value: Any) -> str:
     """``section: key=value ...`` of a config dataclass (or ``section: value``)."""
     if not dataclasses.is_dataclass(value):
         return f"{section}: {value}"
-    items = " ".join(f"{f.name}={getattr(value, f.name)!r}".replace("'", "")
+    items = " ".join(f"{f.name}={_shown(f.name, getattr(value, f.name))!r}".replace("'", "")
                      for f in dataclasses.fields(value))
     return f"{section}: {items}"
+
+
+# keys that would hold a password: refused with a pointer to the environment variable / file
+REFUSED_KEYS = frozenset(f"kafka.{k}" for k in PASSWORD_KEYS)
+_SECRET_NAME = ("password", "secret", "token")
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A field's value as printed: masked when its name says it holds a secret (not when it
+    names where one is kept: ``*_env``, ``*_file``)."""
+    if (value is not None and any(w in name for w in _SECRET_NAME)
+            and not name.endswith(("_env", "_file"))):
+        return "***"
+    return value

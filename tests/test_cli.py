@@ -3,6 +3,7 @@ name CLI flags, not Python parameters."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def test_the_same_things_have_the_same_flags_everywhere() -> None:
     file_commands = [("replay", "publish"), ("replay", "pretrain"), ("replay", "backtest")]
     for cmd in file_commands:               # a file without timestamps: the same three flags
         assert {"--start", "--interval-ms", "--timezone"} <= _flags(*cmd), cmd
+        assert {"--columns", "--na-values"} <= _flags(*cmd), cmd     # which cells are readings
     for cmd in [("replay", "record"), ("replay", "pretrain"), ("alerts", "report")]:
         assert {"--from-offset", "--to-offset", "--from-ts", "--to-ts"} <= _flags(*cmd), cmd
     for cmd in [("replay", "publish"), ("replay", "record"), ("replay", "pretrain"), ("run",),
@@ -66,7 +68,22 @@ def test_a_file_without_timestamps_runs_with_the_flags_named(no_timestamps: Path
     r = _stfm("replay", "backtest", str(no_timestamps), "--fresh", "--out", str(tmp_path / "r"),
               "--start", "2026-01-01T00:00", "--interval-ms", "600000", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "config patching: interval_ms=600000" in r.stderr
+    assert "patching.interval_ms=600000" in r.stderr
+
+
+def test_backtest_reads_a_messy_file_and_says_what_it_resolved(tmp_path: Path) -> None:
+    rows = [f"2026-01-01 {i // 6:02d}:{i % 6 * 10:02d}:00,{20 + (i % 7) * 0.5},OK,"
+            f"{-9999 if i in (5, 50) else 400 + i % 5}" for i in range(144)]
+    rows.insert(30, rows[29])                               # a repeated timestamp
+    p = tmp_path / "messy.csv"
+    p.write_text("date,T (degC),status,OT\n" + "\n".join(rows) + "\n")
+    r = _stfm("replay", "backtest", str(p), "--fresh", "--out", str(tmp_path / "r"),
+              "--columns", "T*,OT,status*", "--na-values", "-9999", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    read = json.loads(r.stdout[r.stdout.index("{"):])["read"]
+    assert read["duplicate_timestamps"] == 1 and read["skipped_text_columns"] == ["status"]
+    assert "suspected_missing_codes" not in read                  # --na-values took it
+    assert "naive_timestamps_read_as" in read and "--timezone" in r.stderr
 
 
 def test_simulate_takes_the_output_as_a_flag_too(tmp_path: Path) -> None:
@@ -78,6 +95,7 @@ def test_simulate_takes_the_output_as_a_flag_too(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flags", "said"), [
     (["--set", "checkpoint.dir={tmp}/ck"], "Faust engine keeps no checkpoints"),
+    (["--set", "kafka.processing_guarantee=exactly_once"], "exactly_once needs --engine aiokafka"),
     (["--ui", "0"], "--ui and --metrics-port need --engine aiokafka"),
     (["--metrics-port", "9"], "--ui and --metrics-port need --engine aiokafka")])
 def test_the_faust_engine_refuses_what_it_does_not_guarantee(tmp_path: Path, flags: list[str],
@@ -102,14 +120,74 @@ def test_the_region_layout_follows_a_partition_map(tmp_path: Path, monkeypatch,
     sensors = {"a": 1, "b": 1, "c": 0, "d": 0}     # not what key hashing would give
     PartitionMap(partitions=2, sensors=sensors, method="metis").save(tmp_path / "m.json")
     cfg = StreamConfig.from_dict({"kafka": {"partition_map": str(tmp_path / "m.json")}})
-    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics: {t: 2 for t in topics})
+    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics, **_: {t: 2 for t in topics})
     with caplog.at_level(logging.INFO):
         log_region_layout(cfg, None)
     said = caplog.text
     assert "By the partition map: region 0: 2 sensors (c, d); region 1: 2 sensors (a, b)" \
         in said
-    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics: {t: 3 for t in topics})
+    monkeypatch.setattr(kio, "topic_partitions", lambda bs, topics, **_: {t: 3 for t in topics})
     caplog.clear()
     with caplog.at_level(logging.INFO):
         log_region_layout(cfg, None)
     assert "has 2 partitions but readings topic" in caplog.text
+
+
+@pytest.mark.parametrize("command", [
+    ["replay", "publish", "{csv}"], ["replay", "record", "--out", "{tmp}/r.npz"],
+    ["alerts", "tail"], ["alerts", "report"], ["topics", "list"],
+])
+def test_a_missing_broker_is_said_in_words_within_seconds(tmp_path: Path,
+                                                          command: list[str]) -> None:
+    """Every tool that needs a broker: one line naming it, exit 2, no traceback, and well
+    before kafka-python's 30 s bootstrap wait (the limit below is generous for a loaded
+    machine; the probe itself gives up after 3 s)."""
+    import socket
+    import time
+
+    csv = tmp_path / "x.csv"
+    csv.write_text("ts,a\n2026-01-01T00:00:00Z,1\n2026-01-01T00:05:00Z,2\n")
+    with socket.socket() as held:           # bound, not listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        args = [a.format(csv=csv, tmp=tmp_path) for a in command]
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "stfm.cli", *args, "--bootstrap-servers",
+                            f"127.0.0.1:{port}"], capture_output=True, text=True,
+                           timeout=120, check=False)
+        took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"stfm: error: broker at 127.0.0.1:{port} not reachable after 3s" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert took < 25, took
+
+
+def test_a_grid_far_off_the_data_stops_the_backtest_unless_forced(tmp_path: Path) -> None:
+    csv = tmp_path / "tenmin.csv"
+    csv.write_text("ts,a\n" + "".join(f"2026-01-01T{h:02d}:{m:02d}:00Z,{h + m / 60:.3f}\n"
+                                      for h in range(4) for m in range(0, 60, 10)))
+    r = _stfm("replay", "backtest", str(csv), "--out", str(tmp_path / "o"), "--fresh",
+              "--interval-ms", "60000", "--quiet")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "stfm: error:" in r.stderr and "10x finer" in r.stderr and "--force" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+    r = _stfm("replay", "backtest", str(csv), "--out", str(tmp_path / "o"), "--fresh",
+              "--interval-ms", "60000", "--quiet", "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "WARNING" in r.stderr and "10x finer" in r.stderr
+
+
+def test_backtest_ends_with_a_few_lines_a_person_reads(tmp_path: Path) -> None:
+    csv = tmp_path / "small.csv"
+    csv.write_text("ts,a,b\n" + "".join(
+        f"2026-01-01T{h:02d}:{m:02d}:00Z,{h + m / 60:.3f},{(h * 7 + m) % 5}\n"
+        for h in range(24) for m in range(0, 60, 5)))
+    r = _stfm("replay", "backtest", str(csv), "--out", str(tmp_path / "o"), "--fresh",
+              "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert 4 <= len(lines) <= 6 and "{" not in r.stdout, r.stdout
+    assert lines[0].startswith("backtest of small.csv: 288 rows x 2 sensors, 2026-01-01 00:00 "
+                               "UTC to 2026-01-01 23:55 UTC"), lines[0]
+    assert "served forecast MAE" in lines[1] and "persistence" in lines[1]
+    assert (tmp_path / "o" / "report.json").exists() and "report.json" in lines[3]

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from connectors.schemas import format_minute, zone
+from connectors.schemas import format_when, zone
 from streaming.alerts.alert_gate import Evidence
 from streaming.alerts.bocpd import BOCPDArray, row_max, row_sum
 from streaming.config import DriftConfig
@@ -579,7 +579,7 @@ class ChangeMonitor:
             detail = {"std_ratio": round(ratio, 4), "spread_before": round(math.exp(before), 6),
                       "spread_after": round(math.exp(after), 6)}
         tz = "" if self.tz == "UTC" else f" {self.tz}"
-        since = format_minute(onset_ts, self.tz)
+        since = format_when(onset_ts, self.tz)
         steps = max(step - onset + 1, 1)
         critical = mass >= 1 - 1e-9 and effect >= 3 * self.cfg.min_effect
         return Evidence(

@@ -107,6 +107,33 @@ class OnlineModel:
         model.step_ms = patching.interval_ms * patching.patch_len
         return model
 
+    def checkpoint_differences(self, interval_ms: int, sensors: list[str] | None
+                               ) -> list[str]:
+        """What the checkpoint was trained on that differs from the data it serves, one
+        sentence each (empty for a fresh model or a match): the grid interval, and for a
+        per-network model (one embedding per sensor) the sensors."""
+        from streaming.ingest.cadence import format_interval
+
+        extra = self.meta.get("extra") or {}
+        out = []
+        trained_iv = extra.get("interval_ms")
+        if trained_iv and int(trained_iv) != int(interval_ms):
+            out.append(f"trained at a {format_interval(int(trained_iv))} interval, served at "
+                       f"{format_interval(int(interval_ms))} (its daily and weekly "
+                       "positions and horizons mean other times)")
+        trained = extra.get("sensors")
+        if trained is not None and sensors is not None and not self.inductive:
+            known = set(trained)
+            new = [s for s in sensors if s not in known]
+            gone = sorted(known - set(sensors))
+            if new or gone:
+                out.append(f"trained on {len(trained)} sensors, served {len(sensors)}: "
+                           f"{len(new)} served sensors it never saw"
+                           + (f" (e.g. {', '.join(map(repr, new[:3]))})" if new else "")
+                           + f", {len(gone)} of its sensors not served"
+                           + (f" (e.g. {', '.join(map(repr, gone[:3]))})" if gone else ""))
+        return out
+
     def frozen_copy(self) -> OnlineModel:
         """A copy of the starting model that never learns (the ``frozen`` expert), placed on
         the same graph and calendar."""

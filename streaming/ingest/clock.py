@@ -54,6 +54,7 @@ class Admission:
     rejected: list[tuple[int, str]] = field(default_factory=list)     # (batch index, reason)
     rejected_held: list[tuple[Any, str]] = field(default_factory=list)  # (handle, reason)
     flags: list[FutureFlag] = field(default_factory=list)
+    full: bool = False        # new sensors were refused: the region is at max_sensors
 
 
 @dataclass
@@ -211,6 +212,15 @@ class EventClock:
     @property
     def held(self) -> list[_Held]:
         return [h for hs in self._held.values() for h in hs]
+
+    def holds(self, sensor: str) -> bool:
+        """Whether ``sensor`` has readings held (ahead of the clock)."""
+        return sensor in self._held
+
+    def unregistered(self) -> int:
+        """Sensors with held readings only (they are registered when released)."""
+        index = self.registry.index
+        return sum(1 for s in self._held if s not in index)
 
     def grid(self, ts: np.ndarray | int) -> np.ndarray | int:
         return (ts + self._half) // self._iv

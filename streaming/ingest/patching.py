@@ -94,6 +94,41 @@ class IncrementalPatcher:
         self.last_admission = self.admit(batch, now_ms)
         return self.close_ready(), self.last_admission.rejected
 
+    def _bound_sensors(self, sensors: list[str], idx: np.ndarray, ok: np.ndarray,
+                       out: Admission) -> None:
+        """Hostile input bounds, rejected in ``out`` (and ``ok`` cleared): a sensor id longer
+        than ``max_sensor_id_bytes`` (``invalid``), and new sensors once the region holds
+        ``max_sensors`` (``capacity``: the sensors already known keep being served)."""
+        c = self.cfg
+        cap = c.max_sensor_id_bytes
+        for i in np.flatnonzero(ok).tolist():
+            s = sensors[i]
+            if len(s) > cap // 4 and len(s.encode()) > cap:
+                out.rejected.append((i, f"invalid: sensor id of {len(s.encode()):,} bytes is "
+                                     f"longer than patching.max_sensor_id_bytes = {cap} "
+                                     f"({s[:40]!r}...)"))
+                ok[i] = False
+                self.stats.long_ids += 1
+        new = np.flatnonzero(ok & (idx < 0))
+        if not len(new):
+            return
+        room = c.max_sensors - len(self.registry) - self.clock.unregistered()
+        if len(new) <= room:       # fewer readings than room: fewer sensors too
+            return
+        admitted: set[str] = set()
+        for i in new.tolist():
+            s = sensors[i]
+            if s in admitted or self.clock.holds(s):    # held: known, registered later
+                continue
+            if len(admitted) < room:
+                admitted.add(s)
+                continue
+            out.rejected.append((i, f"capacity: new sensor {s[:80]!r} would exceed "
+                                 f"patching.max_sensors = {c.max_sensors} of this region"))
+            ok[i] = False
+            self.stats.capacity += 1
+            out.full = True
+
     def admit(self, batch: ReadingBatch, now_ms: int | None = None) -> Admission:
         """Judge and insert a batch of readings (nothing closes yet: see ``close_ready``).
 
@@ -117,6 +152,7 @@ class IncrementalPatcher:
                 out.rejected.append((int(i), f"unknown sensor {batch.sensors[i][:80]!r}"))
             self.stats.unknown_sensor += int(unknown.sum())
             ok &= ~unknown
+        self._bound_sensors(batch.sensors, idx, ok, out)
         bad = self._out_of_range(batch.sensors, vals, ok)
         for i, why in bad:
             out.rejected.append((i, why))

@@ -56,3 +56,5 @@ class PatcherStats:
     released: int = 0         # held readings accepted later
     clock_jumps: int = 0
     ghost_accepted: int = 0   # of ``accepted``: readings of ghosts (``streaming.ingest.halo``)
+    capacity: int = 0         # readings of new sensors beyond ``patching.max_sensors``
+    long_ids: int = 0         # readings whose sensor id is beyond ``max_sensor_id_bytes``

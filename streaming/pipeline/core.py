@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from connectors.schemas import Alert, EventBatch, ReadingBatch, format_minute
+from connectors.schemas import Alert, EventBatch, ReadingBatch, format_when
 from streaming.alerts.alert_gate import AlertGate, Evidence
 from streaming.alerts.anomaly import AnomalyScorer, ScoreBlock
 from streaming.alerts.changepoint import ChangeMonitor
@@ -29,6 +29,7 @@ from streaming.forecast.baselines import Baselines
 from streaming.forecast.forecaster import Forecaster
 from streaming.forecast.metrics import OnlineMetrics
 from streaming.forecast.online import OnlineModel
+from streaming.ingest.cadence import format_interval
 from streaming.ingest.clock import FutureFlag
 from streaming.ingest.patching import ClosedStep, IncrementalPatcher
 from streaming.ingest.registry import SensorRegistry
@@ -186,8 +187,11 @@ class StreamCore:
         bounds how far ahead of it a reading may be stamped.
         """
         out = CoreOutput()
+        full_before = self.patcher.stats.capacity > 0
         adm = self.patcher.admit(readings, now_ms)
         out.rejected_readings, out.rejected_held = adm.rejected, adm.rejected_held
+        if adm.full and not full_before:        # said once (the count is in the stats)
+            out.alerts.append(self._capacity_alert(readings))
         out.alerts += [self._future_alert(f) for f in adm.flags if not self.is_ghost(f.sensor)]
         if events is not None and len(events):
             out.rejected_events = self._add_events(events, now_ms)
@@ -343,6 +347,19 @@ class StreamCore:
 
     # --- data-quality alerts ------------------------------------------------------------
 
+    def _capacity_alert(self, readings: ReadingBatch) -> Alert:
+        """The region reached ``patching.max_sensors``: new sensors are refused."""
+        cap = self.cfg.patching.max_sensors
+        ts = int(readings.ts.max()) if len(readings.ts) else 0
+        return self.gate.report("data-quality", self.patcher.next_open, ts, [], Evidence(
+            score=1.0, detector="capacity", statistic="sensors per region",
+            key="data-quality:capacity",
+            text=f"this region serves its limit of {cap:,} sensors (patching.max_sensors): "
+                 "readings of new sensor ids go to dead-letter as 'capacity' (counted in "
+                 "stfm_dead_letters_total); the known sensors are still served. Raise the "
+                 "limit or split the network over more partitions if the new ids are real",
+            detail={"max_sensors": cap, "sensors": len(self.patcher.registry)}))
+
     def _future_alert(self, flag: FutureFlag) -> Alert:
         """A sensor whose readings arrive stamped far ahead."""
         ref = flag.clock_ts
@@ -354,7 +371,8 @@ class StreamCore:
             score=1.0, detector="event-time-clock", statistic="reading timestamp",
             key=f"data-quality:future:{flag.sensor}:{flag.ts}",
             text=f"{flag.sensor} sends readings stamped {ahead} (reading at "
-                 f"{format_minute(flag.ts)}); they go to dead-letter as 'future' and do not "
+                 f"{format_when(flag.ts, self.cfg.patching.timezone)}); they go to "
+                 "dead-letter as 'future' and do not "
                  "move the clock",
             detail={"reading_ts": int(flag.ts), "clock_ts": None if ref is None else int(ref),
                     "reason": flag.reason}))
@@ -438,17 +456,20 @@ class StreamCore:
 
     def _quality_alert(self, step: ClosedStep, ev: QualityEvent) -> Alert:
         name = self.sensors[ev.sensor]
-        since = format_minute(ev.since_ts)
+        since = format_when(ev.since_ts, self.cfg.patching.timezone)
+        p = self.cfg.patching
         if ev.condition == "silence":
-            text = (f"{name} silent since {since}: no reading for {ev.detail['silent_steps']} "
-                    f"steps while other sensors report" if ev.raised
-                    else f"{name} reports again (silent since {since}, "
-                         f"{ev.detail['silent_steps']} steps)")
+            took = format_interval(int(ev.detail["silent_steps"]) * p.interval_ms * p.patch_len)
+            text = (f"{name} silent since {since}: no reading for {took} while other sensors "
+                    "report; check the sensor's power and its link" if ev.raised
+                    else f"{name} reports again (silent since {since}, for {took})")
         else:
+            took = format_interval(int(ev.detail["readings"]) * p.interval_ms)
             text = (f"{name} flat at {ev.detail['value']:g} since {since}: "
-                    f"{ev.detail['readings']} identical readings" if ev.raised
+                    f"{ev.detail['readings']} identical readings ({took}); check whether the "
+                    "sensor is stuck or its value is held upstream" if ev.raised
                     else f"{name} no longer flat (was {ev.detail['value']:g} since {since}, "
-                         f"{ev.detail['readings']} readings)")
+                         f"for {took})")
         state = "raised" if ev.raised else "cleared"
         return self.gate.report("data-quality", step.step, step.end_ts, [name], Evidence(
             score=1.0 if ev.raised else 0.0, detector="data-quality", statistic=ev.condition,

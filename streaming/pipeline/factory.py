@@ -64,6 +64,9 @@ def build_core(cfg: StreamConfig, checkpoint: str | None,
         if rec.lat is not None and rec.lon is not None:
             positions = np.stack([rec.lat, rec.lon], axis=1)[rows]
     model = build_model(cfg, checkpoint)
+    if keep is None:            # said once, not per region
+        for d in model.checkpoint_differences(cfg.patching.interval_ms, sensors):
+            log.warning("checkpoint %s does not match the data: %s", model.name, d)
     if rec is not None and rec.edge_index is not None and rec.edge_index.shape[1] > 0:
         model.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)  # inductive only
     return StreamCore(cfg, model, sensors=sensors, positions=positions)

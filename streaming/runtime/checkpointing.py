@@ -13,6 +13,11 @@ batch reflects (``store_offset``); when a region's checkpoint is ``due`` (every
 A crash between the steps re-processes at most the inputs after the last checkpoint: the
 same outputs again (same keys) and no model update applied twice. Without
 ``checkpoint.dir`` the worker commits offsets after each batch's outputs were acknowledged.
+
+With ``kafka.processing_guarantee = exactly_once`` step 1 is the regions' transactions
+(outputs and input offsets commit together, every batch) and step 3 commits nothing more:
+the checkpoint's offsets are then at or behind the committed ones, and a restart
+re-processes the range between them without emitting (``streaming.runtime.worker``).
 """
 
 from __future__ import annotations

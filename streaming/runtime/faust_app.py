@@ -30,6 +30,8 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: 
     files in (it would make ``<group>-data`` in the working directory)."""
     import faust
 
+    from connectors.security import client_kwargs
+
     k = cfg.kafka
     app = faust.App(
         k.group_id, broker=f"kafka://{k.bootstrap_servers}", datadir=datadir,
@@ -40,6 +42,7 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: 
         broker_max_poll_interval=k.max_poll_interval_ms / 1000,
         consumer_auto_offset_reset="earliest", topic_allow_declare=False,
         stream_buffer_maxsize=max(k.max_batch, 4096),
+        **client_kwargs(k, "faust"),            # broker_credentials: TLS / SASL
     )
     source = app.topic(k.readings_topic, k.events_topic, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")

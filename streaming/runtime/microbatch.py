@@ -89,6 +89,7 @@ class WorkerStats:
     halo_forwarded: int = 0     # readings messages forwarded to other regions (``boundary``)
     halo_received: int = 0      # ghost readings taken from ``boundary``
     halo_dropped: int = 0       # ghost readings a region could not use (e.g. late)
+    offsets_out_of_range: int = 0   # resume / fetch positions outside their partition
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))

@@ -33,6 +33,9 @@ class Observer:
     def checkpointed(self, regions: list[int], at: float) -> None:
         """Regions' state and offsets were written at ``at`` (epoch seconds)."""
 
+    def offset_out_of_range(self, topic: str, partition: int) -> None:
+        """A resume or fetch position was outside its partition (handled by the policy)."""
+
 
 class Observers(Observer):
     """Several observers as one: each hook is called on each, in order."""
@@ -58,3 +61,7 @@ class Observers(Observer):
     def checkpointed(self, regions: list[int], at: float) -> None:
         for o in self.observers:
             o.checkpointed(regions, at)
+
+    def offset_out_of_range(self, topic: str, partition: int) -> None:
+        for o in self.observers:
+            o.offset_out_of_range(topic, partition)

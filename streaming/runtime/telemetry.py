@@ -32,9 +32,12 @@ METRICS = {     # name -> what it counts (the README's list is this table)
                                            "other regions, ghost readings received, ghost "
                                            "readings dropped (direction)",
     "stfm_dead_letters_total{reason}": "input messages dead-lettered, by reason (late, "
-                                       "future, out_of_range, unknown_sensor, invalid)",
+                                       "future, out_of_range, unknown_sensor, capacity, invalid)",
     "stfm_consumer_lag_messages{topic,partition}": "messages behind the end of each "
                                                    "assigned partition",
+    "stfm_offset_out_of_range_total{topic}": "resume or fetch positions found outside their "
+    "partition (topic recreated, broker restarted empty, retention), handled by "
+    "kafka.offset_out_of_range",
     "stfm_steps_closed_total{region}": "time steps closed",
     "stfm_forecasts_total": "forecast messages produced",
     "stfm_alerts_total{kind}": "alerts produced, by kind (drift, anomaly, data-quality, model)",
@@ -66,6 +69,8 @@ class Telemetry(Observer):
                                     "reason", ["reason"], registry=r)
         self.lag = Gauge("stfm_consumer_lag_messages", "Messages behind the end of each "
                          "assigned partition", ["topic", "partition"], registry=r)
+        self.out_of_range = Counter("stfm_offset_out_of_range", "Resume or fetch positions "
+                                    "outside their partition, by topic", ["topic"], registry=r)
         self.steps = Counter("stfm_steps_closed", "Time steps closed", ["region"], registry=r)
         self.forecasts = Counter("stfm_forecasts", "Forecast messages produced", registry=r)
         self.alerts = Counter("stfm_alerts", "Alerts produced, by kind", ["kind"], registry=r)
@@ -133,6 +138,9 @@ class Telemetry(Observer):
         for gone in self._lag_keys - keys:          # partitions handed to another worker
             self.lag.remove(*gone)
         self._lag_keys = keys
+
+    def offset_out_of_range(self, topic: str, partition: int) -> None:
+        self.out_of_range.labels(topic).inc()
 
     def checkpointed(self, regions: list[int], at: float) -> None:
         self._checkpoint_at = at

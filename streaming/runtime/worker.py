@@ -11,7 +11,20 @@ produced. With ``checkpoint.dir``, state and offsets go through ``streaming.runt
 Broker faults: unreachable at start, the worker retries with backoff and gives up after
 ``kafka.connect_timeout_s`` (``BrokerUnavailable``); gone mid-run, fetches come back empty,
 producing and committing are retried until the broker returns, and input is never
-acknowledged (committed or checkpointed) before its outputs were produced.
+acknowledged (committed or checkpointed) before its outputs were produced. A resume or
+fetch position outside its partition (a broker back empty, a topic recreated, retention) is
+an error, counted, and handled by ``kafka.offset_out_of_range`` (``OffsetOutOfRange`` with
+``fail``); a region assigned straight back keeps its in-memory state.
+
+``kafka.processing_guarantee = exactly_once``: each region has a transactional producer
+(``connectors.transactions``, id per readings partition, so a new owner fences the old one)
+and each batch's outputs go out in one transaction per region together with that region's
+input offsets (``send_offsets_to_transaction``): a ``read_committed`` consumer sees them
+once, or not at all until they commit. Checkpoints (every ``checkpoint.every_steps``) lag
+the committed offsets, so after a crash a region restores its state at the checkpoint's
+offset X, re-processes X up to the group's committed offset Y without emitting anything
+(those outputs were committed; the core is deterministic), and emits from Y on
+(``split_replay``). Without checkpoints a region resumes at Y with fresh state.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRebalanceListener
 
-from connectors import kafka_async
+from connectors import kafka_async, transactions
 from connectors.kafka_async import TP, BrokerUnavailable
 from connectors.schemas import decode_readings
 from streaming.config import StreamConfig
@@ -54,9 +67,40 @@ from streaming.runtime.regions import Regions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerUnavailable", "LiveWorker"]
+__all__ = ["BrokerUnavailable", "LiveWorker", "OffsetOutOfRange", "TransactionFailed"]
 
 CADENCE_HOLD_MAX = 200_000    # readings held at most while inferring the cadence
+
+
+class OffsetOutOfRange(RuntimeError):
+    """A resume or fetch position outside its partition, with ``kafka.offset_out_of_range
+    = fail``."""
+
+
+class TransactionFailed(RuntimeError):
+    """A region's transaction failed for a reason no retry fixes (its producer was fenced
+    by a newer owner of the partition, or a fatal transactional error): the worker stops
+    without acknowledging anything more; a restart resumes from the committed offsets."""
+
+
+def split_replay(batch: dict[Any, list[Any]], until: dict[TP, int]
+                 ) -> tuple[dict[Any, list[Any]], dict[Any, list[Any]]]:
+    """Split a fetched batch at the offsets in ``until`` (per partition, the group's
+    committed offset): records below it were processed and their outputs committed before a
+    crash (they are processed again, silently, to rebuild the state the checkpoint lacks);
+    the rest are new. Returns ``(silent, new)``; partitions not in ``until`` are all new."""
+    silent: dict[Any, list[Any]] = {}
+    new: dict[Any, list[Any]] = {}
+    for tp, msgs in batch.items():
+        y = until.get(TP(tp[0], tp[1]))
+        if y is None or not msgs or msgs[0].offset >= y:
+            new[tp] = msgs
+            continue
+        cut = next((i for i, m in enumerate(msgs) if m.offset >= y), len(msgs))
+        silent[tp] = msgs[:cut]
+        if cut < len(msgs):
+            new[tp] = msgs[cut:]
+    return silent, new
 
 
 class LiveWorker:
@@ -99,6 +143,8 @@ class LiveWorker:
         # revocation while a batch of it is half processed (or its outputs unacknowledged)
         self._work = asyncio.Lock()
         self._generation = 0        # rebalances seen (revocations and assignments)
+        self._assigning = False     # between an assignment and the seeks it makes
+        self._sought: dict[TP, int] = {}    # where the last assignment put each partition
         self._inflight: asyncio.Task[None] | None = None    # delivery of the last batch
         # idle since (monotonic): the input was read to its end (every assigned partition
         # fetched at least once) with nothing held or in flight; None while it is not
@@ -114,6 +160,17 @@ class LiveWorker:
         self._watched = 0
         self._held: list[dict[Any, list[Any]]] = []
         self._halo_seen: dict[int, float] = {}    # region -> last boundary data (monotonic)
+        self._parked: set[int] = set()    # regions revoked, kept until the next assignment
+        self._expect: dict[TP, tuple[int, str]] = {}   # resume offsets not checked yet
+        self.failure: BaseException | None = None   # why the worker stopped itself
+        # exactly_once: a transactional producer per region, the offsets each partition's
+        # last transaction committed, and per partition the committed offset below which
+        # re-processed records emit nothing (``split_replay``)
+        self.exactly_once = cfg.kafka.processing_guarantee == "exactly_once"
+        self._txn: dict[int, Any] = {}
+        self._txn_done: dict[TP, int] = {}
+        self._replay: dict[TP, int] = {}
+        self.replayed = 0          # records re-processed without emitting (exactly_once)
         if self.halo is not None:
             self.regions.on_new = self._own_sensors
             log.info("halo exchange over %r: %d hop(s), own sensors per region %s, ghosts %s",
@@ -149,8 +206,11 @@ class LiveWorker:
     async def run(self) -> WorkerStats:
         apply_torch_threads(self.cfg)
         k = self.cfg.kafka
+        if self.exactly_once:
+            transactions.ensure_supported()     # a client library it cannot teach: now
         producer = await self._retry("connecting the producer",
-                                     lambda: kafka_async.start_producer(k.bootstrap_servers),
+                                     lambda: kafka_async.start_producer(k.bootstrap_servers,
+                                                                        security=k),
                                      k.connect_timeout_s)
         listener = _Rebalance(self)
         topics = [k.readings_topic, k.events_topic]
@@ -158,7 +218,7 @@ class LiveWorker:
             from connectors.kafka_io import ensure_topics
 
             await asyncio.to_thread(ensure_topics, k.bootstrap_servers, [k.boundary_topic],
-                                    partitions=self.halo.partitions)
+                                    partitions=self.halo.partitions, security=k)
             topics.append(k.boundary_topic)
         try:
             consumer = await self._retry(
@@ -183,7 +243,11 @@ class LiveWorker:
                 self._inflight.cancel()
             await consumer.stop()
             await producer.stop()
+            for region in list(self._txn):
+                await self._close_txn(region)
         self._sync_stats()
+        if self.failure is not None:
+            raise self.failure
         return self.stats
 
     def _sync_stats(self) -> None:
@@ -192,26 +256,27 @@ class LiveWorker:
 
     async def _loop(self, consumer: Any, producer: Any) -> None:
         k = self.cfg.kafka
-        last_status = last_lag = time.monotonic()
+        last_status = last_lag = last_range = time.monotonic()
         idle = False
         while not self._stop.is_set():
+            generation = self._generation       # the assignment the batch is fetched for
             batch = await self._fetch(consumer)
-            generation = self._generation       # the assignment the batch was fetched for
+            if batch and (self._assigning or generation != self._generation):
+                # fetched while an assignment was sought to where its partitions resume
+                async with self._work:      # until the assignment's seeks are done
+                    batch = await self._trim(consumer, batch)
+                    generation = self._generation
+            if self._expect:
+                await self.check_positions(consumer, batch)
             now = time.monotonic()
             if batch and self._cadence_open:
                 batch = self._watch_cadence(batch)
             if batch:
                 async with self._work:
-                    if generation == self._generation:
+                    if generation != self._generation:     # a rebalance since the fetch
+                        batch = await self._trim(consumer, batch)
+                    if batch:
                         await self._handle(consumer, producer, batch)
-                    else:
-                        # a rebalance came between the fetch and now: every assigned
-                        # partition resumes where its state says (checkpoint or committed
-                        # offset), so these records come again; processed now they would be
-                        # applied twice
-                        log.info("a batch fetched before a rebalance is dropped (%d records): "
-                                 "its partitions resume from their checkpoints or committed "
-                                 "offsets", sum(len(m) for m in batch.values()))
             elif self._inflight is not None and self._inflight.done():
                 async with self._work:
                     await self._settle()
@@ -219,6 +284,9 @@ class LiveWorker:
                 self.nothing_to_read = await watch.at_end(consumer, k)
                 if self.nothing_to_read:
                     log.warning("%s", self.nothing_to_read)
+            if now - last_range >= min(self.status_every_s, self.cfg.observe.lag_every_s):
+                last_range = now
+                await self.check_positions(consumer)
             if now - last_status >= self.status_every_s:
                 last_status = last_lag = now
                 self.stats.lag = await watch.lag(consumer)
@@ -257,14 +325,25 @@ class LiveWorker:
         if self._held:          # the input ended (or we stop) before the cadence was clear
             await self._handle(consumer, producer, self._release(force=True))
         await self._settle()
+        if self.exactly_once and isinstance(self.failure, TransactionFailed):
+            log.error("no final checkpoint: a transaction failed, so the state is ahead of "
+                      "the committed offsets")
+            return
         # the end of the input: the last, partial step is closed, forecast and scored
         last = Outputs()
+        by_region: dict[int, Outputs] = {}
         if idle:
             t0 = time.perf_counter()
-            last = flush_cores(self.cores, self.stats, self.observers.region_processed)
+            for p, core in sorted(self.cores.items()):
+                by_region[p] = flush_cores({p: core}, self.stats,
+                                           self.observers.region_processed)
+                last.forecasts += by_region[p].forecasts
+                last.alerts += by_region[p].alerts
             self.observers.batch_processed(last, self.stats, time.perf_counter() - t0)
         if self.checkpointer.enabled and self.cores:
-            await self._checkpoint(list(self.cores), last)        # on shutdown
+            await self._checkpoint(list(self.cores), last, by_region)        # on shutdown
+        elif self.exactly_once:
+            await self._deliver(producer, last, None, by_region)
         elif last.forecasts or last.alerts:
             await self._produce(producer, last)
 
@@ -275,7 +354,22 @@ class LiveWorker:
         active = await watch.active_partitions(consumer, batch, k.readings_topic)
         halo = (await watch.active_partitions(consumer, batch, k.boundary_topic)
                 if self.halo is not None else set())
-        out = self._process(batch, active, halo)
+        new = batch
+        if self._replay:
+            silent, new = split_replay(batch, self._replay)
+            if silent:
+                # emitted before a crash: rebuild the state, drop the outputs again
+                self._process(silent, active, halo)
+                self.replayed += sum(len(m) for m in silent.values())
+            for tp, msgs in batch.items():
+                key = TP(tp.topic, tp.partition)
+                if key in self._replay and msgs[-1].offset + 1 >= self._replay[key]:
+                    del self._replay[key]
+                    log.info("%s-%d: caught up with its committed offset; emitting again "
+                             "(%d records re-processed silently so far)", key.topic,
+                             key.partition, self.replayed)
+        by_region: dict[int, Outputs] = {}
+        out = self._process(new, active, halo, by_region) if new else Outputs()
         await self._settle()                # outputs and commits stay in batch order
         offsets = {TP(tp.topic, tp.partition): msgs[-1].offset + 1
                    for tp, msgs in batch.items()}
@@ -283,10 +377,10 @@ class LiveWorker:
             self.checkpointer.store_offset(tp, off)
         due = self.checkpointer.due(self.cores)
         if due:
-            await self._checkpoint(due, out)
+            await self._checkpoint(due, out, by_region)
         else:
             self._inflight = asyncio.create_task(self._deliver(
-                producer, out, None if self.checkpointer.enabled else offsets))
+                producer, out, None if self.checkpointer.enabled else offsets, by_region))
 
     # --- the data's cadence ---------------------------------------------------------------
 
@@ -347,8 +441,10 @@ class LiveWorker:
         return merged
 
     def _process(self, batch: dict[Any, list[Any]], active: set[int],
-                 halo_active: set[int] | frozenset[int] = frozenset()) -> Outputs:
-        """Split a fetched batch by region, run each region's core, merge the outputs.
+                 halo_active: set[int] | frozenset[int] = frozenset(),
+                 by_region: dict[int, Outputs] | None = None) -> Outputs:
+        """Split a fetched batch by region, run each region's core, merge the outputs
+        (and keep each region's in ``by_region`` when given: its transaction's share).
         ``halo_active``: boundary partitions with ghost readings still to come."""
         # aiokafka's records go in as they are (no copy per message: ``InputRecord``)
         recs = {(tp.topic, tp.partition): msgs for tp, msgs in batch.items()}
@@ -361,6 +457,8 @@ class LiveWorker:
                                           self._waits_for(p, active, halo_active, recs),
                                           now_ms=now_ms, halo=self.halo, region=p)
             self.observers.region_processed(p, core, core_out)
+            if by_region is not None:
+                by_region[p] = o
             out.forecasts += o.forecasts
             out.alerts += o.alerts
             out.dead_letters += o.dead_letters
@@ -396,26 +494,190 @@ class LiveWorker:
 
     # --- delivery and commits -----------------------------------------------------------
 
-    async def _deliver(self, producer: Any, out: Outputs, offsets: dict[TP, int] | None) -> None:
-        """Produce a batch's outputs, then (without checkpoints) commit its input offsets.
-        Runs while the next batch is fetched and processed."""
+    async def _deliver(self, producer: Any, out: Outputs, offsets: dict[TP, int] | None,
+                       by_region: dict[int, Outputs] | None = None) -> None:
+        """Produce a batch's outputs, then (without checkpoints) commit its input offsets;
+        with exactly_once, one transaction per region holds both (``by_region``: each
+        region's outputs). Runs while the next batch is fetched and processed."""
+        if self.exactly_once:
+            try:
+                await self._transact(self._txn_work(by_region or {}))
+            except TransactionFailed as exc:
+                self._fail(exc)
+            return
         await self._produce(producer, out)
         if offsets is not None:
             await self._commit_offsets(offsets)
 
-    async def _checkpoint(self, regions: list[int], out: Outputs) -> None:
-        await self.checkpointer.commit(regions, self.cores,
-                                       produce=lambda: self._produce(self._producer, out),
-                                       commit_offsets=self._commit_offsets)
+    async def _checkpoint(self, regions: list[int], out: Outputs,
+                          by_region: dict[int, Outputs] | None = None) -> None:
+        if self.exactly_once:
+            # the outputs and offsets go in the regions' transactions; the checkpoint's
+            # offsets are then the committed ones, and nothing is committed outside them
+            async def produce() -> None:
+                await self._transact(self._txn_work(by_region or {}))
+
+            async def nothing(_: dict[TP, int]) -> None:
+                return None
+
+            try:
+                await self.checkpointer.commit(regions, self.cores, produce=produce,
+                                               commit_offsets=nothing)
+            except TransactionFailed as exc:
+                self._fail(exc)         # no state written past the committed offsets
+                return
+        else:
+            await self.checkpointer.commit(regions, self.cores,
+                                           produce=lambda: self._produce(self._producer, out),
+                                           commit_offsets=self._commit_offsets)
         self.observers.checkpointed(regions, time.time())
+
+    def _fail(self, exc: TransactionFailed) -> None:
+        """Stop the worker over a failed transaction (``run`` raises it)."""
+        if self.failure is None:
+            log.error("%s: stopping (a restart resumes from the committed offsets)", exc)
+            self.failure = exc
+        self.stop()
+
+    # --- exactly_once: transactions -----------------------------------------------------
+
+    def _txn_work(self, by_region: dict[int, Outputs]
+                  ) -> dict[int, tuple[Outputs, dict[TP, int]]]:
+        """Per region, the outputs and input offsets its next transaction carries: its
+        readings, events and boundary partitions (co-partitioned; an events partition without
+        a region of its number goes with the lowest region), only partitions this worker is
+        assigned and whose offset moved forward. Regions with neither are left out."""
+        if self.failure is not None:
+            return {}
+        k = self.cfg.kafka
+        work: dict[int, tuple[Outputs, dict[TP, int]]] = {
+            r: (o, {}) for r, o in by_region.items()
+            if o.forecasts or o.alerts or o.dead_letters or o.boundary}
+        owned = {TP(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        regions = sorted(self.cores)
+        for tp, off in self.checkpointer.positions.items():
+            # committed offsets only move forward (re-processing below them commits nothing)
+            if (tp not in owned or self._txn_done.get(tp, -1) >= off
+                    or tp.topic not in (k.readings_topic, k.events_topic, k.boundary_topic)):
+                continue
+            region = tp.partition if tp.partition in self.cores else (
+                regions[0] if regions else None)
+            if region is not None:
+                work.setdefault(region, (Outputs(), {}))[1][tp] = off
+        return work
+
+    async def _transact(self, work: dict[int, tuple[Outputs, dict[TP, int]]]) -> None:
+        """One transaction per region (concurrently): its outputs and its input offsets
+        commit together or not at all. Raises ``TransactionFailed`` when one cannot."""
+        if not work:
+            return
+        results = await asyncio.gather(*(self._transact_region(r, out, offs)
+                                         for r, (out, offs) in sorted(work.items())),
+                                       return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+
+    async def _transact_region(self, region: int, out: Outputs, offsets: dict[TP, int]
+                               ) -> None:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaTimeoutError
+
+        k = self.cfg.kafka
+        msgs, placed = self._messages(out)
+
+        async def once() -> None:
+            producer = await self._txn_producer(region)
+            try:
+                async with producer.transaction():      # aborted when anything fails
+                    if any(msgs.values()) or placed:
+                        await kafka_async.produce(producer, msgs, placed)
+                    if offsets:
+                        await producer.send_offsets_to_transaction(
+                            {TopicPartition(*tp): off for tp, off in offsets.items()},
+                            k.group_id)
+            except Exception as exc:
+                retriable = (getattr(exc, "retriable", False)
+                             or isinstance(exc, (KafkaTimeoutError, TimeoutError, OSError)))
+                if retriable and not transactions.fenced(producer):
+                    raise               # the broker is away: the whole transaction again
+                raise TransactionFailed(
+                    f"region {region}: transaction of producer "
+                    f"{transactions.transactional_id(k.group_id, k.readings_topic, region)!r} "
+                    f"failed ({type(exc).__name__}: {exc}); another worker may own the "
+                    "partition now (fenced)") from exc
+
+        await self._retry(f"producing outputs of region {region} (transaction)", once,
+                          fatal=(TransactionFailed,))
+        self._txn_done.update(offsets)
+
+    async def _txn_producer(self, region: int) -> Any:
+        """The region's transactional producer, started (which fences an older one of
+        the same id, and ends its open transaction) on first use."""
+        producer = self._txn.get(region)
+        if producer is None:
+            k = self.cfg.kafka
+            txn_id = transactions.transactional_id(k.group_id, k.readings_topic, region)
+            producer = await self._retry(
+                f"starting the transactional producer {txn_id!r}",
+                lambda: transactions.start_transactional_producer(
+                    k.bootstrap_servers, txn_id, security=k),
+                k.connect_timeout_s)
+            self._txn[region] = producer
+        return producer
+
+    async def _close_txn(self, region: int) -> None:
+        producer = self._txn.pop(region, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception as exc:   # a fenced producer may refuse to close cleanly
+                log.warning("closing the transactional producer of region %d: %s: %s",
+                            region, type(exc).__name__, exc)
+
+    async def assigned_transactions(self, consumer: Any, seek: dict[TP, int | None]) -> None:
+        """exactly_once, on assignment: close the producers of regions handed over, start
+        those of the assigned regions (fencing their previous owners, whose open
+        transactions end), then, where a region resumes from a checkpoint behind the
+        group's committed offset, note that offset: records below it are re-processed
+        without emitting (``split_replay``)."""
+        if not self.exactly_once:
+            return
+        from aiokafka import TopicPartition
+
+        k = self.cfg.kafka
+        for region in list(self._txn):
+            if region not in self.cores:
+                await self._close_txn(region)
+        await asyncio.gather(*(self._txn_producer(tp.partition) for tp in seek
+                               if tp.topic == k.readings_topic))
+        self._replay.clear()
+        self._txn_done.clear()
+        for tp, off in seek.items():
+            committed = await consumer.committed(TopicPartition(*tp))
+            if committed is None:
+                continue
+            self._txn_done[tp] = committed
+            if off is not None and off >= 0 and committed > off:
+                self._replay[tp] = committed
+                log.info("%s-%d: resuming at %d (checkpoint) with outputs committed up to %d: "
+                         "re-processing that range without emitting", tp.topic, tp.partition,
+                         off, committed)
+
+    def _messages(self, out: Outputs) -> tuple[dict[str, list[tuple[bytes | None, bytes]]],
+                                               dict[str, list[tuple[int, bytes | None, bytes]]]
+                                               | None]:
+        k = self.cfg.kafka
+        msgs: dict[str, list[tuple[bytes | None, bytes]]] = {
+            k.forecasts_topic: list(out.forecasts), k.alerts_topic: list(out.alerts),
+            k.dead_letter_topic: out.dead_letters}
+        placed = {k.boundary_topic: out.boundary} if out.boundary else None
+        return msgs, placed
 
     async def _produce(self, producer: Any, out: Outputs) -> None:
         """Send every output and wait for the acks, retrying the whole set (same keys: a
         consumer deduplicates) until the broker takes it."""
-        k = self.cfg.kafka
-        msgs = {k.forecasts_topic: out.forecasts, k.alerts_topic: out.alerts,
-                k.dead_letter_topic: out.dead_letters}
-        placed = {k.boundary_topic: out.boundary} if out.boundary else None
+        msgs, placed = self._messages(out)
         if any(msgs.values()) or placed:
             await self._retry("producing outputs",
                               lambda: kafka_async.produce(producer, msgs, placed))
@@ -470,16 +732,32 @@ class LiveWorker:
         await self._settle()
         if self.checkpointer.enabled:
             await self._checkpoint(gone, Outputs())
-        for p in gone:
-            self.regions.drop(p)
-            log.info("region %d handed over", p)
+        # kept until the assignment says where they went: a region that comes straight back
+        # (the group re-formed, e.g. after a broker restart) continues from its in-memory
+        # state; one that went elsewhere is dropped then (in an eager rebalance nobody reads
+        # a partition between its revocation and the next assignment)
+        self._parked.update(gone)
 
     def on_assigned(self, assigned: list[TP]) -> dict[TP, int | None]:
         """Regions arriving: restored from their checkpoints; returns where each assigned
         partition resumes (an offset; None: the group's committed offset; -1: its start)."""
         k = self.cfg.kafka
         self._generation += 1
+        self._assigning = True                  # until ``assignment_done``
         self._idle_since = None                 # idleness counts again from the new assignment
+        self._expect.clear()                    # resume offsets of the new assignment follow
+        # readings held for the cadence were never processed: fetched again from where each
+        # partition resumes (kept, they would be processed twice)
+        self._held.clear()
+        self._sought.clear()
+        back = {tp.partition for tp in assigned if tp.topic == k.readings_topic}
+        for p in sorted(self._parked):
+            if p in back:
+                log.info("region %d assigned back: continuing from its in-memory state", p)
+            else:
+                self.regions.drop(p)
+                log.info("region %d handed over", p)
+        self._parked.clear()
         for tp in assigned:
             if tp.topic == k.readings_topic:
                 self.regions.get(tp.partition)
@@ -490,6 +768,106 @@ class LiveWorker:
         self._from_beginning = False
         self.regions.restore = True             # later arrivals resume from checkpoints
         return seek
+
+    async def _trim(self, consumer: Any, batch: dict[Any, list[Any]]
+                    ) -> dict[Any, list[Any]]:
+        """A batch fetched before or during a rebalance, once its seeks are done: a
+        partition's records are kept only when they were fetched from where the assignment
+        put it (they start there and moved the consumer just past them); the others are
+        dropped (the seeks moved their partitions back to where their state resumes, so
+        they come again: processed now, they would be applied twice)."""
+        from aiokafka import TopicPartition
+
+        owned = consumer.assignment()
+        kept: dict[Any, list[Any]] = {}
+        for tp, msgs in batch.items():
+            atp = TopicPartition(tp.topic, tp.partition)
+            if (msgs and atp in owned
+                    and self._sought.get(TP(tp.topic, tp.partition)) == msgs[0].offset
+                    and await consumer.position(atp) == msgs[-1].offset + 1):
+                kept[tp] = msgs
+        dropped = sum(len(m) for tp, m in batch.items() if tp not in kept)
+        if dropped:
+            log.info("%d records fetched before a rebalance dropped: their partitions resume "
+                     "from their checkpoints or committed offsets", dropped)
+        return kept
+
+    def sought(self, tp: TP, offset: int) -> None:
+        """The assignment under way put ``tp`` at ``offset`` (for ``_trim``)."""
+        self._sought[tp] = offset
+
+    def assignment_failed(self, exc: Exception) -> None:
+        """The assignment hook failed (e.g. the broker went away while a region's
+        transactional producer started): stop, ``run`` raises it."""
+        log.error("assigning partitions failed: %s: %s; stopping", type(exc).__name__, exc)
+        self.failure = self.failure or exc
+        self.stop()
+
+    def assignment_done(self) -> None:
+        """The assigned partitions were sought to where they resume: a batch fetched in the
+        meantime (from the positions before the seeks, e.g. the group's committed offsets)
+        is dropped like one fetched before the rebalance."""
+        self._generation += 1
+        self._assigning = False
+
+    def out_of_range(self, tp: TP, offset: int, start: int, end: int | None, why: str) -> str:
+        """A position outside its partition ``[start, end]``: logged as an error, counted,
+        and handled by ``kafka.offset_out_of_range``; returns where to go (earliest or
+        latest). With ``fail`` the worker stops and ``run`` raises."""
+        policy = self.cfg.kafka.offset_out_of_range
+        self.stats.offsets_out_of_range += 1
+        self.observers.offset_out_of_range(tp.topic, tp.partition)
+        span = f"offsets {start} to {end}" if end is not None else f"it starts at {start}"
+        msg = (f"{tp.topic}-{tp.partition}: {why} offset {offset} is outside the partition "
+               f"({span}): the topic was recreated, the broker restarted empty or retention "
+               "passed it")
+        if policy == "fail":
+            log.error("%s; kafka.offset_out_of_range = fail: stopping", msg)
+            self.failure = self.failure or OffsetOutOfRange(
+                f"{msg} (kafka.offset_out_of_range = fail; set it to earliest to re-read the "
+                "partition, or latest to skip to its end)")
+            self.stop()
+            return "latest"       # read nothing more of it while stopping
+        where = ("from its start" if policy == "earliest" else "from its end")
+        log.error("%s; reading it %s (kafka.offset_out_of_range = %s; the regions keep their "
+                  "state)", msg, where, policy)
+        return policy
+
+    def expect(self, tp: TP, offset: int, why: str) -> None:
+        """``tp`` resumes at ``offset``: checked against its end on the first fetch answer."""
+        self._expect[tp] = (offset, why)
+
+    async def check_positions(self, consumer: Any, batch: dict[Any, list[Any]] | None = None
+                              ) -> None:
+        """Positions past their partition's end, found once a fetch answered (its end is
+        then known): a resume offset past it, or a broker restarted empty or a topic
+        recreated while the group stayed (a broker may answer such fetches with nothing: the
+        new data below the position would be skipped in silence). Also a resume position the
+        client reset by itself (the broker said out of range: the first records fetched are
+        below it). Each is handled as ``out_of_range``; records of a partition that must not
+        be read from its start are taken out of ``batch``."""
+        for tp in list(consumer.assignment()):
+            hw = consumer.highwater(tp)
+            if hw is None:
+                continue
+            key = TP(tp.topic, tp.partition)
+            expected = self._expect.pop(key, None)
+            got = batch.get(tp) if batch else None
+            if expected is not None and got and got[0].offset < expected[0]:
+                where = self.out_of_range(key, expected[0], got[0].offset, hw, expected[1])
+                if where != "earliest":
+                    batch.pop(tp, None)
+                    await consumer.seek_to_end(tp)
+                continue
+            pos = await consumer.position(tp)
+            if pos > hw:
+                low = (await consumer.beginning_offsets([tp])).get(tp, 0)
+                where = self.out_of_range(key, pos, low, hw, expected[1] if expected
+                                          else "fetch")
+                if where == "earliest":
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
 
     # --- fetching -----------------------------------------------------------------------
 
@@ -553,17 +931,71 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.worker.on_revoked([TP(tp.topic, tp.partition) for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        from aiokafka import TopicPartition
-
         consumer = self.consumer
         async with self.worker.working():
-            seek = self.worker.on_assigned([TP(tp.topic, tp.partition) for tp in assigned])
-            for tp, off in seek.items():
-                if off is None:
-                    continue
-                if off < 0:
-                    await consumer.seek_to_beginning(TopicPartition(*tp))
-                    log.info("%s-%d: from the beginning (--from-beginning)", *tp)
+            try:
+                await self._assign(consumer, assigned)
+            except Exception as exc:
+                # aiokafka would only log it, and the partitions would be read from wherever
+                # they are, whatever the regions' state reflects: the worker stops instead
+                self.worker.assignment_failed(exc)
+            finally:
+                self.worker.assignment_done()
+
+    async def _assign(self, consumer: Any, assigned: Any) -> None:
+        """Regions restored (``on_assigned``), transactional producers started, every
+        assigned partition sought to where it resumes."""
+        from aiokafka import TopicPartition
+
+        seek = self.worker.on_assigned([TP(tp.topic, tp.partition) for tp in assigned])
+        await self.worker.assigned_transactions(consumer, seek)
+        seek = await self._in_range(consumer, seek)
+        for tp, off in seek.items():
+            if off is None:
+                continue
+            if off == -2:
+                await consumer.seek_to_end(TopicPartition(*tp))
+            elif off < 0:
+                await consumer.seek_to_beginning(TopicPartition(*tp))
+                log.info("%s-%d: from the beginning", *tp)
+            else:
+                consumer.seek(TopicPartition(*tp), off)
+                log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)
+            self.worker.sought(tp, await consumer.position(TopicPartition(*tp)))
+
+    async def _in_range(self, consumer: Any, seek: dict[TP, int | None]
+                        ) -> dict[TP, int | None]:
+        """``seek`` with every resume offset (a checkpoint's, the in-memory one, or the
+        group's committed offset) checked against its partition's start; one before it is
+        replaced as ``kafka.offset_out_of_range`` says (-1: the start, -2: the end). The end
+        is checked on the first fetch answer (``LiveWorker.check_positions``): the end a
+        broker lists is not reliable on every broker (Tansu lists its batches).
+        Every partition gets an explicit position (a group without a committed offset reads
+        from the start), so a batch fetched before the seeks can be dropped safely
+        (``LiveWorker.assignment_done``)."""
+        from aiokafka import TopicPartition
+
+        want: dict[TP, tuple[int, str]] = {}
+        out = dict(seek)
+        for tp, off in seek.items():
+            if off is not None and off >= 0:
+                want[tp] = (off, "resume (checkpoint)" if self.worker.checkpointer.enabled
+                            else "resume")
+            elif off is None:
+                meta = await consumer.committed(TopicPartition(*tp))
+                if meta is not None:
+                    want[tp] = (meta, "committed")
                 else:
-                    consumer.seek(TopicPartition(*tp), off)
-                    log.info("resuming %s-%d at offset %d", tp.topic, tp.partition, off)
+                    out[tp] = -1            # nothing committed: from the start
+        if not want:
+            return out
+        starts = await consumer.beginning_offsets([TopicPartition(*tp) for tp in want])
+        for tp, (off, why) in want.items():
+            start = starts[TopicPartition(*tp)]
+            if off < start:
+                where = self.worker.out_of_range(tp, off, start, None, why)
+                out[tp] = -1 if where == "earliest" else -2
+            else:
+                out[tp] = off
+                self.worker.expect(tp, off, why)
+        return out

@@ -10,6 +10,7 @@ Chromium binary can be found.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import math
 import os
 import re
@@ -27,8 +28,9 @@ import numpy as np
 import orjson
 import pytest
 
+from connectors.broker import free_port
 from connectors.kafka_io import ensure_topics
-from connectors.live_page import PAGE, serve_live_page
+from connectors.live_page import PAGE, ViewSecurityError, ViewServer, serve_live_page, serve_metrics
 from replay.publish import publish_recording
 from replay.simulator import DriftSpec, SimConfig, simulate
 from stfm.views import start_views
@@ -251,6 +253,182 @@ def test_sensor_endpoint_unknown_is_404(fed_page):
         assert "unknown sensor" in orjson.loads(body)["error"]
     code, _, _ = _get(base + "api/sensor")
     assert code == 404
+
+
+# --- who the views answer: Host check and bearer token ------------------------------------------
+
+TOKEN_ENV = "STFM_TEST_HTTP_TOKEN"       # the tests' own variable: the caller's env is moot
+TOKEN = "s3cret; token=with,odd chars"   # needs quoting in a cookie
+
+
+def _request(server: ViewServer, path: str, headers: dict[str, str] | None = None,
+             host: str | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """GET ``path`` from ``server`` with ``Host: host`` (None: no Host header at all) and
+    ``headers``; redirects are not followed."""
+    u = urllib.parse.urlparse(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def views(monkeypatch):
+    """``start(host="127.0.0.1", token=None)``: the live page and the metrics server on free
+    ports, with ``token`` in their token variable (unset when None); all closed at the end."""
+    started: list[ViewServer] = []
+
+    def start(host: str = "127.0.0.1", token: str | None = None) -> tuple[ViewServer, ...]:
+        if token is None:
+            monkeypatch.delenv(TOKEN_ENV, raising=False)
+        else:
+            monkeypatch.setenv(TOKEN_ENV, token)
+        from prometheus_client import CollectorRegistry, Counter
+
+        registry = CollectorRegistry()
+        Counter("stfm_test_things", "things", registry=registry).inc(3)
+        started.append(serve_live_page(LiveFeed(), host, token_env=TOKEN_ENV))
+        started.append(serve_metrics(registry, host, token_env=TOKEN_ENV))
+        return started[-2], started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+PAGE_PATHS = ("/", "/index.html", "/api/state", "/api/sensor?id=x", "/nope", "/?token=x")
+
+
+def test_views_answer_only_loopback_and_their_own_host_names(views):
+    page, metrics = views()
+    p_port, m_port = page.server.server_address[1], metrics.server.server_address[1]
+    for server, port, paths in ((page, p_port, PAGE_PATHS), (metrics, m_port, ("/metrics", "/"))):
+        for path in paths:
+            for host in ("evil.example.com", f"evil.example.com:{port}", None, "",
+                         "localhost.evil.example.com", "127.0.0.1.evil.example.com",
+                         f"localhost:{port}x", "[::1", "::1", "10.1.2.3"):
+                code, headers, body = _request(server, path, host=host)
+                assert code == 403, (path, host, code, body)
+                assert headers["Content-Type"].startswith("text/plain")
+                assert b"Forbidden" in body and b"Host" in body
+        for host in ("localhost", f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}",
+                     "[::1]", f"[::1]:{port}", "LocalHost"):
+            code, _, body = _request(server, paths[0] if server is metrics else "/api/state",
+                                     host=host)
+            assert code == 200, (host, body)
+    assert b"stfm_test_things_total 3.0" in _request(metrics, "/metrics", host="localhost")[2]
+    # a browser's own requests (urllib sends Host like one) get the page and its data
+    assert _get(page.url)[0] == _get(page.url + "api/state")[0] == 200
+    assert urllib.request.urlopen(metrics.url, timeout=60).status == 200
+
+
+def test_token_is_required_when_set(views):
+    page, metrics = views(token=TOKEN)
+    host = "127.0.0.1"
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for server, path in ((page, "/api/state"), (page, "/"), (metrics, "/metrics")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Cookie": f"stfm_token={TOKEN}"}):
+            code, h, body = _request(server, path, headers, host=host)
+            assert code == 401, (path, headers, code)
+            assert h["WWW-Authenticate"].startswith("Bearer")
+            assert TOKEN_ENV.encode() in body and TOKEN.encode() not in body
+        code, _, body = _request(server, path, good, host=host)
+        assert code == 200, body
+        assert _request(server, path, {"authorization": f"bearer {TOKEN}"}, host=host)[0] == 200
+        # the Host check holds with the token too: a rebound page cannot have it anyway
+        assert _request(server, path, good, host="evil.example.com")[0] == 403
+    assert _get(page.url + "api/state")[0] == 401
+
+
+def test_page_takes_the_token_once_and_its_fetches_carry_the_cookie(views):
+    page, metrics = views(token=TOKEN)
+    host = f"localhost:{page.server.server_address[1]}"
+    q = urllib.parse.quote(TOKEN, safe="")
+    code, headers, body = _request(page, f"/?sensor=a%20b&token={q}", host=host)
+    assert code == 303, body
+    assert headers["Location"] == "/?sensor=a+b"                  # the token left the URL
+    name, _, value = headers["Set-Cookie"].partition(";")[0].partition("=")
+    assert name == f"stfm_token_{page.server.server_address[1]}"
+    attrs = headers["Set-Cookie"].lower()
+    assert "httponly" in attrs and "samesite=lax" in attrs and "path=/" in attrs
+    cookie = {"Cookie": f"other=1; {name}={value}"}
+    for path in ("/", "/api/state", "/api/sensor?id=x"):
+        code, _, body = _request(page, path, cookie, host=host)
+        assert code in (200, 404) and b"Unauthorized" not in body, (path, code, body)
+    # a wrong token is no login, and only the page logs in (the metrics want the header)
+    assert _request(page, "/?token=wrong", host=host)[0] == 401
+    assert _request(page, "/api/state?token=" + q, host=host)[0] == 401
+    assert _request(metrics, "/metrics?token=" + q, host=host)[0] == 401
+    code, _, body = _request(page, "/api/state", {"Cookie": f"{name}=wrong"}, host=host)
+    assert code == 401 and b"?token=" in body
+
+
+def test_page_with_a_token_works_in_headless_chromium(views, tmp_path: Path):
+    """The page opened once with ``?token=`` gets its data: its fetches carry the cookie."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium binary on PATH (chromium, chromium-browser, google-chrome)")
+    page, _ = views(token=TOKEN)
+    dom = _Dom(_run_chromium(exe, tmp_path / "profile", page.url + "?token="
+                             + urllib.parse.quote(TOKEN, safe=""), "--dump-dom", budget_ms=1500))
+    body = dom.body()
+    assert body.attrs.get("data-ready") == "1", body.attrs       # /api/state answered it
+    assert "No data yet" in dom["empty-state"].text()
+    # another browser profile, no token: the server's refusal, not the page
+    text = _run_chromium(exe, tmp_path / "other", page.url, "--dump-dom", budget_ms=500)
+    assert "Unauthorized" in text and "data-ready" not in text
+
+
+def test_views_beyond_loopback_need_a_token(views, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    for host in ("0.0.0.0", "", "::", "192.0.2.1", "stfm.example.com"):
+        for serve in (lambda h: serve_live_page(LiveFeed(), h, token_env=TOKEN_ENV),
+                      lambda h: serve_metrics(None, h, token_env=TOKEN_ENV)):
+            with pytest.raises(ViewSecurityError, match=TOKEN_ENV):
+                serve(host)
+    # through the configuration: the variable it names is the one asked for
+    monkeypatch.delenv("STFM_HTTP_TOKEN", raising=False)
+    cfg = StreamConfig.from_dict({"observe": {"host": "0.0.0.0", "metrics_port": free_port()}})
+    with pytest.raises(ViewSecurityError, match="STFM_HTTP_TOKEN"):
+        start_views(cfg, ui=True)
+    # with a token every interface is served: loopback names, this host's name, addresses
+    page, metrics = views("0.0.0.0", token=TOKEN)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for server, path in ((page, "/api/state"), (metrics, "/metrics")):
+        for host in ("localhost", "127.0.0.1", "192.0.2.7:8080", "[2001:db8::1]"):
+            assert _request(server, path, good, host=host)[0] == 200, host
+        assert _request(server, path, good, host="evil.example.com")[0] == 403
+
+
+def test_views_from_the_configuration_use_its_names(monkeypatch):
+    monkeypatch.setenv("STFM_OTHER_TOKEN", TOKEN)
+    cfg = StreamConfig.from_dict({"observe": {
+        "metrics_port": free_port(), "http_token_env": "STFM_OTHER_TOKEN",
+        "allowed_hosts": "stfm.example.com, [2001:db8::2]"}})
+    v = start_views(cfg, ui=True)
+    try:
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        for kind, path in (("page", "/api/state"), ("metrics", "/metrics")):
+            server = v.servers[kind]
+            for host in ("stfm.example.com", "STFM.example.com:443", "[2001:db8::2]:80"):
+                assert _request(server, path, good, host=host)[0] == 200, (kind, host)
+            assert _request(server, path, host="stfm.example.com")[0] == 401
+            assert _request(server, path, good, host="other.example.com")[0] == 403
+    finally:
+        v.close()
+    for bad in ({"http_token_env": ""}, {"http_token_env": "A=B"},
+                {"allowed_hosts": "stfm.example.com:8080"}, {"allowed_hosts": "http://x"}):
+        with pytest.raises(ValueError, match="observe."):
+            StreamConfig.from_dict({"observe": bad})
 
 
 # --- the page in headless Chromium against a live worker ------------------------------------------

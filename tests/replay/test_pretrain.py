@@ -179,3 +179,34 @@ def test_torch_threads_come_from_the_config(tmp_path, monkeypatch):
     assert seen[0] == 2
     with pytest.raises(ValueError, match="pretrain.threads"):
         _cfg(threads=-1).validate()
+
+
+def test_a_checkpoint_from_another_network_is_said_with_each_difference(rec, tmp_path,
+                                                                        caplog):
+    """Pretrained on 8 sensors at 5 minutes, served on 4 of them plus a new one at 10
+    minutes: one warning per difference, naming it."""
+    import logging
+
+    from streaming.config import StreamConfig
+    from streaming.pipeline.factory import build_core
+
+    res = pretrain(rec, tmp_path / "pt", _cfg(epochs=1), progress=False)
+    from connectors.recordings import Recording, write_recording
+
+    net = Recording(timestamps=rec.timestamps[0] + 600_000 * np.arange(10),
+                    sensors=[*rec.sensors[:4], "elsewhere"],
+                    values=rec.values[:10, :5], interval_ms=600_000)
+    write_recording(net, tmp_path / "net.npz")
+    cfg = StreamConfig.load(None, {"patching.interval_ms": 600_000,
+                                   "graph": str(tmp_path / "net.npz")})
+    with caplog.at_level(logging.WARNING, logger="streaming.pipeline.factory"):
+        build_core(cfg, res.checkpoint)
+    said = [r.getMessage() for r in caplog.records if "does not match the data" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "trained at a 5 min interval, served at 10 min" in said[0]
+    assert ("trained on 8 sensors, served 5: 1 served sensors it never saw (e.g. 'elsewhere')"
+            ", 4 of its sensors not served") in said[1]
+    with caplog.at_level(logging.WARNING, logger="streaming.pipeline.factory"):
+        caplog.clear()
+        build_core(StreamConfig.load(None, {}), res.checkpoint)
+    assert not [r for r in caplog.records if "does not match" in r.getMessage()]

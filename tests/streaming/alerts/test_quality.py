@@ -99,6 +99,11 @@ def test_a_silent_sensor_gets_one_alert_and_no_drift_alerts_in_the_core() -> Non
     steps_late = (silence["ts"] - began) / (P * rec.interval_ms)
     assert steps_late <= 3, "raised within silence_readings (24 points = 2 steps) + 1"
     assert "silent since" in silence["detail"]["text"] and silence["severity"] == "warning"
+    # an operator's words: times with their zone, durations in time units, a next step
+    text = silence["detail"]["text"]
+    assert " UTC: no reading for 2 h while other sensors report" in text, text
+    assert "check the sensor's power and its link" in text
+    assert "steps" not in text and " UTC, for " in dq[3]["detail"]["text"]
     # nothing else on those sensors while the conditions were open
     for a in res.alerts:
         if a["kind"] in ("drift", "anomaly"):

@@ -122,7 +122,7 @@ def _publish_and_run(broker, unique: str, data: Path, tmp_path: Path, *flags: st
 def test_run_infers_an_hourly_grid_when_none_is_given(broker, unique, hourly, tmp_path):
     data, n = hourly
     run, s, forecasts = _publish_and_run(broker, unique, data, tmp_path)
-    assert "config patching: interval_ms=" in run.stderr           # the effective config
+    assert "config: kafka.bootstrap_servers=" in run.stderr        # the effective config
     assert "inferred from the first readings" in run.stderr        # said at start
     assert "grid interval inferred from the data: 1 h = 3600000 ms" in s["cadence"]
     assert s["worker"]["readings_accepted"] == n                    # held readings: none lost
@@ -147,8 +147,11 @@ def test_backtest_adopts_the_files_interval_and_warns_on_a_far_grid(hourly, tmp_
               "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "grid interval 3600000 ms from" in r.stderr
-    assert "config patching: interval_ms=3600000" in r.stderr
+    assert "config: patching.interval_ms=3600000" in r.stderr
     r = _stfm("replay", "backtest", str(data), "--fresh", "--out", str(tmp_path / "b"),
               "--quiet", "--interval-ms", "300000", "--end-row", "60")
+    assert r.returncode == 2 and "12x finer" in r.stderr and "--force" in r.stderr
+    r = _stfm("replay", "backtest", str(data), "--fresh", "--out", str(tmp_path / "b"),
+              "--quiet", "--interval-ms", "300000", "--end-row", "60", "--force")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "WARNING" in r.stderr and "12x finer" in r.stderr

@@ -253,3 +253,26 @@ def test_cli_bad_checkpoint_is_one_clear_line(tmp_path: Path):
     r = _stfm("run", "--checkpoint", str(ck), "--bootstrap-servers", "127.0.0.1:1")
     assert r.returncode == 2
     assert "format version 0 is not supported" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_alerts_tail_filters_and_says_its_zone(broker, unique):
+    topic = f"alerts-{unique}"
+    ensure_topics(broker.bootstrap_servers, [topic])
+    producer = make_producer(broker.bootstrap_servers)
+    for i, (kind, sev, sensor) in enumerate([("drift", "warning", "s1"),
+                                             ("anomaly", "critical", "s12"),
+                                             ("drift", "info", "s13"),
+                                             ("drift", "critical", "t9")]):
+        producer.send(topic, orjson.dumps({
+            "id": f"{kind}:{sensor}:{i}", "kind": kind, "sensors": [sensor],
+            "ts": 1751371200000, "severity": sev, "detail": {"text": f"alert {i}"}}))
+    producer.flush()
+    producer.close()
+    r = _stfm("alerts", "tail", "--bootstrap-servers", broker.bootstrap_servers, "--topic",
+              topic, "--from-beginning", "--timeout", "3", "--kind", "drift", "--sensor",
+              "s1*", "--severity", "warning", "--timezone", "Europe/Berlin")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and "alert 0" in lines[0], lines
+    assert lines[0].startswith("2025-07-01 14:00 CEST"), lines      # 12:00 UTC in summer
+    assert "4 alert(s), 1 shown (filtered)" in r.stderr
