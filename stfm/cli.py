@@ -684,8 +684,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"stfm run: {worker.nothing_to_read}", file=sys.stderr)
     if args.summary:
         Path(args.summary).write_text(to_json(summary, indent=2))
-    print(to_json(summary))
+    print(to_json(summary) if args.json else run_words(summary, args.summary))
     return 0
+
+
+def run_words(summary: dict[str, Any], path: str | None) -> str:
+    """The few lines a person reads when ``stfm run`` ends (the JSON: ``--summary FILE`` or
+    ``--json``)."""
+    w, m = summary["worker"], summary["metrics"]
+    lines = [f"stfm run: {w['messages']:,} messages read ({w['readings_accepted']:,} readings "
+             f"accepted, {w['dead_letters']:,} dead letters), {w['forecasts']:,} forecasts "
+             f"and {w['alerts']:,} alerts produced by {summary['sensors']:,} sensors in "
+             f"{len(summary['regions'])} region(s), model {summary['model_version']}"]
+    if m.get("points"):
+        lines.append(f"online MAE {_num(m.get('mae'))} over {m['points']:,} scored points")
+    if w.get("offsets_out_of_range"):
+        lines.append(f"{w['offsets_out_of_range']} offset(s) found outside their partition "
+                     "(see the log)")
+    lines.append("summary: " + (path if path else "pass --summary FILE or --json for all of "
+                                "it"))
+    return "\n".join(lines)
 
 
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
@@ -991,6 +1009,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "this many seconds (the last partial step is then closed); a worker "
                         "that has read nothing yet waits for its first input")
     p.add_argument("--summary", help="write a JSON summary here on exit")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON summary on stdout instead of a few lines")
     p.add_argument("--status-every", type=float, default=10.0,
                    help="seconds between status log lines (lag per partition, counts)")
     p.add_argument("--partition-map", metavar="FILE",

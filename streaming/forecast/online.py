@@ -33,6 +33,8 @@ def shape_mismatch(arch: dict[str, Any], patching: PatchingConfig,
     return {k: (arch.get(k), v) for k, v in want.items() if arch.get(k) != v}
 
 
+_SAID_SUPERVISED_ONLY: set[str] = set()   # model classes the note below was logged for
+
 FORWARD_CHUNK = 1024    # sensors per forward pass of a per-sensor model (bounds activations;
 #                         1024 was fastest at 10,000 sensors: 328 ms vs 493 ms in one pass)
 
@@ -74,7 +76,9 @@ class OnlineModel:
         self.last_quantiles: np.ndarray | None = None   # [B, 2, H] offsets below/above
         self.step_ms: int | None = None                 # patch duration (fourier calendar)
         self.can_contrast = isinstance(model, STBackbone)
-        if self.adapt.contrastive_weight > 0 and not self.can_contrast:
+        if (self.adapt.contrastive_weight > 0 and not self.can_contrast
+                and type(model).__name__ not in _SAID_SUPERVISED_ONLY):
+            _SAID_SUPERVISED_ONLY.add(type(model).__name__)     # once, not per copy or region
             log.info("online adaptation: supervised updates only. Contrastive updates "
                      "(adapt.contrastive_weight=%g) need the spatio-temporal backbone's "
                      "projection head (a checkpoint from `stfm replay pretrain`); the %s "

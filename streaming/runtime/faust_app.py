@@ -79,6 +79,7 @@ def run_faust_worker(cfg: StreamConfig, core: StreamCore, *,
     datadir = tempfile.TemporaryDirectory(prefix="stfm-faust-")
     app = build_app(cfg, core, stats, datadir.name)
     worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.spinner = None       # its cursor escapes would land in the command's stdout
     k = cfg.kafka
     assigned = {"ever": False}
     limit = max(k.connect_timeout_s, 4 * k.session_timeout_ms / 1000)

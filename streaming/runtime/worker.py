@@ -431,7 +431,7 @@ class LiveWorker:
                                  f"{format_interval(p.interval_ms)} = {p.interval_ms} ms; the "
                                  f"readings come every {found.describe()}. Pass --interval-ms "
                                  f"to set it")
-            log.warning("%s", self.cadence_note)
+            log.info("%s", self.cadence_note)        # right as inferred: not a warning
             self.regions.rebuild()
         merged: dict[Any, list[Any]] = {}
         for b in self._held:

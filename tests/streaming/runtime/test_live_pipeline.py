@@ -185,6 +185,8 @@ def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str, model:
                 f"g-{unique}", *model_flags, "--engine", engine, "--idle-exit", "1",
                 "--summary", str(summary))
     assert run.returncode == 0, run.stderr[-3000:]
+    # a few lines for a person, no terminal escapes (Faust's spinner) on a non-terminal
+    assert run.stdout.startswith("stfm run: ") and "\x1b" not in run.stdout, run.stdout
     s = json.loads(summary.read_text())
     assert s["worker"]["readings_accepted"] == rec.values.size
     dead = [orjson.loads(v) for _, v, _, _ in read_topic(bs, f"dead-letter-{unique}")]
