@@ -33,7 +33,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-len", type=int, help="grid points per patch (= one step)")
     p.add_argument("--lateness-ms", type=int, help="out-of-order tolerance (ms)")
     p.add_argument("--horizon", type=int, help="grid points forecast per step")
-    p.add_argument("--detector", choices=["page_hinkley", "adwin", "kswin"])
+    p.add_argument("--detector", choices=["bocpd", "page_hinkley", "adwin", "kswin"],
+                   help="change detector (drift.detector; default bocpd)")
     p.add_argument("--lr", type=float, help="online learning rate (0 = frozen model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--graph", help="sensor-graph recording (.npz) or adjacency; fixes sensors")
@@ -840,8 +841,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     fresh=args.fresh, ui_port=args.ui, keep_open=args.keep_open)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """argparse's help plus ``(default: X)`` where a flag has a default worth saying (not
+    None, not an off switch) and its help does not already say one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d is argparse.SUPPRESS or d == [] or d == ""
+                or "default" in text or action.option_strings == []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser (subcommands inherit the class): ``--help`` shows each flag's
+    default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stfm", description="streaming spatio-temporal learning")
+    ap = _Parser(prog="stfm", description="streaming spatio-temporal learning")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 

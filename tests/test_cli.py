@@ -191,3 +191,10 @@ def test_backtest_ends_with_a_few_lines_a_person_reads(tmp_path: Path) -> None:
                                "UTC to 2026-01-01 23:55 UTC"), lines[0]
     assert "served forecast MAE" in lines[1] and "persistence" in lines[1]
     assert (tmp_path / "o" / "report.json").exists() and "report.json" in lines[3]
+
+
+def test_help_says_the_defaults() -> None:
+    r = _stfm("replay", "backtest", "--help")
+    assert r.returncode == 0 and "(default: delayed)" in r.stdout
+    assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout
+    assert "bocpd" in _stfm("run", "--help").stdout           # the default detector choosable
