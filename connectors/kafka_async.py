@@ -67,15 +67,17 @@ async def retry(what: str, op: Callable[[], Awaitable[Any]], *, servers: str,
 
 
 async def start_producer(bootstrap_servers: str, max_batch_size: int = 1024 * 1024, *,
-                         security: SecuritySettings | None = None) -> Any:
+                         security: SecuritySettings | None = None, **settings: Any) -> Any:
     """A started producer; ``max_batch_size`` bounds one record batch (a consumer whose
     fetch limit per partition is below it may stall on a broker without KIP-74);
-    ``security``: its TLS/SASL settings (``connectors.security``; None: plaintext)."""
+    ``security``: its TLS/SASL settings (``connectors.security``; None: plaintext);
+    ``settings``: other producer settings, over the defaults (e.g. a transactional one's)."""
     from aiokafka import AIOKafkaProducer
 
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
-                         max_batch_size=max_batch_size, acks=1, request_timeout_ms=10_000,
-                         **client_kwargs(security, "aiokafka"))
+    p = AIOKafkaProducer(**{"bootstrap_servers": bootstrap_servers, "linger_ms": 5,
+                            "max_batch_size": max_batch_size, "acks": 1,
+                            "request_timeout_ms": 10_000, **client_kwargs(security, "aiokafka"),
+                            **settings})
     try:
         await p.start()
     except BaseException:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from connectors.security import SecuritySettings, client_kwargs
+from connectors.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +101,12 @@ async def start_transactional_producer(bootstrap_servers: str, txn_id: str, *,
     """A started aiokafka producer with ``transactional_id=txn_id`` (idempotent, acks from
     all replicas). Starting it fences an older producer of the same id: that one's open
     transaction is aborted and its later writes are refused."""
-    from aiokafka import AIOKafkaProducer
+    from connectors.kafka_async import start_producer
 
     _install_init_producer_id_v3()
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
-                         max_batch_size=max_batch_size, acks="all", enable_idempotence=True,
-                         transactional_id=txn_id,
-                         transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                         request_timeout_ms=10_000, **client_kwargs(security, "aiokafka"))
-    try:
-        await p.start()
-    except BaseException:
-        await p.stop()
-        raise
-    return p
+    return await start_producer(bootstrap_servers, max_batch_size, security=security,
+                                acks="all", enable_idempotence=True, transactional_id=txn_id,
+                                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
 
 
 def fenced(producer: Any) -> bool:

@@ -159,16 +159,10 @@ def format_table(alerts: list[Alert], limit: int = 50, tz: str = "UTC",
 def plot_timeline(alerts: list[Alert], path: str | Path, max_sensors: int = 40,
                   title: str = "alerts", tz: str = "UTC", sensors: str | None = None) -> Path:
     """``timeline_figure`` written to ``path`` as a PNG."""
-    fig = timeline_figure(alerts, max_sensors=max_sensors, title=title, tz=tz,
-                          sensors=sensors)
-    import matplotlib.pyplot as plt
+    from replay.plots import save_figure
 
-    out = Path(path)
-    try:
-        fig.savefig(out, dpi=110)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(timeline_figure(alerts, max_sensors=max_sensors, title=title, tz=tz,
+                                       sensors=sensors), path)
 
 
 def timeline_figure(alerts: list[Alert], max_sensors: int = 40, title: str = "alerts",

@@ -28,6 +28,7 @@ from replay.plots import (
     date_axis,
     expert_styles,
     legend_outside,
+    save_figure,
     select_sensors,
     to_num,
     unit_of,
@@ -122,18 +123,7 @@ def _alerts_by_kind(alerts: list[dict[str, Any]], lo: int, hi: int,
 def plot_error_over_time(res: BacktestResult, path: str | Path, *, from_row: int = 0,
                          title: str = "backtest", tz: str | None = None) -> Path:
     """``error_figure`` written to ``path`` as a PNG."""
-    return _save(error_figure(res, from_row=from_row, title=title, tz=tz), path)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(path)
-    try:
-        fig.savefig(out, dpi=110)
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(error_figure(res, from_row=from_row, title=title, tz=tz), path)
 
 
 def error_figure(res: BacktestResult, *, from_row: int = 0, title: str = "backtest",
@@ -245,7 +235,7 @@ def plot_forecasts(res: BacktestResult, path: str | Path, *, from_row: int = 0,
                    sensors: str | None = None, n_auto: int = 3, points: int = 720,
                    title: str = "backtest", tz: str | None = None) -> Path:
     """``forecasts_figure`` written to ``path`` as a PNG."""
-    return _save(forecasts_figure(res, from_row=from_row, sensors=sensors, n_auto=n_auto,
+    return save_figure(forecasts_figure(res, from_row=from_row, sensors=sensors, n_auto=n_auto,
                                   points=points, title=title, tz=tz), path)
 
 

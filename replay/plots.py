@@ -13,6 +13,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,3 +198,15 @@ def alert_strip(ax: Any, alerts_ms: dict[str, np.ndarray], start_ms: int,
     if notes:
         ax.text(1.01, 0.5, "\n".join(notes), transform=ax.transAxes, fontsize=7,
                 va="center", ha="left")
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    try:
+        fig.savefig(out, dpi=110)
+    finally:
+        plt.close(fig)
+    return out

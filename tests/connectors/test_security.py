@@ -168,7 +168,8 @@ def test_a_password_once_read_is_masked_in_every_log_record(monkeypatch, caplog)
     k = _kafka(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
                sasl_username="carol")
     kwargs = client_kwargs(k, "kafka-python")
-    with caplog.at_level(logging.DEBUG):
+    # (its own level too: a CLI run in the same process quiets the "kafka" loggers)
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, "kafka.admin.client"):
         logging.getLogger("kafka.admin.client").debug(
             "Starting KafkaAdminClient with configuration: %s", kwargs)
         logging.getLogger("anything").warning(f"inline {PASSWORD} too")
