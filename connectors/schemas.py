@@ -164,7 +164,9 @@ def zone(name: str | None) -> tzinfo:
 def parse_ts(ts: object, tz: tzinfo | None = None) -> int:
     """Epoch milliseconds from an int (epoch-ms) or an ISO-8601 string; a string without a
     UTC offset is a local time of ``tz`` (default UTC; ``patching.timezone``), announced
-    once per process."""
+    once per process. A local time the zone skips (spring forward) is refused; a repeated
+    one (fall back) is read as its first occurrence (a live reading carries no order to
+    tell them apart: producers in local time should send offsets)."""
     if type(ts) is int:
         if not 0 <= ts <= TS_MAX_MS:
             raise ValueError(f"'ts' out of range: {ts}")
@@ -181,6 +183,12 @@ def parse_ts(ts: object, tz: tzinfo | None = None) -> int:
                 log.info("timestamps without a UTC offset (e.g. %r) are read as local times "
                          "of %s (patching.timezone)", ts[:40], zone_)
             dt = dt.replace(tzinfo=zone_)
+            if zone_ is not UTC and dt.utcoffset() != dt.replace(fold=1).utcoffset():
+                back = dt.astimezone(UTC).astimezone(zone_)
+                if back.replace(tzinfo=None) != dt.replace(tzinfo=None):
+                    raise ValueError(f"'ts' {ts[:40]!r} is a local time that does not exist "
+                                     f"in {zone_} (skipped at a daylight-saving switch); "
+                                     "send timestamps with a UTC offset")
         ms = int(round(dt.timestamp() * 1000))
         if not 0 <= ms <= TS_MAX_MS:
             raise ValueError(f"'ts' out of range: {ts!r}")
@@ -402,6 +410,8 @@ class Alert:
     region: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    engine: str | None = None    # the live engine that raised it (aiokafka, faust)
+    worker: str | None = None    # the worker process that raised it (host:pid)
 
     @property
     def channels(self) -> dict[str, str]:
@@ -423,6 +433,10 @@ class Alert:
             out["score"] = self.score
         if self.region is not None:
             out["region"] = self.region
+        if self.engine is not None:
+            out["engine"] = self.engine
+        if self.worker is not None:
+            out["worker"] = self.worker
         out["detail"] = {**self.detail, "text": self.text}
         if self.events:
             out["events"] = list(self.events)
@@ -456,7 +470,12 @@ class Alert:
                    text=str(detail.get("text", "")),
                    score=float(score) if isinstance(score, int | float) else None,
                    region=d.get("region"), events=list(d.get("events") or []),
-                   detail={k: v for k, v in detail.items() if k != "text"})
+                   detail={k: v for k, v in detail.items() if k != "text"},
+                   engine=_opt_str(d.get("engine")), worker=_opt_str(d.get("worker")))
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
 
 
 def encode_alert(alert: Alert) -> bytes:

@@ -92,6 +92,11 @@ class PretrainConfig(BackboneTraining):
                                    # single objective (forecast, masked, contrastive)
     init_checkpoint: str = ""      # start from these weights (fine-tuning) instead of random
     trainable: str = "all"         # "all", or "head": only the forecast head (linear probe)
+    graph_from: str = "given"      # the graph layer's graph: given (the recording's),
+                                   # comovement (each sensor's graph_k most correlated
+                                   # sensors over the training rows) or auto (given, else
+                                   # comovement)
+    graph_k: int = 8               # neighbours per sensor of a comovement graph
 
     def validate(self) -> PretrainConfig:
         bad = self.shape_errors("pretrain")
@@ -112,6 +117,11 @@ class PretrainConfig(BackboneTraining):
         if self.select_on != "total" and not getattr(self, f"w_{self.select_on}"):
             raise ConfigError(f"pretrain.select_on={self.select_on!r} needs "
                               f"pretrain.w_{self.select_on} > 0")
+        if self.graph_from not in ("given", "comovement", "auto"):
+            raise ConfigError(f"pretrain.graph_from must be given, comovement or auto, "
+                              f"not {self.graph_from!r}")
+        if self.graph_k < 1:
+            raise ConfigError("pretrain.graph_k must be >= 1")
         if self.trainable not in ("all", "head"):
             raise ConfigError(f"pretrain.trainable must be 'all' or 'head', "
                               f"not {self.trainable!r}")
@@ -223,6 +233,23 @@ def _total(parts: dict[str, torch.Tensor], cfg: PretrainConfig) -> torch.Tensor:
     return sum(w[k] * v for k, v in parts.items())  # type: ignore[return-value]
 
 
+def with_graph(rec: Recording, cfg: PretrainConfig) -> Recording:
+    """``rec`` with the graph ``pretrain.graph_from`` asks for: a comovement graph
+    (``models.cograph``) computed from the training rows only (no look at validation or test
+    rows), or the recording's own."""
+    given = rec.edge_index is not None and np.asarray(rec.edge_index).shape[-1] > 0
+    if not cfg.graph or cfg.graph_from == "given" or (cfg.graph_from == "auto" and given):
+        return rec
+    from models.cograph import comovement_graph
+
+    train = cfg.train_rows or int(0.8 * rec.n_steps)
+    ei, ew = comovement_graph(rec.values[:train], k=cfg.graph_k)
+    log.info("pretraining on a comovement graph: %d sensors, %d edges (%d most correlated "
+             "neighbours each over the %d training rows)", rec.n_sensors, ei.shape[1],
+             cfg.graph_k, train)
+    return dataclasses.replace(rec, edge_index=ei, edge_weight=ew)
+
+
 def build_model(rec: Recording, cfg: PretrainConfig) -> tuple[STBackbone, dict[str, Any]]:
     """The backbone for ``rec`` and the graph inputs it needs (node ids, Laplacian PE)."""
     interval = rec.interval_ms or int(np.median(np.diff(rec.timestamps)))
@@ -291,6 +318,7 @@ def _train(rec: Recording, out: Path, cfg: PretrainConfig, dist: Any, rank: int,
     data = prepare(rec, cfg)
     if len(data.starts["train"]) == 0 or len(data.starts["val"]) == 0:
         raise ValueError("recording too short for one training and one validation window")
+    rec = with_graph(rec, cfg)
     model, graph = build_model(rec, cfg)
     if cfg.graph and not model.cfg.graph:
         # one truth in the checkpoint: the stored pretraining config says what was trained

@@ -215,7 +215,7 @@ def simulate(cfg: SimConfig) -> tuple[Recording, list[DriftTruth]]:
     half of the recording (the first half is always drift-free).
     """
     if cfg.n_sensors < 1:
-        raise ValueError("--sensors must be >= 1")
+        raise ValueError("--n-sensors must be >= 1")
     if cfg.interval_ms <= 0:
         raise ValueError("--interval-ms must be > 0")
     n = int(cfg.n_sensors)

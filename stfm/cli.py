@@ -23,10 +23,20 @@ def to_json(obj: Any, indent: int | None = None) -> str:
     return strict(obj, indent)
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+SERVERS_HELP = "Kafka bootstrap servers (host:port,...)"
+
+
+def _add_config_flags(p: argparse.ArgumentParser, kafka: bool = False) -> None:
+    """The configuration's flags; ``kafka``: also the ones that say where and how the command
+    talks to Kafka (a command without Kafka still reads ``[kafka]`` from ``--config`` and
+    ``--set kafka.KEY=VALUE``)."""
     p.add_argument("--config", help="TOML configuration file (flags override it)")
-    p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
-    p.add_argument("--group-id", help="consumer group of the workers")
+    if kafka:
+        p.add_argument("--bootstrap-servers",
+                       help="Kafka bootstrap servers (host:port,...; kafka.bootstrap_servers)")
+        p.add_argument("--group-id", help="consumer group of the workers (kafka.group_id)")
+        p.add_argument("--topic", help="readings topic to read (kafka.readings_topic)")
+        p.add_argument("--events-topic", help="events topic to read (kafka.events_topic)")
     p.add_argument("--interval-ms", type=int,
                    help="sampling grid interval (ms); also the interval of a file without "
                         "timestamps (default: the data's own, inferred)")
@@ -36,7 +46,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", choices=["bocpd", "page_hinkley", "adwin", "kswin"],
                    help="change detector (drift.detector; default bocpd)")
     p.add_argument("--lr", type=float, help="online learning rate (0 = frozen model)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int,
+                   help="seed of the model's initialization and sampling (model.seed)")
     p.add_argument("--graph", help="sensor-graph recording (.npz) or adjacency; fixes sensors")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                    help="override any configuration key, e.g. --set adapt.params=heads+norms")
@@ -107,6 +118,8 @@ def load_config(args: argparse.Namespace) -> Any:
     overrides = {
         "kafka.bootstrap_servers": getattr(args, "bootstrap_servers", None),
         "kafka.group_id": getattr(args, "group_id", None),
+        "kafka.readings_topic": getattr(args, "topic", None),
+        "kafka.events_topic": getattr(args, "events_topic", None),
         "patching.interval_ms": getattr(args, "interval_ms", None),
         "patching.patch_len": getattr(args, "patch_len", None),
         "patching.lateness_ms": getattr(args, "lateness_ms", None),
@@ -202,7 +215,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               "`--out net.npz`", file=sys.stderr)
         return 2
     args.out = args.out or args.out_flag
-    cfg = SimConfig(n_sensors=args.sensors, n_days=args.days, interval_ms=args.interval_ms,
+    cfg = SimConfig(n_sensors=args.n_sensors, n_days=args.days, interval_ms=args.interval_ms,
                     seed=args.seed)
     rec, truths = simulate(cfg)
     truth_path = write_simulation(rec, truths, args.out)
@@ -318,10 +331,12 @@ def read_note(rec: Any) -> str:
     return f"; read: {', '.join(said)}" if said else ""
 
 
-def _add_range_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default=TOPICS.readings)
-    p.add_argument("--events-topic", default=None)
+def _add_range_flags(p: argparse.ArgumentParser, events: bool = True) -> None:
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help=SERVERS_HELP)
+    p.add_argument("--topic", default=TOPICS.readings, help="readings topic to read")
+    if events:
+        p.add_argument("--events-topic", default=None,
+                       help="events topic to read too (default: none)")
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
     p.add_argument("--from-ts", help="first reading time, by the readings' own ts "
@@ -720,7 +735,8 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
     install_committed_filter(consumer)      # alerts of aborted transactions left out
     keep = alert_filter(args)
     tz = args.timezone or "UTC"
-    n = bad = shown = 0
+    n = bad = shown = copies = 0
+    seen = SeenIds()
     try:
         for msg in CommittedFilter().feed(consumer):
             n += 1
@@ -732,9 +748,15 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
             else:
                 if not keep(a):
                     continue
+                if seen.again(a.id) and not args.all:
+                    copies += 1             # the same alert from another worker or engine
+                    continue
                 shown += 1
+                source = f"  [{a.engine or '?'} {a.worker or '?'}]" if a.engine or a.worker \
+                    else ""
                 print(f"{format_minute(a.ts, tz)} {_zone_label(a.ts, tz)}  {a.kind:<12} "
-                      f"{a.severity:<8} {','.join(a.sensors):<20} {a.text}", flush=True)
+                      f"{a.severity:<8} {','.join(a.sensors):<20} {a.text}{source}",
+                      flush=True)
             if args.max and shown + bad >= args.max:       # lines printed
                 break
     except KeyboardInterrupt:
@@ -743,13 +765,33 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
         consumer.close()
     # said on stderr, so that stdout stays one line per alert
     print(f"stfm alerts tail: read {n} message(s) from {args.topic}: {n - bad} alert(s)"
-          + (f", {shown} shown (filtered)" if shown != n - bad else "")
+          + (f", {shown} shown (filtered)" if shown != n - bad - copies else "")
+          + (f", {copies} repeated copies left out (--all prints them)" if copies else "")
           + (f", {bad} unreadable" if bad else "") + ("" if n - bad else " (no alerts)"),
           file=sys.stderr)
     return 0
 
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+class SeenIds:
+    """The alert ids printed lately (the newest ``size``): an alert that two workers or
+    engines wrote to one topic has the same id (kind, sensor, step), so ``alerts tail``
+    prints it once."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._ids: dict[str, None] = {}
+
+    def again(self, alert_id: str) -> bool:
+        """Whether ``alert_id`` was seen before (and remember it)."""
+        if alert_id in self._ids:
+            return True
+        self._ids[alert_id] = None
+        if len(self._ids) > self.size:
+            del self._ids[next(iter(self._ids))]
+        return False
 
 
 def alert_filter(args: argparse.Namespace) -> Any:
@@ -837,8 +879,92 @@ def cmd_alerts_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stfm.demo import run_demo
 
-    return run_demo(Path(args.out), sensors=args.sensors, days=args.days, seed=args.seed,
+    return run_demo(Path(args.out), n_sensors=args.n_sensors, days=args.days, seed=args.seed,
                     fresh=args.fresh, ui_port=args.ui, keep_open=args.keep_open)
+
+
+# `replay pretrain`'s training flags: each sets the key of its name in [pretrain] (one
+# recording) or [foundation] (a corpus). Their help is the comment beside the key's field in
+# the dataclass (read as streaming.config_reference reads the online keys for the README);
+# the text here is for the fields without one
+TRAINING_FLAGS: dict[str, tuple[type, str]] = {
+    "epochs": (int, "passes over the training split"),
+    "batch_size": (int, ""),
+    "lr": (float, "AdamW learning rate (a corpus: the peak of its cosine schedule)"),
+    "d_model": (int, ""),
+    "n_layers": (int, ""),
+    "n_heads": (int, ""),
+    "patch_len": (int, "grid points per patch (one token)"),
+    "context_patches": (int, ""),
+    "horizon": (int, ""),
+    "train_rows": (int, ""),
+    "val_rows": (int, ""),
+    "test_rows": (int, ""),
+    "stride": (int, ""),
+    "patience": (int, "epochs without a better validation loss before stopping early"),
+    "seed": (int, "seed of the initialization, window order and masks (same seed, same "
+                  "model)"),
+    "w_forecast": (float, "weight of the forecasting objective"),
+    "w_masked": (float, "weight of masked patch modeling"),
+    "w_contrastive": (float, "weight of the contrastive objective (InfoNCE between augmented "
+                             "views)"),
+    "mask_ratio": (float, "share of the patches hidden for masked patch modeling"),
+    "device": (str, "torch device: auto (a GPU when there is one, else the CPU), cpu, cuda, "
+                    "cuda:1, ..."),
+    "init_checkpoint": (str, ""),
+    "trainable": (str, ""),
+    "select_on": (str, ""),
+    "max_steps": (int, ""),
+    "max_minutes": (float, ""),
+    "threads": (int, ""),
+    "graph_from": (str, ""),
+    "graph_k": (int, ""),
+}
+
+
+class _TrainingHelp(str):
+    """The help of a training flag: says its key; ``--help`` prints :meth:`text` instead, the
+    key's meaning and default in each table that has it (which imports the training code,
+    torch included: only when help is printed, not on every start)."""
+
+    key: str
+
+    def __new__(cls, key: str) -> _TrainingHelp:
+        self = super().__new__(cls, TRAINING_FLAGS[key][1]
+                               or f"the training key {key} ([pretrain]/[foundation])")
+        self.key = key
+        return self
+
+    def text(self) -> str:
+        import dataclasses
+
+        from replay.foundation import FoundationConfig
+        from replay.pretrain import PretrainConfig
+        from streaming.config_reference import _field_comments, _show
+
+        said = [(f"{cls.SECTION}.{self.key} = {_show(f.default)}",
+                 _field_comments(cls).get(self.key) or TRAINING_FLAGS[self.key][1])
+                for cls in (PretrainConfig, FoundationConfig)
+                for f in dataclasses.fields(cls) if f.name == self.key]
+        if len({meaning for _, meaning in said}) == 1:
+            text = f"{said[0][1]} [{', '.join(key for key, _ in said)}]"
+        else:
+            text = "; ".join(f"{key}: {meaning}" for key, meaning in said)
+        return text.replace("%", "%%")
+
+
+class _Renamed(argparse.Action):
+    """A flag's former name, hidden from ``--help``: still works, and says the new one."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"stfm: {option_string} is now {self.new} (the old name still works for now)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -848,7 +974,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         d = action.default
-        if (d is None or d is False or d is argparse.SUPPRESS or d == [] or d == ""
+        if (d is None or isinstance(d, bool) or d is argparse.SUPPRESS or d == [] or d == ""
                 or "default" in text or action.option_strings == []):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
@@ -856,21 +982,30 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """Every command's parser (subcommands inherit the class): ``--help`` shows each flag's
-    default."""
+    default, and the training flags' meanings (:class:`_TrainingHelp`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
+    def format_help(self) -> str:
+        for action in self._actions:
+            if isinstance(action.help, _TrainingHelp):
+                action.help = action.help.text()
+        return super().format_help()
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="stfm", description="streaming spatio-temporal learning")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="debug logging, and every configuration key at start (not only the "
+                         "ones that differ from the defaults)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092,
+                   help="port to listen on (0 = a free one; the address is printed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--partitions", type=int, default=1,
                    help="create the worker's five topics with this many partitions at start "
                         "(0 = create none; a topic a producer auto-creates gets 4)")
@@ -883,19 +1018,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", nargs="?", help="output file (.npz, .csv or .h5)")
     p.add_argument("--out", dest="out_flag", metavar="FILE",
                    help="the output file, as a flag (like `stfm replay record --out`)")
-    p.add_argument("--sensors", type=int, default=30)
-    p.add_argument("--days", type=float, default=14.0)
-    p.add_argument("--interval-ms", type=int, default=300_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sensors", type=int, default=30, metavar="N",
+                   help="sensors in the simulated network")
+    p.add_argument("--sensors", type=int, dest="n_sensors", action=_Renamed, new="--n-sensors")
+    p.add_argument("--days", type=float, default=14.0, help="length of the recording in days")
+    p.add_argument("--interval-ms", type=int, default=300_000,
+                   help="sampling interval of the recording (ms)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the network, its readings and drifts (same seed, same file)")
     p.set_defaults(func=cmd_simulate)
 
     rp = sub.add_parser("replay", help="recorded data: publish, record, pretrain, backtest"
                         ).add_subparsers(dest="replay_command", required=True)
     p = rp.add_parser("publish", help="publish a recording to Kafka in timestamp order")
-    p.add_argument("file")
-    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default=TOPICS.readings)
-    p.add_argument("--events-topic", default=TOPICS.events)
+    p.add_argument("file", help="recording file (.npz, .csv or .h5)")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help=SERVERS_HELP)
+    p.add_argument("--topic", default=TOPICS.readings, help="readings topic to write")
+    p.add_argument("--events-topic", default=TOPICS.events,
+                   help="events topic to write (the recording's events)")
     p.add_argument("--speed", type=float, default=0.0,
                    help="replay factor (1 = real time); 0 = as fast as possible")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
@@ -911,7 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send each reading to its sensor's partition from this map (`stfm "
                         "partition`) instead of by key hash")
     _add_security_flags(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay_publish)
 
     p = sub.add_parser("partition", help="sensor -> partition (region) map that keeps graph "
@@ -921,7 +1061,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensors-from", metavar="FILE",
                    help="for a graph CSV: the sensor ids, from a recording or a text file of "
                         "ids in the adjacency's order")
-    p.add_argument("--partitions", type=int, required=True)
+    p.add_argument("--partitions", type=int, required=True,
+                   help="partitions (regions) to split the sensors into")
     p.add_argument("--out", required=True, help="partition map JSON")
     p.add_argument("--seed", type=int, default=0, help="METIS seed (same input, same map)")
     p.set_defaults(func=cmd_partition)
@@ -930,11 +1071,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.npz, .csv or .h5)")
     _add_range_flags(p)
     _add_security_flags(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay_record)
 
     p = rp.add_parser("pretrain", help="pretrain the backbone on recordings, topic ranges, "
-                                       "the shared data corpus and synthetic series")
+                                       "the shared data corpus and synthetic series",
+                      description="The training flags (--epochs ... --threads) set the key of "
+                                  "their name in [pretrain] (one recording) or [foundation] "
+                                  "(a corpus: several recordings, --corpus, --synthetic or "
+                                  "--inductive); each says the tables that have it and their "
+                                  "defaults.")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="recording files (or give --topic and a range); more than one, or "
                         "--corpus/--synthetic/--inductive, pretrains the inductive backbone "
@@ -948,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add synthetic series and simulated networks")
     p.add_argument("--inductive", action="store_true",
                    help="one recording, but the inductive backbone (no per-sensor weights)")
-    _add_range_flags(p)
+    _add_range_flags(p, events=False)
     p.add_argument("--out", required=True, help="output directory (best/ and last/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--start", help="start time for files without timestamps (ISO-8601)")
@@ -965,17 +1111,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any pretrain key, e.g. --set pretrain.mask_ratio=0.4; "
                         "kafka.* keys: the security of the topic reader (--set "
                         "kafka.security_protocol=SSL)")
-    for name, typ in (("epochs", int), ("batch_size", int), ("lr", float), ("d_model", int),
-                      ("n_layers", int), ("n_heads", int), ("patch_len", int),
-                      ("context_patches", int), ("horizon", int), ("train_rows", int),
-                      ("val_rows", int), ("test_rows", int), ("stride", int),
-                      ("patience", int), ("seed", int), ("w_forecast", float),
-                      ("w_masked", float), ("w_contrastive", float),
-                      ("mask_ratio", float), ("device", str), ("init_checkpoint", str),
-                      ("trainable", str), ("select_on", str), ("max_steps", int),
-                      ("max_minutes", float), ("threads", int)):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
-    p.add_argument("--quiet", action="store_true")
+    for name, (typ, _) in TRAINING_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ,
+                       help=_TrainingHelp(name))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_replay_pretrain)
 
     p = rp.add_parser("backtest", help="run the online core over a recording (no Kafka) "
@@ -991,8 +1130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", choices=["delayed", "immediate"], default="delayed",
                    help="delayed: learn when the stream delivers the truth (live behaviour); "
                         "immediate: the FSNet/OneNet protocol, for comparisons only")
-    p.add_argument("--start-row", type=int, default=0)
-    p.add_argument("--end-row", type=int, default=None)
+    p.add_argument("--start-row", type=int, default=0,
+                   help="first row of the recording that is run")
+    p.add_argument("--end-row", type=int, default=None,
+                   help="row to stop at, exclusive (default: the end of the recording)")
     p.add_argument("--holdout", type=float, default=0.0,
                    help="hide this share of the readings from the model and score how it "
                         "fills them (imputation error in the report)")
@@ -1013,11 +1154,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a few lines")
     _add_reading_flags(p)
     _add_config_flags(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay_backtest)
 
     p = sub.add_parser("run", help="run the live worker")
-    _add_config_flags(p)
+    _add_config_flags(p, kafka=True)
     p.add_argument("--timezone", help="IANA zone of reading timestamps written without a UTC "
                                       "offset (patching.timezone; default UTC)")
     g = p.add_mutually_exclusive_group()
@@ -1026,7 +1167,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fresh", action="store_true",
                    help="start from a randomly initialized model instead of the default "
                         "pretrained one")
-    p.add_argument("--engine", choices=["aiokafka", "faust"], default="aiokafka")
+    p.add_argument("--engine", choices=["aiokafka", "faust"], default="aiokafka",
+                   help="aiokafka: the worker with regions, checkpoints, exactly-once and the "
+                        "live page; faust: a Faust agent (README: what the Faust engine does "
+                        "not guarantee)")
     p.add_argument("--idle-exit", type=float, default=None,
                    help="stop once the input was read to its end and nothing new came for "
                         "this many seconds (the last partial step is then closed); a worker "
@@ -1053,7 +1197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tp.add_parser("create", help="create the topics with a partition layout; one "
                                      "readings partition = one region with its own model")
     p.add_argument("topics", nargs="*", help="topic names (default: the five the worker uses)")
-    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=1,
+                   help="partitions of each topic created (readings: one region each)")
     p.add_argument("--config", help="TOML configuration file (its [kafka] topic names)")
     p.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
     _add_security_flags(p, config=False)
@@ -1068,9 +1213,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap_alerts = sub.add_parser("alerts", help="alerts: tail, report").add_subparsers(
         dest="alerts_command", required=True)
     p = ap_alerts.add_parser("tail", help="print alerts as they arrive")
-    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default=TOPICS.alerts)
-    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help=SERVERS_HELP)
+    p.add_argument("--topic", default=TOPICS.alerts, help="alerts topic to read")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="print the topic's alerts from its start (default: only new ones)")
     p.add_argument("--max", type=int, default=0,
                    help="stop after printing this many alerts (0 = never)")
     p.add_argument("--timeout", type=float, default=0.0,
@@ -1083,19 +1229,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only alerts of this severity or worse")
     p.add_argument("--timezone", help="IANA zone the times are printed in (default UTC; "
                                       "each time says its zone)")
+    p.add_argument("--all", action="store_true",
+                   help="print every copy of an alert that several workers or engines wrote "
+                        "(default: once, by its id)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_alerts_tail)
     p = ap_alerts.add_parser("report", help="table + PNG timeline of an alerts file or topic "
                                             "range")
     p.add_argument("file", nargs="?", help="alerts JSON-lines file (else: read the topic)")
-    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
-    p.add_argument("--topic", default=TOPICS.alerts)
+    p.add_argument("--bootstrap-servers", default="127.0.0.1:9092",
+                   help=f"{SERVERS_HELP}, without a file")
+    p.add_argument("--topic", default=TOPICS.alerts, help="alerts topic to read, without a file")
     p.add_argument("--from-offset", type=int, help="first offset (every partition)")
     p.add_argument("--to-offset", type=int, help="end offset, exclusive (every partition)")
     p.add_argument("--from-ts", help="first alert time, by the alerts' own ts (ISO-8601 "
                                      "or epoch ms)")
     p.add_argument("--to-ts", help="end alert time, exclusive (ISO-8601 or epoch ms)")
-    p.add_argument("--out", default="alerts-report")
+    p.add_argument("--out", default="alerts-report",
+                   help="report directory (alerts.csv, summary.json, timeline.png)")
     p.add_argument("--limit", type=int, default=50, help="rows of the printed table")
     p.add_argument("--sensors", metavar="IDS",
                    help="rows of timeline.png: comma-separated sensor ids or globs (default: "
@@ -1106,10 +1257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_alerts_report)
 
     p = sub.add_parser("demo", help="broker + simulated network + live worker, end to end")
-    p.add_argument("--out", default="demo-output")
-    p.add_argument("--sensors", type=int, default=30)
-    p.add_argument("--days", type=float, default=14.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="demo-output",
+                   help="output directory (the simulated network, summary, demo.png)")
+    p.add_argument("--n-sensors", type=int, default=30, metavar="N",
+                   help="sensors in the simulated network")
+    p.add_argument("--sensors", type=int, dest="n_sensors", action=_Renamed, new="--n-sensors")
+    p.add_argument("--days", type=float, default=14.0, help="days simulated")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     p.add_argument("--fresh", action="store_true",
                    help="serve a randomly initialized model instead of the default pretrained "
                         "checkpoint")

@@ -24,11 +24,11 @@ from streaming.pipeline.factory import build_model, resolve_checkpoint
 from streaming.runtime.worker import LiveWorker
 
 
-def run_demo(out_dir: Path, *, sensors: int = 30, days: float = 14.0, seed: int = 0,
+def run_demo(out_dir: Path, *, n_sensors: int = 30, days: float = 14.0, seed: int = 0,
              fresh: bool = False, ui_port: int = 0, keep_open: bool = False) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    rec, truths = simulate(SimConfig(n_sensors=sensors, n_days=days, seed=seed))
+    rec, truths = simulate(SimConfig(n_sensors=n_sensors, n_days=days, seed=seed))
     data_path = out_dir / "network.npz"
     write_simulation(rec, truths, data_path)
     print(f"[demo] simulated {rec.n_sensors} sensors x {rec.n_steps} steps "

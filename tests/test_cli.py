@@ -42,6 +42,43 @@ def test_the_same_things_have_the_same_flags_everywhere() -> None:
         assert "--out" in _flags(*cmd), cmd
     assert "--rec-interval-ms" not in _flags("replay", "backtest")
     assert {"--interval-ms", "--timezone", "--ui", "--metrics-port"} <= _flags("run")
+    # Kafka's flags only where the command talks to Kafka
+    assert not {"--bootstrap-servers", "--group-id"} & _flags("replay", "backtest")
+    assert "--events-topic" not in _flags("replay", "pretrain")      # it reads no events
+    assert {"--group-id", "--topic", "--events-topic"} <= _flags("run")
+    # a count of sensors is --n-sensors; --sensors is a selection of ids
+    for cmd in [("simulate",), ("demo",)]:
+        assert "--n-sensors" in _flags(*cmd), cmd
+    for cmd in [("replay", "backtest"), ("alerts", "report")]:
+        assert "--sensors" in _flags(*cmd) and "--n-sensors" not in _flags(*cmd), cmd
+
+
+def test_sensors_as_a_count_still_works_but_is_hidden(capsys) -> None:
+    for argv in (["simulate", "x.npz"], ["demo"]):
+        assert build_parser().parse_args([*argv, "--n-sensors", "3"]).n_sensors == 3
+        assert build_parser().parse_args(argv).n_sensors == 30
+        assert build_parser().parse_args([*argv, "--sensors", "4"]).n_sensors == 4
+        assert "--sensors is now --n-sensors" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert "--n-sensors N" in out and "--sensors" not in out.replace("--n-sensors", "")
+
+
+def test_run_reads_the_topics_its_flags_name() -> None:
+    from stfm.cli import load_config
+
+    args = build_parser().parse_args(["run", "--topic", "my-readings", "--events-topic",
+                                      "my-events", "--bootstrap-servers", "h:1"])
+    k = load_config(args).kafka
+    assert (k.readings_topic, k.events_topic, k.bootstrap_servers) == ("my-readings",
+                                                                       "my-events", "h:1")
+    k = load_config(build_parser().parse_args(["run"])).kafka
+    assert (k.readings_topic, k.events_topic) == ("readings", "events")
+    # a command without Kafka flags still takes the [kafka] keys from --set (and --config)
+    args = build_parser().parse_args(["replay", "backtest", "f.npz", "--out", "o", "--set",
+                                      "kafka.bootstrap_servers=h:2"])
+    assert load_config(args).kafka.bootstrap_servers == "h:2"
 
 
 @pytest.fixture
@@ -87,7 +124,7 @@ def test_backtest_reads_a_messy_file_and_says_what_it_resolved(tmp_path: Path) -
 
 
 def test_simulate_takes_the_output_as_a_flag_too(tmp_path: Path) -> None:
-    r = _stfm("simulate", "--out", str(tmp_path / "n.npz"), "--sensors", "2", "--days", "0.2")
+    r = _stfm("simulate", "--out", str(tmp_path / "n.npz"), "--n-sensors", "2", "--days", "0.2")
     assert r.returncode == 0 and (tmp_path / "n.npz").exists(), r.stderr
     r = _stfm("simulate", str(tmp_path / "a.npz"), "--out", str(tmp_path / "b.npz"))
     assert r.returncode == 2 and "give the output file once" in r.stderr

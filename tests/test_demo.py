@@ -13,7 +13,7 @@ pytestmark = pytest.mark.broker
 
 
 def test_demo_runs_on_the_packaged_checkpoint(tmp_path: Path, capsys) -> None:
-    assert run_demo(tmp_path, sensors=6, days=2.0, seed=1) == 0
+    assert run_demo(tmp_path, n_sensors=6, days=2.0, seed=1) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model_version"].startswith("stfm-tiny+")
     assert summary["forecasts"] > 0 and summary["readings_accepted"] > 0

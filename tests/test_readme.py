@@ -1,9 +1,10 @@
 """The README's command lines run as written (issue 11): the block under "## Command line".
 
 Each line runs in a temporary directory with this checkout's ``stfm`` on the PATH, a free
-port instead of 9092 and ``../shared`` made absolute; a line ending in ``&`` (the broker) runs
-in the background until the end. The Los-loop line is skipped when ``../shared/data`` is
-absent (said in the test's output).
+port instead of 9092 and the data folder made absolute (``${STFM_DATA:-../shared/data}``: as
+the shell reads it, ``../shared/data`` beside this clone unless ``STFM_DATA`` is set); a line
+ending in ``&`` (the broker) runs in the background until the end. The Los-loop line is
+skipped when the data folder is absent (said in the test's output).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA_VAR = re.compile(r"\$\{STFM_DATA:-([^}]+)\}")
 
 pytestmark = pytest.mark.broker
 
@@ -37,6 +38,16 @@ def readme_commands() -> list[str]:
         if line and not line.startswith("#"):
             lines.append(line)
     return lines
+
+
+def test_readme_data_paths_say_how_to_point_elsewhere() -> None:
+    """A command line that reads the shared data names it through ``STFM_DATA`` (a bare
+    ``../shared/data`` only works with ``shared/`` beside the clone), and the README says so."""
+    for line in readme_commands():
+        assert "../shared" not in DATA_VAR.sub("", line), line
+    assert any(DATA_VAR.search(line) for line in readme_commands())
+    text = (ROOT / "README.md").read_text()
+    assert "set `STFM_DATA=/path/to/data`" in text
 
 
 def _broker_port(proc: subprocess.Popen, out: Path, wait_for: Callable[..., None]) -> int:
@@ -58,10 +69,13 @@ def test_readme_command_lines_run(tmp_path: Path, wait_for) -> None:
     port = None
     try:
         for line in lines:
-            line = line.replace("../shared", str(SHARED))
-            if str(SHARED) in line and not SHARED.is_dir():
-                skipped.append(line)
-                continue
+            m = DATA_VAR.search(line)
+            if m:
+                data = Path(os.environ.get("STFM_DATA") or ROOT / m.group(1)).resolve()
+                if not data.is_dir():
+                    skipped.append(line)
+                    continue
+                line = line.replace(m.group(0), str(data))
             if line.endswith("&"):
                 out = tmp_path / "broker.out"
                 with open(out, "wb") as fh:
@@ -82,7 +96,7 @@ def test_readme_command_lines_run(tmp_path: Path, wait_for) -> None:
         for p in background:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(60)
-    print(f"ran {len(ran)} README lines; skipped (no ../shared/data): {skipped}")
+    print(f"ran {len(ran)} README lines; skipped (no data folder): {skipped}")
     for line, secs, _ in ran:
         print(f"{secs:6.1f}s  {line[:110]}")
     runs = [r for line, _, r in ran if line.startswith("stfm run") and "--checkpoint" not in line]

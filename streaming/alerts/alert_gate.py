@@ -49,7 +49,7 @@ class GateRule:
     merge_hops: int = 0           # firing graph neighbours join one regional alert
     common_mode_min: int = 0      # this many sensors firing at once: one alert (0: off)
     warmup_steps: int = 0         # scored steps per sensor before it may fire
-    score_in_text: bool = False   # the text starts "<kind> score x >= threshold on s"
+    names_sensors: bool = False   # the text starts "unusual readings on s (and n others)"
 
 
 def rules(cfg: StreamConfig) -> dict[str, GateRule]:
@@ -59,7 +59,7 @@ def rules(cfg: StreamConfig) -> dict[str, GateRule]:
         "anomaly": GateRule(threshold=a.anomaly_threshold, clear=a.anomaly_clear,
                             critical=a.anomaly_critical, min_gap_steps=a.anomaly_cooldown_steps,
                             merge_hops=a.merge_hops, common_mode_min=a.common_mode_min,
-                            score_in_text=True),
+                            names_sensors=True),
         # a drift alert blocks its sensor for the next drift_cooldown_steps steps; sensors
         # changing in the same step merge like anomalies (graph neighbours, common mode)
         "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1, merge_hops=a.merge_hops,
@@ -213,11 +213,12 @@ class AlertGate:
                top: str, firing: dict[str, float], evidence: dict[str, Evidence]) -> Alert:
         ev = evidence[top]
         score = firing[top]
-        if rule.score_in_text:
-            text = f"{kind} score {score:.3f} >= {rule.threshold:g} on {top}"
+        if rule.names_sensors:
+            # the score and threshold are the detector's business: ``score`` and ``detail``
+            text = f"unusual readings on {top}"
             if len(group) > 1:
                 common = bool(rule.common_mode_min) and len(group) >= rule.common_mode_min
-                linked = "sensor(s) at the same time" if common else "graph neighbour(s)"
+                linked = "other sensor(s) at the same time" if common else "graph neighbour(s)"
                 text += f" and {len(group) - 1} {linked}"
             if ev.text:
                 text += f": {ev.text}"

@@ -273,11 +273,12 @@ class AnomalyScorer:
             if i < len(self.embedding.mean):
                 d["embedding_long_mean"] = round(float(self.embedding.mean[i]), 4)
         if which == "residual":
-            return (f"nowcast |residual|/std {residual[i]:.2f} vs normal "
-                    f"{self.residual.mean[i]:.2f}", d)
+            return (f"its readings are off the model's expectation by {residual[i]:.2f} of "
+                    f"its usual spread (normally {self.residual.mean[i]:.2f})", d)
         if which == "embedding":
-            return (f"embedding distance {distance[i]:.3f} vs normal "   # type: ignore[index]
-                    f"{self.embedding.mean[i]:.3f}", d)
+            return (f"its recent pattern is unlike its usual ones (distance "
+                    f"{distance[i]:.3g}, normally {self.embedding.mean[i]:.3g})",  # type: ignore[index]
+                    d)
         where, surprise, ref = at[which]
         j = int(where[i])
         x = float(values[i, j]) if values is not None else float("nan")
@@ -286,13 +287,14 @@ class AnomalyScorer:
         if which == "level":
             d.update({"normal_mean": mean, "normal_std": std})
             side = "above" if x > mean else "below"
-            return (f"value {x:.4g} is {abs(x - mean) / max(std, 1e-12):.1f} std {side} its "
-                    f"recent mean {mean:.4g}", d)
+            return (f"value {x:.4g} is far {side} its recent mean {mean:.4g} "
+                    f"({abs(x - mean) / max(std, 1e-12):.1f} standard deviations)", d)
         if which == "jump":
             prev = float(ref[i, 2])
             d.update({"previous": prev, "normal_jump_std": std})
-            return (f"reading {x:.4g} changed by {x - prev:+.4g} from the previous one, "
-                    f"{abs(x - prev - mean) / max(std, 1e-12):.1f} std of its usual change", d)
+            return (f"reading {x:.4g} jumped by {x - prev:+.4g} from the previous one, "
+                    f"{abs(x - prev - mean) / max(std, 1e-12):.1f}x its usual step-to-step "
+                    "change", d)
         if which == "distribution":
             return (f"the distribution of its last {self.values[which].window} readings "
                     f"matches none of its usual ones (value {x:.4g})", d)

@@ -35,11 +35,17 @@ from typing import Any
 import numpy as np
 from scipy.special import log_ndtr, ndtri
 
-from connectors.schemas import format_minute
+from connectors.schemas import format_when
 from streaming.alerts.alert_gate import Evidence
 from streaming.alerts.calibration import TailCalibrator
 from streaming.alerts.detectors import ADWINArray, KSWINArray, PageHinkleyArray
 from streaming.config import MIN_WARMUP_STEPS, DriftConfig
+from streaming.ingest.cadence import format_interval
+
+# the residual channels in an operator's words
+CHANNEL_WORDS = {"abs_residual": "the forecast error",
+                 "seasonal_residual": "the difference from a season ago",
+                 "embedding_distance": "the distance from its usual patterns"}
 
 
 def make_detector(cfg: DriftConfig, warmup: int = 4, seed: int = 0) -> Any:
@@ -214,7 +220,7 @@ class DriftMonitor:
     """
 
     def __init__(self, cfg: DriftConfig, ewma: float = 0.02, common_mode_min: int = 5,
-                 step_ms: int = 0, patch_len: int = 12) -> None:
+                 step_ms: int = 0, patch_len: int = 12, tz: str = "UTC") -> None:
         if cfg.detector == "bocpd":     # changes come from streaming.alerts.changepoint; the
             cfg = dataclasses.replace(cfg, detector="page_hinkley")   # residual channels
             #                             keep their default detector should they be fed
@@ -223,6 +229,7 @@ class DriftMonitor:
         self.ewma = ewma
         self.common_mode_min = common_mode_min
         self.step_ms = step_ms
+        self.tz = tz                  # the zone of the times in the alert texts
         self.channels: dict[str, _Channel] = {}
         self.t = 0                    # updates so far (the step label when none is given)
 
@@ -316,12 +323,13 @@ class DriftMonitor:
         steps = max(at - f["onset"] + 1, 1)
         since_ts = (None if ts is None or not self.step_ms
                     else int(ts - (steps - 1) * self.step_ms))
-        since = "" if since_ts is None else f" since {format_minute(since_ts)}"
+        since = "" if since_ts is None else f" since {format_when(since_ts, self.tz)}"
+        took = f" ({format_interval(steps * self.step_ms)})" if self.step_ms else ""
         return Evidence(
             score=z, detector=cfg.detector, statistic=channel,
             severity="critical" if z >= cfg.clip else "warning",
-            text=f"{channel} of {name} rose{since} ({steps} steps): {value:.3f} vs normal "
-                 f"{normal:.3f} (z={z:.1f}, mean z {f['run']:.1f}; {cfg.detector})",
+            text=f"{name}: {CHANNEL_WORDS.get(channel, channel)} rose{since}{took}: "
+                 f"{value:.3g} vs normal {normal:.3g}",
             detail={"direction": "up", "value": round(value, 6), "baseline": round(normal, 6),
                     "since_step": int(f["onset"]), "since_ts": since_ts, "run_steps": steps,
                     "run_mean_z": round(f["run"], 3),

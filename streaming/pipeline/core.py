@@ -24,6 +24,7 @@ from streaming.alerts.changepoint import ChangeMonitor
 from streaming.alerts.drift import DriftMonitor
 from streaming.alerts.quality import DataQuality, QualityEvent
 from streaming.alerts.signals import Signals
+from streaming.alerts.wording import finish, usual_range
 from streaming.config import StreamConfig
 from streaming.forecast.baselines import Baselines
 from streaming.forecast.forecaster import Forecaster
@@ -94,7 +95,7 @@ class StreamCore:
         self.quality = DataQuality(cfg)
         self.scorer = AnomalyScorer(cfg)
         self.drift = DriftMonitor(cfg.drift, step_ms=p.interval_ms * p.patch_len,
-                                  patch_len=p.patch_len)
+                                  patch_len=p.patch_len, tz=p.timezone)
         self.changes = ChangeMonitor(cfg.drift, cfg.alerts.max_per_10k, p.interval_ms,
                                      p.patch_len, p.timezone)
         extra = model.meta.get("extra", {})
@@ -273,12 +274,12 @@ class StreamCore:
             self.forecaster.boost(a.sensors, step.step)
         alerts += drift
         self.gate.name_events(alerts, step.end_ts)
-        out.alerts += alerts
+        out.alerts += [finish(a, self._usual(a, step.step)) for a in alerts]
         self.forecaster.after_step(inputs, step.step, names)
         events = self.forecaster.drain_events()
         if events and self.gate.due("model", "region", step.step,
                                     self.cfg.alerts.drift_cooldown_steps + 1):
-            out.alerts.append(self._rollback_alert(step, events, len(events)))
+            out.alerts.append(finish(self._rollback_alert(step, events, len(events))))
 
     def _block(self, step: ClosedStep, yhat: np.ndarray, exists: np.ndarray,
                leader: list[str], pending: Pending) -> ForecastBlock:
@@ -376,6 +377,24 @@ class StreamCore:
                  "move the clock",
             detail={"reading_ts": int(flag.ts), "clock_ts": None if ref is None else int(ref),
                     "reason": flag.reason}))
+
+    def _usual(self, alert: Alert, step: int) -> tuple[float, float] | None:
+        """Where the alert's leading sensor usually sits (``wording.usual_range``): its
+        readings in the context window before the drift's onset, or before this step for an
+        anomaly; None when the window holds too few of them."""
+        if alert.kind not in ("anomaly", "drift") or not alert.sensors:
+            return None
+        top = (alert.region[len("region:"):] if alert.region and
+               alert.region.startswith("region:") else alert.sensors[0])
+        i = self.patcher.registry.index.get(top)
+        if i is None or i >= self.window.values.shape[0]:
+            return None
+        k = self.window.k
+        if alert.kind == "anomaly":
+            return usual_range(self.window.values[i, :k - 1])
+        since = alert.detail.get("since_step")
+        r = step - int(since) + 1 if since is not None else k
+        return usual_range(self.window.values[i, :k - r]) if 0 < r < k else None
 
     def _describe_change(self, i: int, step: int, ev: Evidence) -> None:
         """Say what changed in the sensor's values since the drift's onset: a trend change

@@ -20,7 +20,12 @@ from typing import Any
 
 from streaming.config import StreamConfig
 from streaming.pipeline.core import StreamCore
-from streaming.runtime.microbatch import WorkerStats, apply_torch_threads, process_records
+from streaming.runtime.microbatch import (
+    WorkerStats,
+    apply_torch_threads,
+    process_records,
+    worker_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +54,15 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: 
     outputs = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
                for name in (k.forecasts_topic, k.alerts_topic, k.dead_letter_topic)}
 
+    origin = worker_origin("faust")          # stamped on the alerts
+
     @app.agent(source)
     async def drive(stream: Any) -> None:
         within = k.fetch_timeout_ms / 1000
         async for events in stream.take_events(k.max_batch, within=within):
             records = [e.message for e in events]     # faust's Message is an InputRecord
             out, _ = process_records(core, records, cfg, stats,
-                                     now_ms=int(time.time() * 1000))
+                                     now_ms=int(time.time() * 1000), origin=origin)
             futs = []
             for topic, msgs in ((k.forecasts_topic, out.forecasts),
                                 (k.alerts_topic, out.alerts),

@@ -61,6 +61,7 @@ from streaming.runtime.microbatch import (
     apply_torch_threads,
     flush_cores,
     process_records,
+    worker_origin,
 )
 from streaming.runtime.observe import Observer, Observers
 from streaming.runtime.regions import Regions
@@ -117,6 +118,7 @@ class LiveWorker:
                  observers: list[Observer] | tuple[Observer, ...] = (),
                  infer_interval: bool = False) -> None:
         self.cfg = cfg
+        self.origin = worker_origin("aiokafka")   # stamped on the alerts
         self.observers = Observers(observers)   # metrics, the live page
         self.checkpointer = Checkpointer(cfg)
         # the halo exchange (``streaming.ingest.halo``): with a partition map and a graph, each
@@ -336,7 +338,7 @@ class LiveWorker:
             t0 = time.perf_counter()
             for p, core in sorted(self.cores.items()):
                 by_region[p] = flush_cores({p: core}, self.stats,
-                                           self.observers.region_processed)
+                                           self.observers.region_processed, self.origin)
                 last.forecasts += by_region[p].forecasts
                 last.alerts += by_region[p].alerts
             self.observers.batch_processed(last, self.stats, time.perf_counter() - t0)
@@ -455,7 +457,8 @@ class LiveWorker:
             core = self.regions.get(p)
             o, core_out = process_records(core, records, self.cfg, self.stats,
                                           self._waits_for(p, active, halo_active, recs),
-                                          now_ms=now_ms, halo=self.halo, region=p)
+                                          now_ms=now_ms, halo=self.halo, region=p,
+                                          origin=self.origin)
             self.observers.region_processed(p, core, core_out)
             if by_region is not None:
                 by_region[p] = o

@@ -151,3 +151,18 @@ def test_a_sensor_graph_is_checked_per_channel_series() -> None:
     assert len(dead) == 1 and "unknown sensor 'm/flow'" in dead[0].reason
     _, dead = decode_readings(msgs[:1], known_sensors={"m"})
     assert "unknown sensor 'm/speed'" in dead[0].reason
+
+
+def test_a_naive_local_time_the_zone_skips_is_refused_by_name() -> None:
+    """Live readings without an offset are local times of ``patching.timezone``: the hour a
+    spring-forward switch skips does not exist and is refused (it would land on the hour
+    after it), the repeated autumn hour is read as its first occurrence."""
+    from connectors.schemas import zone
+
+    berlin = zone("Europe/Berlin")
+    with pytest.raises(ValueError, match="does not exist in Europe/Berlin"):
+        parse_ts("2025-03-30T02:30:00", berlin)
+    assert parse_ts("2025-03-30T03:00:00", berlin) - parse_ts("2025-03-30T01:59:00", berlin) \
+        == 60_000
+    assert parse_ts("2025-10-26T02:30:00", berlin) == parse_ts("2025-10-26T02:30:00+02:00")
+    assert parse_ts("2025-03-30T02:30:00") == parse_ts("2025-03-30T02:30:00Z")    # UTC

@@ -15,7 +15,7 @@ S = ["a", "b", "c", "d"]
 def _gate(edges: np.ndarray | None = None, **rule: object) -> AlertGate:
     g = AlertGate(StreamConfig(), edge_index=edges, sensors=S if edges is not None else None)
     base = {"threshold": 0.9, "clear": 0.5, "critical": 0.99, "warmup_steps": 48,
-            "min_gap_steps": 24, "merge_hops": 1, "score_in_text": True}
+            "min_gap_steps": 24, "merge_hops": 1, "names_sensors": True}
     g.rules["anomaly"] = GateRule(**{**base, **rule})
     return g
 
@@ -71,7 +71,7 @@ def test_sensors_firing_together_become_one_alert_without_a_graph() -> None:
     p = _gate(warmup_steps=0, common_mode_min=3)
     out = _update(p, 10, 10_000, np.array([0.95, 0.97, 0.1, 0.92]))
     assert [a["sensors"] for a in out] == [["a", "b", "d"]]
-    assert "and 2 sensor(s) at the same time" in out[0]["detail"]["text"]
+    assert "and 2 other sensor(s) at the same time" in out[0]["detail"]["text"]
     out = _update(p, 40, 40_000, np.array([0.0, 0.0, 0.95, 0.0]))
     assert [a["sensors"] for a in out] == [["c"]]        # alone: its own alert
     q = _gate(warmup_steps=0, common_mode_min=0)           # off: one alert per sensor

@@ -93,7 +93,7 @@ def _pair(seed: int) -> tuple[AlertGate, _DictGate, np.random.Generator]:
                     critical=0.97, min_gap_steps=int(rng.integers(0, 6)),
                     merge_hops=int(rng.integers(0, 3)),
                     common_mode_min=int(rng.choice([0, 3, 5])),
-                    warmup_steps=int(rng.integers(0, 5)), score_in_text=True)
+                    warmup_steps=int(rng.integers(0, 5)), names_sensors=True)
     gates = []
     for cls in (AlertGate, _DictGate):
         g = cls(StreamConfig(), edge_index=edges, sensors=S)

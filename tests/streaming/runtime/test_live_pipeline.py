@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_end_to_end_forecasts_and_level_shift_alert(broker, unique, level_shift_
     delay_steps = (min(a["ts"] for a in hits) - onset) / step_ms
     assert 0 <= delay_steps <= MAX_DELAY_STEPS
     assert {"id", "kind", "sensors", "ts", "detector", "statistic", "severity",
-            "detail"} <= set(hits[0])
+            "detail", "engine", "worker"} <= set(hits[0])
+    assert hits[0]["engine"] == "aiokafka" and hits[0]["worker"].endswith(f":{os.getpid()}")
 
 
 def test_bad_messages_go_to_dead_letter_and_valid_ones_are_processed(broker, unique):
@@ -278,3 +280,26 @@ def test_alerts_tail_filters_and_says_its_zone(broker, unique):
     assert len(lines) == 1 and "alert 0" in lines[0], lines
     assert lines[0].startswith("2025-07-01 14:00 CEST"), lines      # 12:00 UTC in summer
     assert "4 alert(s), 1 shown (filtered)" in r.stderr
+
+
+def test_alerts_tail_prints_an_alert_two_engines_wrote_once_with_its_source(broker, unique):
+    topic = f"alerts-{unique}"
+    ensure_topics(broker.bootstrap_servers, [topic])
+    producer = make_producer(broker.bootstrap_servers)
+    for engine, worker in (("aiokafka", "host-a:11"), ("faust", "host-b:22")):
+        producer.send(topic, orjson.dumps({
+            "id": "drift:s1:40", "kind": "drift", "sensors": ["s1"], "ts": 1751371200000,
+            "severity": "warning", "engine": engine, "worker": worker,
+            "detail": {"text": "s1: level rose"}}))
+    producer.flush()
+    producer.close()
+    args = ("alerts", "tail", "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic,
+            "--from-beginning", "--timeout", "3")
+    r = _stfm(*args)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("s1: level rose  [aiokafka host-a:11]"), lines
+    assert "1 repeated copies left out (--all prints them)" in r.stderr
+    r = _stfm(*args, "--all")
+    lines = r.stdout.strip().splitlines()
+    assert [ln.rsplit("[", 1)[1] for ln in lines] == ["aiokafka host-a:11]", "faust host-b:22]"]
