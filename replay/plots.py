@@ -25,8 +25,8 @@ MANY_ALERTS = 30        # more alerts of one kind than this: a density band, not
 
 # one colour per alert kind and per forecaster; the two lists share none
 ALERT_COLOURS = {"drift": "tab:red", "anomaly": "tab:orange", "data-quality": "tab:gray",
-                 "model": "#e6ab02"}
-_EXTRA_ALERT_COLOURS = ("#000080", "#8b0000", "#008080")
+                 "model": "#000080"}
+_EXTRA_ALERT_COLOURS = ("#e6ab02", "#8b0000", "#008080")
 SERVED_COLOUR = "tab:blue"
 PERSISTENCE_COLOUR = "black"
 EXPERT_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan", "tab:olive",

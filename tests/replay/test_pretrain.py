@@ -165,6 +165,33 @@ def test_no_graph_is_said_and_the_checkpoint_has_one_truth(rec, tmp_path, caplog
     assert meta["config"]["graph"] is False and meta["extra"]["pretrain"]["graph"] is False
 
 
+def test_a_network_without_a_graph_trains_on_its_comovement_graph(rec, tmp_path, caplog):
+    """``graph_from = comovement``: the graph comes from the training rows only (changing
+    the later rows does not change it) and the checkpoint keeps it for serving."""
+    import dataclasses
+    import logging
+
+    from replay.pretrain import with_graph
+
+    caplog.set_level(logging.INFO, logger="replay.pretrain")
+    flat = dataclasses.replace(rec, edge_index=None, edge_weight=None)
+    cfg = _cfg(epochs=1, graph_from="comovement", graph_k=3)
+    res = pretrain(flat, tmp_path / "cg", cfg, progress=False)
+    assert "comovement graph" in caplog.text
+    model, meta = load_checkpoint(res.checkpoint)
+    assert meta["config"]["graph"] is True and model.graph_layer is not None
+    ei = np.asarray(meta["extra"]["edge_index"])
+    assert ei.shape[0] == 2 and ei.shape[1] > 0 and (ei[0] != ei[1]).all()
+    later = flat.values.copy()
+    train = int(0.8 * flat.n_steps)
+    later[train:] = np.random.default_rng(0).standard_normal(later[train:].shape)
+    again = with_graph(dataclasses.replace(flat, values=later), cfg)
+    assert np.array_equal(again.edge_index, ei)                    # training rows only
+    assert with_graph(rec, _cfg(graph_from="auto")) is rec          # a given graph is kept
+    with pytest.raises(Exception, match="graph_from"):
+        _cfg(graph_from="learned").validate()
+
+
 def test_torch_threads_come_from_the_config(tmp_path, monkeypatch):
     rec = simulate(SimConfig(n_sensors=3, n_days=3, seed=2))[0]     # small: threads only
     seen = []
