@@ -73,6 +73,7 @@ class STBackboneConfig(ModelShape):
     num_nodes: int = 0            # learned node embeddings (0 = none)
     lap_pe_dim: int = 8           # Laplacian positional-encoding dims (0 = none)
     graph: bool = True            # build the graph layer (still optional at run time)
+    graph_gate: bool = False      # the graph layer's output through a learned gate from 0
     proj_dim: int = 32            # contrastive projection size
     adapter_dim: int = 0          # bottleneck adapter before the output norm (0 = none)
     calendar: str = "embedding"   # embedding (tables per interval) or fourier (any interval)
@@ -112,7 +113,8 @@ class STBackbone(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(TemporalBlock(d, cfg.n_heads, cfg.context_patches,
                                                   cfg.dropout) for _ in range(cfg.n_layers))
-        self.graph_layer = GraphLayer(d, cfg.dropout) if cfg.graph else None
+        self.graph_layer = (GraphLayer(d, cfg.dropout, cfg.graph_gate) if cfg.graph
+                            else None)
         self.adapter = Adapter(d, cfg.adapter_dim) if cfg.adapter_dim > 0 else None
         self.norm = nn.LayerNorm(d)
         self.forecast_head = nn.Linear(d, cfg.horizon)

@@ -50,24 +50,30 @@ def gcn_edges(edge_index: np.ndarray | Tensor, num_nodes: int,
 
 
 class GraphLayer(nn.Module):
-    """Residual GCN over the nodes of each time slice: ``h + GCN(norm(h))``.
+    """Residual GCN over the nodes of each time slice: ``h + GCN(norm(h))``, or with ``gate``
+    ``h + tanh(g) * GCN(norm(h))`` with a learned ``g`` that starts at 0 (ReZero, Bachlechner
+    et al. 2021): the layer starts as the identity, and training decides how much the
+    neighbours count, so a network whose sensors do not help each other keeps it near 0.
 
     Input ``[S, N, T, d]`` (S samples of N nodes and T tokens); the same graph applies to
     every sample and time step, batched as disjoint copies as torch-geometric does.
     """
 
-    def __init__(self, d_model: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, dropout: float = 0.0, gate: bool = False) -> None:
         from torch_geometric.nn import GCNConv  # ~1-2 s to import: only models with a graph
 
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.conv = GCNConv(d_model, d_model, add_self_loops=True, normalize=True)
         self.drop = nn.Dropout(dropout)
+        self.gate = nn.Parameter(torch.zeros(())) if gate else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.norm.reset_parameters()
         self.conv.reset_parameters()
+        if self.gate is not None:
+            nn.init.zeros_(self.gate)
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None,
                 normalized: bool = False) -> Tensor:
@@ -87,4 +93,6 @@ class GraphLayer(nn.Module):
         else:
             y = self.conv(x, ei, ew)
         y = y.reshape(s, t, n, d).permute(0, 2, 1, 3)
+        if self.gate is not None:
+            y = torch.tanh(self.gate) * y
         return h + self.drop(y)

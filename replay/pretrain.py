@@ -97,6 +97,8 @@ class PretrainConfig(BackboneTraining):
                                    # sensors over the training rows) or auto (given, else
                                    # comovement)
     graph_k: int = 8               # neighbours per sensor of a comovement graph
+    graph_gate: bool = False       # the graph layer's output through a learned gate that
+                                   # starts at 0 (the model learns how much neighbours count)
 
     def validate(self) -> PretrainConfig:
         bad = self.shape_errors("pretrain")
@@ -260,7 +262,8 @@ def build_model(rec: Recording, cfg: PretrainConfig) -> tuple[STBackbone, dict[s
         d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
         base=cfg.base, steps_per_day=int(per_day) if per_day >= 2 else 0,
         num_nodes=rec.n_sensors,
-        lap_pe_dim=cfg.lap_pe_dim if has_graph else 0, graph=has_graph)
+        lap_pe_dim=cfg.lap_pe_dim if has_graph else 0, graph=has_graph,
+        graph_gate=has_graph and cfg.graph_gate)
     torch.manual_seed(cfg.seed)
     model = STBackbone(mcfg)
     graph: dict[str, Any] = {"node_ids": torch.arange(rec.n_sensors)}

@@ -122,3 +122,22 @@ def test_checkpoint_round_trip(tmp_path):
                                    m2(x, mask, steps, edge_index=RING))
     assert meta["architecture"] == "st_backbone"
     assert np.isclose(meta["config"]["d_model"], 16)
+
+
+def test_a_gated_graph_layer_starts_as_the_identity_and_learns_its_gate():
+    """``graph_gate``: at initialization the graph changes nothing (the gate is 0); one
+    training step moves the gate, after which the neighbours count."""
+    m = _model(graph=True, graph_gate=True).train()
+    x, mask, steps = _data(2)
+    kw = dict(node_ids=torch.arange(N))
+    with torch.no_grad():
+        m.eval()
+        with_graph = m(x, mask, steps, edge_index=RING, **kw)
+        without = m(x, mask, steps, **kw)
+    assert torch.allclose(with_graph, without, atol=1e-6)
+    m.train()
+    loss = m(x, mask, steps, edge_index=RING, **kw).pow(2).mean()
+    loss.backward()
+    assert m.graph_layer.gate.grad is not None and m.graph_layer.gate.grad.abs() > 0
+    old = STBackbone(_cfg(graph=True))                  # a checkpoint without the gate
+    assert old.graph_layer.gate is None and "graph_layer.gate" not in old.state_dict()
