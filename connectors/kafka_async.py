@@ -128,10 +128,11 @@ def key_partition(key: bytes, n_partitions: int) -> int:
 
 
 async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, bytes]]],
-                  placed: dict[str, list[tuple[int, bytes | None, bytes]]] | None = None
-                  ) -> None:
+                  placed: dict[str, list[tuple[int, bytes | None, bytes]]] | None = None,
+                  headers: dict[str, list[tuple[str, bytes]]] | None = None) -> None:
     """Send ``{topic: [(key, value), ...]}`` (and ``placed``: ``{topic: [(partition, key,
-    value), ...]}``) in whole record batches and wait for the acks."""
+    value), ...]}``) in whole record batches and wait for the acks; ``headers``: the Kafka
+    headers of every message of a topic."""
     futures = []
     todo: list[tuple[str, dict[int, list[tuple[bytes | None, bytes]]]]] = []
     for topic, items in (placed or {}).items():
@@ -152,13 +153,15 @@ async def produce(producer: Any, messages: dict[str, list[tuple[bytes | None, by
                 p = parts[key_partition(key, len(parts))] if key is not None else parts[0]
                 by_part.setdefault(p, []).append((key, value))
     for topic, by_part in todo:
+        hdr = (headers or {}).get(topic)
         for p, items in by_part.items():
             batch = producer.create_batch()
             for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=hdr) is None:
                     futures.append(await producer.send_batch(batch, topic, partition=p))
                     batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.append(key=key, value=value, timestamp=None,
+                                    headers=hdr) is None:
                         raise ValueError(f"an output message for {topic} is larger than the "
                                          "producer's max batch size")
             futures.append(await producer.send_batch(batch, topic, partition=p))

@@ -385,6 +385,8 @@ def decode_events(
 
 
 ALERT_KINDS = ("drift", "anomaly", "data-quality", "model")
+# Kafka headers of an alert message: the live engine and the worker (host:pid) that raised it
+ENGINE_HEADER, WORKER_HEADER = "stfm-engine", "stfm-worker"
 SEVERITIES = ("info", "warning", "critical")
 
 
@@ -410,8 +412,10 @@ class Alert:
     region: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
-    engine: str | None = None    # the live engine that raised it (aiokafka, faust)
-    worker: str | None = None    # the worker process that raised it (host:pid)
+    # who raised it (the live engine, aiokafka or faust, and its worker's host:pid): read
+    # from the alert message's Kafka headers (``streaming.runtime.microbatch.origin_headers``)
+    engine: str | None = None
+    worker: str | None = None
 
     @property
     def channels(self) -> dict[str, str]:

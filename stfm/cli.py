@@ -724,7 +724,7 @@ def run_words(summary: dict[str, Any], path: str | None) -> str:
 
 def cmd_alerts_tail(args: argparse.Namespace) -> int:
     from connectors.kafka_io import make_consumer
-    from connectors.schemas import decode_alert, format_minute
+    from connectors.schemas import ENGINE_HEADER, WORKER_HEADER, decode_alert, format_minute
     from connectors.transactions import CommittedFilter, install_committed_filter
 
     need_broker(args.bootstrap_servers, kafka_security(args))
@@ -746,6 +746,10 @@ def cmd_alerts_tail(args: argparse.Namespace) -> int:
                 bad += 1
                 print(f"(unreadable alert at offset {msg.offset}: {exc}): {msg.value[:200]!r}")
             else:
+                tags = dict(msg.headers or ())       # the live worker's provenance
+                if ENGINE_HEADER in tags or WORKER_HEADER in tags:
+                    a.engine = tags.get(ENGINE_HEADER, b"").decode(errors="replace") or None
+                    a.worker = tags.get(WORKER_HEADER, b"").decode(errors="replace") or None
                 if not keep(a):
                     continue
                 if seen.again(a.id) and not args.all:

@@ -310,10 +310,18 @@ class ServeConfig:
     bounded."""
 
     experts: str = "+".join(EXPERTS)    # '+'-joined; seasons absent from [baselines] are off
-    combine: str = "mix"                # mix: the weighted mean; leader: the top expert's
-    eta: float = 4.0                    # learning rate of the exponential weights
-    share: float = 0.01                 # fixed share: weight every expert keeps, to recover
-    loss_clip: float = 9.0              # squared normalized error is clipped here (3 std)
+    combine: str = "auto"               # mix: the mean weighted by each expert's loss;
+    #                                     convex: by the mix's (exponentiated gradient);
+    #                                     auto: the better of the two; leader: the top
+    #                                     expert's (streaming.forecast.experts)
+    eta: float = 0.0                    # learning rate of the exponential weights; 0: tuned
+    #                                     online per sensor and horizon point (AdaHedge)
+    share: float = 0.001                # fixed share at the current rate: weight every
+    #                                     expert keeps, to recover when the best one changes
+    loss: str = "absolute"              # what the weights learn from: the absolute or the
+    #                                     squared error in units of the sensor's scale
+    loss_clip: float = 9.0              # squared normalized error is clipped here (3 std;
+    #                                     the absolute one at its root)
     bounds: dict[str, list[float]] = field(default_factory=dict)
     # ^ per-sensor [min, max] of served forecasts; keys are sensor ids or globs ("pm25/*")
     impute: bool = True                 # fill gaps in the model's context with its masked-
@@ -329,9 +337,14 @@ class ServeConfig:
         if bad or not self.experts:
             raise ConfigError(f"serve.experts: unknown expert {bad[0] if bad else ''!r} "
                               f"(known: {'+'.join(EXPERTS)})")
-        if self.combine not in ("mix", "leader"):
-            raise ConfigError(f"serve.combine must be mix or leader, not {self.combine!r}")
-        _positive(self, "serve", "eta", "loss_clip")
+        if self.combine not in ("auto", "mix", "convex", "leader"):
+            raise ConfigError(f"serve.combine must be auto, mix, convex or leader, not "
+                              f"{self.combine!r}")
+        if self.loss not in ("absolute", "squared"):
+            raise ConfigError(f"serve.loss must be absolute or squared, not {self.loss!r}")
+        _positive(self, "serve", "loss_clip")
+        if not self.eta >= 0:
+            raise ConfigError(f"serve.eta must be >= 0 (0: tuned online), got {self.eta!r}")
         if self.interval_rate < 0:
             raise ConfigError(f"serve.interval_rate must be >= 0, got {self.interval_rate!r}")
         if not 0 <= self.share < 1:
@@ -368,9 +381,15 @@ class AdaptConfig:
     boost_updates: int = 1              # extra update passes per step while boosted
     boost_steps: int = 48               # steps over which a boost decays back to 1
     rollback_factor: float = 50.0       # loss > factor x running median loss = exploding
-    guard: bool = True                  # undo adaptation that makes the model worse than the
-    guard_window: int = 48              # frozen start over about this many forecasts, by more
-    guard_tolerance: float = 0.05       # than this share of the start's loss
+    guard: bool = True                  # undo adaptation that makes the model worse than its
+    #                                     frozen start: roll back and halve the learning rate
+    guard_window: int = 48              # realized forecasts per judgement of the guard (and
+    #                                     the memory of its per-sensor comparison)
+    guard_tolerance: float = 0.05       # harm: worse than the start by this share of its error
+    #                                     over a window (over k windows since the last good
+    #                                     weights: this / sqrt(k)); also a sensor's switch band
+    guard_sensors: bool = True          # a sensor the adapted weights serve worse than the
+    #                                     frozen start is served the start's forecast
     snapshot_every: int = 20            # good updates between snapshots of adapted weights
 
     def validate(self) -> None:
@@ -393,6 +412,9 @@ class AdaptConfig:
                   "contrastive_every", "guard_window")
         if self.boost_lr < 1:
             raise ConfigError(f"adapt.boost_lr must be >= 1, got {self.boost_lr!r}")
+        if not self.guard_tolerance < 1:
+            raise ConfigError(f"adapt.guard_tolerance must be in [0, 1), got "
+                              f"{self.guard_tolerance!r}")
         if not 0 < self.ewc_decay < 1:
             raise ConfigError(f"adapt.ewc_decay must be in (0, 1), got {self.ewc_decay!r}")
 

@@ -1,70 +1,233 @@
 """The served forecast: experts weighted online from their realized errors.
 
-Per sensor and horizon point, exponential weights (Hedge) over the experts {adapting model,
-frozen starting model, persistence, moving average, seasonal naive}, with a fixed share
-(Herbster & Warmuth, 1998) so that weights recover after the best expert changes. They learn
-only from realized values (delayed feedback: the forecast made at step j updates them once
-its horizon has been observed). The served forecast is the weighted mean of the experts that
-forecast (``combine = "mix"``) or the leader's (``"leader"``).
+Per sensor and horizon point, over the experts {adapting model, frozen starting model,
+persistence, moving average, seasonal naive, ...}. The weights learn only from realized
+values (delayed feedback: the forecast made at step j updates them once its horizon has been
+observed). Three learners of the same kind (``Hedge``), each per sensor and horizon point:
 
-Loss: the squared error in units of the sensor's scale, clipped at ``loss_clip`` and divided
-by it, so ``l in [0, 1]``. An expert without a forecast (a season not seen yet) "sleeps": it
-is charged the mixture's loss, which leaves its standing unchanged.
+* ``hedge``: exponential weights on each expert's own loss; its weighted mean (``combine =
+  "mix"``) or its top expert (``"leader"``) goes after the best expert;
+* ``convex``: exponential weights on the linearized loss of their own mix (exponentiated
+  gradient, Kivinen & Warmuth 1997; ``"convex"``) go after the best fixed convex combination
+  of the experts: where the experts err differently (long horizons) the mix beats them all;
+* ``pick`` (``"auto"``, the default): exponential weights over those two mixes, so the served
+  forecast is the better one's where one is (``hedge`` at the first horizon points, where
+  persistence is hard to beat and any blend costs, ``convex`` further out).
 
-Guarantee (per sensor and horizon point, for the clipped loss; T realized forecasts): the
-weighted loss of Hedge with rate ``eta`` is at most the best expert's plus
-``ln(E) / eta + eta * T / 8``; with a fixed share ``alpha`` it stays within
-``((m + 1) ln E + m ln(1/alpha) + (T - m - 1) ln(1/(1 - alpha))) / eta + eta * T / 8`` of
-any sequence of experts that switches ``m`` times. The squared loss is convex in the
-forecast, so the mixture's own loss is at most the weighted loss (Jensen). Delayed feedback
-(d forecasts pending) adds at most ``eta * d * T / 2``-order terms (Weinberger & Ordentlich,
-2002). ``tests/streaming/forecast/test_experts.py`` checks the consequence on streams with a known
-best expert and a change of the best.
+Loss: the error in units of the sensor's scale, absolute (``loss = "absolute"``, clipped at
+``c = sqrt(loss_clip)`` scale units) or squared (clipped at ``c^2 = loss_clip``), divided by
+its clip so ``l in [0, 1]`` (the linearized one: ``l_e = sign(mix - y) (f_e - y) / c`` or
+``(mix - y)(f_e - y) / c^2``, clipped, in ``[-1, 1]``). An expert without a forecast (a season
+not seen yet) "sleeps": it is charged the mixture's loss, which leaves its standing unchanged.
+
+Learning rate: ``eta > 0`` is fixed; ``eta = 0`` (the default) tunes it online per sensor and
+horizon point as AdaHedge does (de Rooij, van Erven, Grünwald & Koolen, 2014): ``eta_t =
+ln(K) / Delta_t``, ``Delta_t`` the cumulative mixability gap ``sum_s (h_s - m_s)`` of the
+weighted loss ``h = w . l`` and the mix loss ``m = -ln(w . exp(-eta l)) / eta``. The rate
+follows the losses' actual spread: errors of 0.05 scale units at the first horizon point get
+a rate ~20x that of errors of 1 unit at the last, so an expert 5 % worse loses its weight as
+fast at either (a fixed rate on the clipped loss cannot tell experts apart at short range).
+The weights are re-tempered when the rate changes (``w ~ exp(-eta L)``, ``L`` the cumulative
+loss), then a fixed share (Herbster & Warmuth, 1998) at the current rate, ``w <- (1 - share)
+w + share / K``, keeps every expert's cumulative loss within ``ln(K / share) / eta`` of the
+leader's, so the weights recover after the best expert changes.
+
+Guarantee (per sensor and horizon point, for the clipped loss; T realized forecasts, no
+delay): each learner's weighted loss ``sum_t h_t`` is at most its best arm's plus ``ln(K) /
+eta_T + Delta_T`` (Hedge with a nonincreasing rate on the cumulative loss), so ``<= 2
+Delta_T`` with the tuned rate (AdaHedge's bound: ``O(sqrt(L* (T - L*) ln(K) / T) + ln K)``,
+and a constant when one arm is better on average). With a share ``alpha`` and a fixed rate it
+stays within ``((m + 1) ln K + m ln(1/alpha) + (T - m - 1) ln(1/(1 - alpha))) / eta +
+Delta_T`` of any sequence of arms that switches ``m`` times (Herbster & Warmuth, 1998);
+bounds of that form with ``eta_T`` hold for fixed share with nonincreasing rates
+(Cesa-Bianchi, Gaillard, Lugosi & Stoltz, 2012), which this re-tempered variant is not proven
+here to inherit (the tests check that it recovers). Where no error is clipped the loss is
+convex in the forecast: the ``hedge`` mix's loss is at most its weighted loss (Jensen), the
+``convex`` mix's is within its linearized regret of the best fixed convex combination's, and
+the served one within ``pick``'s regret of the better of the two. The bounds are for
+undelayed feedback: with d forecasts pending the weights lag d updates, which costs terms
+growing with d (Weinberger & Ordentlich, 2002).
+``tests/streaming/forecast/test_experts.py`` checks the consequences on streams with experts
+5 % apart, a change of the best and the AdaHedge bound.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+LOSSES = ("absolute", "squared")
+COMBINE = ("auto", "mix", "convex", "leader")
+
+
+class Hedge:
+    """Exponential weights over ``k`` arms per sensor and horizon point: the rate ``eta`` or,
+    ``eta = 0``, AdaHedge's; a fixed ``share`` at the current rate. State: the weights (kept
+    arm-first, ``[K, N, H]``, so that sums over the arms are sums of planes) and the
+    cumulative mixability gap ``gap`` ``[N, H]``."""
+
+    def __init__(self, k: int, horizon: int, *, eta: float, share: float) -> None:
+        self.k, self.h, self.eta, self.share = k, horizon, eta, share
+        self.wk = np.full((k, 0, horizon), 1.0 / k)
+        self.gap = np.zeros((0, horizon))
+
+    @property
+    def w(self) -> np.ndarray:
+        """``[N, H, K]`` the weights (a view)."""
+        return np.moveaxis(self.wk, 0, -1)
+
+    def grow(self, n: int) -> None:
+        if n > self.gap.shape[0]:
+            m = n - self.gap.shape[0]
+            self.wk = np.concatenate([self.wk, np.full((self.k, m, self.h), 1.0 / self.k)],
+                                     axis=1)
+            self.gap = np.concatenate([self.gap, np.zeros((m, self.h))])
+
+    def rate(self, gap: np.ndarray | None = None) -> np.ndarray:
+        """``[N, H]`` the learning rate (inf: no mixability gap yet, follow the leaders)."""
+        gap = self.gap if gap is None else gap
+        if self.eta > 0:
+            return np.full(gap.shape, float(self.eta))
+        with np.errstate(divide="ignore"):
+            return np.where(gap > 0, math.log(self.k) / gap, np.inf)
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        """``[n, H]`` the weighted mean of ``values`` ``[K, n, H]`` over the arms that have
+        one (NaN: none has)."""
+        w = self.wk[:, :values.shape[1]]
+        gone = np.isnan(values)
+        if not gone.any():
+            return (w * values).sum(axis=0)
+        ww = w * ~gone
+        tot = ww.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (np.where(gone, 0.0, values) * ww).sum(axis=0) / tot
+        out[tot == 0] = np.nan
+        return out
+
+    def learn(self, loss: np.ndarray, live: np.ndarray) -> None:
+        """One round: ``loss`` ``[K, n, H]`` (NaN: the arm sleeps) where ``live`` ``[n, H]``
+        (in-place arithmetic: this runs on every sensor at every step)."""
+        n = loss.shape[1]
+        w, gap = self.wk[:, :n], self.gap[:n]
+        gone = np.isnan(loss)
+        if gone.any():
+            mix = self.mean(loss)
+            live = live & ~np.isnan(mix)
+            loss = np.where(gone, mix, loss)                # sleeping: the mix's loss
+            loss[:, ~live] = 0.0
+        eta = self.rate(gap)
+        fin = np.isfinite(eta)
+        # the mixability gap h - m; m = -ln(sum w exp(-eta l)) / eta (eta = inf: the least
+        # loss of an arm with weight)
+        positive = self.share > 0                           # then every weight is > 0
+        lo = (loss if positive else np.where(w > 0, loss, np.inf)).min(axis=0)
+        lo[~np.isfinite(lo)] = 0.0
+        d = loss - lo
+        if not positive:
+            np.maximum(d, 0.0, out=d)                       # a weightless arm adds nothing
+        d *= -np.where(fin, eta, 0.0)
+        np.exp(d, out=d)
+        d *= w
+        with np.errstate(divide="ignore"):
+            m = np.where(fin, lo - np.log(d.sum(axis=0)) / np.where(fin, eta, 1.0), lo)
+        d = np.multiply(w, loss, out=d)
+        gap = gap + np.where(live, np.maximum(d.sum(axis=0) - m, 0.0), 0.0)
+        new = self.rate(gap)
+        nfin = np.isfinite(new)
+        # re-tempered exponential weights, w ~ exp(-new (L + l)) with L = -ln(w) / eta; at
+        # eta = inf the weights are uniform (no loss told the arms apart yet: L = 0)
+        z = np.log(np.maximum(w, 1e-300))
+        z *= np.where(fin, new / np.where(fin, eta, 1.0), 0.0)
+        np.multiply(loss, np.where(nfin, new, 0.0), out=d)
+        z -= d
+        z -= z.max(axis=0)
+        np.exp(z, out=z)
+        z /= z.sum(axis=0)
+        if positive:
+            z *= 1.0 - self.share
+            z += self.share / self.k
+        keep = live & nfin
+        np.copyto(w, z, where=keep)
+        self.gap[:n] = np.where(live, gap, self.gap[:n])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.copy(), "gap": self.gap.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wk = np.ascontiguousarray(np.moveaxis(np.array(state["w"], np.float64), -1, 0))
+        self.gap = np.array(state["gap"], np.float64)
+
 
 class ExpertWeights:
-    """Hedge with a fixed share over ``names``, per sensor and horizon point."""
+    """The served mix of ``names`` per sensor and horizon point (see the module docstring)."""
 
     def __init__(self, names: list[str], horizon: int, *, eta: float, share: float,
-                 loss_clip: float, combine: str = "mix") -> None:
+                 loss_clip: float, combine: str = "auto", loss: str = "absolute") -> None:
         if not names:
             raise ValueError("experts: at least one expert is needed")
+        if loss not in LOSSES:
+            raise ValueError(f"experts: loss must be one of {LOSSES}, not {loss!r}")
+        if combine not in COMBINE:
+            raise ValueError(f"experts: combine must be one of {COMBINE}, not {combine!r}")
         self.names = list(names)
         self.h = horizon
         self.eta, self.share, self.loss_clip, self.combine_rule = eta, share, loss_clip, combine
-        self.w = np.full((0, horizon, len(names)), 1.0 / len(names))   # [N, H, E]
+        self.loss = loss
+        self.hedge, self.convex, self.pick = self._learners()
         self.updates = 0
 
+    def _learners(self) -> tuple[Hedge, Hedge, Hedge]:
+        e, kw = len(self.names), {"eta": self.eta, "share": self.share}
+        return Hedge(e, self.h, **kw), Hedge(e, self.h, **kw), Hedge(2, self.h, **kw)
+
+    @property
+    def w(self) -> np.ndarray:
+        """``[N, H, E]`` each expert's weight in the served forecast (``auto``: the two
+        mixes' weights blended by ``pick``'s)."""
+        return np.moveaxis(self._weights(self.hedge.gap.shape[0]), 0, -1)
+
+    def _weights(self, n: int) -> np.ndarray:
+        """``[E, n, H]`` the served weights of the first ``n`` sensors."""
+        if self.combine_rule == "convex":
+            return self.convex.wk[:, :n]
+        if self.combine_rule != "auto":
+            return self.hedge.wk[:, :n]
+        p = self.pick.wk[:, :n]
+        return p[0] * self.hedge.wk[:, :n] + p[1] * self.convex.wk[:, :n]
+
     def _grow(self, n: int) -> None:
-        if n > self.w.shape[0]:
-            e = len(self.names)
-            self.w = np.concatenate([self.w, np.full((n - self.w.shape[0], self.h, e), 1 / e)])
+        for x in (self.hedge, self.convex, self.pick):
+            x.grow(n)
+
+    def _arms(self, forecasts: np.ndarray) -> np.ndarray:
+        """``[E, N, H]`` (contiguous) from the experts' ``[N, H, E]``, checked."""
+        if forecasts.ndim != 3 or forecasts.shape[1:] != (self.h, len(self.names)):
+            raise ValueError(f"experts: forecasts must be [N, {self.h}, {len(self.names)}] "
+                             f"({', '.join(self.names)}), got {forecasts.shape}")
+        self._grow(forecasts.shape[0])
+        return np.ascontiguousarray(np.moveaxis(forecasts, -1, 0), dtype=np.float64)
 
     def combine(self, forecasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The served forecast ``[N, H]`` from the experts' ``[N, H, E]`` (NaN: no forecast)
         and each sensor's leader (the expert with the largest mean weight)."""
-        n = forecasts.shape[0]
-        self._check(forecasts, n)
-        self._grow(n)
-        w = self.w[:n]
-        have = ~np.isnan(forecasts)
-        ww = np.where(have, w, 0.0)
-        tot = ww.sum(axis=2, keepdims=True)
-        if self.combine_rule == "leader":
-            pick = np.argmax(ww, axis=2)
-            served = np.take_along_axis(forecasts, pick[..., None], axis=2)[..., 0]
+        fk = self._arms(forecasts)
+        n = fk.shape[1]
+        rule = self.combine_rule
+        if rule == "leader":
+            ww = np.where(np.isnan(fk), 0.0, self.hedge.wk[:, :n])
+            top = np.argmax(ww, axis=0)
+            served = np.take_along_axis(fk, top[None], axis=0)[0]
+            served[ww.sum(axis=0) == 0] = np.nan
+        elif rule == "mix":
+            served = self.hedge.mean(fk)
+        elif rule == "convex":
+            served = self.convex.mean(fk)
         else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                served = (np.where(have, forecasts, 0.0) * ww).sum(axis=2) / tot[..., 0]
-        served[tot[..., 0] == 0] = np.nan
-        leader = np.argmax(w.mean(axis=1), axis=1)
+            served = self.pick.mean(np.stack([self.hedge.mean(fk), self.convex.mean(fk)]))
+        leader = np.argmax(self._weights(n).mean(axis=2), axis=0)
         return served, leader
 
     def clipped_loss(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray
@@ -74,41 +237,62 @@ class ExpertWeights:
         err = (forecasts - truth[..., None]) / scale[:, None, None]
         return np.minimum(err * err, self.loss_clip)
 
+    def _loss(self, fk: np.ndarray, truth: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """``[K, n, H]`` the clipped loss of forecasts ``[K, n, H]`` over its clip, in
+        ``[0, 1]`` (NaN where there is no forecast or no truth)."""
+        err = np.abs(fk - truth) / scale[:, None]
+        if self.loss == "squared":
+            return np.minimum(err * err, self.loss_clip) / self.loss_clip
+        c = math.sqrt(self.loss_clip)
+        return np.minimum(err, c) / c
+
+    def _linear_loss(self, fk: np.ndarray, mix: np.ndarray, truth: np.ndarray,
+                     scale: np.ndarray) -> np.ndarray:
+        """``[E, n, H]`` the loss of ``mix`` linearized at ``convex``'s weights, in
+        ``[-1, 1]``: the gradient of the mix's loss along each expert."""
+        c = math.sqrt(self.loss_clip)
+        sc = scale[:, None]
+        r = (mix - truth) / sc
+        d = np.clip((fk - truth) / sc, -c, c)
+        if self.loss == "squared":
+            return np.clip(r, -c, c) * d / (c * c)
+        return np.sign(r) * d / c
+
     def update(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray) -> None:
         """Learn from one realized forecast: the experts' ``[N, H, E]``, the truth ``[N, H]``
         (NaN: not observed, no update there) and each sensor's scale ``[N]``."""
         n = forecasts.shape[0]
-        self._check(forecasts, n)
         if truth.shape != forecasts.shape[:2] or scale.shape != (n,):
             raise ValueError(f"experts: truth {truth.shape} and scale {scale.shape} must "
                              f"match the forecasts {forecasts.shape}")
-        self._grow(n)
-        w = self.w[:n]
-        loss = self.clipped_loss(forecasts, truth, scale) / self.loss_clip    # [N, H, E]
-        have = ~np.isnan(loss)
-        ww = np.where(have, w, 0.0)
-        tot = ww.sum(axis=2, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mix = (np.where(have, loss, 0.0) * ww).sum(axis=2, keepdims=True) / tot
-        loss = np.where(have, loss, mix)                     # sleeping experts: the mix's loss
-        live = ~np.isnan(truth) & (tot[..., 0] > 0)
-        nw = w * np.exp(-self.eta * loss)
-        nw /= nw.sum(axis=2, keepdims=True)
-        nw = (1.0 - self.share) * nw + self.share / len(self.names)
-        self.w[:n] = np.where(live[..., None], nw, w)
+        fk = self._arms(forecasts)
+        live = ~np.isnan(truth)
+        rule = self.combine_rule
+        if rule in ("auto", "convex"):
+            cm = self.convex.mean(fk)
+            if rule == "auto":      # the two mixes as they stand, before either learns
+                mixes = np.stack([self.hedge.mean(fk), cm])
+                self.pick.learn(self._loss(mixes, truth, scale), live)
+            self.convex.learn(self._linear_loss(fk, cm, truth, scale), live)
+        if rule != "convex":
+            self.hedge.learn(self._loss(fk, truth, scale), live)
         self.updates += 1
 
-    def _check(self, forecasts: np.ndarray, n: int) -> None:
-        if forecasts.ndim != 3 or forecasts.shape[1:] != (self.h, len(self.names)):
-            raise ValueError(f"experts: forecasts must be [N, {self.h}, {len(self.names)}] "
-                             f"({', '.join(self.names)}), got {forecasts.shape}")
-
     def state_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "w": self.w.copy(), "updates": self.updates}
+        return {"names": list(self.names), "updates": self.updates,
+                **self.hedge.state_dict(), "convex": self.convex.state_dict(),
+                "pick": self.pick.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["names"]) != self.names:
             raise ValueError(f"experts: the state weighs {state['names']}, the configuration "
                              f"{self.names}")
-        self.w = np.array(state["w"], np.float64)
         self.updates = int(state["updates"])
+        self.hedge, self.convex, self.pick = self._learners()
+        self._grow(np.shape(state["w"])[0])
+        # an earlier version's state (weights of another loss and rate, no gap) starts fresh
+        if "gap" in state:
+            self.hedge.load_state_dict(state)
+        for name in ("convex", "pick"):
+            if state.get(name) is not None:
+                getattr(self, name).load_state_dict(state[name])

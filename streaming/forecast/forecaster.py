@@ -76,7 +76,8 @@ class Forecaster:
         self.frozen = model.frozen_copy() if "frozen" in self.experts else None
         s = cfg.serve
         self.weights = ExpertWeights(self.experts, cfg.model.horizon, eta=s.eta,
-                                     share=s.share, loss_clip=s.loss_clip, combine=s.combine)
+                                     share=s.share, loss_clip=s.loss_clip, combine=s.combine,
+                                     loss=s.loss)
         self.expert_metrics = {e: OnlineMetrics() for e in self.experts}
         self.intervals = IntervalCalibrator(cfg.model.horizon, rate=s.interval_rate)
         self.guard = (AdaptationGuard(cfg.adapt, model.adapted_state())
@@ -210,6 +211,8 @@ class Forecaster:
                                      f"got {b.shape}")
                 cols.append(b)
         experts = np.stack(cols, axis=2)                                       # [N, H, E]
+        if self.guard is not None:
+            self._switch(experts, inp)
         served, leader = self.weights.combine(experts)
         blo, bhi = self.bounds(sensors)
         served = np.clip(served, blo[:, None], bhi[:, None])
@@ -268,7 +271,7 @@ class Forecaster:
         if pend.lo is not None and pend.hi is not None:
             self.intervals.learn(y, pend.yhat, pend.lo, pend.hi)
         if self.guard is not None:
-            self._guard(pend, y)
+            self._guard(pend, y, now)
         own = pend.experts[..., self.experts.index("model")] if "model" in self.experts \
             else pend.yhat
         err_norm = (y - own) / pend.scale[:, None]
@@ -280,20 +283,50 @@ class Forecaster:
         self._learned_at = now
         return stat
 
-    def _guard(self, pend: Pending, y: np.ndarray) -> None:
-        """Adaptation must not leave the model worse than its start (``AdaptationGuard``)."""
-        assert self.guard is not None
+    def _reference(self) -> str | None:
+        """What the guard compares the adapting model with: its frozen start, else
+        persistence (None: neither is served)."""
         ref = "frozen" if "frozen" in self.experts else "persistence"
-        if ref not in self.experts:
+        return ref if ref in self.experts else None
+
+    def _switch(self, experts: np.ndarray, inp: Inputs) -> None:
+        """Sensors the guard has switched get the reference's forecast as the model's; the
+        adapted ones are held for the guard until their truth arrives."""
+        assert self.guard is not None
+        ref = self._reference()
+        sw = self.guard.switched(experts.shape[0]) if ref is not None else None
+        if sw is None or not sw.any():
             return
-        pair = [self.experts.index("model"), self.experts.index(ref)]
-        loss = self.weights.clipped_loss(pend.experts[..., pair], y, pend.scale)
-        lm, lr = loss[..., 0], loss[..., 1]
-        ok = ~np.isnan(lm) & ~np.isnan(lr)
+        m, r = self.experts.index("model"), self.experts.index(ref)
+        self.guard.hold(int(inp.steps[-1]), experts[..., m].copy())
+        rows = sw[:, None] & np.isfinite(experts[..., r])
+        experts[..., m] = np.where(rows, experts[..., r], experts[..., m])
+
+    def _guard(self, pend: Pending, y: np.ndarray, now: int) -> None:
+        """Adaptation must not leave the model worse than its start (``AdaptationGuard``):
+        the adapted forecasts (those the guard held for switched sensors) against the
+        reference's, by the absolute error in units of each sensor's scale."""
+        assert self.guard is not None
+        ref = self._reference()
+        if ref is None:
+            return
+        made_at = int(pend.steps[-1])
+        adapted = self.guard.take(made_at)
+        if adapted is None:
+            adapted = pend.experts[..., self.experts.index("model")]
+        reference = pend.experts[..., self.experts.index(ref)]
+        scale = pend.scale[:, None]
+        lm = np.abs(adapted - y) / scale
+        lr = np.abs(reference - y) / scale
+        ok = np.isfinite(lm) & np.isfinite(lr)
         if not ok.any():
             return
+        cnt = ok.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.guard.observe_sensors(np.where(ok, lm, 0.0).sum(axis=1) / cnt,
+                                       np.where(ok, lr, 0.0).sum(axis=1) / cnt)
         restore = self.guard.observe(float(lm[ok].mean()), float(lr[ok].mean()),
-                                     self.model.n_updates)
+                                     self.model.n_updates, made_at=made_at, now=now)
         if restore is not None:
             self.model.restore_adapted(restore)
         else:

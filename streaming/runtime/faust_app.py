@@ -23,8 +23,8 @@ from streaming.pipeline.core import StreamCore
 from streaming.runtime.microbatch import (
     WorkerStats,
     apply_torch_threads,
+    origin_headers,
     process_records,
-    worker_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: 
     outputs = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
                for name in (k.forecasts_topic, k.alerts_topic, k.dead_letter_topic)}
 
-    origin = worker_origin("faust")          # stamped on the alerts
+    headers = {k.alerts_topic: origin_headers("faust")}      # who raised the alerts
 
     @app.agent(source)
     async def drive(stream: Any) -> None:
@@ -62,14 +62,15 @@ def build_app(cfg: StreamConfig, core: StreamCore, stats: WorkerStats, datadir: 
         async for events in stream.take_events(k.max_batch, within=within):
             records = [e.message for e in events]     # faust's Message is an InputRecord
             out, _ = process_records(core, records, cfg, stats,
-                                     now_ms=int(time.time() * 1000), origin=origin)
+                                     now_ms=int(time.time() * 1000))
             futs = []
             for topic, msgs in ((k.forecasts_topic, out.forecasts),
                                 (k.alerts_topic, out.alerts),
                                 (k.dead_letter_topic, out.dead_letters)):
                 t = outputs[topic]
                 for key, value in msgs:
-                    futs.append(await t.send(key=key, value=value))
+                    futs.append(await t.send(key=key, value=value,
+                                             headers=headers.get(topic)))
             if futs:
                 await asyncio.gather(*futs)
 

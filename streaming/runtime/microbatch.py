@@ -23,6 +23,8 @@ import orjson
 
 from connectors.schemas import (
     CHANNEL_SEP,
+    ENGINE_HEADER,
+    WORKER_HEADER,
     DeadLetter,
     EventBatch,
     decode_events,
@@ -141,31 +143,27 @@ def encode_forecasts(block: ForecastBlock) -> list[tuple[bytes, bytes]]:
     return out
 
 
-Origin = tuple[str, str]          # (engine, worker) stamped on a live worker's alerts
+def origin_headers(engine: str) -> list[tuple[str, bytes]]:
+    """The Kafka headers a live worker puts on its alerts: its engine and ``host:pid``, so
+    that alerts two engines or workers wrote to one topic can be told apart (``stfm alerts
+    tail``). Headers, not the message: a re-processed range still gives the same messages."""
+    return [(ENGINE_HEADER, engine.encode()),
+            (WORKER_HEADER, f"{socket.gethostname()}:{os.getpid()}".encode())]
 
 
-def worker_origin(engine: str) -> Origin:
-    """What a live worker stamps on its alerts: its engine and ``host:pid``, so that alerts
-    of two engines or workers on one topic can be told apart (``stfm alerts tail``)."""
-    return engine, f"{socket.gethostname()}:{os.getpid()}"
-
-
-def encode_outputs(core_out: CoreOutput, origin: Origin | None = None) -> Outputs:
-    """The forecast and alert messages of a core output (dead letters are the caller's);
-    ``origin`` is stamped on the alerts."""
+def encode_outputs(core_out: CoreOutput) -> Outputs:
+    """The forecast and alert messages of a core output (dead letters are the caller's)."""
     out = Outputs()
     for block in core_out.forecasts:
         out.forecasts.extend(encode_forecasts(block))
     for a in core_out.alerts:
-        if origin is not None:
-            a.engine, a.worker = origin
         out.alerts.append((a.id.encode(), encode_alert(a)))
     return out
 
 
 def flush_cores(cores: dict[int, StreamCore], stats: WorkerStats | None = None,
-                on_region: Callable[[int, StreamCore, CoreOutput], None] | None = None,
-                origin: Origin | None = None) -> Outputs:
+                on_region: Callable[[int, StreamCore, CoreOutput], None] | None = None
+                ) -> Outputs:
     """End of input (``--idle-exit``): close every region's last, partial step and encode
     what that produced (``on_region`` sees each region's output)."""
     out = Outputs()
@@ -173,7 +171,7 @@ def flush_cores(cores: dict[int, StreamCore], stats: WorkerStats | None = None,
         core_out = core.flush()
         if on_region is not None:
             on_region(p, core, core_out)
-        o = encode_outputs(core_out, origin)
+        o = encode_outputs(core_out)
         out.forecasts += o.forecasts
         out.alerts += o.alerts
     if stats is not None:
@@ -199,8 +197,7 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
                     stats: WorkerStats | None = None,
                     active_partitions: set[int] | None = None,
                     now_ms: int | None = None, *, halo: HaloPlan | None = None,
-                    region: int | None = None, origin: Origin | None = None
-                    ) -> tuple[Outputs, CoreOutput]:
+                    region: int | None = None) -> tuple[Outputs, CoreOutput]:
     """Validate a micro-batch, run it through the core and encode every output.
 
     Every message that cannot be used becomes one dead letter with its reason(s), keyed
@@ -210,8 +207,7 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
     ``future``). With a ``halo`` plan, records of ``kafka.boundary_topic`` are ghost readings
     (clock partition ``HALO_PARTITION``; not dead-lettered again, counted in
     ``stats.halo_dropped`` when unusable), and the valid readings of ``region``'s sensors
-    that other regions keep as ghosts come back in ``Outputs.boundary``. ``origin`` (engine,
-    worker) is stamped on the alerts.
+    that other regions keep as ghosts come back in ``Outputs.boundary``.
     """
     if active_partitions is not None:
         core.set_partitions(active_partitions)
@@ -270,7 +266,7 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
     for h, reason in core_out.rejected_held:
         if h is not None:
             dead.append(DeadLetter.from_handle(h, reason))
-    out = encode_outputs(core_out, origin)
+    out = encode_outputs(core_out)
     ghost_readings = core.patcher.stats.ghost_accepted - ghosts_before
     if halo is not None and region is not None and len(readings):
         src = readings.source

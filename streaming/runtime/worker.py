@@ -60,8 +60,8 @@ from streaming.runtime.microbatch import (
     WorkerStats,
     apply_torch_threads,
     flush_cores,
+    origin_headers,
     process_records,
-    worker_origin,
 )
 from streaming.runtime.observe import Observer, Observers
 from streaming.runtime.regions import Regions
@@ -118,7 +118,8 @@ class LiveWorker:
                  observers: list[Observer] | tuple[Observer, ...] = (),
                  infer_interval: bool = False) -> None:
         self.cfg = cfg
-        self.origin = worker_origin("aiokafka")   # stamped on the alerts
+        # Kafka headers on the alerts: which engine and worker raised them
+        self.headers = {cfg.kafka.alerts_topic: origin_headers("aiokafka")}
         self.observers = Observers(observers)   # metrics, the live page
         self.checkpointer = Checkpointer(cfg)
         # the halo exchange (``streaming.ingest.halo``): with a partition map and a graph, each
@@ -338,7 +339,7 @@ class LiveWorker:
             t0 = time.perf_counter()
             for p, core in sorted(self.cores.items()):
                 by_region[p] = flush_cores({p: core}, self.stats,
-                                           self.observers.region_processed, self.origin)
+                                           self.observers.region_processed)
                 last.forecasts += by_region[p].forecasts
                 last.alerts += by_region[p].alerts
             self.observers.batch_processed(last, self.stats, time.perf_counter() - t0)
@@ -457,8 +458,7 @@ class LiveWorker:
             core = self.regions.get(p)
             o, core_out = process_records(core, records, self.cfg, self.stats,
                                           self._waits_for(p, active, halo_active, recs),
-                                          now_ms=now_ms, halo=self.halo, region=p,
-                                          origin=self.origin)
+                                          now_ms=now_ms, halo=self.halo, region=p)
             self.observers.region_processed(p, core, core_out)
             if by_region is not None:
                 by_region[p] = o
@@ -594,7 +594,7 @@ class LiveWorker:
             try:
                 async with producer.transaction():      # aborted when anything fails
                     if any(msgs.values()) or placed:
-                        await kafka_async.produce(producer, msgs, placed)
+                        await kafka_async.produce(producer, msgs, placed, self.headers)
                     if offsets:
                         await producer.send_offsets_to_transaction(
                             {TopicPartition(*tp): off for tp, off in offsets.items()},
@@ -683,7 +683,8 @@ class LiveWorker:
         msgs, placed = self._messages(out)
         if any(msgs.values()) or placed:
             await self._retry("producing outputs",
-                              lambda: kafka_async.produce(producer, msgs, placed))
+                              lambda: kafka_async.produce(producer, msgs, placed,
+                                                          self.headers))
 
     async def _commit_offsets(self, offsets: dict[TP, int]) -> None:
         """Commit (advisory when checkpoints hold the offsets); retried while the broker is
