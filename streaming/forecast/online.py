@@ -35,6 +35,11 @@ def shape_mismatch(arch: dict[str, Any], patching: PatchingConfig,
 
 _SAID_SUPERVISED_ONLY: set[str] = set()   # model classes the note below was logged for
 
+# a target further than this many of its sensor's scales from its mean is left out of the
+# online loss: a sensor whose statistics come from a flat start (a light sensor at night, a
+# rain gauge) sees its first real values at 10^5 of its scale, which the model cannot learn
+# from and which only trip the rollback guard ("exploding loss"); the anomaly score sees them
+TARGET_CAP = 50.0
 FORWARD_CHUNK = 1024    # sensors per forward pass of a per-sensor model (bounds activations;
 #                         1024 was fastest at 10,000 sensors: 328 ms vs 493 ms in one pass)
 
@@ -330,7 +335,7 @@ class OnlineModel:
             for i, it, pr in zip(idx, sel, preds, strict=True):
                 y = torch.nan_to_num(torch.from_numpy(it["y"]))
                 err = torch.nn.functional.huber_loss(pr, y, reduction="none", delta=1.0)
-                m = torch.from_numpy(it["y_mask"]).to(err.dtype)
+                m = torch.from_numpy(it["y_mask"]).to(err.dtype) * (y.abs() <= TARGET_CAP)
                 if it.get("weight") is not None:
                     m = m * torch.from_numpy(it["weight"])[:, None]
                 out[i] = (err * m).sum() / m.sum().clamp_min(1e-6)

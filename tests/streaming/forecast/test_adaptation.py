@@ -131,13 +131,44 @@ def test_exploding_loss_is_rolled_back() -> None:
         assert math.isfinite(model.learn_many(x, mask, side, y, np.ones((2, H), bool),
                                               steps=steps, sensors=["a", "b"], step=1))
     before = {n: p.detach().clone() for n, p in model.params.items()}
-    out = model.learn_many(x, mask, side, np.full((2, H), 1e9, np.float32),
+    out = model.learn_many(x, mask, side, np.full((2, H), 45.0, np.float32),
                            np.ones((2, H), bool), steps=steps, sensors=["a", "b"], step=2)
     assert math.isnan(out)
     alerts = model.drain_alerts()
     assert alerts and "exploding loss" in alerts[0]["detail"]["reason"]
     for n, p in model.params.items():
         assert torch.equal(p.detach(), before[n])
+
+
+def test_targets_far_beyond_their_sensors_scale_are_left_out_of_the_loss() -> None:
+    """A sensor whose statistics come from a flat start sees its first real values at 10^5
+    of its scale: those targets are not learned from (``TARGET_CAP``), the others are, and
+    nothing is rolled back."""
+    from streaming.forecast.online import TARGET_CAP
+
+    cfg = _cfg(snapshot_every=1, replay_size=0)
+    model = _backbone_model(cfg, ["a", "b"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, K, P)).astype(np.float32)
+    mask = np.ones_like(x, bool)
+    side = np.zeros((2, K, 1), np.float32)
+    steps = np.arange(K)
+    for _ in range(25):
+        y = rng.normal(size=(2, H)).astype(np.float32)
+        model.learn_many(x, mask, side, y, np.ones((2, H), bool), steps=steps,
+                         sensors=["a", "b"], step=1)
+    y = rng.normal(size=(2, H)).astype(np.float32)
+    y[1] = 2.5e5                                      # b: a flat start's first real value
+    item = {"x": x, "mask": mask, "side": side, "y": y, "y_mask": np.ones((2, H), bool),
+            "steps": steps, "sensors": ["a", "b"]}
+    only_a = {**item, "y_mask": np.array([[True] * H, [False] * H])}
+    with torch.no_grad():
+        assert float(model._losses([item])[0]) == pytest.approx(
+            float(model._losses([only_a])[0]))
+    out = model.learn_many(x, mask, side, y, np.ones((2, H), bool), steps=steps,
+                           sensors=["a", "b"], step=2)
+    assert math.isfinite(out) and not model.drain_alerts()
+    assert 2.5e5 > TARGET_CAP
 
 
 def test_parameter_groups_and_adapter_keeps_outputs() -> None:
