@@ -26,7 +26,15 @@ def to_json(obj: Any, indent: int | None = None) -> str:
 SERVERS_HELP = "Kafka bootstrap servers (host:port,...)"
 
 
-def _add_config_flags(p: argparse.ArgumentParser, kafka: bool = False) -> None:
+GRAPH_HELP = "sensor-graph recording (.npz) or adjacency; fixes sensors"
+BACKTEST_GRAPH_HELP = ("the file's sensor graph: an adjacency CSV or edge list, a graph "
+                       "recording (.npz), or 'comovement' (each sensor's 8 most correlated "
+                       "sensors over the rows before --score-from-row); turns on "
+                       "model.live_graph")
+
+
+def _add_config_flags(p: argparse.ArgumentParser, kafka: bool = False,
+                      graph_help: str = GRAPH_HELP) -> None:
     """The configuration's flags; ``kafka``: also the ones that say where and how the command
     talks to Kafka (a command without Kafka still reads ``[kafka]`` from ``--config`` and
     ``--set kafka.KEY=VALUE``)."""
@@ -48,7 +56,7 @@ def _add_config_flags(p: argparse.ArgumentParser, kafka: bool = False) -> None:
     p.add_argument("--lr", type=float, help="online learning rate (0 = frozen model)")
     p.add_argument("--seed", type=int,
                    help="seed of the model's initialization and sampling (model.seed)")
-    p.add_argument("--graph", help="sensor-graph recording (.npz) or adjacency; fixes sensors")
+    p.add_argument("--graph", help=graph_help)
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                    help="override any configuration key, e.g. --set adapt.params=heads+norms")
 
@@ -312,6 +320,29 @@ def read_file(args: argparse.Namespace, path: str, *, interval_ms: int | None,
                           na_values=getattr(args, "na_values", None))
 
 
+def graph_for(path: str, sensors: list[str]) -> tuple[Any, Any]:
+    """``(edge_index, edge_weight)`` over ``sensors`` from ``--graph``: an adjacency CSV or
+    edge list (``connectors.recordings.load_graph``), or a graph recording (.npz/.h5) whose
+    edges between sensors of the same ids are kept."""
+    import numpy as np
+
+    from connectors.recordings import load_graph, read_recording
+
+    if Path(path).suffix.lower() not in (".npz", ".h5", ".hdf5"):
+        return load_graph(path, sensors)
+    g = read_recording(path)
+    if g.edge_index is None:
+        raise ValueError(f"--graph {path}: the recording holds no graph")
+    pos = {s: i for i, s in enumerate(sensors)}
+    ids = np.array([pos.get(s, -1) for s in g.sensors])
+    ei = ids[np.asarray(g.edge_index)]
+    keep = (ei >= 0).all(axis=0)
+    if not keep.any():
+        raise ValueError(f"--graph {path}: none of its edges joins sensors of the data")
+    w = None if g.edge_weight is None else np.asarray(g.edge_weight)[keep]
+    return ei[:, keep], w
+
+
 def read_note(rec: Any) -> str:
     """``"; read: 1 duplicate timestamp merged, ..."`` for a command's summary line, or ``""``
     (each item was logged as a warning when read)."""
@@ -435,12 +466,27 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     from streaming.pipeline.factory import build_model
     from streaming.runtime.microbatch import apply_torch_threads
 
+    # --graph here is the file's graph, used by the model (model.live_graph on unless set)
+    graph, args.graph = args.graph, None
+    if graph and not any(s.startswith("model.live_graph=") for s in args.set_):
+        args.set_.append("model.live_graph=true")
     tz = args.timezone or load_config(args).patching.timezone
     # a file with timestamps keeps its own interval (checked against --interval-ms below);
     # one without (given --start) is spaced by --interval-ms. The default zone (UTC, neither
     # --timezone nor patching.timezone) reads naive timestamps with a warning
     rec = read_file(args, args.file, interval_ms=args.interval_ms if args.start else None,
                     timezone=None if tz == "UTC" and not args.timezone else tz)
+    if graph == "comovement":
+        from models.cograph import comovement_graph
+
+        # from the rows before the scored part only (the first fifth when none is set)
+        lo, end = args.start_row, args.end_row or rec.n_steps
+        hi = args.score_from_row if args.score_from_row > lo else lo + max(1, (end - lo) // 5)
+        rec.edge_index, rec.edge_weight = comovement_graph(rec.values[lo:hi])
+        print(f"stfm replay backtest: comovement graph of {rec.edge_index.shape[1]:,} edges "
+              f"from rows {lo:,}-{hi:,}", file=sys.stderr)
+    elif graph:
+        rec.edge_index, rec.edge_weight = graph_for(graph, list(rec.sensors))
     if args.sensors:        # a pattern that matches no sensor is said before the run
         from replay.plots import select_sensors
 
@@ -1157,7 +1203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the whole summary as JSON (it is in OUT/report.json too) "
                         "instead of a few lines")
     _add_reading_flags(p)
-    _add_config_flags(p)
+    _add_config_flags(p, graph_help=BACKTEST_GRAPH_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay_backtest)
 

@@ -87,8 +87,8 @@ class ModelConfig(ModelSize):
     seed: int = 0                       # seed of the model's initialization and sampling
     live_graph: bool = False            # a corpus-pretrained (inductive) model uses the
     #                                     network's graph: its graph layer and Laplacian
-    #                                     encodings. Off: zero-shot on an unseen graph it was
-    #                                     worse (benchmarks/RESULTS.md, issue 15)
+    #                                     encodings. Off: it helped on Los-loop, not on
+    #                                     SZ-taxi or ETTh2 (benchmarks/RESULTS.md)
 
     def shape(self, patching: PatchingConfig) -> ModelShape:
         """The whole model shape: this size plus the patcher's patch length."""
