@@ -21,7 +21,7 @@ from typing import Any
 from connectors.schemas import Alert, format_minute, to_json
 from connectors.security import SecuritySettings
 
-NO_SENSOR = "(no sensor)"   # the timeline's row of alerts that name none (model alerts)
+NO_SENSOR = "(whole region)"   # the timeline's row of alerts that name no sensor (model)
 COLUMNS = ("time", "kind", "severity", "sensors", "detector", "statistic", "score", "events",
            "text", "id")
 

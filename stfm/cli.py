@@ -526,7 +526,8 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json({**summary, "read": read} if read else summary))
     else:
-        print(backtest_words(summary, rec, args.out, read_note(rec)))
+        print(backtest_words(summary, rec, args.out, read_note(rec),
+                             rows=(args.start_row, args.end_row or rec.n_steps), tz=tz))
     return 0
 
 
@@ -534,10 +535,17 @@ def _num(x: Any) -> str:
     return "n/a" if x is None or x != x else f"{x:.4g}"
 
 
-def backtest_words(summary: dict[str, Any], rec: Any, out: str, note: str) -> str:
+def backtest_words(summary: dict[str, Any], rec: Any, out: str, note: str,
+                   rows: tuple[int, int] | None = None, tz: str = "UTC") -> str:
     """The few lines a person reads at the end of a backtest (the JSON is in
-    ``OUT/report.json``, or on stdout with ``--json``)."""
+    ``OUT/report.json``, or on stdout with ``--json``); ``rows``: the rows run, when not the
+    whole file; times in ``tz``."""
     from connectors.schemas import format_when
+
+    lo, hi = rows if rows is not None else (0, rec.n_steps)
+    lo, hi = max(0, lo), min(max(hi, lo + 1), rec.n_steps)
+    span = (f"{rec.n_steps:,} rows" if (lo, hi) == (0, rec.n_steps) else
+            f"rows {lo:,}-{hi:,} of {rec.n_steps:,}")
 
     experts = summary.get("experts", {})
     pers = (experts.get("persistence") or {}).get("mae")
@@ -546,8 +554,9 @@ def backtest_words(summary: dict[str, Any], rec: Any, out: str, note: str) -> st
     ratio = summary.get("mae_vs_persistence")
     kinds = summary.get("alerts_by_kind") or {}
     lines = [
-        f"backtest of {summary.get('title')}: {rec.n_steps:,} rows x {rec.n_sensors} sensors, "
-        f"{format_when(int(rec.timestamps[0]))} to {format_when(int(rec.timestamps[-1]))}, "
+        f"backtest of {summary.get('title')}: {span} x {rec.n_sensors} sensors, "
+        f"{format_when(int(rec.timestamps[lo]), tz)} to "
+        f"{format_when(int(rec.timestamps[hi - 1]), tz)}, "
         f"{summary.get('steps', 0):,} steps scored in {summary.get('seconds', 0):.0f} s",
         f"served forecast MAE {_num(summary.get('mae'))}"
         + (f" (persistence {_num(pers)}: {ratio:.3f}x" if ratio is not None else " (")

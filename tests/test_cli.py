@@ -228,6 +228,11 @@ def test_backtest_ends_with_a_few_lines_a_person_reads(tmp_path: Path) -> None:
                                "UTC to 2026-01-01 23:55 UTC"), lines[0]
     assert "served forecast MAE" in lines[1] and "persistence" in lines[1]
     assert (tmp_path / "o" / "report.json").exists() and "report.json" in lines[3]
+    r = _stfm("replay", "backtest", str(csv), "--out", str(tmp_path / "p"), "--fresh",
+              "--quiet", "--end-row", "144", "--timezone", "Europe/Berlin")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("backtest of small.csv: rows 0-144 of 288 x 2 sensors, "
+                               "2026-01-01 01:00 CET to 2026-01-01 12:55 CET"), r.stdout
 
 
 def test_help_says_the_defaults() -> None:
