@@ -118,21 +118,28 @@ def test_nan_loss_rolls_back_and_raises_data_quality_alert() -> None:
     assert model.n_updates > before
 
 
-def test_exploding_loss_is_rolled_back() -> None:
+def _warmed_up_pair() -> tuple[OnlineModel, np.random.Generator, dict, list[float]]:
+    """A two-sensor model after 25 ordinary updates on one window: the model, the generator,
+    the window's inputs (``x``, ``mask``, ``side``, ``steps``) and the updates' losses."""
     cfg = _cfg(snapshot_every=1, replay_size=0)
     model = _backbone_model(cfg, ["a", "b"])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, K, P)).astype(np.float32)
-    mask = np.ones_like(x, bool)
-    side = np.zeros((2, K, 1), np.float32)
-    steps = np.arange(K)
-    for _ in range(25):
-        y = rng.normal(size=(2, H)).astype(np.float32)
-        assert math.isfinite(model.learn_many(x, mask, side, y, np.ones((2, H), bool),
-                                              steps=steps, sensors=["a", "b"], step=1))
+    win = {"x": x, "mask": np.ones_like(x, bool), "side": np.zeros((2, K, 1), np.float32),
+           "steps": np.arange(K)}
+    losses = [model.learn_many(win["x"], win["mask"], win["side"],
+                               rng.normal(size=(2, H)).astype(np.float32),
+                               np.ones((2, H), bool), steps=win["steps"], sensors=["a", "b"],
+                               step=1) for _ in range(25)]
+    return model, rng, win, losses
+
+
+def test_exploding_loss_is_rolled_back() -> None:
+    model, _, w, losses = _warmed_up_pair()
+    assert all(math.isfinite(v) for v in losses)
     before = {n: p.detach().clone() for n, p in model.params.items()}
-    out = model.learn_many(x, mask, side, np.full((2, H), 45.0, np.float32),
-                           np.ones((2, H), bool), steps=steps, sensors=["a", "b"], step=2)
+    out = model.learn_many(w["x"], w["mask"], w["side"], np.full((2, H), 45.0, np.float32),
+                           np.ones((2, H), bool), steps=w["steps"], sensors=["a", "b"], step=2)
     assert math.isnan(out)
     alerts = model.drain_alerts()
     assert alerts and "exploding loss" in alerts[0]["detail"]["reason"]
@@ -146,27 +153,16 @@ def test_targets_far_beyond_their_sensors_scale_are_left_out_of_the_loss() -> No
     nothing is rolled back."""
     from streaming.forecast.online import TARGET_CAP
 
-    cfg = _cfg(snapshot_every=1, replay_size=0)
-    model = _backbone_model(cfg, ["a", "b"])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, K, P)).astype(np.float32)
-    mask = np.ones_like(x, bool)
-    side = np.zeros((2, K, 1), np.float32)
-    steps = np.arange(K)
-    for _ in range(25):
-        y = rng.normal(size=(2, H)).astype(np.float32)
-        model.learn_many(x, mask, side, y, np.ones((2, H), bool), steps=steps,
-                         sensors=["a", "b"], step=1)
+    model, rng, w, _ = _warmed_up_pair()
     y = rng.normal(size=(2, H)).astype(np.float32)
     y[1] = 2.5e5                                      # b: a flat start's first real value
-    item = {"x": x, "mask": mask, "side": side, "y": y, "y_mask": np.ones((2, H), bool),
-            "steps": steps, "sensors": ["a", "b"]}
+    item = {**w, "y": y, "y_mask": np.ones((2, H), bool), "sensors": ["a", "b"]}
     only_a = {**item, "y_mask": np.array([[True] * H, [False] * H])}
     with torch.no_grad():
         assert float(model._losses([item])[0]) == pytest.approx(
             float(model._losses([only_a])[0]))
-    out = model.learn_many(x, mask, side, y, np.ones((2, H), bool), steps=steps,
-                           sensors=["a", "b"], step=2)
+    out = model.learn_many(w["x"], w["mask"], w["side"], y, np.ones((2, H), bool),
+                           steps=w["steps"], sensors=["a", "b"], step=2)
     assert math.isfinite(out) and not model.drain_alerts()
     assert 2.5e5 > TARGET_CAP
 
