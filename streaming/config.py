@@ -132,6 +132,8 @@ class DriftConfig:
     #                                     run's level is learned from its own readings)
     min_effect: float = 5.0             # bocpd: smallest change worth an alert, in the
     #                                     statistic's step-to-step noise
+    history_factor: float = 4.0         # bocpd: a change must also exceed this many times the
+    #                                     sensor's own typical move over the same span (0: off)
     bocpd_threshold: float = 0.0        # bocpd: posterior mass that declares a change
     #                                     (0: from alerts.max_per_10k)
     season_rate: float = 0.1            # bocpd: learning rate of the daily profile
@@ -175,6 +177,8 @@ class DriftConfig:
             raise ConfigError("drift.season_rate must be in (0, 1]")
         if self.common_mode_min < 0:
             raise ConfigError("drift.common_mode_min must be >= 0 (0: off)")
+        if self.history_factor < 0:
+            raise ConfigError("drift.history_factor must be >= 0 (0: off)")
         if self.min_effect < 0:
             raise ConfigError("drift.min_effect must be >= 0")
         bad = [c for c in self.channels.split("+") if c not in DRIFT_CHANNELS]

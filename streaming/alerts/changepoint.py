@@ -61,6 +61,9 @@ _WANDER_STEPS = 48               # steps whose lowest autocorrelation says how a
 _FLAT = 1e-9                     # a step's spread below this share of its level is flat
 _INTERMITTENT = 0.5              # a sensor with more flat steps than this has no changes
 _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset split, level)
+_MOVE_SCALES = 9                 # time scales of a statistic's own moves: 1, 2, 4, ... 256 steps
+_MOVE_MEMORY = 16                # block moves kept per scale (their median is the typical move)
+_MOVE_MIN = 6                    # block moves a scale needs before it is trusted
 
 
 def threshold_for_budget(max_per_10k: float) -> float:
@@ -93,6 +96,17 @@ class _Stat:
         self.acc_before = np.zeros(0)
         self.acc_onset = np.zeros(0, np.int64)
         self.acc_dir = np.zeros(0, np.int64)
+        # the statistic's own moves per time scale (``move_at``): per scale, the running
+        # block's sum and count, the previous block's mean, and a ring of the absolute
+        # differences of consecutive block means with their count
+        self.blk_sum = np.zeros((_MOVE_SCALES, 0))
+        self.blk_cnt = np.zeros((_MOVE_SCALES, 0), np.int32)
+        self.blk_prev = np.zeros((_MOVE_SCALES, 0))
+        self.moves = np.zeros((_MOVE_SCALES, _MOVE_MEMORY, 0), np.float32)
+        self.move_ends = np.full((_MOVE_SCALES, _MOVE_MEMORY), np.iinfo(np.int64).max)
+        # the last change alerted per sensor: (value before, value after, step), so that a
+        # return to where it was is told as a recovery, not as another change
+        self.told: dict[int, tuple[float, float, int]] = {}
 
     def grow(self, n: int, t: int) -> None:
         add = n - len(self.level)
@@ -111,6 +125,12 @@ class _Stat:
         self.acc_before = np.concatenate([self.acc_before, np.full(add, np.nan)])
         self.acc_onset = np.concatenate([self.acc_onset, np.zeros(add, np.int64)])
         self.acc_dir = np.concatenate([self.acc_dir, np.zeros(add, np.int64)])
+        col = np.zeros((_MOVE_SCALES, add))
+        self.blk_sum = np.concatenate([self.blk_sum, col], axis=1)
+        self.blk_cnt = np.concatenate([self.blk_cnt, col.astype(np.int32)], axis=1)
+        self.blk_prev = np.concatenate([self.blk_prev, col + np.nan], axis=1)
+        self.moves = np.concatenate([self.moves, np.full((_MOVE_SCALES, _MOVE_MEMORY, add),
+                                                          np.nan, np.float32)], axis=2)
 
     def reset(self, mask: np.ndarray, t: int, start: np.ndarray | None = None) -> None:
         """Start the sensors in ``mask`` over at step ``t`` (their statistic changed meaning:
@@ -127,6 +147,10 @@ class _Stat:
         self.c0[m], self.c1[m], self.n[m], self.pairs[m] = 0.0, 0.0, 0, 0
         self.rho_seen[:, m] = 0.0
         self.last_cp[m] = t + 1
+        self.blk_sum[:, m], self.blk_cnt[:, m], self.blk_prev[:, m] = 0.0, 0, np.nan
+        self.moves[:, :, m] = np.nan
+        for i in np.flatnonzero(m).tolist():
+            self.told.pop(i, None)
 
     def wander(self, i: int) -> float:
         """How much further than its step-to-step variation sensor ``i``'s statistic moves
@@ -134,6 +158,45 @@ class _Stat:
         over the last ``_WANDER_STEPS`` steps (an AR(1)'s stationary spread over its
         differences' spread; the lowest, since a change itself raises the estimate)."""
         return float(1.0 / math.sqrt(1.0 - min(float(self.rho_seen[:, i].min()), 0.95)))
+
+    def move_at(self, i: int, steps: int, before: int) -> float:
+        """Sensor ``i``'s typical move over ``steps`` steps before step ``before``: the median
+        absolute difference of consecutive block means among the last ``_MOVE_MEMORY``
+        blocks that ended by then, at the largest dyadic scale up to ``steps`` with at
+        least ``_MOVE_MIN`` of them (0: none yet). Before the change, so that a trend does
+        not make itself ordinary; the median, so that an earlier change does not make the
+        next one look ordinary. A sensor whose level moves this much over such spans without
+        a change (a load that follows the weather, a seasonal drift) has not changed when
+        it moves this much again."""
+        top = min(int(math.log2(max(steps, 1))), _MOVE_SCALES - 1)
+        for s in range(top, -1, -1):
+            v = self.moves[s, :, i]
+            v = v[np.isfinite(v) & (self.move_ends[s] <= before)]
+            if len(v) >= _MOVE_MIN:
+                return float(np.median(v))
+        return 0.0
+
+    def _learn_moves(self, y: np.ndarray, ok: np.ndarray, t: int) -> None:
+        """Fold one value per sensor into the block means of every scale; a scale whose block
+        ends at step ``t`` records, per sensor, how far its mean moved from the block before
+        (NaN: a block with fewer than half its values, or none before it)."""
+        self.blk_sum[0] = np.where(ok, y, 0.0)
+        self.blk_cnt[0] = ok
+        for s in range(_MOVE_SCALES):
+            size = 1 << s
+            if (t + 1) % size:
+                break                 # larger scales end on multiples of this one
+            cnt = self.blk_cnt[s]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(2 * cnt >= size, self.blk_sum[s] / np.maximum(cnt, 1), np.nan)
+            slot = (t + 1) // size % _MOVE_MEMORY
+            self.moves[s, slot] = np.abs(mean - self.blk_prev[s])
+            self.move_ends[s, slot] = t + 1
+            self.blk_prev[s] = mean
+            if s + 1 < _MOVE_SCALES:     # a block is half of the next scale's block
+                self.blk_sum[s + 1] += self.blk_sum[s]
+                self.blk_cnt[s + 1] += cnt
+            self.blk_sum[s], self.blk_cnt[s] = 0.0, 0
 
     def sd(self, fallback: np.ndarray) -> np.ndarray:
         """The statistic's noise scale (from step-to-step differences, else ``fallback``)."""
@@ -191,6 +254,7 @@ class _Stat:
         self.scale = np.where(has, self.scale + rate * (np.nan_to_num(capped) - self.scale),
                               self.scale)
         self.level = np.where(ok, np.where(first, y, level + 0.1 * (y - level)), self.level)
+        self._learn_moves(y, ok, t)
         self.prev = np.where(ok, y, self.prev)
         self.n = self.n + ok
         return sd
@@ -201,7 +265,11 @@ class _Stat:
                 "c1": self.c1.copy(), "n": self.n.copy(), "pairs": self.pairs.copy(),
                 "acc_before": self.acc_before.copy(), "acc_onset": self.acc_onset.copy(),
                 "acc_dir": self.acc_dir.copy(), "rho_seen": self.rho_seen.copy(),
-                "last_cp": self.last_cp.copy()}
+                "last_cp": self.last_cp.copy(), "blk_sum": self.blk_sum.copy(),
+                "blk_cnt": self.blk_cnt.copy(), "blk_prev": self.blk_prev.copy(),
+                "moves": self.moves.copy(), "move_ends": self.move_ends.copy(),
+                "told": np.array([[i, *v] for i, v in sorted(self.told.items())],
+                                 np.float64).reshape(-1, 4)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.det.load_state_dict(state["det"])
@@ -215,6 +283,20 @@ class _Stat:
         # (a checkpoint from before the wander estimate: no wander known yet)
         self.rho_seen = (np.asarray(state["rho_seen"], np.float64).copy() if "rho_seen" in state
                          else np.zeros((_WANDER_STEPS, len(self.level))))
+        # (a checkpoint from before the moves per time scale: none seen yet)
+        n, none = len(self.level), np.zeros((_MOVE_SCALES, len(self.level)))
+        self.blk_sum = np.asarray(state.get("blk_sum", none), np.float64).copy()
+        self.blk_cnt = np.asarray(state.get("blk_cnt", none), np.int32).copy()
+        self.blk_prev = np.asarray(state.get("blk_prev", none + np.nan), np.float64).copy()
+        self.moves = np.asarray(state.get("moves", np.full((_MOVE_SCALES, _MOVE_MEMORY, n),
+                                                            np.nan)), np.float32).copy()
+        self.move_ends = np.asarray(state.get("move_ends", np.full(
+            (_MOVE_SCALES, _MOVE_MEMORY), np.iinfo(np.int64).max)), np.int64).copy()
+        self.told = {int(r[0]): (float(r[1]), float(r[2]), int(r[3]))
+                     for r in np.asarray(state.get("told", np.zeros((0, 4))), np.float64)}
+        if self.moves.shape != (_MOVE_SCALES, _MOVE_MEMORY, n):
+            raise ValueError(f"change monitor: state has moves of shape {self.moves.shape}, "
+                             f"expected {(_MOVE_SCALES, _MOVE_MEMORY, n)}")
 
 
 class ChangeMonitor:
@@ -313,10 +395,9 @@ class ChangeMonitor:
             slots, rows = self.local_slots(ts)
             prof = self.profile[rows, :n].T.astype(np.float64)
             known = self.profile_n[rows, :n].T > 0
-            if self.week and (rows != slots).any():     # a weekend slot not seen yet: the
-                day = self.profile_n[slots, :n].T > 0     # daily profile stands in
-                prof = np.where(known, prof, self.profile[slots, :n].T)
-                known |= day
+            # a weekend slot not seen yet has no expectation either: the first weekend is
+            # learned, not judged against weekdays (a road without rush hours, an office
+            # building at rest), and the detectors carry on after it as if it were missing
             # once the cycle is known, a reading in a slot never seen (an outage on the
             # first day) has no expectation: it waits for the profile, it is not raw
             resid = np.where(seasoned[:, None], np.where(known, values - prof, np.nan), values)
@@ -530,14 +611,73 @@ class ChangeMonitor:
                     if effect < need0 or abs(st.acc_dir[i]) < 2:
                         continue
                     split = None
+                # a change no larger than the sensor's own moves over the same span is what
+                # this sensor does (a load that follows the weather), not news (a trend
+                # keeps adding up)
+                back = None if gradual else self._recovery(st, i, step, before, after)
+                move = st.move_at(i, step - at + 1, at)
+                if back is None and abs(after - before) < self.cfg.history_factor * move:
+                    continue
                 st.acc_dir[i] = 0
                 calmer = channel == "spread" and after < before
                 if names[i] in out or (calmer and not self.cfg.report_calmer):
                     continue
+                if back is not None:
+                    st.told.pop(i, None)
+                    out[names[i]] = self._recovered(names[i], channel, step, end_ts, at, split,
+                                                    before, after, back)
+                    continue
+                st.told[i] = (before, after, step)
                 out[names[i]] = self._evidence(names[i], i, channel, step, end_ts, at, split,
                                                before, after, float(mass[i]), effect,
-                                               gradual)
+                                               gradual, move)
         return out
+
+    def _recovery(self, st: _Stat, i: int, step: int, before: float, after: float
+                  ) -> tuple[float, float, int] | None:
+        """The change alerted last on sensor ``i`` when this one takes the statistic back
+        within half that change of where it was before it (within ``expected_run_steps``):
+        a dip or a burst that ended, told once as a recovery."""
+        told = st.told.get(i)
+        if told is None:
+            return None
+        b0, a0, s0 = told
+        if step - s0 > self.cfg.expected_run_steps:
+            st.told.pop(i, None)
+            return None
+        went = a0 - b0
+        if (after - before) * went >= 0 or abs(after - b0) > 0.5 * abs(went):
+            return None
+        return told
+
+    def _recovered(self, name: str, channel: str, step: int, end_ts: int, onset: int,
+                   split: int | None, before: float, after: float,
+                   told: tuple[float, float, int]) -> Evidence:
+        """An info alert: the statistic is back near where it was before the last change."""
+        p, iv = self.patch_len, self.interval_ms
+        onset_ts = end_ts - (step - onset + 1) * p * iv
+        if split is not None:
+            onset_ts = end_ts - (step - onset + 2) * p * iv + split * iv
+        b0, a0, s0 = told
+        tz = "" if self.tz == "UTC" else f" {self.tz}"
+        if channel == "level":
+            words = (f"level back to about {after:.4g} since {format_when(onset_ts, self.tz)}"
+                     f"{tz}, near its {b0:.4g} before the last change (to about {a0:.4g})")
+            kind = "level"
+        else:
+            words = (f"variability back to a spread of about {math.exp(after):.4g} since "
+                     f"{format_when(onset_ts, self.tz)}{tz}, near its {math.exp(b0):.4g} "
+                     f"before the last change (to about {math.exp(a0):.4g})")
+            kind = "variance"
+        up = after > before
+        return Evidence(
+            score=0.0, detector="bocpd", statistic=channel, severity="info",
+            text=f"{name}: {words}; no action needed unless the change is expected to recur",
+            detail={"change": kind, "recovered": True, "direction": "up" if up else "down",
+                    "value_direction": "up" if up else "down", "since_ts": int(onset_ts),
+                    "since_step": int(onset), "run_steps": max(step - onset + 1, 1),
+                    "before_change": round(b0, 6), "changed_to": round(a0, 6),
+                    "now": round(after, 6), "change_step": int(s0)})
 
     def _since(self, i: int, onset: int, split: int, step: int) -> np.ndarray | None:
         """Sensor ``i``'s deseasonalized readings from ``split`` (an offset into the step
@@ -555,7 +695,7 @@ class ChangeMonitor:
 
     def _evidence(self, name: str, i: int, channel: str, step: int, end_ts: int, onset: int,
                   split: int | None, before: float, after: float, mass: float,
-                  effect: float, gradual: bool = False) -> Evidence:
+                  effect: float, gradual: bool = False, move: float = 0.0) -> Evidence:
         p, iv = self.patch_len, self.interval_ms
         onset_ts = end_ts - (step - onset + 1) * p * iv
         if split is not None:
@@ -593,7 +733,7 @@ class ChangeMonitor:
                     "direction": "up" if up else "down", "since_ts": int(onset_ts),
                     "since_step": int(onset), "run_steps": steps,
                     "probability": round(float(mass), 6), "effect": round(float(effect), 3),
-                    **detail})
+                    "usual_move": round(float(move), 6), **detail})
 
     def _split(self, i: int, onset: int, channel: str) -> int | None:
         """The reading where the change most likely began, as an offset into the step before

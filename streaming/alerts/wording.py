@@ -43,6 +43,8 @@ CHECKS: dict[tuple[str, str], str] = {
 def check_for(alert: Alert) -> str | None:
     """The suggested check for ``alert`` (None: the alert already says what to do)."""
     d = alert.detail
+    if alert.kind == "drift" and d.get("recovered"):
+        return None                     # back where it was: nothing to check
     if alert.kind == "drift":
         change = str(d.get("change") or "")
         if change == "variance":
@@ -73,7 +75,8 @@ def finish(alert: Alert, usual: tuple[float, float] | None = None) -> Alert:
     the alert's text and ``detail`` (once: an alert that has a ``check`` is left as it is)."""
     if "check" in alert.detail:
         return alert
-    if usual is not None and alert.kind in ("anomaly", "drift"):
+    back = bool(alert.detail.get("recovered"))     # a recovery says where it was itself
+    if usual is not None and alert.kind in ("anomaly", "drift") and not back:
         lo, hi = usual
         alert.detail["usual_range"] = [round(lo, 6), round(hi, 6)]
         when = "before the change" if alert.kind == "drift" else "recently"

@@ -459,7 +459,8 @@ class StreamCore:
         """A level change whose values since the onset follow a new line rather than a new
         level is reported as a trend change (``_trend_change`` on the context window)."""
         sides = (self._around_onset(i, step, ev.detail.get("since_step"), 2)
-                 if ev.detail.get("change") == "level" else None)
+                 if ev.detail.get("change") == "level" and not ev.detail.get("recovered")
+                 else None)
         if sides is None:
             return
         before, after = sides

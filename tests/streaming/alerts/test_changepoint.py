@@ -323,3 +323,75 @@ def test_an_intermittent_sensor_has_events_not_changes() -> None:
     other[T // 2:] += 5.0
     found, _ = run_monitor(np.stack([rain, other], axis=1))
     assert [ev.text.split(":")[0] for *_, ev in found] == ["s1"], [ev.text for *_, ev in found]
+
+
+def test_a_return_to_where_it_was_is_a_recovery_not_a_change() -> None:
+    """A +6 burst of 25 steps, then back (a series without a daily cycle): one alert for the
+    change and one info alert (not paged) that says the level is back near where it was."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=1500)
+    x[600:900] += 6
+    found, mon = run_monitor(x, iv=86_400_000)
+    assert [(ev.severity != "info", ev.detail.get("recovered", False)) for *_, ev in found
+            ] == [(True, False), (False, True)], [ev.text for *_, ev in found]
+    assert found[1][2].severity == "info"
+    back = found[1][2]
+    assert 900 <= found[1][0] <= 900 + 8 * P and abs(found[1][1] - 900) <= 3
+    assert back.detail["before_change"] == pytest.approx(0.0, abs=0.5)
+    assert back.detail["changed_to"] == pytest.approx(6.0, abs=0.5)
+    assert "back to about" in back.text and "nan" not in back.text
+    # a state restored mid-dip still knows the change it would recover from
+    fresh = ChangeMonitor(DriftConfig(), 1.0, 86_400_000, P)
+    fresh.load_state_dict(mon.state_dict())
+    assert fresh.stats["level"].told == mon.stats["level"].told
+
+
+def test_a_wandering_sensor_is_judged_by_its_own_moves() -> None:
+    """A level that wanders like a load following the weather (a smoothed random walk) moves
+    many noise units over a few days without a change: judged against its own moves over the
+    same span (``drift.history_factor``) it raises far fewer alerts, while a calm sensor's
+    +3 shift is found just as fast with or without the rule."""
+    counts = {0.0: 0, 4.0: 0}
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        w = np.convolve(np.cumsum(rng.normal(size=1000) * 0.5), np.ones(6) / 6, mode="same")
+        x = np.stack([np.repeat(w, 12) + rng.normal(size=12_000), rng.normal(size=12_000)], 1)
+        x[9000:, 1] += 3
+        for f in counts:
+            found, _ = run_monitor(x, DriftConfig(history_factor=f))
+            counts[f] += sum(1 for _, _, ev in found if ev.text.startswith("s0")
+                             and ev.severity != "info")
+            calm = [(end, onset) for end, onset, ev in found if ev.text.startswith("s1")]
+            assert len(calm) == 1 and 9000 <= calm[0][0] <= 9024, (f, calm)
+            assert abs(calm[0][1] - 9000) <= 3
+    assert counts[4.0] <= 0.7 * counts[0.0], counts
+
+
+def test_move_at_looks_only_before_the_change() -> None:
+    """The typical move is the median of block moves that ended before the given step, at
+    the largest scale up to the span with enough of them."""
+    mon = ChangeMonitor(DriftConfig(), 1.0, IV, P)
+    st = mon.stats["level"]
+    st.grow(1, 0)
+    for t in range(64):
+        st._learn_moves(np.array([float(t % 2)]), np.array([True]), t)   # 0, 1, 0, 1, ...
+    assert st.move_at(0, 1, 64) == pytest.approx(1.0)      # consecutive steps differ by 1
+    assert st.move_at(0, 2, 64) == pytest.approx(0.0)      # pairs average 0.5 each
+    assert st.move_at(0, 1, 3) == 0.0                      # too few moves before step 3
+    for t in range(64, 96):                                # a steady climb after step 64
+        st._learn_moves(np.array([float(t)]), np.array([True]), t)
+    assert st.move_at(0, 2, 64) == pytest.approx(0.0)      # judged by what came before it
+
+
+def test_the_first_weekend_is_learned_not_judged() -> None:
+    """Weekdays have a morning rush-hour dip, weekends none (a road): the first Saturday is
+    not a change against the weekday profile, and two weeks raise nothing."""
+    rng = np.random.default_rng(5)
+    n = 14 * 288
+    t = np.arange(n)
+    slot, day = t % 288, t // 288                      # T0 is a Monday
+    x = 60 + rng.normal(size=n)
+    rush = (slot >= 84) & (slot < 108) & (day % 7 < 5)
+    x[rush] -= 20
+    found, _ = run_monitor(x)
+    assert found == [], [ev.text for *_, ev in found]
