@@ -650,14 +650,19 @@ class ChangeMonitor:
             return None
         return told
 
+    def _onset_ts(self, step: int, end_ts: int, onset: int, split: int | None) -> int:
+        """When a change began: the start of its onset step, or the reading ``split`` of the
+        step before it."""
+        p, iv = self.patch_len, self.interval_ms
+        if split is None:
+            return end_ts - (step - onset + 1) * p * iv
+        return end_ts - (step - onset + 2) * p * iv + split * iv
+
     def _recovered(self, name: str, channel: str, step: int, end_ts: int, onset: int,
                    split: int | None, before: float, after: float,
                    told: tuple[float, float, int]) -> Evidence:
         """An info alert: the statistic is back near where it was before the last change."""
-        p, iv = self.patch_len, self.interval_ms
-        onset_ts = end_ts - (step - onset + 1) * p * iv
-        if split is not None:
-            onset_ts = end_ts - (step - onset + 2) * p * iv + split * iv
+        onset_ts = self._onset_ts(step, end_ts, onset, split)
         b0, a0, s0 = told
         tz = "" if self.tz == "UTC" else f" {self.tz}"
         if channel == "level":
@@ -696,10 +701,7 @@ class ChangeMonitor:
     def _evidence(self, name: str, i: int, channel: str, step: int, end_ts: int, onset: int,
                   split: int | None, before: float, after: float, mass: float,
                   effect: float, gradual: bool = False, move: float = 0.0) -> Evidence:
-        p, iv = self.patch_len, self.interval_ms
-        onset_ts = end_ts - (step - onset + 1) * p * iv
-        if split is not None:
-            onset_ts = end_ts - (step - onset + 2) * p * iv + split * iv
+        onset_ts = self._onset_ts(step, end_ts, onset, split)
         up = after > before
         how = " gradually" if gradual else ""
         if channel == "level":
