@@ -56,11 +56,20 @@ def _lgamma_half_diff(a: np.ndarray) -> np.ndarray:
     """``lgamma(a + 1/2) - lgamma(a)`` for ``a >= 1`` (asymptotic series; error < 1e-3 at
     a = 1, far less above): the Student-t's normalizer without two lgamma calls per cell."""
     inv = 1.0 / a
-    return 0.5 * np.log(a) - 0.125 * inv + inv ** 3 / 192.0
+    out = inv * inv
+    out *= inv
+    out *= 1.0 / 192.0
+    out -= 0.125 * inv
+    out += 0.5 * np.log(a)
+    return out
 
 
 class BOCPDArray:
-    """Run-length posteriors of ``n`` streams, pruned to ``runs`` run lengths each."""
+    """Run-length posteriors of ``n`` streams, pruned to ``runs`` run lengths each.
+
+    The arrays are laid out ``[runs, streams]``: the per-step reductions over a stream's runs
+    (max, sum, argmin) then run along contiguous rows, several times faster than along a
+    short last axis at 10,000 streams."""
 
     def __init__(self, hazard: float = 1 / 250, runs: int = 16, kappa0: float = 0.05,
                  alpha0: float = 2.0) -> None:
@@ -74,11 +83,11 @@ class BOCPDArray:
         self.log_h, self.log_1mh = math.log(hazard), math.log1p(-hazard)
         self.n_streams = 0
         r = runs
-        self.logp = np.zeros((0, r), DTYPE)   # log posterior of each run (-inf: empty slot)
-        self.n = np.zeros((0, r), DTYPE)      # weighted observations in the run
-        self.mean = np.zeros((0, r), DTYPE)   # their mean
-        self.m2 = np.zeros((0, r), DTYPE)     # their sum of squared deviations
-        self.start = np.zeros((0, r), np.int64)   # step of the run's first observation
+        self.logp = np.zeros((r, 0), DTYPE)   # log posterior of each run (-inf: empty slot)
+        self.n = np.zeros((r, 0), DTYPE)      # weighted observations in the run
+        self.mean = np.zeros((r, 0), DTYPE)   # their mean
+        self.m2 = np.zeros((r, 0), DTYPE)     # their sum of squared deviations
+        self.start = np.zeros((r, 0), np.int64)   # step of the run's first observation
         self.mu0 = np.zeros(0)           # prior mean per stream
         self.beta0 = np.ones(0)          # prior scale per stream (alpha * variance)
         self.alpha = np.zeros(0)         # prior shape per stream (alpha0 unless set)
@@ -92,13 +101,13 @@ class BOCPDArray:
         if add <= 0:
             return
         r = self.runs
-        logp = np.full((add, r), -np.inf, DTYPE)
-        logp[:, 0] = 0.0
-        self.logp = np.concatenate([self.logp, logp])
-        self.n = np.concatenate([self.n, np.zeros((add, r), DTYPE)])
-        self.mean = np.concatenate([self.mean, np.zeros((add, r), DTYPE)])
-        self.m2 = np.concatenate([self.m2, np.zeros((add, r), DTYPE)])
-        self.start = np.concatenate([self.start, np.full((add, r), t, np.int64)])
+        logp = np.full((r, add), -np.inf, DTYPE)
+        logp[0] = 0.0
+        self.logp = np.concatenate([self.logp, logp], axis=1)
+        self.n = np.concatenate([self.n, np.zeros((r, add), DTYPE)], axis=1)
+        self.mean = np.concatenate([self.mean, np.zeros((r, add), DTYPE)], axis=1)
+        self.m2 = np.concatenate([self.m2, np.zeros((r, add), DTYPE)], axis=1)
+        self.start = np.concatenate([self.start, np.full((r, add), t, np.int64)], axis=1)
         self.mu0 = np.concatenate([self.mu0, np.zeros(add)])
         self.beta0 = np.concatenate([self.beta0, np.ones(add)])
         self.alpha = np.concatenate([self.alpha, np.full(add, self.alpha0)])
@@ -111,11 +120,11 @@ class BOCPDArray:
         idx = np.flatnonzero(np.asarray(mask)[:self.n_streams])
         if not len(idx):
             return
-        self.logp[idx] = -np.inf
-        self.logp[idx, 0] = 0.0
+        self.logp[:, idx] = -np.inf
+        self.logp[0, idx] = 0.0
         for a in (self.n, self.mean, self.m2):
-            a[idx] = 0.0
-        self.start[idx] = t
+            a[:, idx] = 0.0
+        self.start[:, idx] = t
 
     def seed(self, idx: np.ndarray, value: np.ndarray, weight: float) -> None:
         """Give the streams ``idx`` (just reset, one run each) ``weight`` observations at
@@ -124,25 +133,39 @@ class BOCPDArray:
             return
         value = np.asarray(value, np.float64)
         self.origin[idx] = np.where(np.isnan(self.origin[idx]), value, self.origin[idx])
-        j = np.argmax(self.logp[idx], axis=1)
-        self.n[idx, j] = weight
-        self.mean[idx, j] = (value - self.origin[idx]).astype(DTYPE)
-        self.m2[idx, j] = 0.0
+        j = np.argmax(self.logp[:, idx], axis=0)
+        self.n[j, idx] = weight
+        self.mean[j, idx] = (value - self.origin[idx]).astype(DTYPE)
+        self.m2[j, idx] = 0.0
 
     def _log_t(self, rows: np.ndarray | slice, xx: np.ndarray) -> np.ndarray:
-        """Student-t log predictive of ``xx`` ``[rows, 1]`` under each kept run's posterior:
+        """Student-t log predictive of ``xx`` ``[1, rows]`` under each kept run's posterior:
         with ``q = beta_n (kappa_n + 1) / kappa_n``,
         ``lgamma(a + 1/2) - lgamma(a) - log(2 pi q) / 2 - (a + 1/2) log(1 + (x - mu)^2 / 2q)``."""
-        k0, n, mean = self.kappa0, self.n[rows], self.mean[rows]
-        kn = k0 + n
-        an = self.alpha[rows, None].astype(DTYPE) + 0.5 * n
-        dm = mean - (self.mu0[rows] - self.origin[rows])[:, None].astype(DTYPE)
-        mun = mean - k0 * dm / kn
-        beta0 = self.beta0[rows, None].astype(DTYPE)
-        q = (beta0 + 0.5 * self.m2[rows] + 0.5 * k0 * n * dm * dm / kn) * (kn + 1) / kn
-        e = xx - mun
-        return (_lgamma_half_diff(an) - 0.5 * (_LOG_2PI + np.log(q))
-                - (an + 0.5) * np.log1p(e * e / (2 * q)))
+        # (in place where it can be: this is most of a step's cost at 10,000 sensors)
+        k0, n, mean = DTYPE(self.kappa0), self.n[:, rows], self.mean[:, rows]
+        inv_kn = 1.0 / (k0 + n)
+        an = 0.5 * n
+        an += self.alpha[rows].astype(DTYPE)
+        dm = mean - (self.mu0[rows] - self.origin[rows]).astype(DTYPE)
+        e = dm * inv_kn
+        e *= k0
+        e += xx
+        e -= mean                                   # x - mu_n
+        q = dm * dm
+        q *= n
+        q *= inv_kn
+        q *= k0
+        q += self.m2[:, rows]
+        q *= DTYPE(0.5)
+        q += self.beta0[rows].astype(DTYPE)
+        q *= 1.0 + inv_kn                           # beta_n (kappa_n + 1) / kappa_n
+        out = e * e
+        out /= 2 * q
+        np.log1p(out, out=out)
+        out *= an + 0.5
+        out += 0.5 * (np.log(q) + DTYPE(_LOG_2PI))
+        return _lgamma_half_diff(an) - out
 
     def update(self, x: np.ndarray, t: int, w: np.ndarray | None = None) -> np.ndarray:
         """One observation per stream (NaN: none, the stream is left as it is) arriving at
@@ -162,37 +185,43 @@ class BOCPDArray:
         ww = (np.ones(k, DTYPE) if w is None
               else np.clip(np.asarray(w, np.float64)[rows], 1e-3, 1.0).astype(DTYPE))
         self._anchor(rows, x[rows])
-        xx = (x[rows] - self.origin[rows])[:, None].astype(DTYPE)
-        w2 = ww[:, None]
-        lj = self.logp[rows] + self._log_t(rows, xx) * w2
-        mx = row_max(lj)
-        evidence = mx + np.log(row_sum(np.exp(lj - mx[:, None])))
+        xx = (x[rows] - self.origin[rows]).astype(DTYPE)
+        lj = self._log_t(rows, xx)
+        lj *= ww
+        lj += self.logp[:, rows]
+        mx = lj.max(axis=0)
+        evidence = mx + np.log(np.exp(lj - mx).sum(axis=0))
         grow = lj
         grow += DTYPE(self.log_1mh)
-        n, mean, m2 = self.n[rows], self.mean[rows], self.m2[rows]
-        n1 = n + w2
+        n, mean, m2 = self.n[:, rows], self.mean[:, rows], self.m2[:, rows]
+        n1 = n + ww
         d = xx - mean
-        mean1 = mean + w2 * d / n1
-        m21 = m2 + w2 * d * (xx - mean1)
-        start1 = self.start[rows]
+        mean1 = d * ww
+        mean1 /= n1
+        mean1 += mean
+        m21 = xx - mean1
+        m21 *= d
+        m21 *= ww
+        m21 += m2
+        start1 = self.start[:, rows]
         # the least probable run gives its slot to the new one (empty slots first)
-        j = np.argmin(grow, axis=1)
+        j = np.argmin(grow, axis=0)
         r = np.arange(k)
         # the normalizer without a second pass: the kept runs' mass after the split is
         # exp(evidence) less the (1 - h) share of the dropped run
-        dropped = np.exp(np.minimum(grow[r, j] - evidence, 0.0))
+        dropped = np.exp(np.minimum(grow[j, r] - evidence, 0.0))
         log_total = evidence + np.log(np.maximum(1.0 - dropped, 1e-30))
-        grow[r, j] = evidence + DTYPE(self.log_h)
-        n1[r, j] = 0.0
-        mean1[r, j] = 0.0
-        m21[r, j] = 0.0
-        start1[r, j] = t + 1          # the new run's first observation is the next one
-        grow -= log_total[:, None]
+        grow[j, r] = evidence + DTYPE(self.log_h)
+        n1[j, r] = 0.0
+        mean1[j, r] = 0.0
+        m21[j, r] = 0.0
+        start1[j, r] = t + 1          # the new run's first observation is the next one
+        grow -= log_total
         if isinstance(rows, slice):
             self.logp, self.n, self.mean, self.m2, self.start = grow, n1, mean1, m21, start1
         else:
-            self.logp[rows], self.n[rows], self.mean[rows] = grow, n1, mean1
-            self.m2[rows], self.start[rows] = m21, start1
+            self.logp[:, rows], self.n[:, rows], self.mean[:, rows] = grow, n1, mean1
+            self.m2[:, rows], self.start[:, rows] = m21, start1
         # the stream's surprise: log p(x | past) (the evidence before the hazard split)
         out[rows] = evidence / ww
         return out
@@ -209,42 +238,44 @@ class BOCPDArray:
             return
         idx = np.arange(self.n_streams)[rows][move]
         delta = np.where(np.isnan(org[move]), 0.0, x[move] - org[move])
-        self.mean[idx] -= delta[:, None].astype(DTYPE)
+        self.mean[:, idx] -= delta.astype(DTYPE)
         self.origin[idx] = x[move]
 
     def mass_after(self, t0: np.ndarray) -> np.ndarray:
         """Posterior mass of the runs that started after step ``t0`` (per stream)."""
-        return row_sum(np.where(self.start > np.asarray(t0)[:, None], np.exp(self.logp),
-                                DTYPE(0.0)))
+        return np.where(self.start > np.asarray(t0), np.exp(self.logp), DTYPE(0.0)).sum(axis=0)
 
     def map_start(self, t0: np.ndarray) -> np.ndarray:
         """Start step of the most probable run among those that began after ``t0``."""
-        p = np.where(self.start > np.asarray(t0)[:, None], self.logp, -np.inf)
-        return self.start[np.arange(self.n_streams), np.argmax(p, axis=1)]
+        p = np.where(self.start > np.asarray(t0), self.logp, -np.inf)
+        return self.start[np.argmax(p, axis=0), np.arange(self.n_streams)]
 
     def run_summary(self, i: int, t0: int) -> tuple[float, float, float, float]:
         """The means either side of stream ``i``'s change after step ``t0``: (mean, weight) of
         its most probable run started after ``t0``, and of the observations before that
         run within its most probable run started at or before ``t0`` (that run holds the
         new run's observations too: they are taken out)."""
-        after = self.start[i] > t0
-        pa = np.where(after, self.logp[i], -np.inf)
-        pb = np.where(~after, self.logp[i], -np.inf)
+        after = self.start[:, i] > t0
+        lp = self.logp[:, i]
+        pa = np.where(after, lp, -np.inf)
+        pb = np.where(~after, lp, -np.inf)
         ja, jb = int(np.argmax(pa)), int(np.argmax(pb))
         o = float(self.origin[i]) if np.isfinite(self.origin[i]) else 0.0
-        ma, na = float(self.mean[i, ja]) + o, float(self.n[i, ja])
+        ma, na = float(self.mean[ja, i]) + o, float(self.n[ja, i])
         if not np.isfinite(pb[jb]):
             return ma, na, float(self.mu0[i]), 0.0
-        mb, nb = float(self.mean[i, jb]) + o, float(self.n[i, jb])
+        mb, nb = float(self.mean[jb, i]) + o, float(self.n[jb, i])
         rest = nb - na
         if rest > 1e-6:
             return ma, na, (nb * mb - na * ma) / rest, rest
         return ma, na, float(self.mu0[i]), 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        """The run arrays as ``[streams, runs]`` (the checkpoint's layout since it began)."""
         return {"hazard": self.hazard, "runs": self.runs, "kappa0": self.kappa0,
-                "alpha0": self.alpha0, "logp": self.logp.copy(), "n": self.n.copy(),
-                "mean": self.mean.copy(), "m2": self.m2.copy(), "start": self.start.copy(),
+                "alpha0": self.alpha0, "logp": self.logp.T.copy(), "n": self.n.T.copy(),
+                "mean": self.mean.T.copy(), "m2": self.m2.T.copy(),
+                "start": self.start.T.copy(),
                 "mu0": self.mu0.copy(), "beta0": self.beta0.copy(), "alpha": self.alpha.copy(),
                 "origin": self.origin.copy()}
 
@@ -253,8 +284,10 @@ class BOCPDArray:
         if runs != self.runs:
             raise ValueError(f"bocpd: state has {runs} run lengths, this detector {self.runs}")
         for k in ("logp", "n", "mean", "m2"):
-            setattr(self, k, np.asarray(state[k], DTYPE).reshape(-1, runs).copy())
-        self.start = np.asarray(state["start"], np.int64).reshape(-1, runs).copy()
+            setattr(self, k, np.ascontiguousarray(np.asarray(state[k], DTYPE)
+                                                  .reshape(-1, runs).T))
+        self.start = np.ascontiguousarray(np.asarray(state["start"], np.int64)
+                                          .reshape(-1, runs).T)
         self.mu0 = np.asarray(state["mu0"], np.float64).copy()
         self.beta0 = np.asarray(state["beta0"], np.float64).copy()
         self.alpha = np.asarray(state["alpha"], np.float64).copy()

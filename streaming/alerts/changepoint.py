@@ -393,14 +393,16 @@ class ChangeMonitor:
         seasoned = self._seasoned(n)
         if self.slots:
             slots, rows = self.local_slots(ts)
-            prof = self.profile[rows, :n].T.astype(np.float64)
-            known = self.profile_n[rows, :n].T > 0
+            prof = self.profile[rows, :n]
+            prof[self.profile_n[rows, :n] == 0] = np.nan
             # a weekend slot not seen yet has no expectation either: the first weekend is
             # learned, not judged against weekdays (a road without rush hours, an office
             # building at rest), and the detectors carry on after it as if it were missing
             # once the cycle is known, a reading in a slot never seen (an outage on the
             # first day) has no expectation: it waits for the profile, it is not raw
-            resid = np.where(seasoned[:, None], np.where(known, values - prof, np.nan), values)
+            resid = values - prof.T
+            if not seasoned.all():
+                resid = np.where(seasoned[:, None], resid, values)
         else:
             resid = values
         fin = np.isfinite(resid)
@@ -419,10 +421,7 @@ class ChangeMonitor:
             # a step of identical readings (or readings that differ by float rounding only)
             # says nothing of the spread (a quantized sensor, a rain gauge at 0): no spread
             # statistic for it
-            raw = row_sum(np.where(ok, values, 0.0)) / np.maximum(row_sum(ok), 1)
-            span = row_max(np.where(ok, values, -np.inf)) + row_max(np.where(ok, -values,
-                                                                               -np.inf))
-            flat = (span <= _FLAT * np.abs(raw)) | (spread <= _FLAT * np.abs(raw))
+            flat = _flat(values, ok, spread)
             logs = np.where(np.isfinite(spread) & (spread > 0) & ~flat, np.log(spread), np.nan)
         judged = np.isfinite(spread)
         k = self.flat_n[:n] + judged
@@ -438,7 +437,7 @@ class ChangeMonitor:
         y0 = y
         y, common_l = lv.without_common(y, self._noise(spread, cnt), self.cfg.common_mode_min)
         # the readings in the detector's frame (network-wide move out), for onset and size
-        self._remember(step, resid - np.nan_to_num(y0 - y)[:, None] if common_l else resid)
+        self._remember(step, resid, np.nan_to_num(y0 - y) if common_l else None)
         logs, common_s = sp.without_common(logs, np.ones(n), self.cfg.common_mode_min)
         self.common = common_l or common_s
         sd_level = lv.update(y, step, fallback, alpha)
@@ -538,7 +537,8 @@ class ChangeMonitor:
         ``seasoned``, its daily ``slots`` before): a plain mean over the first visits, then
         an exponential mean (``drift.season_rate``)."""
         n = values.shape[0]
-        dev = (values - np.where(np.isfinite(level), level, 0.0)[:, None]).T
+        # (single precision, in place: the profile is float32 and this runs every step)
+        dev = (values - np.where(np.isfinite(level), level, 0.0)[:, None]).T.astype(np.float32)
         for target, who in ((slots, ~seasoned), (rows, seasoned)):
             if not who.any():
                 continue
@@ -548,14 +548,25 @@ class ChangeMonitor:
             o = np.isfinite(d) & who[None]
             cur = self.profile[uniq, :n]
             cnt = self.profile_n[uniq, :n]
-            rate = np.maximum(1.0 / (cnt + 1.0), self.cfg.season_rate)
-            self.profile[uniq, :n] = np.where(o, cur + rate * (np.where(o, d, cur) - cur), cur)
+            rate = (cnt + 1).astype(np.float32)
+            np.reciprocal(rate, out=rate)
+            np.maximum(rate, np.float32(self.cfg.season_rate), out=rate)
+            delta = np.where(o, d, cur)
+            delta -= cur
+            delta *= rate
+            cur += delta                # (+0 where nothing was read)
+            self.profile[uniq, :n] = cur
             self.profile_n[uniq, :n] = cnt + o
 
-    def _remember(self, step: int, resid: np.ndarray) -> None:
+    def _remember(self, step: int, resid: np.ndarray, common: np.ndarray | None) -> None:
+        """Keep the step's deseasonalized readings, less the network-wide move ``common``
+        where it was removed (the detector's frame: onset split and new level)."""
         n, p = resid.shape
         k = step % _HISTORY_STEPS
-        self.history[:n, k * p:(k + 1) * p] = resid
+        if common is None:
+            self.history[:n, k * p:(k + 1) * p] = resid
+        else:
+            np.subtract(resid, common[:, None], out=self.history[:n, k * p:(k + 1) * p])
         self.history[n:, k * p:(k + 1) * p] = np.nan
         self.history_steps[k] = step
 
@@ -792,6 +803,23 @@ class ChangeMonitor:
                                  np.int64).copy()
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
+
+
+def _flat(values: np.ndarray, ok: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Per row, whether the step's readings are identical (or differ by float rounding only:
+    their span within ``_FLAT`` of their mean), or their deseasonalized ``spread`` is. The
+    span is computed only for rows whose first two readings agree (or one is missing): no
+    other row can be flat (a cost at 10,000 sensors per step)."""
+    raw = np.abs(row_sum(np.where(ok, values, 0.0)) / np.maximum(row_sum(ok), 1))
+    flat = spread <= _FLAT * raw
+    v0, v1 = values[:, 0], values[:, min(1, values.shape[1] - 1)]
+    with np.errstate(invalid="ignore"):
+        idx = np.flatnonzero(~(np.abs(v1 - v0) > 2 * _FLAT * raw))     # (NaN: maybe)
+    if len(idx):
+        v, o = values[idx], ok[idx]
+        span = row_max(np.where(o, v, -np.inf)) + row_max(np.where(o, -v, -np.inf))
+        flat[idx] |= span <= _FLAT * raw[idx]
+    return flat
 
 
 def _robust_spread(resid: np.ndarray) -> np.ndarray:
