@@ -134,6 +134,9 @@ class DriftConfig:
     #                                     statistic's step-to-step noise
     history_factor: float = 4.0         # bocpd: a change must also exceed this many times the
     #                                     sensor's own typical move over the same span (0: off)
+    repeat_factor: float = 2.0          # bocpd: each drift alert on a sensor raises the bar
+    #                                     of its next one by this share, fading over the
+    #                                     sensor's budget (10,000 / alerts.max_per_10k readings)
     bocpd_threshold: float = 0.0        # bocpd: posterior mass that declares a change
     #                                     (0: from alerts.max_per_10k)
     season_rate: float = 0.1            # bocpd: learning rate of the daily profile
@@ -181,6 +184,8 @@ class DriftConfig:
             raise ConfigError("drift.history_factor must be >= 0 (0: off)")
         if self.min_effect < 0:
             raise ConfigError("drift.min_effect must be >= 0")
+        if self.repeat_factor < 0:
+            raise ConfigError("drift.repeat_factor must be >= 0 (0: off)")
         bad = [c for c in self.channels.split("+") if c not in DRIFT_CHANNELS]
         if bad or not self.channels:
             raise ConfigError(f"drift.channels: unknown channel {bad[0] if bad else ''!r} "

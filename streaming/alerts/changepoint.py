@@ -311,6 +311,13 @@ class ChangeMonitor:
         self.threshold = (cfg.bocpd_threshold if cfg.bocpd_threshold > 0
                           else threshold_for_budget(max_per_10k))
         self.interval_ms, self.patch_len, self.tz = interval_ms, patch_len, tz
+        # a sensor's alert budget: each drift alert adds 1 to its strain, which fades over
+        # the budget's readings (10,000 / max_per_10k); the bar of its next alert is
+        # ``1 + repeat_factor * strain`` times the usual one
+        self.fade_steps = 10_000 / max(max_per_10k, 1e-9) / patch_len
+        self.strain = np.zeros(0)
+        self.strain_step = np.zeros(0, np.int64)
+        self.held_back = 0                 # changes found but not alerted (over the budget)
         self._zone = zone(tz)
         season = cfg.season_ms
         self.slot_ms = max(interval_ms, DAY_MS // MAX_SLOTS)
@@ -352,6 +359,8 @@ class ChangeMonitor:
         self.seen = np.concatenate([self.seen, np.zeros(add, np.int64)])
         self.flat_share = np.concatenate([self.flat_share, np.zeros(add)])
         self.flat_n = np.concatenate([self.flat_n, np.zeros(add, np.int64)])
+        self.strain = np.concatenate([self.strain, np.zeros(add)])
+        self.strain_step = np.concatenate([self.strain_step, np.zeros(add, np.int64)])
         self.anchor = np.concatenate([self.anchor, np.full(add, np.nan)])
         self.history = np.concatenate([self.history,
                                        np.full((add, self.history.shape[1]), np.nan)])
@@ -629,6 +638,17 @@ class ChangeMonitor:
                 move = st.move_at(i, step - at + 1, at)
                 if back is None and abs(after - before) < self.cfg.history_factor * move:
                     continue
+                if back is None and names[i] not in out:
+                    # over the sensor's budget: a sensor that changed lately must change by
+                    # more to be news again (ETT loads switch regimes every few weeks)
+                    bar = 1.0 + self.cfg.repeat_factor * self._strain(i, step)
+                    hist = self.cfg.history_factor * move
+                    margin = min(effect / max(need0 if gradual else need, 1e-12),
+                                 abs(after - before) / hist if hist > 0 else math.inf)
+                    if margin < bar:
+                        st.acc_dir[i] = 0
+                        self.held_back += 1
+                        continue
                 st.acc_dir[i] = 0
                 calmer = channel == "spread" and after < before
                 if names[i] in out or (calmer and not self.cfg.report_calmer):
@@ -639,10 +659,20 @@ class ChangeMonitor:
                                                     before, after, back)
                     continue
                 st.told[i] = (before, after, step)
+                self.strain[i] = self._strain(i, step) + 1.0
+                self.strain_step[i] = step
                 out[names[i]] = self._evidence(names[i], i, channel, step, end_ts, at, split,
                                                before, after, float(mass[i]), effect,
                                                gradual, move)
         return out
+
+    def _strain(self, i: int, step: int) -> float:
+        """Sensor ``i``'s recent drift alerts, each fading as ``exp(-steps since /
+        fade_steps)``."""
+        if not self.strain[i]:
+            return 0.0
+        return float(self.strain[i] * math.exp(-(step - int(self.strain_step[i]))
+                                               / self.fade_steps))
 
     def _recovery(self, st: _Stat, i: int, step: int, before: float, after: float
                   ) -> tuple[float, float, int] | None:
@@ -778,7 +808,8 @@ class ChangeMonitor:
                 "history": self.history.copy(), "history_steps": self.history_steps.copy(),
                 "phi": self.phi.copy(), "noise": self.noise.copy(),
                 "noise_n": self.noise_n.copy(), "flat_share": self.flat_share.copy(),
-                "flat_n": self.flat_n.copy(),
+                "flat_n": self.flat_n.copy(), "strain": self.strain.copy(),
+                "strain_step": self.strain_step.copy(), "held_back": self.held_back,
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -801,6 +832,12 @@ class ChangeMonitor:
                                      np.float64).copy()
         self.flat_n = np.asarray(state.get("flat_n", np.zeros(len(self.level))),
                                  np.int64).copy()
+        # (a state from before the alert budget: no recent alerts)
+        self.strain = np.asarray(state.get("strain", np.zeros(len(self.level))),
+                                 np.float64).copy()
+        self.strain_step = np.asarray(state.get("strain_step", np.zeros(len(self.level))),
+                                      np.int64).copy()
+        self.held_back = int(state.get("held_back", 0))
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
 

@@ -350,7 +350,8 @@ def test_a_wandering_sensor_is_judged_by_its_own_moves() -> None:
     """A level that wanders like a load following the weather (a smoothed random walk) moves
     many noise units over a few days without a change: judged against its own moves over the
     same span (``drift.history_factor``) it raises far fewer alerts, while a calm sensor's
-    +3 shift is found just as fast with or without the rule."""
+    +3 shift is found just as fast with or without the rule (the alert budget, which also
+    cuts repeats, is off here to measure this rule alone)."""
     counts = {0.0: 0, 4.0: 0}
     for seed in range(4):
         rng = np.random.default_rng(seed)
@@ -358,7 +359,7 @@ def test_a_wandering_sensor_is_judged_by_its_own_moves() -> None:
         x = np.stack([np.repeat(w, 12) + rng.normal(size=12_000), rng.normal(size=12_000)], 1)
         x[9000:, 1] += 3
         for f in counts:
-            found, _ = run_monitor(x, DriftConfig(history_factor=f))
+            found, _ = run_monitor(x, DriftConfig(history_factor=f, repeat_factor=0.0))
             counts[f] += sum(1 for _, _, ev in found if ev.text.startswith("s0")
                              and ev.severity != "info")
             calm = [(end, onset) for end, onset, ev in found if ev.text.startswith("s1")]
@@ -395,3 +396,32 @@ def test_the_first_weekend_is_learned_not_judged() -> None:
     x[rush] -= 20
     found, _ = run_monitor(x)
     assert found == [], [ev.text for *_, ev in found]
+
+
+def test_a_sensor_keeps_to_its_alert_budget() -> None:
+    """A load that steps up by 3 noise units every 600 readings (each step a real change)
+    is told once, then held back (``drift.repeat_factor``); a +20 jump after them is still
+    told at once, and the budget's state round-trips."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=10_800) + 3.0 * (np.arange(10_800) // 600).clip(max=15)
+    x[9_600:] += 20
+    told = {}
+    for f in (0.0, 2.0):
+        found, mon = run_monitor(x, DriftConfig(repeat_factor=f))
+        changes = [(end, onset) for end, onset, ev in found if ev.severity != "info"]
+        told[f] = len(changes)
+        jump = [(end, onset) for end, onset in changes if end >= 9_600]
+        assert jump and jump[0][0] <= 9_600 + 2 * P and abs(jump[0][1] - 9_600) <= 3, (f, jump)
+    assert told[0.0] >= 8 and told[2.0] <= told[0.0] // 3, told
+    assert mon.held_back > 0 and mon.strain.max() > 1.0
+    twin = ChangeMonitor(DriftConfig(repeat_factor=2.0), 1.0, IV, P)
+    twin.load_state_dict(mon.state_dict())
+    assert np.array_equal(twin.strain, mon.strain) and twin.held_back == mon.held_back
+    assert np.array_equal(twin.strain_step, mon.strain_step)
+
+
+def test_repeat_factor_is_validated() -> None:
+    from streaming.config import ConfigError
+
+    with pytest.raises(ConfigError, match="drift.repeat_factor"):
+        DriftConfig(repeat_factor=-1.0).validate()
