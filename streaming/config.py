@@ -337,6 +337,11 @@ class ServeConfig:
     #                                     patch head (a window-normalized backbone only)
     interval_rate: float = 0.5          # adaptive-conformal step of the p10/p90 bounds
     #                                     width (streaming.forecast.intervals; 0 = uncalibrated)
+    frozen_sleep_steps: int = 48        # after this many steps with the frozen copy's weight
+    #                                     below 2 % at every horizon point of a sensor, it
+    #                                     forecasts that sensor on one step in 8 (its weights
+    #                                     and the guard learn there); a drift alert or its
+    #                                     weight back above 2 % wakes it (0: always)
     observed_margin: float = 0.25       # also within the observed range widened by this
     #                                     share of it (a negative value: off); a sensor never
     #                                     seen below 0 is not forecast below 0
@@ -358,6 +363,9 @@ class ServeConfig:
             raise ConfigError(f"serve.interval_rate must be >= 0, got {self.interval_rate!r}")
         if not 0 <= self.share < 1:
             raise ConfigError(f"serve.share must be in [0, 1), got {self.share!r}")
+        if self.frozen_sleep_steps < 0:
+            raise ConfigError(f"serve.frozen_sleep_steps must be >= 0 (0: never), got "
+                              f"{self.frozen_sleep_steps!r}")
         for key, b in self.bounds.items():
             if (not isinstance(b, list | tuple) or len(b) != 2 or not all(
                     isinstance(v, int | float) and not isinstance(v, bool) for v in b)

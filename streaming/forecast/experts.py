@@ -198,6 +198,18 @@ class ExpertWeights:
         p = self.pick.wk[:, :n]
         return p[0] * self.hedge.wk[:, :n] + p[1] * self.convex.wk[:, :n]
 
+    def weight_of(self, name: str, n: int) -> np.ndarray:
+        """``[n, H]`` expert ``name``'s weight in the served forecast of the first ``n``
+        sensors (``w`` for one expert, without the others')."""
+        j = self.names.index(name)
+        self._grow(n)
+        if self.combine_rule == "convex":
+            return self.convex.wk[j, :n]
+        if self.combine_rule != "auto":
+            return self.hedge.wk[j, :n]
+        p = self.pick.wk[:, :n]
+        return p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
+
     def _grow(self, n: int) -> None:
         for x in (self.hedge, self.convex, self.pick):
             x.grow(n)

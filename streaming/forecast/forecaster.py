@@ -7,7 +7,10 @@ baselines (``streaming.forecast.baselines``). Online exponential weights per sen
 horizon point pick the mix; the served forecast stays within the sensor's bounds
 (``serve.bounds`` and the observed range widened by ``serve.observed_margin``; never below 0
 for a sensor never seen below 0). A non-finite forecast is never served: the sensor gets its
-last observed value and the core reports it.
+last observed value and the core reports it. Where the frozen copy's weight has been
+negligible on a sensor for ``serve.frozen_sleep_steps`` steps, it forecasts that sensor on one
+step in 8 only (the others: it sleeps, charged the mix's loss), until its weight or a drift
+alert wakes it: its forward pass is about half a step's CPU.
 
 Model inputs are z-scored per sensor with the running normalizer (or, with
 ``adapt.normalization = checkpoint``, the pretraining statistics of the sensors the
@@ -34,6 +37,9 @@ from streaming.forecast.metrics import OnlineMetrics
 from streaming.forecast.normalization import OnlineNormalizer
 from streaming.forecast.online import OnlineModel
 from streaming.ingest.window import ContextWindow, Pending
+
+FROZEN_NEGLIGIBLE = 0.02   # a frozen-copy weight below this everywhere is negligible
+FROZEN_PROBE = 8           # an asleep frozen copy runs on one step in this many
 
 
 @dataclass
@@ -89,6 +95,10 @@ class Forecaster:
         self._learned_at: int | None = None
         self._feedback_stat: np.ndarray | None = None
         self._newest: Inputs | None = None
+        # per sensor, consecutive steps with the frozen expert's weight negligible at every
+        # horizon point: past ``serve.frozen_sleep_steps`` it sleeps there (``_frozen_due``)
+        self._frozen_low = np.zeros(0, np.int64)
+        self.frozen_skipped = 0           # sensor forecasts the frozen copy slept through
         self._pinned: dict[str, tuple[float, float]] = {}
         self._pin_idx: tuple | None = None
         # the region's own sensors (None: all); ghosts (``streaming.ingest.halo``) are not
@@ -194,6 +204,19 @@ class Forecaster:
         h = self.cfg.model.horizon
         cols, emb, offsets = [], None, None
         for e in self.experts:
+            if e == "frozen":
+                rows = self._frozen_due(int(inp.steps[-1]), n)
+                if rows is not None:      # some sensors asleep: charged the mix's loss there
+                    col = np.full((n, h), np.nan)
+                    if len(rows):
+                        z, _ = self.frozen.predict_with_embedding(  # type: ignore[union-attr]
+                            inp.x[rows], inp.mask[rows], inp.side[rows], steps=inp.steps,
+                            sensors=[sensors[i] for i in rows])
+                        col[rows] = (z.astype(np.float64) * inp.scale[rows, None]
+                                     + inp.loc[rows, None])
+                    self.frozen_skipped += n - len(rows)
+                    cols.append(col)
+                    continue
             if e in ("model", "frozen"):
                 net = self.model if e == "model" else self.frozen
                 z, em = net.predict_with_embedding(  # type: ignore[union-attr]
@@ -214,6 +237,9 @@ class Forecaster:
         if self.guard is not None:
             self._switch(experts, inp)
         served, leader = self.weights.combine(experts)
+        if self.frozen is not None and self.cfg.serve.frozen_sleep_steps:
+            low = (self.weights.weight_of("frozen", n) < FROZEN_NEGLIGIBLE).all(axis=1)
+            self._frozen_low = np.where(low, _pad(self._frozen_low, n)[:n] + 1, 0)
         blo, bhi = self.bounds(sensors)
         served = np.clip(served, blo[:, None], bhi[:, None])
         bad = exists & ~np.isfinite(served).all(axis=1)
@@ -233,6 +259,27 @@ class Forecaster:
                           np.where(gone, np.nan, lo), np.where(gone, np.nan, hi))
         return (served, emb, [sensors[i] for i in np.flatnonzero(bad)], pending,
                 [self.experts[j] for j in leader])
+
+    def _frozen_due(self, step: int, n: int) -> np.ndarray | None:
+        """The sensors whose frozen forecast is computed at ``step`` (None: all of them).
+        A sensor sleeps when the frozen copy's weight has been negligible there (below
+        ``FROZEN_NEGLIGIBLE`` at every horizon point) for ``serve.frozen_sleep_steps``
+        steps and the guard does not serve it the frozen forecast; it is still forecast on
+        one step in ``FROZEN_PROBE``, where its weights and the guard learn, so a frozen
+        copy that becomes useful again wakes up by its weight (or on a drift alert,
+        ``boost``). A graph model forecasts the whole region or none of it."""
+        s = self.cfg.serve.frozen_sleep_steps
+        if not s or step % FROZEN_PROBE == 0:
+            return None
+        low = _pad(self._frozen_low, n)[:n]
+        due = low < s
+        if self.guard is not None:
+            due |= self.guard.switched(n)
+        if due.all():
+            return None
+        if self.model.is_spatial:
+            return None if due.any() else np.zeros(0, np.int64)
+        return np.flatnonzero(due)
 
     # --- learning -----------------------------------------------------------------------
 
@@ -384,8 +431,10 @@ class Forecaster:
         return m.mae if m is not None else math.nan
 
     def boost(self, sensors: list[str], step: int) -> None:
-        """A drift alert on ``sensors``: adapt faster there for a while."""
+        """A drift alert on ``sensors``: adapt faster there for a while, and wake the frozen
+        copy on every sensor (the adapted weights may no longer fit)."""
         self.model.boost(sensors, step)
+        self._frozen_low[:] = 0
 
     def drain_events(self) -> list[dict[str, Any]]:
         """Rolled-back updates since the last call (for model alerts)."""
@@ -403,7 +452,8 @@ class Forecaster:
                 "expert_metrics": {e: m.state_dict() for e, m in self.expert_metrics.items()},
                 "rng": self._rng.bit_generator.state, "learned_at": self._learned_at,
                 "feedback_stat": self._feedback_stat, "newest": newest,
-                "intervals": self.intervals.state_dict()}
+                "intervals": self.intervals.state_dict(), "frozen_low": self._frozen_low.copy(),
+                "frozen_skipped": self.frozen_skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.normalizer.load_state_dict(state["normalizer"])
@@ -427,5 +477,13 @@ class Forecaster:
         self._newest = None if nw is None else Inputs(**{
             k: None if v is None else np.asarray(v) for k, v in nw.items()})
         self._pin_idx = None
+        # (earlier versions: all awake)
+        self._frozen_low = np.asarray(state.get("frozen_low", np.zeros(0)), np.int64).copy()
+        self.frozen_skipped = int(state.get("frozen_skipped", 0))
         if state.get("intervals") is not None:      # absent in an earlier version's state
             self.intervals.load_state_dict(state["intervals"])
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` extended with zeros to at least ``n`` entries."""
+    return a if len(a) >= n else np.concatenate([a, np.zeros(n - len(a), a.dtype)])
