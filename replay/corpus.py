@@ -253,22 +253,71 @@ def synthetic_series(rng: np.random.Generator, n_rows: int, interval_ms: int) ->
     return y
 
 
+def _series_block(rng: np.random.Generator, y: np.ndarray, interval: int,
+                  timed: bool = True) -> Block:
+    """A univariate synthetic block: 90 % train rows, a random start (None: no clock)."""
+    n_rows = len(y)
+    start = int(rng.integers(1_300_000_000, 1_800_000_000)) * 1000 // interval * interval
+    tr = int(0.9 * n_rows)
+    return Block(_zscore(y[:, None], tr),
+                 start + np.arange(n_rows) * interval if timed else None, interval, tr, n_rows)
+
+
+def training_pool(sources: list[Source], per_source: int = 50) -> list[np.ndarray]:
+    """Training rows of real series (at most ``per_source`` per source): what
+    ``ts_mixup`` mixes."""
+    pool = []
+    for src in sources:
+        if src.synthetic:
+            continue
+        cols = [(b, j) for b in src.blocks for j in range(b.values.shape[1])]
+        for b, j in cols[:per_source]:
+            pool.append(b.values[:b.train, j])
+    return pool
+
+
 def synthetic_sources(seed: int, *, n_series: int = 400, n_networks: int = 3,
-                      lap_pe_dim: int = 8) -> list[Source]:
-    """Univariate synthetic series (one source) and simulated networks (one source each)."""
+                      lap_pe_dim: int = 8, kernel_series: int = 0, mixup_series: int = 0,
+                      lagged_networks: int = 0, pool: list[np.ndarray] | None = None
+                      ) -> list[Source]:
+    """Univariate synthetic series (one source), simulated networks (one source each), and
+    (``replay.synthetic``) GP kernel compositions, mixtures of the real series in ``pool``
+    and networks with lagged cross-sensor effects (one source each kind / network)."""
     from replay.simulator import SimConfig, simulate
+    from replay.synthetic import kernel_synth, lagged_network, ts_mixup
 
     rng = np.random.default_rng(seed)
     blocks = []
     for _ in range(n_series):
         interval = int(rng.choice(SYNTH_INTERVALS))
         n_rows = int(rng.integers(600, 3000))
-        y = synthetic_series(rng, n_rows, interval)[:, None]
-        start = int(rng.integers(1_300_000_000, 1_800_000_000)) * 1000 // interval * interval
-        tr = int(0.9 * n_rows)
-        blocks.append(Block(_zscore(y, tr), start + np.arange(n_rows) * interval, interval,
-                            tr, n_rows))
-    out = [Source("synthetic", blocks, synthetic=True)]
+        blocks.append(_series_block(rng, synthetic_series(rng, n_rows, interval), interval))
+    out = [Source("synthetic", blocks, synthetic=True)] if blocks else []
+    kernel = []
+    for _ in range(kernel_series):
+        interval = int(rng.choice(SYNTH_INTERVALS))
+        n_rows = int(rng.integers(600, 2048))
+        kernel.append(_series_block(rng, kernel_synth(rng, n_rows, interval), interval))
+    if kernel:
+        out.append(Source("kernel_synth", kernel, synthetic=True))
+    mixed = []
+    longest = max((len(p) for p in pool or []), default=0)
+    for _ in range(mixup_series if pool else 0):
+        n_rows = int(rng.integers(min(300, longest), min(2048, longest) + 1))
+        y = ts_mixup(rng, pool or [], n_rows)
+        if y is not None:
+            mixed.append(_series_block(rng, y, int(rng.choice(SYNTH_INTERVALS)), timed=False))
+    if mixed:
+        out.append(Source("ts_mixup", mixed, synthetic=True))
+    for k in range(lagged_networks):
+        interval = int(rng.choice((300_000, 900_000, 3_600_000)))
+        n_rows, n = int(rng.integers(1500, 4000)), int(rng.integers(8, 30))
+        values, ei, ew = lagged_network(rng, n, n_rows, interval)
+        blk = _series_block(rng, values[:, 0], interval)
+        tr = blk.train
+        out.append(Source(f"lagged{k}", [Block(_zscore(values, tr), blk.ts, interval, tr,
+                                                n_rows, _graph_inputs(ei, ew, n, lap_pe_dim))],
+                          synthetic=True))
     for k in range(n_networks):
         cfg = SimConfig(n_sensors=int(rng.integers(10, 40)), n_days=float(rng.uniform(10, 21)),
                         interval_ms=int(rng.choice((300_000, 600_000, 900_000))),

@@ -47,7 +47,11 @@ class FoundationConfig(BackboneTraining):
     w_contrastive: float = 0.05
     w_quantile: float = 0.5
     max_steps: int = 6000          # optimizer steps (the cosine schedule's length)
-    max_minutes: float = 0.0       # stop earlier after this much training time (0 = no limit)
+    max_minutes: float = 0.0       # this run stops after this much training time, resumable
+    #                                with --resume (0 = no limit)
+    session_steps: int = 0         # this run stops after this many steps, resumable with
+    #                                --resume up to max_steps (0 = no limit): hours of
+    #                                pretraining in budgeted sessions
     batch_size: int = 64           # windows per batch (a graph source: whole networks)
     point_ratio: float = 0.05      # single points hidden for the gap filler
     stride: int = 0                # rows between window starts (0 = patch_len // 2)
@@ -55,6 +59,9 @@ class FoundationConfig(BackboneTraining):
     synthetic_share: float = 0.2   # share of batches from synthetic sources
     synthetic_series: int = 400
     synthetic_networks: int = 3
+    kernel_series: int = 0         # GP kernel-composition series (KernelSynth-like)
+    mixup_series: int = 0          # mixtures of 1-3 real training series (TSMixup-like)
+    lagged_networks: int = 0       # networks with lagged cross-sensor effects
     eval_every: int = 500
     val_batches: int = 6           # per source
 
@@ -66,7 +73,8 @@ class FoundationConfig(BackboneTraining):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"foundation.{k} must be > 0")
         for k in ("w_forecast", "w_quantile", "w_masked", "w_contrastive", "max_minutes",
-                  "stride", "threads", "synthetic_series", "synthetic_networks"):
+                  "stride", "threads", "synthetic_series", "synthetic_networks",
+                  "kernel_series", "mixup_series", "lagged_networks", "session_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"foundation.{k} must be >= 0")
         if not 0 <= self.synthetic_share < 1:
@@ -162,19 +170,21 @@ def evaluate(model: STBackbone, val: dict[str, list[dict[str, Any]]],
 
 
 def pretrain_corpus(sources: list[Source], out_dir: str | Path, cfg: FoundationConfig, *,
-                    progress: bool = True) -> FoundationResult:
-    """Pretrain on ``sources``; writes ``out_dir/best`` (checkpoint) and ``out_dir/last``."""
+                    progress: bool = True, resume: bool = False) -> FoundationResult:
+    """Pretrain on ``sources``; writes ``out_dir/best`` (checkpoint) and ``out_dir/last``.
+    ``resume``: continue from ``out_dir/last`` (the same sources and configuration); a
+    resumed run ends where an uninterrupted one would, with the same model."""
     cfg.validate()
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     try:
-        return _train(sources, Path(out_dir), cfg, progress)
+        return _train(sources, Path(out_dir), cfg, progress, resume)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(sources: list[Source], out: Path, cfg: FoundationConfig,
-           progress: bool) -> FoundationResult:
+           progress: bool, resume: bool = False) -> FoundationResult:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     span = cfg.context_patches * cfg.patch_len + cfg.horizon
@@ -203,10 +213,33 @@ def _train(sources: list[Source], out: Path, cfg: FoundationConfig,
     best = math.inf
     t_train = 0.0
     running: dict[str, float] = {}
-    bar = tqdm(total=cfg.max_steps, desc="pretrain", disable=not progress, leave=False)
     step = 0
+    last = out / "last"
+    if resume and (last / "state.pt").exists():
+        saved = torch.load(last / "state.pt", map_location=device, weights_only=True)
+        progress_state = json.loads((last / "progress.json").read_text())
+        if progress_state.get("config") not in (None, _resumable(cfg)):
+            raise ValueError(f"corpus pretraining: {last} was written with another "
+                             "[foundation] configuration; resume with the same one (or "
+                             "start a new --out)")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        sampler.rng.bit_generator.state = progress_state["sampler_rng"]
+        step, best = int(progress_state["step"]), float(progress_state["best"])
+        history = progress_state["history"]
+        running = progress_state.get("running", {})
+        t_train = float(progress_state.get("seconds", 0.0))
+        log.info("corpus pretraining: resuming at step %d of %d (best %.4f)", step,
+                 cfg.max_steps, best)
+    stop = min(cfg.max_steps, step + cfg.session_steps) if cfg.session_steps else cfg.max_steps
+    t_session = 0.0
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not progress,
+               leave=False)
     meta = {"foundation": asdict(cfg), "mixing": mixing, "inductive": True}
-    while step < cfg.max_steps:
+    while step < stop:
         t0 = time.perf_counter()
         model.train()
         _, b = sampler.draw()
@@ -219,14 +252,15 @@ def _train(sources: list[Source], out: Path, cfg: FoundationConfig,
         sched.step()
         step += 1
         t_train += time.perf_counter() - t0
+        t_session += time.perf_counter() - t0
         for k, v in parts.items():
             fv = float(v.detach())
             running[k] = 0.98 * running.get(k, fv) + 0.02 * fv
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
-        timed_out = cfg.max_minutes and t_train > 60 * cfg.max_minutes
-        if step % cfg.eval_every == 0 or step == cfg.max_steps or timed_out:
+        timed_out = cfg.max_minutes and t_session > 60 * cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == stop or timed_out:
             ev = evaluate(model, val, cfg)
             rec = {"step": step, "seconds": round(t_train, 1), "score": ev["score"],
                    **{f"train_{k}": v for k, v in running.items()}, "sources": ev["sources"]}
@@ -238,8 +272,12 @@ def _train(sources: list[Source], out: Path, cfg: FoundationConfig,
                                 config=asdict(model.cfg),
                                 extra={**meta, "steps": step, "seconds": round(t_train, 1),
                                        "validation": ev})
-            _save_last(out / "last", model, opt, gen, {"step": step, "best": best,
-                                                       "history": history})
+            _save_last(last, model, opt, gen, {"step": step, "best": best,
+                                               "history": history, "running": running,
+                                               "seconds": t_train,
+                                               "config": _resumable(cfg),
+                                               "sampler_rng": sampler.rng.bit_generator.state},
+                       extra={"scheduler": sched.state_dict()})
             (out / "history.json").write_text(json.dumps(history, indent=1))
             if progress:
                 tqdm.write(f"step {step}: val MSE / persistence {ev['score']:.4f}"
@@ -251,6 +289,12 @@ def _train(sources: list[Source], out: Path, cfg: FoundationConfig,
     bar.close()
     return FoundationResult(best_score=best, steps=step, seconds=t_train,
                             checkpoint=str(out / "best"), history=history, mixing=mixing)
+
+
+def _resumable(cfg: FoundationConfig) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (the budgets may differ)."""
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in ("max_minutes", "session_steps", "device", "threads")}
 
 
 def _to(b: dict[str, Any], device: torch.device) -> dict[str, Any]:

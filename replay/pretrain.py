@@ -446,13 +446,15 @@ def _check_init_data(path: str, meta: dict[str, Any], rec: Recording,
 
 
 def _save_last(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-               gen: torch.Generator, state: dict[str, Any]) -> None:
-    """The resumable state, replaced atomically (temp dir + rename)."""
+               gen: torch.Generator, state: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> None:
+    """The resumable state, replaced atomically (temp dir + rename); ``extra``: more of it
+    (a scheduler's, a sampler's) in ``state.pt``."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     blob = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), **(extra or {})}
     dev = next(model.parameters()).device
     if dev.type == "cuda":
         blob["cuda_rng"] = torch.cuda.get_rng_state(dev)

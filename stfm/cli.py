@@ -432,7 +432,14 @@ def _training_config(args: argparse.Namespace, cls: Any, section: str) -> Any:
 
 def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> int:
     """Corpus pretraining of the inductive backbone (``replay.foundation``)."""
-    from replay.corpus import SHARED, describe, recording_source, shared_source, synthetic_sources
+    from replay.corpus import (
+        SHARED,
+        describe,
+        recording_source,
+        shared_source,
+        synthetic_sources,
+        training_pool,
+    )
     from replay.foundation import FoundationConfig, pretrain_corpus
 
     cfg = _training_config(args, FoundationConfig, "foundation")
@@ -451,9 +458,14 @@ def _pretrain_corpus(args: argparse.Namespace, recs: list[tuple[str, Any]]) -> i
     if args.synthetic:
         sources += synthetic_sources(cfg.seed, n_series=cfg.synthetic_series,
                                      n_networks=cfg.synthetic_networks,
-                                     lap_pe_dim=cfg.lap_pe_dim)
+                                     lap_pe_dim=cfg.lap_pe_dim,
+                                     kernel_series=cfg.kernel_series,
+                                     mixup_series=cfg.mixup_series,
+                                     lagged_networks=cfg.lagged_networks,
+                                     pool=training_pool(sources))
     log.info("corpus:\n%s", describe(sources))
-    result = pretrain_corpus(sources, args.out, cfg, progress=not args.quiet)
+    result = pretrain_corpus(sources, args.out, cfg, progress=not args.quiet,
+                             resume=args.resume)
     print(to_json({"best_score": result.best_score, "steps": result.steps,
                    "minutes": round(result.seconds / 60, 1), "checkpoint": result.checkpoint,
                    "mixing": {n: round(p, 4) for n, _, p in result.mixing}}))
@@ -975,6 +987,7 @@ TRAINING_FLAGS: dict[str, tuple[type, str]] = {
     "select_on": (str, ""),
     "max_steps": (int, ""),
     "max_minutes": (float, ""),
+    "session_steps": (int, ""),
     "threads": (int, ""),
     "graph_from": (str, ""),
     "graph_k": (int, ""),

@@ -159,3 +159,67 @@ def test_the_network_graph_is_used_only_when_asked(tmp_path: Path) -> None:
         m.set_graph(list(rec.sensors), rec.edge_index, rec.edge_weight)
         assert m.is_spatial is spatial
         assert m.frozen_copy().is_spatial is spatial       # the frozen expert: same graph
+
+
+def test_corpus_pretraining_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Two budgeted sessions (``session_steps``) end with the model of one uninterrupted run;
+    a resume under another configuration is refused."""
+    whole = pretrain_corpus(_sources(), tmp_path / "whole", _cfg(max_steps=8, eval_every=2),
+                            progress=False)
+    first = pretrain_corpus(_sources(), tmp_path / "split",
+                            _cfg(max_steps=8, eval_every=2, session_steps=5), progress=False)
+    assert first.steps == 5
+    second = pretrain_corpus(_sources(), tmp_path / "split",
+                             _cfg(max_steps=8, eval_every=2, session_steps=5), progress=False,
+                             resume=True)
+    assert second.steps == 8
+    a = torch.load(tmp_path / "whole" / "last" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "last" / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.best_score == whole.best_score
+    # (the first session also evaluated where it stopped)
+    assert [h["step"] for h in second.history] == [2, 4, 5, 6, 8]
+    assert [h["score"] for h in second.history if h["step"] != 5] == [
+        h["score"] for h in whole.history]
+    with pytest.raises(ValueError, match="another \\[foundation\\] configuration"):
+        pretrain_corpus(_sources(), tmp_path / "split", _cfg(max_steps=8, eval_every=2, lr=0.1),
+                        progress=False, resume=True)
+
+
+def test_kernel_mixup_and_lagged_network_sources() -> None:
+    from replay.corpus import training_pool
+    from replay.synthetic import kernel_synth, lagged_network, ts_mixup
+
+    rng = np.random.default_rng(0)
+    for n in (300, 1500):
+        y = kernel_synth(rng, n, 3_600_000)
+        assert y.shape == (n,) and np.isfinite(y).all() and y.std() > 0
+    real = _sources()
+    pool = training_pool(real)
+    assert pool and all(p.ndim == 1 for p in pool)
+    mixed = ts_mixup(rng, pool, 100)
+    assert mixed is not None and mixed.shape == (100,) and np.isfinite(mixed).all()
+    assert ts_mixup(rng, pool, 10_000) is None          # no series that long
+    values, ei, ew = lagged_network(rng, 12, 800, 300_000)
+    assert values.shape == (800, 12) and np.isfinite(values).all()
+    assert ei.shape[0] == 2 and ei.shape[1] == len(ew) and ei.max() < 12
+    assert np.abs(values).max() < 100                   # stable
+    # a sensor follows its neighbours' past: its own past plus theirs (lags 1-6) explains
+    # it clearly better than its own past alone
+    ratios = []
+    for i in range(12):
+        nb = sorted(set(ei[1][ei[0] == i].tolist()))
+        y = values[6:, i]
+        own = np.c_[np.ones(len(y)), values[5:-1, i]]
+        both = np.c_[own, *[values[6 - lag:len(values) - lag, j] for j in nb
+                             for lag in range(1, 7)]]
+        res = [np.var(y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) for x in (own, both)]
+        ratios.append(res[1] / res[0])
+    assert np.mean(ratios) < 0.9, ratios
+    src = synthetic_sources(1, n_series=0, n_networks=0, lap_pe_dim=2, kernel_series=3,
+                            mixup_series=3, lagged_networks=1, pool=pool)
+    assert [s.name for s in src] == ["kernel_synth", "ts_mixup", "lagged0"]
+    assert all(s.synthetic for s in src) and src[2].has_graph
+    assert src[1].blocks[0].ts is None                  # a mixture has no clock
+    windows = index_windows(src, SPAN, H, 2)
+    assert len(windows) == 3
