@@ -5,7 +5,8 @@
   combined_windows.json``), each series one sensor, no graph.
 * system: ``replay.backtest`` drives the live worker's ``StreamCore`` (fresh model, online
   learning from realized values; the anomaly score fuses the calibrated likelihood of the
-  nowcast residual with the value detectors level, jump, distribution and context,
+  nowcast residual with the value detectors of ``anomaly.detectors`` (default level, jump,
+  distribution and range), weighted by ``anomaly.weights``,
   ``streaming.alerts.anomaly``). The 58 series run as 58 sensors of one region, aligned by row
   index (NAB scores rows; series have different clocks), fed one row per call. So the model
   is one online model shared by all series (as it is shared by the sensors of a region); a
@@ -121,7 +122,11 @@ def ablation(streams: dict[str, np.ndarray], components: dict[str, Any], cfg: An
 
     m = exponent(cfg.alerts.max_per_10k, cfg.alerts.anomaly_threshold)
     p = {c: (1.0 - np.clip(streams[c], 0.0, 1.0)) ** m for c in components}
-    return {f"fused without {c}": score_of(fuse({k: v for k, v in p.items() if k != c}), m)
+    def without(c: str) -> dict[str, np.ndarray]:
+        return {k: v for k, v in p.items() if k != c}
+
+    return {f"fused without {c}": score_of(fuse(without(c),
+                                                 cfg.anomaly.weights_for(list(without(c)))), m)
             for c in p if len(p) > 1}
 
 

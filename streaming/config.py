@@ -111,7 +111,8 @@ class ModelConfig(ModelSize):
 
 
 DRIFT_CHANNELS = ("abs_residual", "seasonal_residual", "embedding_distance")
-ANOMALY_DETECTORS = ("residual", "embedding", "level", "jump", "distribution", "context")
+ANOMALY_DETECTORS = ("residual", "embedding", "level", "jump", "distribution", "context",
+                     "range")
 VALUE_DETECTORS = ANOMALY_DETECTORS[2:]                          # streaming.alerts.novelty
 MIN_WARMUP_STEPS = 4
 
@@ -203,11 +204,17 @@ class AnomalyConfig:
     """The anomaly score (``streaming.alerts.anomaly``): detectors on the values and on the forecast
     residual, each calibrated on the sensor's own history, fused into one score."""
 
-    detectors: str = "residual+level+jump+distribution"   # fused, '+'-joined (also:
-    #                                     context, embedding: see RESULTS.md for why not)
+    detectors: str = "residual+level+jump+distribution+range"   # fused, '+'-joined
+    #                                     (also: context, embedding: see RESULTS.md for why not)
     long_window: int = 2000             # steps of the long-run residual distribution
     short_window: int = 10              # steps of the short moving average that is scored
     level_window: int = 1000            # readings of the windowed Gaussian (level, jump)
+    weights: str = "range:0.5"          # fusion: shares of the false-alarm budget, e.g.
+    #                                     'range:0.9' (the others share the rest equally;
+    #                                     empty: equal shares, plain Bonferroni)
+    range_short: int = 20               # range: readings of the mean also tested for a break
+    range_forget: int = 0               # range: readings for an unrevisited range to fade
+    #                                     (0: never, the running min and max)
     probation_readings: int = 100       # readings per sensor before it may score > 0
     #                                     (per-step components: readings / patch_len, >= 8)
     tail_mass: float = 0.2              # calibration: fraction of surprises fitted as the tail
@@ -217,7 +224,9 @@ class AnomalyConfig:
 
     def validate(self) -> None:
         _positive(self, "anomaly", "long_window", "short_window", "level_window",
-                  "probation_readings", "calibration_window")
+                  "range_short", "probation_readings", "calibration_window")
+        if self.range_forget < 0 or self.range_forget == 1:
+            raise ConfigError("anomaly.range_forget must be 0 (never) or >= 2")
         if self.short_window >= self.long_window:
             raise ConfigError("anomaly.short_window must be < anomaly.long_window")
         names = [d for d in self.detectors.split("+") if d]
@@ -225,10 +234,37 @@ class AnomalyConfig:
         if bad or not names:
             raise ConfigError(f"anomaly.detectors: unknown detector {bad[0] if bad else ''!r} "
                               f"(known: {'+'.join(ANOMALY_DETECTORS)})")
+        self.weights_for(names)          # raises on a bad anomaly.weights
         if "embedding" in names and not self.embedding:
             raise ConfigError("anomaly.detectors lists embedding but anomaly.embedding is false")
         if not 0 < self.tail_mass < 0.5:
             raise ConfigError("anomaly.tail_mass must be in (0, 0.5)")
+
+    def weights_for(self, names: list[str]) -> dict[str, float] | None:
+        """Each fused component's share of the false-alarm budget (``weights``: the listed
+        ones' shares, the rest split equally among the others; None: equal shares)."""
+        given: dict[str, float] = {}
+        for item in (w for w in self.weights.replace(",", "+").split("+") if w.strip()):
+            key, sep, val = item.partition(":")
+            try:
+                given[key.strip()] = float(val)
+            except ValueError:
+                given[key.strip()] = float("nan")
+            if not sep or not 0 < given[key.strip()] <= 1:
+                raise ConfigError(f"anomaly.weights: {item!r} must be NAME:SHARE with "
+                                  "0 < SHARE <= 1")
+        bad = [k for k in given if k not in ANOMALY_DETECTORS]
+        if bad:
+            raise ConfigError(f"anomaly.weights: unknown detector {bad[0]!r}")
+        given = {k: v for k, v in given.items() if k in names}
+        if not given:
+            return None
+        rest = [d for d in names if d not in given]
+        left = 1.0 - sum(given.values())
+        if left < -1e-9 or (rest and left <= 1e-9):
+            raise ConfigError("anomaly.weights: the shares must sum to at most 1, and below 1 "
+                              "when other detectors are fused")
+        return {**given, **{d: left / len(rest) for d in rest}}
 
     def detector_names(self) -> list[str]:
         return [d for d in self.detectors.split("+") if d]

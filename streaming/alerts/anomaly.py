@@ -4,9 +4,9 @@ Components, per sensor: the anomaly likelihood of the nowcast residual (and of t
 embedding's distance to its centroid), and the value detectors of ``streaming.alerts.novelty``
 (``anomaly.detectors``: level, jump, distribution, context), which do not depend on the
 forecaster being any good. Each component's surprise is calibrated on the sensor's own
-history (``streaming.alerts.calibration.TailCalibrator``) and the calibrated tail probabilities are
-fused by Bonferroni's rule into one score in [0, 1] whose alert threshold is the false-alarm
-budget ``alerts.max_per_10k``.
+history (``streaming.alerts.calibration.TailCalibrator``) and the calibrated tail probabilities
+are fused by Bonferroni's rule (weighted by ``anomaly.weights``) into one score in [0, 1] whose
+alert threshold is the false-alarm budget ``alerts.max_per_10k``.
 
 ``AnomalyLikelihood`` turns a raw per-sensor anomaly statistic into a score in [0, 1].
 
@@ -34,7 +34,7 @@ from scipy.special import log_ndtr
 
 from streaming.alerts.alert_gate import Evidence
 from streaming.alerts.calibration import TailCalibrator, exponent, fuse, score_of
-from streaming.alerts.novelty import ContextNovelty, RelativeEntropy, WindowedGaussian
+from streaming.alerts.novelty import ContextNovelty, RangeBreak, RelativeEntropy, WindowedGaussian
 from streaming.config import StreamConfig
 
 
@@ -133,6 +133,8 @@ def value_detector(name: str, cfg: StreamConfig) -> Any:
         return RelativeEntropy()
     if name == "context":
         return ContextNovelty()
+    if name == "range":
+        return RangeBreak(a.range_short, forget=a.range_forget)
     raise ValueError(f"anomaly: unknown value detector {name!r}")
 
 
@@ -143,6 +145,7 @@ STATISTIC = {
     "jump": "change from the previous reading (persistence residual)",
     "distribution": "distribution of the recent readings (relative entropy)",
     "context": "pattern of the last readings (contextual novelty)",
+    "range": "value beyond its own range so far (range break)",
 }
 
 
@@ -181,6 +184,7 @@ class AnomalyScorer:
                                              a.calibration_window)
         self.m = exponent(cfg.alerts.max_per_10k, cfg.alerts.anomaly_threshold)
         self._gap = np.zeros(0, bool)      # sensors whose previous step had a missing reading
+        self._weights: dict[tuple[str, ...], dict[str, float] | None] = {}   # fusion shares
 
     def _likelihood(self, name: str, lik: AnomalyLikelihood, stat: np.ndarray) -> np.ndarray:
         """Calibrated tail probability of a per-step likelihood component."""
@@ -243,19 +247,28 @@ class AnomalyScorer:
                 p[name] = best
                 raw[name] = surprise
                 at[name] = (where, surprise, ref)
-        fused = fuse(p) if p else np.ones(n)
+        key = tuple(p)
+        if key not in self._weights:
+            self._weights[key] = self.cfg.anomaly.weights_for(list(p))
+        w = self._weights[key]
+        fused = fuse(p, w) if p else np.ones(n)
         score = score_of(fused, self.m)
         comps = {c: score_of(v, self.m) for c, v in p.items()}
         block = ScoreBlock(step, ts, list(names), score, comps, raw)
         evidence = {}
         for i in np.flatnonzero(score >= explain_at):
-            which = min(p, key=lambda c: p[c][i])
+            which = min(p, key=lambda c: p[c][i] / (w[c] if w else 1.0))
             text, d = self._explain(which, i, residual, distance, values, at)
             d.update({"detector": "fused", "component": which, "statistic": STATISTIC[which],
                       "fused_p": float(fused[i]),
                       "scores": {c: round(float(v[i]), 4) for c, v in comps.items()},
                       "p": {c: float(v[i]) for c, v in p.items()},
-                      "rule": "p = min(1, K * min_k p_k); score = 1 - p ** (1/m)"})
+                      "weights": ({c: round(v, 6) for c, v in w.items()} if w else
+                                  {c: round(1.0 / len(p), 6) for c in p}),
+                      "rule": ("p = min(1, K * min_k p_k)" if w is None else
+                               "p = min(1, min_k p_k / w_k), w: " + ", ".join(
+                                   f"{c} {v:.3g}" for c, v in w.items()))
+                      + "; score = 1 - p ** (1/m)"})
             d = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                  for k, v in d.items()}          # strict JSON: null, never NaN
             evidence[names[i]] = Evidence(score=float(score[i]), detector="fused",
@@ -295,6 +308,16 @@ class AnomalyScorer:
             return (f"reading {x:.4g} jumped by {x - prev:+.4g} from the previous one, "
                     f"{abs(x - prev - mean) / max(std, 1e-12):.1f}x its usual step-to-step "
                     "change", d)
+        if which == "range":
+            lo, hi = mean, std
+            d.update({"range_low": lo, "range_high": hi})
+            if x > hi or x < lo:
+                side = "above its highest" if x > hi else "below its lowest"
+                return (f"value {x:.4g} is {side} reading so far (range {lo:.4g} to "
+                        f"{hi:.4g})", d)
+            return (f"the mean of its last {self.values[which].short} readings left the range "
+                    f"of such means so far (value {x:.4g}; readings so far {lo:.4g} to "
+                    f"{hi:.4g})", d)
         if which == "distribution":
             return (f"the distribution of its last {self.values[which].window} readings "
                     f"matches none of its usual ones (value {x:.4g})", d)
@@ -323,7 +346,10 @@ class AnomalyScorer:
 
 def _reference(det: Any, n: int) -> np.ndarray | None:
     """``[n, 3]`` mean and std a windowed Gaussian scores the next value against, and the
-    previous value (jump mode)."""
+    previous value (jump mode); a range break's low and high of the readings."""
+    if isinstance(det, RangeBreak):
+        det._grow(n)
+        return np.stack([det.lo[:n, 0], det.hi[:n, 0], np.full(n, np.nan)], axis=1)
     if not isinstance(det, WindowedGaussian):
         return None
     det.m.grow(n)

@@ -22,10 +22,12 @@ lowered the NAB score on real series, so it is not used).
 
 ``fuse`` combines the calibrated tail probabilities of ``K`` detectors by Bonferroni's rule,
 ``p = min(1, K * min_k p_k)`` (a valid tail probability whatever the dependence between
-them), and ``score_of`` maps it to a score in [0, 1] with ``score = 1 - p ** (1 / m)``, where
-``m`` makes the alert threshold correspond to the budget: ``score >= threshold`` exactly when
-``p <= max_per_10k / 10_000``, so a stationary stream crosses the threshold on at most about
-that many readings per 10,000 (alerts are fewer still: a burst of crossings is one alert).
+them; weighted, ``min(1, min_k p_k / w_k)`` with shares ``w_k`` of the budget summing to 1,
+``anomaly.weights``), and ``score_of`` maps it to a score in [0, 1] with
+``score = 1 - p ** (1 / m)``, where ``m`` makes the alert threshold correspond to the budget:
+``score >= threshold`` exactly when ``p <= max_per_10k / 10_000``, so a stationary stream
+crosses the threshold on at most about that many readings per 10,000 (alerts are fewer still:
+a burst of crossings is one alert).
 """
 
 from __future__ import annotations
@@ -119,10 +121,16 @@ class TailCalibrator:
             setattr(self, name, np.array(s[name], np.float64))
 
 
-def fuse(p: dict[str, np.ndarray]) -> np.ndarray:
-    """Bonferroni: ``min(1, K * min_k p_k)`` over the ``K`` detectors' tail probabilities."""
-    stack = np.stack(list(p.values()))
-    return np.minimum(1.0, len(p) * stack.min(axis=0))
+def fuse(p: dict[str, np.ndarray], weights: dict[str, float] | None = None) -> np.ndarray:
+    """Bonferroni: ``min(1, K * min_k p_k)`` over the ``K`` detectors' tail probabilities;
+    with ``weights`` (shares of the budget, summing to at most 1) the weighted rule
+    ``min(1, min_k p_k / w_k)``, equally valid whatever the dependence (``K`` equal shares
+    ``1/K`` are the plain rule)."""
+    if not weights:
+        stack = np.stack(list(p.values()))
+        return np.minimum(1.0, len(p) * stack.min(axis=0))
+    stack = np.stack([v / weights[k] for k, v in p.items()])
+    return np.minimum(1.0, stack.min(axis=0))
 
 
 def exponent(max_per_10k: float, threshold: float) -> float:

@@ -17,6 +17,9 @@ every surprise on the sensor's own history before they are fused.
   of the sensor's usual distributions (Wang et al., "Statistical techniques for online
   anomaly detection in data centers", IM 2011): G-tests against a few past windows'
   histograms, with a chi-square tail.
+* ``RangeBreak``: how far the value, and the mean of the last few values, break out of the
+  range of the sensor's values so far (the running min and max, optionally fading), as a share
+  of that range.
 * ``ContextNovelty``: in the spirit of CAD OSE (contextual anomaly detection): the last
   few values quantized into levels of the range seen so far form a context; a context never
   seen on the sensor is surprising by ``-ln`` of the sensor's recent rate of new contexts.
@@ -352,3 +355,82 @@ class ContextNovelty:
         self.seen = np.array(s["seen"], bool)
         self.rate = np.array(s["rate"], np.float64)
         self.k = np.array(s["k"], np.int64)
+
+
+class RangeBreak:
+    """How far a reading, and the mean of the last ``short`` readings, break out of the
+    sensor's own range so far (NAB's record-breaking anomalies: a spike or a level never seen).
+
+    Per sensor an envelope ``[lo, hi]`` of the readings and one of their ``short``-reading
+    means: a value outside widens it at once; with ``forget > 0`` both edges move toward the
+    envelope's middle by ``1 / forget`` of its span per reading, so a range not revisited for
+    about ``forget`` readings is forgotten (``forget = 0``: the plain running min and max).
+    The statistic is the excess beyond the envelope as a share of its span,
+    ``e = max(x - hi, lo - x, 0) / span`` (the larger of the reading's and the mean's), and
+    the surprise ``ln(1 + e / scale)`` (0 inside the range; NaN for the first ``warmup``
+    readings, while the range forms and every reading breaks it). Being inside is the rule, so
+    the calibration's tail is the sensor's rate of breaks times how large this one is among
+    its breaks: a sensor that keeps setting records (a trend, a season) is not surprised by
+    one more, a break after a long quiet history is.
+    """
+
+    once_per_step = False
+
+    def __init__(self, short: int = 20, forget: float = 0.0, scale: float = 0.01,
+                 warmup: int = 50) -> None:
+        if short < 1 or forget < 0 or (0 < forget < 2) or scale <= 0 or warmup < 1:
+            raise ValueError("range break needs short >= 1, forget 0 (never) or >= 2, "
+                             "scale > 0 and warmup >= 1")
+        self.short, self.forget, self.scale, self.warmup = short, float(forget), scale, warmup
+        self.lo = np.zeros((0, 2))          # [sensors, (reading, mean)]; +inf: none yet
+        self.hi = np.zeros((0, 2))
+        self.seen = np.zeros(0, np.int64)
+        self.recent = _Ring(short)
+
+    def _grow(self, n: int) -> None:
+        self.lo, self.hi = _pad(self.lo, n, np.inf), _pad(self.hi, n, -np.inf)
+        self.seen = _pad(self.seen, n)
+        self.recent.grow(n)
+
+    def excess(self, v: np.ndarray, n: int) -> np.ndarray:
+        """``[n, 2]`` share of the span by which ``v`` ``[n, 2]`` is outside the envelope
+        (0 inside; NaN where ``v`` is NaN or no envelope yet)."""
+        known = np.isfinite(self.lo[:n])
+        lo, hi = np.where(known, self.lo[:n], 0.0), np.where(known, self.hi[:n], 0.0)
+        span = np.maximum(hi - lo, np.maximum(1e-9 * np.abs(lo + hi), 1e-12))
+        e = np.maximum(np.maximum(v - hi, lo - v), 0.0) / span
+        return np.where(known & ~np.isnan(v), np.minimum(e, 1e6), np.nan)
+
+    def learn_many(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        n = len(x)
+        self._grow(n)
+        ok = ~np.isnan(x)
+        self.recent.push(x, ok)
+        # the ring holds readings only, NaN until filled: its sum is NaN until then
+        mean = np.where(ok, self.recent.buf[:n].sum(axis=1) / self.short, np.nan)
+        v = np.stack([x, mean], axis=1)
+        e = np.nan_to_num(self.excess(v, n), nan=0.0).max(axis=1)
+        s = np.where(ok, np.log1p(e / self.scale), np.nan)
+        s = np.where(self.seen[:n] < self.warmup, np.nan, s)   # the range is forming
+        # learn: forget a little of the span, then widen to the new values
+        have = ~np.isnan(v)
+        lo, hi = self.lo[:n], self.hi[:n]
+        if self.forget:
+            shrink = np.where(np.isfinite(lo), (hi - lo) / (2.0 * self.forget), 0.0)
+            shrink = np.where(ok[:, None], shrink, 0.0)
+            lo, hi = lo + shrink, hi - shrink
+        self.lo[:n] = np.where(have, np.fmin(lo, v), lo)
+        self.hi[:n] = np.where(have, np.fmax(hi, v), hi)
+        self.seen[:n] += ok
+        return s
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lo": self.lo.copy(), "hi": self.hi.copy(), "seen": self.seen.copy(),
+                "recent": self.recent.state_dict()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.lo = np.array(s["lo"], np.float64).reshape(-1, 2)
+        self.hi = np.array(s["hi"], np.float64).reshape(-1, 2)
+        self.seen = np.array(s["seen"], np.int64)
+        self.recent.load_state_dict(s["recent"])

@@ -102,7 +102,9 @@ def test_a_spike_raises_one_explained_anomaly_alert() -> None:
     assert abs(a["ts"] - rec.timestamps[row]) <= 2 * 3_600_000
     expl = a["detail"]["explained"][rec.sensors[2]]
     assert expl["detector"] == "fused" and expl["component"] in expl["p"]
-    assert expl["p"][expl["component"]] == min(expl["p"].values())
+    share = expl["weights"]                # the leading component: least p over its share
+    assert (expl["p"][expl["component"]] / share[expl["component"]]
+            == min(v / share[c] for c, v in expl["p"].items()))
 
 
 def test_an_alert_names_the_events_on_its_sensor_and_only_those() -> None:
@@ -134,15 +136,19 @@ def test_score_blocks_carry_components_and_raw_statistics() -> None:
 
     rec, _ = simulate(SimConfig(n_sensors=4, n_days=3, seed=3, n_events=0, drifts=[]))
     core, res = _core_run(rec)
-    names = {"residual", "level", "jump", "distribution"}                # the defaults
+    names = {"residual", "level", "jump", "distribution", "range"}       # the defaults
     assert set(res.score_components) == names and set(res.score_raw) == names
     comb = res.scores
     assert ((comb >= 0) & (comb <= 1)).all()
     # the fused rule from the components' calibrated scores: p_k = (1 - s_k) ** m,
-    # p = min(1, K min_k p_k), score = 1 - p ** (1/m)
+    # p = min(1, min_k p_k / w_k) with the shares w_k of anomaly.weights (equal shares:
+    # K min_k p_k), score = 1 - p ** (1/m)
     m = exponent(core.cfg.alerts.max_per_10k, core.cfg.alerts.anomaly_threshold)
-    p = np.stack([(1 - np.nan_to_num(res.score_components[c])) ** m for c in sorted(names)])
-    fused = 1 - np.minimum(1.0, len(names) * p.min(axis=0)) ** (1 / m)
+    w = core.cfg.anomaly.weights_for(sorted(names)) or {c: 1 / len(names) for c in names}
+    assert sum(w.values()) == pytest.approx(1.0)
+    p = np.stack([(1 - np.nan_to_num(res.score_components[c])) ** m / w[c]
+                  for c in sorted(names)])
+    fused = 1 - np.minimum(1.0, p.min(axis=0)) ** (1 / m)
     ok = ~np.isnan(comb)
     np.testing.assert_allclose(comb[ok], fused[ok], atol=1e-6)
     assert np.isfinite(res.score_raw["level"][50:]).all()

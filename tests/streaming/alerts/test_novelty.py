@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from streaming.alerts.calibration import TailCalibrator, exponent, fuse, score_of
-from streaming.alerts.novelty import ContextNovelty, RelativeEntropy, WindowedGaussian
+from streaming.alerts.novelty import ContextNovelty, RangeBreak, RelativeEntropy, WindowedGaussian
 
 BUDGET = 1.0 / 10_000          # alerts.max_per_10k = 1
 
 
 def _detectors() -> dict[str, object]:
     return {"level": WindowedGaussian(1000, short=6), "jump": WindowedGaussian(1000, diff=True),
-            "distribution": RelativeEntropy(), "context": ContextNovelty()}
+            "distribution": RelativeEntropy(), "context": ContextNovelty(), "range": RangeBreak()}
 
 
 def _run(det: object, x: np.ndarray, cal: TailCalibrator | None = None) -> np.ndarray:
@@ -97,3 +97,62 @@ def test_detectors_skip_missing_readings_and_round_trip_their_state() -> None:
             np.testing.assert_array_equal(twin.learn_many(row), det.learn_many(row))  # type: ignore[attr-defined]
         # a new sensor appears: the arrays grow
         assert det.learn_many(np.append(x[-1], 3.0)).shape == (4,)  # type: ignore[attr-defined]
+
+
+def test_a_break_out_of_the_range_scores_high_and_a_value_inside_scores_nothing() -> None:
+    rng = np.random.default_rng(4)
+    x = _seasonal(rng, 3000, 6)
+    x[2500, :3] = 30.0                      # a spike far above every reading so far
+    x[2500, 3:] = 10.0                      # the middle of the range
+    det, cal = RangeBreak(), TailCalibrator(probation=100, tail_mass=0.2, long_window=8000)
+    s = np.stack([det.learn_many(row) for row in x[:2500]])
+    assert (s[1000:] > 0).mean() < 0.01     # inside the range: (nearly) always 0
+    for row in s:
+        cal.learn_many(row)
+    s_now = det.learn_many(x[2500])
+    p = cal.learn_many(s_now)
+    assert (s_now[:3] > 3).all() and (s_now[3:] == 0).all(), s_now
+    assert (p[:3] <= BUDGET).all() and (p[3:] == 1).all(), p
+    # a sustained shift too small for one reading to break out: the mean of the last
+    # ``short`` readings does
+    det = RangeBreak(short=20)
+    y = np.concatenate([rng.normal(0, 1, (3000, 4)), rng.normal(2.2, 1, (60, 4))])
+    s = np.stack([det.learn_many(row) for row in y])
+    assert (s[3000:3060] > 0).any(axis=0).all()
+
+
+def test_a_slow_seasonal_cycle_after_a_long_history_does_not_keep_scoring() -> None:
+    # a yearly-like cycle of 2000 readings with noise, 8 cycles: after the first cycle the
+    # range is known and a new cycle is no news
+    rng = np.random.default_rng(5)
+    k = np.arange(16_000)[:, None]
+    x = (10 + 5 * np.sin(2 * np.pi * k / 2000 + rng.uniform(0, 6, 8))
+         + rng.normal(0, 0.5, (16_000, 8)))
+    p = _run(RangeBreak(), x)
+    assert (p[4000:] <= BUDGET).sum() == 0
+    det = RangeBreak()
+    s = np.stack([det.learn_many(row) for row in x])
+    assert (s[4000:] > 0).mean() < 0.002
+
+
+@pytest.mark.parametrize("kw", [{"short": 0}, {"forget": -1}, {"forget": 1}, {"scale": 0},
+                                {"warmup": 0}])
+def test_range_break_rejects_bad_settings(kw: dict) -> None:
+    with pytest.raises(ValueError):
+        RangeBreak(**kw)
+
+
+def test_the_weighted_fusion_rule_and_its_shares() -> None:
+    from streaming.config import AnomalyConfig, ConfigError
+
+    p = {"a": np.array([1.0, 1e-3, 0.5]), "b": np.array([1.0, 1.0, 1e-3])}
+    np.testing.assert_allclose(fuse(p, {"a": 0.5, "b": 0.5}), fuse(p))   # equal: Bonferroni
+    np.testing.assert_allclose(fuse(p, {"a": 0.9, "b": 0.1}), [1.0, 1e-3 / 0.9, 1e-2])
+    a = AnomalyConfig(weights="range:0.9")
+    w = a.weights_for(["residual", "level", "range"])
+    assert w == pytest.approx({"range": 0.9, "residual": 0.05, "level": 0.05})
+    assert a.weights_for(["residual", "level"]) is None        # range not fused: equal shares
+    for bad in ("range", "range:0", "range:1.5", "range:x", "nothing:0.5",
+                "range:0.6+level:0.4"):
+        with pytest.raises(ConfigError):
+            AnomalyConfig(weights=bad, detectors="residual+level+jump+range").validate()
