@@ -135,6 +135,8 @@ def main() -> int:
     mean = {v: float(np.mean([np.mean(r) for r in scores[v].values()])) for v in names}
     wins = sum(np.mean(scores[names[1]][s]) < np.mean(scores[names[0]][s])
                for s in scores[names[0]])
+    # better on the mean alone could be one set's noise: on the mean and on most sets
+    met = mean[names[1]] < mean[names[0]] and 2 * wins > len(scores[names[0]])
     body = [f"{args.steps} steps per variant, seed 0, held out: {', '.join(held)}; "
             f"{args.batches} batches of windows per set. "
             f"{(time.perf_counter() - t0) / 60:.0f} min.", "",
@@ -144,13 +146,13 @@ def main() -> int:
             f"- Mean MSE / persistence over the held-out sets: {names[0]} {mean[names[0]]:.3f}, "
             f"{names[1]} {mean[names[1]]:.3f} (better on {wins} of {len(scores[names[0]])} "
             "sets).",
-            "- Goal (issue 32) the richer synthetic mix makes the zero-shot model better: "
-            + ("**met**" if mean[names[1]] < mean[names[0]] else "not met") + "."]
+            "- Goal (issue 32) the richer synthetic mix makes the zero-shot model better (on "
+            "the mean and on most held-out sets): " + ("**met**" if met else "not met") + "."]
     summary = common.Summary(
         "synthetic_mix.py", "zero-shot MSE / persistence, simulator vs + kernel/mixup/lagged",
         f"{mean[names[0]]:.3f} -> {mean[names[1]]:.3f} mean over {len(held)} held-out sets",
-        "the richer mix better zero-shot",
-        "**met**" if mean[names[1]] < mean[names[0]] else "not met")
+        "the richer mix better zero-shot (mean and most sets)",
+        "**met**" if met else "not met")
     common.publish(common.Section("synthetic_mix", "Forecasting accuracy",
                                   "Synthetic pretraining series (benchmarks/synthetic_mix.py)",
                                   "\n".join(body), summary), args)

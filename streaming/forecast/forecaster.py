@@ -10,7 +10,7 @@ for a sensor never seen below 0). A non-finite forecast is never served: the sen
 last observed value and the core reports it. Where the frozen copy's weight has been
 negligible on a sensor for ``serve.frozen_sleep_steps`` steps, it forecasts that sensor on one
 step in 8 only (the others: it sleeps, charged the mix's loss), until its weight or a drift
-alert wakes it: its forward pass is about half a step's CPU.
+alert wakes it (the two models' forward passes are about half a step's CPU).
 
 Model inputs are z-scored per sensor with the running normalizer (or, with
 ``adapt.normalization = checkpoint``, the pretraining statistics of the sensors the
