@@ -96,6 +96,7 @@ class _Stat:
         self.acc_before = np.zeros(0)
         self.acc_onset = np.zeros(0, np.int64)
         self.acc_dir = np.zeros(0, np.int64)
+        self.acc_moves = np.zeros((_MOVE_SCALES, 0))   # the moves before it (scale_moves)
         # the statistic's own moves per time scale (``move_at``): per scale, the running
         # block's sum and count, the previous block's mean, and a ring of the absolute
         # differences of consecutive block means with their count
@@ -125,6 +126,8 @@ class _Stat:
         self.acc_before = np.concatenate([self.acc_before, np.full(add, np.nan)])
         self.acc_onset = np.concatenate([self.acc_onset, np.zeros(add, np.int64)])
         self.acc_dir = np.concatenate([self.acc_dir, np.zeros(add, np.int64)])
+        self.acc_moves = np.concatenate([self.acc_moves,
+                                         np.full((_MOVE_SCALES, add), np.nan)], axis=1)
         col = np.zeros((_MOVE_SCALES, add))
         self.blk_sum = np.concatenate([self.blk_sum, col], axis=1)
         self.blk_cnt = np.concatenate([self.blk_cnt, col.astype(np.int32)], axis=1)
@@ -168,13 +171,20 @@ class _Stat:
         next one look ordinary. A sensor whose level moves this much over such spans without
         a change (a load that follows the weather, a seasonal drift) has not changed when
         it moves this much again."""
-        top = min(int(math.log2(max(steps, 1))), _MOVE_SCALES - 1)
-        for s in range(top, -1, -1):
+        return move_from(self.scale_moves(i, before), steps)
+
+    def scale_moves(self, i: int, before: int) -> np.ndarray:
+        """``[_MOVE_SCALES]`` sensor ``i``'s median move per scale among the blocks that
+        ended by step ``before`` (NaN: fewer than ``_MOVE_MIN`` of them). A trend's are
+        kept from its first step (``acc_moves``): by the time it is judged, the rings of
+        the small scales no longer reach back before it."""
+        out = np.full(_MOVE_SCALES, np.nan)
+        for s in range(_MOVE_SCALES):
             v = self.moves[s, :, i]
             v = v[np.isfinite(v) & (self.move_ends[s] <= before)]
             if len(v) >= _MOVE_MIN:
-                return float(np.median(v))
-        return 0.0
+                out[s] = float(np.median(v))
+        return out
 
     def _learn_moves(self, y: np.ndarray, ok: np.ndarray, t: int) -> None:
         """Fold one value per sensor into the block means of every scale; a scale whose block
@@ -264,7 +274,8 @@ class _Stat:
                 "scale": self.scale.copy(), "prev": self.prev.copy(), "c0": self.c0.copy(),
                 "c1": self.c1.copy(), "n": self.n.copy(), "pairs": self.pairs.copy(),
                 "acc_before": self.acc_before.copy(), "acc_onset": self.acc_onset.copy(),
-                "acc_dir": self.acc_dir.copy(), "rho_seen": self.rho_seen.copy(),
+                "acc_dir": self.acc_dir.copy(), "acc_moves": self.acc_moves.copy(),
+                "rho_seen": self.rho_seen.copy(),
                 "last_cp": self.last_cp.copy(), "blk_sum": self.blk_sum.copy(),
                 "blk_cnt": self.blk_cnt.copy(), "blk_prev": self.blk_prev.copy(),
                 "moves": self.moves.copy(), "move_ends": self.move_ends.copy(),
@@ -279,6 +290,9 @@ class _Stat:
         self.pairs = np.asarray(state["pairs"], np.int64).copy()
         self.acc_onset = np.asarray(state["acc_onset"], np.int64).copy()
         self.acc_dir = np.asarray(state["acc_dir"], np.int64).copy()
+        # (a state from before the trend's moves were kept: none known)
+        self.acc_moves = np.asarray(state.get("acc_moves", np.full(
+            (_MOVE_SCALES, len(self.acc_dir)), np.nan)), np.float64).copy()
         self.last_cp = np.asarray(state["last_cp"], np.int64).copy()
         # (a checkpoint from before the wander estimate: no wander known yet)
         self.rho_seen = (np.asarray(state["rho_seen"], np.float64).copy() if "rho_seen" in state
@@ -625,6 +639,7 @@ class ChangeMonitor:
                     d = int(np.sign(after - before))
                     if np.sign(st.acc_dir[i]) != d:
                         st.acc_before[i], st.acc_onset[i], st.acc_dir[i] = before, at, 0
+                        st.acc_moves[:, i] = st.scale_moves(i, at)
                     st.acc_dir[i] += d
                     before, at = float(st.acc_before[i]), int(st.acc_onset[i])
                     effect = abs(after - before) / sd[channel][i]
@@ -635,7 +650,8 @@ class ChangeMonitor:
                 # this sensor does (a load that follows the weather), not news (a trend
                 # keeps adding up)
                 back = None if gradual else self._recovery(st, i, step, before, after)
-                move = st.move_at(i, step - at + 1, at)
+                move = (move_from(st.acc_moves[:, i], step - at + 1) if gradual
+                        else st.move_at(i, step - at + 1, at))
                 if back is None and abs(after - before) < self.cfg.history_factor * move:
                     continue
                 if back is None and names[i] not in out:
@@ -874,6 +890,16 @@ def _robust_spread(resid: np.ndarray) -> np.ndarray:
     total = row_sum(d2) - row_max(d2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt >= 3, np.sqrt(total / (2 * np.maximum(cnt - 1, 1))), np.nan)
+
+
+def move_from(per_scale: np.ndarray, steps: int) -> float:
+    """The typical move over ``steps`` steps from per-scale medians (``scale_moves``): at the
+    largest dyadic scale up to ``steps`` that has one (0: none)."""
+    top = min(int(math.log2(max(steps, 1))), _MOVE_SCALES - 1)
+    for s in range(top, -1, -1):
+        if np.isfinite(per_scale[s]):
+            return float(per_scale[s])
+    return 0.0
 
 
 def _held(after: float, before: float, last: float, since: np.ndarray | None, p: int

@@ -278,6 +278,9 @@ def test_a_trend_is_found_as_changes_that_run_one_way(slope: float) -> None:
     assert 600 <= onset < end <= 600 + 5 / slope      # found by 5 std of rise
     if slope < 0.01:
         assert ev.detail["change"] == "trend" and "rose gradually" in ev.text
+        # judged against the sensor's moves before the trend began, kept from its first
+        # step (by now the small scales' rings no longer reach back that far)
+        assert 0 < ev.detail["usual_move"] < 0.5 * ev.detail["level_change"]
 
 
 def test_wander_is_measured_without_the_change_itself() -> None:
