@@ -209,7 +209,7 @@ class AnomalyConfig:
     long_window: int = 2000             # steps of the long-run residual distribution
     short_window: int = 10              # steps of the short moving average that is scored
     level_window: int = 1000            # readings of the windowed Gaussian (level, jump)
-    weights: str = "range:0.5"          # fusion: shares of the false-alarm budget, e.g.
+    weights: str = "range:0.5+residual:0.05"  # fusion: shares of the false-alarm budget, e.g.
     #                                     'range:0.9' (the others share the rest equally;
     #                                     empty: equal shares, plain Bonferroni)
     range_short: int = 20               # range: readings of the mean also tested for a break
