@@ -64,24 +64,22 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(ckpt: str, data_dir: str, held_out: list[str], batches: int
              ) -> dict[str, list[float]]:
-    """Per held-out set, the frozen model's MSE / persistence's per horizon point on
-    ``batches`` seeded batches of windows ending in its online part."""
-    import torch
-
+    """Per held-out set, the frozen model's MSE / persistence's per horizon point
+    (``replay.foundation.evaluate``) on ``batches`` seeded batches of windows ending in its
+    online part."""
     from models.checkpoint import load_checkpoint
-    from models.shape import last_observed
     from replay.corpus import MixingSampler, index_windows, shared_source
-    from replay.foundation import FoundationConfig, graph_kwargs
+    from replay.foundation import FoundationConfig
+    from replay.foundation import evaluate as mse_ratios
 
     model, meta = load_checkpoint(ckpt)
-    cfg = FoundationConfig(**{k: v for k, v in meta["extra"]["foundation"].items()})
-    model.eval()
-    out = {}
+    cfg = FoundationConfig(**meta["extra"]["foundation"])
+    span = cfg.context_patches * cfg.patch_len + cfg.horizon
+    val = {}
     for name in held_out:
         src = shared_source(data_dir, name, online=True)
         for b in src.blocks:               # windows whose targets lie in the online part
             b.train, b.val = b.val, len(b.values)
-        span = cfg.context_patches * cfg.patch_len + cfg.horizon
         found = index_windows([src], span, cfg.horizon, max(1, cfg.patch_len // 2))
         if not found:
             continue
@@ -89,21 +87,8 @@ def evaluate(ckpt: str, data_dir: str, held_out: list[str], batches: int
                                 context_patches=cfg.context_patches, horizon=cfg.horizon,
                                 batch=cfg.batch_size, seed=1)
         rng = np.random.default_rng(7)
-        se = np.zeros(cfg.horizon)
-        sp = np.zeros(cfg.horizon)
-        with torch.no_grad():
-            for _ in range(batches):
-                bt = sampler.batch_of(found[0], "val", rng)
-                res = model.run(bt["x"], bt["mask"], bt["steps"], heads=("forecast",),
-                                **graph_kwargs(bt, cfg))
-                sc = res["scale"][..., None]
-                pred = res["forecast"][..., -1, :]
-                base = last_observed(bt["x"], bt["mask"])[..., -1:]
-                m = bt["y_mask"].to(bt["y"].dtype)
-                se += (((pred - bt["y"]) / sc) ** 2 * m).sum(dim=(0, 1)).numpy()
-                sp += (((base - bt["y"]) / sc) ** 2 * m).sum(dim=(0, 1)).numpy()
-        out[name] = (se / np.maximum(sp, 1e-12)).tolist()
-    return out
+        val[name] = [sampler.batch_of(found[0], "val", rng) for _ in range(batches)]
+    return {k: v["mse_ratio_h"] for k, v in mse_ratios(model, val, cfg)["sources"].items()}
 
 
 def main() -> int:

@@ -254,13 +254,15 @@ def synthetic_series(rng: np.random.Generator, n_rows: int, interval_ms: int) ->
 
 
 def _series_block(rng: np.random.Generator, y: np.ndarray, interval: int,
-                  timed: bool = True) -> Block:
-    """A univariate synthetic block: 90 % train rows, a random start (None: no clock)."""
+                  timed: bool = True, graph: dict[str, torch.Tensor] | None = None) -> Block:
+    """A synthetic block of ``y`` (``[rows]`` or ``[rows, sensors]``): 90 % train rows, a
+    random start (``timed`` False: no clock), the network's ``graph`` inputs if any."""
+    y = y[:, None] if y.ndim == 1 else y
     n_rows = len(y)
     start = int(rng.integers(1_300_000_000, 1_800_000_000)) * 1000 // interval * interval
     tr = int(0.9 * n_rows)
-    return Block(_zscore(y[:, None], tr),
-                 start + np.arange(n_rows) * interval if timed else None, interval, tr, n_rows)
+    return Block(_zscore(y, tr), start + np.arange(n_rows) * interval if timed else None,
+                 interval, tr, n_rows, graph)
 
 
 def training_pool(sources: list[Source], per_source: int = 50) -> list[np.ndarray]:
@@ -313,11 +315,8 @@ def synthetic_sources(seed: int, *, n_series: int = 400, n_networks: int = 3,
         interval = int(rng.choice((300_000, 900_000, 3_600_000)))
         n_rows, n = int(rng.integers(1500, 4000)), int(rng.integers(8, 30))
         values, ei, ew = lagged_network(rng, n, n_rows, interval)
-        blk = _series_block(rng, values[:, 0], interval)
-        tr = blk.train
-        out.append(Source(f"lagged{k}", [Block(_zscore(values, tr), blk.ts, interval, tr,
-                                                n_rows, _graph_inputs(ei, ew, n, lap_pe_dim))],
-                          synthetic=True))
+        out.append(Source(f"lagged{k}", [_series_block(
+            rng, values, interval, graph=_graph_inputs(ei, ew, n, lap_pe_dim))], synthetic=True))
     for k in range(n_networks):
         cfg = SimConfig(n_sensors=int(rng.integers(10, 40)), n_days=float(rng.uniform(10, 21)),
                         interval_ms=int(rng.choice((300_000, 600_000, 900_000))),

@@ -143,12 +143,14 @@ def total(parts: dict[str, torch.Tensor], cfg: FoundationConfig) -> torch.Tensor
 @torch.no_grad()
 def evaluate(model: STBackbone, val: dict[str, list[dict[str, Any]]],
              cfg: FoundationConfig) -> dict[str, Any]:
-    """Per source: forecast MSE over persistence's, and p10-p90 coverage (window-normalized
-    units); ``score`` is the mean ratio over sources."""
+    """Per source: forecast MSE over persistence's (over all horizon points, and per point:
+    ``mse_ratio_h``), and p10-p90 coverage (window-normalized units); ``score`` is the mean
+    ratio over sources."""
     model.eval()
-    per: dict[str, dict[str, float]] = {}
+    per: dict[str, dict[str, Any]] = {}
     for name, batches in val.items():
         se = sp = cov = n = 0.0
+        se_h = sp_h = 0.0
         for b in batches:
             out = model.run(b["x"], b["mask"], b["steps"], heads=("forecast", "quantiles"),
                             **graph_kwargs(b, cfg))
@@ -158,13 +160,17 @@ def evaluate(model: STBackbone, val: dict[str, list[dict[str, Any]]],
             q = out["quantiles"][..., -1, :, :]
             y, ym = b["y"], b["y_mask"]
             m = ym.to(y.dtype)
-            se += float((((pred - y) / sc) ** 2 * m).sum())
-            sp += float((((base - y) / sc) ** 2 * m).sum())
+            err, err_p = ((pred - y) / sc) ** 2 * m, ((base - y) / sc) ** 2 * m
+            se += float(err.sum())
+            sp += float(err_p.sum())
+            se_h = se_h + err.flatten(0, -2).sum(0).double().numpy()
+            sp_h = sp_h + err_p.flatten(0, -2).sum(0).double().numpy()
             inside = (y >= pred - q[..., 0, :]) & (y <= pred + q[..., 1, :])
             cov += float((inside.to(y.dtype) * m).sum())
             n += float(m.sum())
         if n:
-            per[name] = {"mse_ratio": se / max(sp, 1e-12), "coverage": cov / n}
+            per[name] = {"mse_ratio": se / max(sp, 1e-12), "coverage": cov / n,
+                         "mse_ratio_h": (se_h / np.maximum(sp_h, 1e-12)).tolist()}
     score = float(np.mean([v["mse_ratio"] for v in per.values()])) if per else math.inf
     return {"score": score, "sources": per}
 

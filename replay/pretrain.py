@@ -449,7 +449,7 @@ def _save_last(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                gen: torch.Generator, state: dict[str, Any],
                extra: dict[str, Any] | None = None) -> None:
     """The resumable state, replaced atomically (temp dir + rename); ``extra``: more of it
-    (a scheduler's, a sampler's) in ``state.pt``."""
+    (a learning-rate scheduler's) in ``state.pt``."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

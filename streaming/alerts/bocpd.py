@@ -36,22 +36,6 @@ DTYPE = np.float32      # the posterior's arrays: single precision halves the me
 #                         far from float32's resolution)
 
 
-def row_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the short last axis of ``a`` ``[n, k]`` (a matrix product: numpy's reduction
-    along a short contiguous axis is ~10x slower at n = 10,000; booleans count)."""
-    if a.dtype == np.bool_:
-        a = a.astype(np.float64)
-    return a @ np.ones(a.shape[1], a.dtype)
-
-
-def row_max(a: np.ndarray) -> np.ndarray:
-    """Max over the short last axis of ``a`` ``[n, k]``, column by column (as ``row_sum``)."""
-    m = a[:, 0].copy()
-    for k in range(1, a.shape[1]):
-        np.maximum(m, a[:, k], out=m)
-    return m
-
-
 def _lgamma_half_diff(a: np.ndarray) -> np.ndarray:
     """``lgamma(a + 1/2) - lgamma(a)`` for ``a >= 1`` (asymptotic series; error < 1e-3 at
     a = 1, far less above): the Student-t's normalizer without two lgamma calls per cell."""

@@ -47,7 +47,8 @@ import numpy as np
 
 from connectors.schemas import format_when, zone
 from streaming.alerts.alert_gate import Evidence
-from streaming.alerts.bocpd import BOCPDArray, row_max, row_sum
+from streaming.alerts.bocpd import BOCPDArray
+from streaming.alerts.rowwise import row_max, row_sum
 from streaming.config import DriftConfig
 
 DAY_MS = 86_400_000
@@ -652,19 +653,9 @@ class ChangeMonitor:
                 back = None if gradual else self._recovery(st, i, step, before, after)
                 move = (move_from(st.acc_moves[:, i], step - at + 1) if gradual
                         else st.move_at(i, step - at + 1, at))
-                if back is None and abs(after - before) < self.cfg.history_factor * move:
+                hist = self.cfg.history_factor * move
+                if back is None and abs(after - before) < hist:
                     continue
-                if back is None and names[i] not in out:
-                    # over the sensor's budget: a sensor that changed lately must change by
-                    # more to be news again (ETT loads switch regimes every few weeks)
-                    bar = 1.0 + self.cfg.repeat_factor * self._strain(i, step)
-                    hist = self.cfg.history_factor * move
-                    margin = min(effect / max(need0 if gradual else need, 1e-12),
-                                 abs(after - before) / hist if hist > 0 else math.inf)
-                    if margin < bar:
-                        st.acc_dir[i] = 0
-                        self.held_back += 1
-                        continue
                 st.acc_dir[i] = 0
                 calmer = channel == "spread" and after < before
                 if names[i] in out or (calmer and not self.cfg.report_calmer):
@@ -673,6 +664,13 @@ class ChangeMonitor:
                     st.told.pop(i, None)
                     out[names[i]] = self._recovered(names[i], channel, step, end_ts, at, split,
                                                     before, after, back)
+                    continue
+                # over the sensor's budget: a sensor that changed lately must change by more
+                # to be news again (ETT loads switch regimes every few weeks)
+                margin = min(effect / max(need0 if gradual else need, 1e-12),
+                             abs(after - before) / hist if hist > 0 else math.inf)
+                if margin < 1.0 + self.cfg.repeat_factor * self._strain(i, step):
+                    self.held_back += 1
                     continue
                 st.told[i] = (before, after, step)
                 self.strain[i] = self._strain(i, step) + 1.0

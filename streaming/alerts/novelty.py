@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.special import chdtrc, chdtri, log_ndtr
 
+from streaming.alerts.rowwise import row_max, row_sum
+
 LN2 = float(np.log(2.0))
 
 
@@ -408,9 +410,9 @@ class RangeBreak:
         ok = ~np.isnan(x)
         self.recent.push(x, ok)
         # the ring holds readings only, NaN until filled: its sum is NaN until then
-        mean = np.where(ok, self.recent.buf[:n].sum(axis=1) / self.short, np.nan)
+        mean = np.where(ok, row_sum(self.recent.buf[:n]) / self.short, np.nan)
         v = np.stack([x, mean], axis=1)
-        e = np.nan_to_num(self.excess(v, n), nan=0.0).max(axis=1)
+        e = row_max(np.nan_to_num(self.excess(v, n), nan=0.0))
         s = np.where(ok, np.log1p(e / self.scale), np.nan)
         s = np.where(self.seen[:n] < self.warmup, np.nan, s)   # the range is forming
         # learn: forget a little of the span, then widen to the new values

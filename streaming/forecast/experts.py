@@ -189,26 +189,21 @@ class ExpertWeights:
         mixes' weights blended by ``pick``'s)."""
         return np.moveaxis(self._weights(self.hedge.gap.shape[0]), 0, -1)
 
-    def _weights(self, n: int) -> np.ndarray:
-        """``[E, n, H]`` the served weights of the first ``n`` sensors."""
-        if self.combine_rule == "convex":
-            return self.convex.wk[:, :n]
-        if self.combine_rule != "auto":
-            return self.hedge.wk[:, :n]
-        p = self.pick.wk[:, :n]
-        return p[0] * self.hedge.wk[:, :n] + p[1] * self.convex.wk[:, :n]
-
-    def weight_of(self, name: str, n: int) -> np.ndarray:
-        """``[n, H]`` expert ``name``'s weight in the served forecast of the first ``n``
-        sensors (``w`` for one expert, without the others')."""
-        j = self.names.index(name)
-        self._grow(n)
+    def _weights(self, n: int, j: int | slice = slice(None)) -> np.ndarray:
+        """``[E, n, H]`` the served weights of the first ``n`` sensors (``[n, H]`` of expert
+        ``j`` alone)."""
         if self.combine_rule == "convex":
             return self.convex.wk[j, :n]
         if self.combine_rule != "auto":
             return self.hedge.wk[j, :n]
         p = self.pick.wk[:, :n]
         return p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
+
+    def weight_of(self, name: str, n: int) -> np.ndarray:
+        """``[n, H]`` expert ``name``'s weight in the served forecast of the first ``n``
+        sensors (``w`` for one expert, without the others')."""
+        self._grow(n)
+        return self._weights(n, self.names.index(name))
 
     def _grow(self, n: int) -> None:
         for x in (self.hedge, self.convex, self.pick):
