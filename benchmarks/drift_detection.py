@@ -148,8 +148,11 @@ def main() -> int:
     def live(kinds: tuple[str, ...]) -> Any:
         def get(run: dict[str, Any]) -> list[tuple[int, str]]:
             out = []
-            for a in run["res"].alerts:     # an info alert (a recovery) pages nobody
-                if a["kind"] in kinds and a["severity"] != "info":
+            # an info alert (a recovery) pages nobody; a drift joining an open incident
+            # counts, since it names its sensors and the change
+            for a in run["res"].alerts:
+                if a["kind"] in kinds and (a["severity"] != "info"
+                                           or "incident" in a["detail"]):
                     out.extend((int(a["step"]), s) for s in a["sensors"])
             return out
         return get

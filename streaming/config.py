@@ -286,6 +286,10 @@ class AlertsConfig:
     anomaly_critical: float = 0.99      # anomaly score of a "critical" alert
     anomaly_cooldown_steps: int = 24    # steps after an anomaly alert on a sensor
     drift_cooldown_steps: int = 24      # steps after a drift alert on a sensor
+    drift_incident_steps: int = 24      # a drift on sensors linked to an incident (shared
+    #                                     sensor, graph neighbour, both network-wide) with the
+    #                                     same change this many steps after it joins it as an
+    #                                     info alert instead of a new incident (0: off)
     merge_hops: int = 1                 # firing graph neighbours merge into one regional alert
     common_mode_min: int = 3            # this many sensors firing in one step: one alert
     #                                     (a network-wide change, e.g. the first rush hour; 0 off)
@@ -296,7 +300,8 @@ class AlertsConfig:
             raise ConfigError("alerts needs 0 <= anomaly_clear <= anomaly_threshold < 1")
         if not 0 < self.max_per_10k < 10_000:
             raise ConfigError("alerts.max_per_10k must be in (0, 10000)")
-        for k in ("anomaly_cooldown_steps", "drift_cooldown_steps", "merge_hops",
+        for k in ("anomaly_cooldown_steps", "drift_cooldown_steps", "drift_incident_steps",
+                  "merge_hops",
                   "event_window_steps", "common_mode_min"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"alerts.{k} must be >= 0")

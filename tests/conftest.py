@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,12 +19,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def _weight(item: pytest.Item) -> int:
+    """How early a test should start: broker tests (worker processes, waits) and tests
+    marked ``heavy`` (tens of seconds of CPU) first."""
+    broker = "broker" in item.fixturenames or item.get_closest_marker("broker") is not None
+    return 2 * broker + (item.get_closest_marker("heavy") is not None)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the broker first (in their order): they run worker processes and wait on
-    them, so in a parallel run (pytest-xdist) they start while the CPU-bound unit tests fill
-    the gaps, and the run does not end on a long one started last."""
-    items.sort(key=lambda item: "broker" not in item.fixturenames
-               and item.get_closest_marker("broker") is None)
+    """Long tests first, dealt out over the test processes of a parallel run.
+
+    pytest-xdist's ``worksteal`` hands each process one contiguous slice of this list and
+    later moves tests from the end of a busy process's queue to an idle one. Sorted by
+    weight alone, one process would get every broker test and the run would end on a long
+    test started last; dealt round-robin (test i into slice i mod n), each process starts
+    on its share of the long tests and the stealable ends of the queues are short tests."""
+    order = sorted(range(len(items)), key=lambda i: -_weight(items[i]))   # stable
+    ranked = [items[i] for i in order]
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if n > 1 and len(ranked) > n:
+        # worksteal's slice sizes: what is left divided by the processes left
+        sizes, left = [], len(ranked)
+        for k in range(n):
+            sizes.append(left // (n - k))
+            left -= sizes[-1]
+        slices: list[list[pytest.Item]] = [[] for _ in range(n)]
+        k = 0
+        for item in ranked:
+            while len(slices[k]) >= sizes[k]:
+                k = (k + 1) % n
+            slices[k].append(item)
+            k = (k + 1) % n
+        ranked = [item for sl in slices for item in sl]
+    items[:] = ranked
 
 
 @pytest.fixture(scope="session")

@@ -214,6 +214,7 @@ def test_a_grid_far_off_the_data_stops_the_backtest_unless_forced(tmp_path: Path
     assert "WARNING" in r.stderr and "10x finer" in r.stderr
 
 
+@pytest.mark.heavy
 def test_backtest_ends_with_a_few_lines_a_person_reads(tmp_path: Path) -> None:
     csv = tmp_path / "small.csv"
     csv.write_text("ts,a,b\n" + "".join(

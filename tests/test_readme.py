@@ -60,6 +60,7 @@ def _broker_port(proc: subprocess.Popen, out: Path, wait_for: Callable[..., None
     return int(m.group(1))
 
 
+@pytest.mark.heavy
 def test_readme_command_lines_run(tmp_path: Path, wait_for) -> None:
     lines = readme_commands()
     assert len(lines) >= 10 and lines[0].startswith("stfm broker --port 9092")

@@ -10,6 +10,13 @@ that fire in the same step and are linked within ``merge_hops`` edges through ot
 sensors become one regional alert; ``common_mode_min`` or more sensors firing in one step
 are one alert, graph or not). It then names the events that coincide with an alert on its
 sensors ("coincides with roadworks on s012"). One incident gives one alert, not one per step.
+
+A change also spreads over steps: congestion moves along a road, a front crosses a network.
+With ``incident_steps``, a group that fires within that many steps of an open incident's
+first alert, with the same change (kind and direction), and linked to it (a shared sensor, a
+graph neighbour within ``merge_hops``, or both network-wide) joins the incident: its alert
+is raised as ``info`` (it names its sensors and the incident; it pages nobody again) instead
+of as a new incident.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class GateRule:
     common_mode_min: int = 0      # this many sensors firing at once: one alert (0: off)
     warmup_steps: int = 0         # scored steps per sensor before it may fire
     names_sensors: bool = False   # the text starts "unusual readings on s (and n others)"
+    incident_steps: int = 0       # linked groups this soon after an incident join it (0: off)
 
 
 def rules(cfg: StreamConfig) -> dict[str, GateRule]:
@@ -63,7 +71,8 @@ def rules(cfg: StreamConfig) -> dict[str, GateRule]:
         # a drift alert blocks its sensor for the next drift_cooldown_steps steps; sensors
         # changing in the same step merge like anomalies (graph neighbours, common mode)
         "drift": GateRule(min_gap_steps=a.drift_cooldown_steps + 1, merge_hops=a.merge_hops,
-                          common_mode_min=a.common_mode_min),
+                          common_mode_min=a.common_mode_min,
+                          incident_steps=a.drift_incident_steps),
         "data-quality": GateRule(),
         "model": GateRule(),        # the model's own events (rollback, non-finite forecast)
     }
@@ -89,6 +98,7 @@ class AlertGate:
         self._names: list[str] = []
         self._kinds = {k: _KindState() for k in self.rules}
         self._lists: dict[str, tuple[list[str], np.ndarray, dict[str, int]]] = {}
+        self.incidents: dict[str, list[_Incident]] = {k: [] for k in self.rules}
         self.events: deque[dict[str, Any]] = deque()   # accepted events, for naming
         p = cfg.patching
         self._step_ms = p.interval_ms * p.patch_len
@@ -144,10 +154,14 @@ class AlertGate:
         if not firing:
             return []
         alerts = []
-        if rule.common_mode_min and len(firing) >= rule.common_mode_min:
+        common = bool(rule.common_mode_min) and len(firing) >= rule.common_mode_min
+        if common:
             groups = [sorted(firing)]          # a change across the region: one incident
         else:
             groups = self._regions(list(firing), rule.merge_hops)
+        if rule.incident_steps and step is not None:
+            self.incidents[kind] = [inc for inc in self.incidents[kind]
+                                    if step - inc.step <= rule.incident_steps]
         for group in groups:
             top = max(group, key=lambda s: firing[s])
             at = [self._index[s] for s in group]
@@ -159,8 +173,32 @@ class AlertGate:
                     st.signature[s] = sig
             if rule.clear is not None:
                 st.disarmed[at] = True
-            alerts.append(self._build(kind, rule, step, ts, group, top, firing, evidence))
+            alert = self._build(kind, rule, step, ts, group, top, firing, evidence)
+            if rule.incident_steps and step is not None:
+                self._join_or_open(kind, rule, alert, _signature(evidence.get(top)), common)
+            alerts.append(alert)
         return alerts
+
+    def _join_or_open(self, kind: str, rule: GateRule, alert: Alert, sig: str | None,
+                      common: bool) -> None:
+        """Join ``alert`` to an open incident it continues (made ``info``, naming the
+        incident), or open a new incident with it. Only a change that says what changed
+        (a signature) takes part."""
+        if sig is None:
+            return
+        group = set(alert.sensors)
+        near = group | {v for s in group for v in self._within(s, rule.merge_hops)}
+        for inc in self.incidents[kind]:
+            if inc.signature == sig and (near & inc.sensors or (common and inc.common)):
+                inc.sensors |= group
+                alert.severity = "info"
+                alert.detail = {**alert.detail, "incident": inc.id,
+                                "incident_sensors": len(inc.sensors)}
+                alert.text = (f"{alert.text}; part of incident {inc.id} (the same change, "
+                              f"{alert.step - inc.step} step(s) later; {len(inc.sensors)} "
+                              f"sensor(s) so far)")
+                return
+        self.incidents[kind].append(_Incident(alert.id, sig, int(alert.step), group, common))
 
     def _slot(self, s: str) -> int:
         i = self._index.get(s)
@@ -322,6 +360,9 @@ class AlertGate:
         sigs = {k: dict(st.signature) for k, st in self._kinds.items() if st.signature}
         if sigs:
             out["signature"] = sigs
+        incidents = {k: [inc.state() for inc in v] for k, v in self.incidents.items() if v}
+        if incidents:
+            out["incidents"] = incidents
         out["events"] = list(self.events)
         return out
 
@@ -346,6 +387,10 @@ class AlertGate:
         for k, sigs in state.get("signature", {}).items():
             if k in self._kinds:
                 self._kinds[k].signature = {str(s): str(v) for s, v in sigs.items()}
+        self.incidents = {k: [] for k in self.rules}
+        for k, incs in state.get("incidents", {}).items():
+            if k in self.incidents:
+                self.incidents[k] = [_Incident.from_state(d) for d in incs]
         self.events = deque(state["events"])
 
 
@@ -354,6 +399,26 @@ def _signature(ev: Evidence | None) -> str | None:
     if ev is None or not ev.detail.get("change"):
         return None
     return f"{ev.detail['change']}:{ev.detail.get('value_direction') or ''}"
+
+
+@dataclass
+class _Incident:
+    """An open incident: its first alert's id, what changed, when, and its sensors so far."""
+
+    id: str
+    signature: str
+    step: int
+    sensors: set[str]
+    common: bool                    # network-wide (``common_mode_min`` sensors at once)
+
+    def state(self) -> dict[str, Any]:
+        return {"id": self.id, "signature": self.signature, "step": self.step,
+                "sensors": sorted(self.sensors), "common": self.common}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> _Incident:
+        return cls(str(d["id"]), str(d["signature"]), int(d["step"]),
+                   {str(s) for s in d["sensors"]}, bool(d["common"]))
 
 
 class _KindState:

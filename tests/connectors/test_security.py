@@ -363,6 +363,7 @@ def test_a_client_trusting_another_ca_is_refused(tls_broker, tmp_path, caplog):
     wait_for_kafka(tls_broker.bootstrap_servers, 30, security=tls_broker.security)
 
 
+@pytest.mark.heavy
 @pytest.mark.broker
 def test_stfm_broker_tls_says_how_clients_connect_and_the_worker_runs_over_tls(tmp_path, unique):
     """`stfm broker --tls` prints the CA path and the flags; publish, run (both engines),

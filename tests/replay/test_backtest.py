@@ -95,6 +95,7 @@ def test_backtest_rejects_bad_arguments() -> None:
         backtest(rec, core, start_row=10, end_row=rec.n_steps + 1)
 
 
+@pytest.mark.heavy
 def test_cli_backtest_writes_report_and_plots(tmp_path: Path) -> None:
     rec, truths = simulate(SimConfig(n_sensors=5, n_days=3, seed=5, n_events=3))
     data = tmp_path / "sim.npz"

@@ -122,3 +122,62 @@ def test_events_are_named_on_their_sensors_only() -> None:
     named = {x.sensors[0]: x for x in a}
     assert named["b"].events and "coincides with roadworks on b" in named["b"].text
     assert not named["c"].events
+
+
+def _drift(g: AlertGate, step: int, firing: dict[str, str]) -> list[dict]:
+    """Drift evidence on ``firing`` (sensor -> "level:down" style change) at ``step``."""
+    ev = {s: Evidence(5.0, "bocpd", "level", f"{s} changed",
+                      detail={"change": c.split(":")[0], "value_direction": c.split(":")[1]})
+          for s, c in firing.items()}
+    return [a.to_dict() for a in g.update("drift", step, 1000 * step, ev)]
+
+
+def test_a_change_spreading_to_linked_sensors_joins_its_incident() -> None:
+    edges = np.array([[0, 1, 2], [1, 2, 3]])       # a-b-c-d chain
+    g = AlertGate(StreamConfig(), edge_index=edges, sensors=S)
+    assert g.rules["drift"].incident_steps == StreamConfig().alerts.drift_incident_steps > 0
+    first = _drift(g, 10, {"a": "level:down"})
+    assert first[0]["severity"] != "info" and "incident" not in first[0]["detail"]
+    later = _drift(g, 12, {"b": "level:down"})      # a's neighbour, the same change
+    assert later[0]["severity"] == "info"
+    assert later[0]["detail"]["incident"] == first[0]["id"]
+    assert later[0]["detail"]["incident_sensors"] == 2
+    assert f"part of incident {first[0]['id']}" in later[0]["detail"]["text"]
+    # c is b's neighbour: the incident grew to b, so c joins too
+    assert _drift(g, 13, {"c": "level:down"})[0]["detail"]["incident_sensors"] == 3
+    # another change on a linked sensor is a new incident
+    other = _drift(g, 14, {"d": "level:up"})
+    assert other[0]["severity"] != "info" and "incident" not in other[0]["detail"]
+
+
+def test_an_unlinked_or_late_change_opens_a_new_incident() -> None:
+    g = AlertGate(StreamConfig(), edge_index=np.array([[0], [1]]), sensors=S)   # a-b only
+    steps = StreamConfig().alerts.drift_incident_steps
+    _drift(g, 10, {"a": "level:down"})
+    assert _drift(g, 11, {"c": "level:down"})[0]["severity"] != "info"          # not linked
+    late = _drift(g, 11 + steps + 1, {"d": "level:down", "b": "level:down"})
+    assert {a["severity"] for a in late} != {"info"}                             # closed
+    # without a graph, network-wide changes (common mode) link to each other
+    g = AlertGate(StreamConfig())
+    wide = {s: "level:down" for s in S[:3]}
+    assert _drift(g, 10, wide)[0]["severity"] != "info"
+    joined = _drift(g, 11, {s: "level:down" for s in ("d", "e", "f")})
+    assert joined[0]["severity"] == "info" and joined[0]["detail"]["incident_sensors"] == 6
+    # and off when asked
+    cfg = StreamConfig()
+    cfg.alerts.drift_incident_steps = 0
+    g = AlertGate(cfg)
+    _drift(g, 10, wide)
+    assert _drift(g, 11, {s: "level:down" for s in ("d", "e", "f")})[0]["severity"] != "info"
+
+
+def test_open_incidents_survive_a_checkpoint() -> None:
+    edges = np.array([[0, 1, 2], [1, 2, 3]])
+    g = AlertGate(StreamConfig(), edge_index=edges, sensors=S)
+    first = _drift(g, 10, {"a": "level:down"})
+    restored = AlertGate(StreamConfig(), edge_index=edges, sensors=S)
+    restored.load_state_dict(g.state_dict())
+    for gate in (g, restored):
+        out = _drift(gate, 12, {"b": "level:down"})
+        assert out[0]["detail"]["incident"] == first[0]["id"]
+    assert restored.state_dict() == g.state_dict()

@@ -54,6 +54,7 @@ def _core_run(rec):
     return core, backtest(rec, core, progress=False)
 
 
+@pytest.mark.heavy
 def test_a_stationary_recording_of_50k_readings_stays_within_the_alert_budget() -> None:
     # default settings: no drift or data-quality alert, anomaly alerts within
     # alerts.max_per_10k per 10,000 readings

@@ -48,6 +48,7 @@ def test_context_novelty_sees_a_broken_pattern_and_not_a_repeated_one() -> None:
     assert (s[620:] == 0).all()
 
 
+@pytest.mark.heavy
 def test_fused_detectors_are_quiet_at_the_budget_on_a_stationary_series() -> None:
     rng = np.random.default_rng(1)
     x = _seasonal(rng, 10_000, 10)

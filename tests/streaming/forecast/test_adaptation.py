@@ -57,6 +57,7 @@ def _level_shift_recording(days: int = 12, shift_day: int = 8, n: int = 4,
     return rec, onset
 
 
+@pytest.mark.heavy
 def test_error_after_level_shift_recovers_faster_with_adaptation() -> None:
     rec, onset = _level_shift_recording()
     cfg = _cfg(contrastive_weight=0.1)
@@ -211,6 +212,7 @@ def test_booster_decays_back_to_one() -> None:
     assert f[0] == [3.0, 1.0] and f[1] == [2.0, 1.0] and f[2] == [1.0, 1.0] and f[3] == [1.0, 1.0]
 
 
+@pytest.mark.heavy
 def test_drift_alert_boosts_updates() -> None:
     rec, onset = _level_shift_recording(days=10, shift_day=8)
     runs = {}

@@ -194,6 +194,7 @@ def _shuffled_targets(model: OnlineModel) -> None:
     model.learn_many = shuffled  # type: ignore[method-assign]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("harm", ["learning rate", "shuffled targets"])
 def test_adaptation_that_hurts_is_rolled_back_to_no_worse_than_frozen(harm: str) -> None:
     """Updates that hurt (a learning rate 1000x too high, or targets of other sensors): the

@@ -270,6 +270,7 @@ def test_baselines_resume_from_old_checkpoints(cut: int) -> None:
     assert np.isfinite(a["seasonal_day"]).any() and np.isfinite(a["holt_winters"]).all()
 
 
+@pytest.mark.heavy
 def test_the_guard_undoes_adaptation_that_hurts() -> None:
     """A learning rate 1000x too high makes every update hurt: the guard restores the last
     good weights and halves the rate each time, so the model ends near the frozen start's

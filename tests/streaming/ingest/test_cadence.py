@@ -131,6 +131,7 @@ def test_run_infers_an_hourly_grid_when_none_is_given(broker, unique, hourly, tm
     assert s["patcher"]["closed_steps"] == 16
 
 
+@pytest.mark.heavy
 @pytest.mark.broker
 def test_run_warns_loudly_when_the_grid_is_much_finer_than_the_data(broker, unique, hourly,
                                                                      tmp_path):
@@ -141,6 +142,7 @@ def test_run_warns_loudly_when_the_grid_is_much_finer_than_the_data(broker, uniq
     assert "12x finer" in s["cadence"]
 
 
+@pytest.mark.heavy
 def test_backtest_adopts_the_files_interval_and_warns_on_a_far_grid(hourly, tmp_path):
     data, _ = hourly
     r = _stfm("replay", "backtest", str(data), "--fresh", "--out", str(tmp_path / "a"),

@@ -77,6 +77,7 @@ def _maker(rec, cfg: StreamConfig):
     return make
 
 
+@pytest.mark.heavy
 def test_halo_regions_forecast_exactly_as_one_region() -> None:
     rec, pmap = _network()
     cfg = _cfg(rec)
@@ -135,6 +136,7 @@ def test_ghost_readings_are_not_dead_lettered_or_counted_as_own() -> None:
     assert all(set(b.sensors) <= plan.own[0] for b in core_out.forecasts)
 
 
+@pytest.mark.heavy
 def test_two_workers_with_the_halo_forecast_as_one_region(broker, unique: str, tmp_path: Path,
                                                           wait_for, stfm_process,
                                                           last_status) -> None:

@@ -72,6 +72,7 @@ def _drain(bs: str, unique: str, tmp_path: Path, rec: Recording, name: str) -> d
 
 @pytest.mark.parametrize("backlog", [pytest.param(20, id="short"),
                                      pytest.param(100, id="long", marks=pytest.mark.slow)])
+@pytest.mark.heavy
 def test_memory_does_not_grow_with_the_backlog(broker, unique: str, tmp_path: Path,
                                                backlog: int) -> None:
     bs = broker.bootstrap_servers

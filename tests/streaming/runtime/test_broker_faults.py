@@ -67,6 +67,7 @@ def _rows(rec: Recording, lo: int, hi: int) -> Recording:
     return rec.slice_rows(lo, hi)
 
 
+@pytest.mark.heavy
 def test_worker_resumes_after_the_broker_restarts(tmp_path: Path, wait_for) -> None:
     """Stop the embedded broker mid-run and start it again on the same port.
 
@@ -145,6 +146,7 @@ def test_worker_resumes_after_the_broker_restarts(tmp_path: Path, wait_for) -> N
 
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("checkpoints", [True, False])
 def test_a_worker_outlives_a_broker_that_restarts_empty(tmp_path: Path, wait_for,
                                                         checkpoints: bool) -> None:

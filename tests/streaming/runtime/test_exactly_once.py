@@ -199,6 +199,7 @@ def _stock_read_committed(bs: str, topic: str) -> int:
     pytest.param(1.5, 2, id="short"),
     pytest.param(9.0, 5, id="soak", marks=pytest.mark.slow),
 ])
+@pytest.mark.heavy
 def test_kill9_with_exactly_once_emits_every_output_once(broker, unique: str, tmp_path: Path,
                                                           wait_for, n_days: float,
                                                           kills: int) -> None:

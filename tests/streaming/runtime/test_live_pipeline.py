@@ -169,6 +169,7 @@ def _stfm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("engine", "model"), [("aiokafka", "fresh"), ("faust", "fresh"),
                                                ("aiokafka", "checkpoint")])
+@pytest.mark.heavy
 def test_cli_publish_and_run(broker, unique, tmp_path: Path, engine: str, model: str):
     rec, truths = simulate(SimConfig(n_sensors=6, n_days=2, seed=1))
     data = tmp_path / "net.npz"

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from connectors.kafka_io import read_topic
 from replay.publish import publish_recording
@@ -29,6 +30,7 @@ def _args(cfg: Path, bs: str, group: str) -> list[str]:
             "--fresh", "--status-every", "0.5"]
 
 
+@pytest.mark.heavy
 def test_killed_workers_regions_continue_on_the_survivor(broker, unique: str, tmp_path: Path,
                                                          wait_for, stfm_process,
                                                          last_status) -> None:

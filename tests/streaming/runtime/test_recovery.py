@@ -112,6 +112,7 @@ def _run_with_kills(cfg: Path, bs: str, group: str, store: Path, kills: int, tmp
     pytest.param(1.5, 1, id="short"),
     pytest.param(9.0, 5, id="soak", marks=pytest.mark.slow),
 ])
+@pytest.mark.heavy
 def test_kill9_restart_gives_the_uninterrupted_result(broker, unique: str, tmp_path: Path,
                                                       wait_for, n_days: float,
                                                       kills: int) -> None:
