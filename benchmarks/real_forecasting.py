@@ -406,13 +406,12 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
 def _verdict_rows(rows: list[tuple[str, float]], goal: float) -> str:
     """``met`` or ``not met on`` the rows above ``goal``, with the worst ratio."""
     bad = [(k, x) for k, x in rows if x > goal]
-    text = common.verdict(not bad)
     if bad:
-        text += " on " + ", ".join(f"{k} ({x:.3f}x)" for k, x in bad)
-    if rows:
-        k, x = max(rows, key=lambda t: t[1])
-        text += f" (worst {k}: {x:.3f}x)" if not bad else ""
-    return text
+        return common.verdict(False) + " on " + ", ".join(f"{k} ({x:.3f}x)" for k, x in bad)
+    if not rows:
+        return common.verdict(True)
+    k, x = max(rows, key=lambda t: t[1])
+    return f"{common.verdict(True)} (worst {k}: {x:.3f}x)"
 
 
 def main() -> int:
