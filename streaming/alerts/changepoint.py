@@ -27,7 +27,11 @@ Per closed step and sensor:
    as a ratio (spread).
 
 An intermittent sensor (more than half its steps flat: a rain gauge, a valve) raises no
-changes: its bursts are events, the anomaly score's business.
+changes: its bursts are events, the anomaly score's business. A stuck sensor (one reading
+repeated for ``_STILL_READINGS`` readings or more, and longer than it ever repeated one
+before: a flat line, data quality's business) feeds its statistics nothing until it moves
+again, so float rounding against a scale that faded to nothing is no change, and a real move
+after it is judged against the scale from before.
 
 A sensor may raise a change after ``drift.min_readings`` readings (30 by default): the
 detector needs a few steps to know the statistic's scale. On a grid with a possible daily
@@ -65,6 +69,10 @@ _HISTORY_STEPS = 4               # steps of deseasonalized readings kept (onset 
 _MOVE_SCALES = 9                 # time scales of a statistic's own moves: 1, 2, 4, ... 256 steps
 _MOVE_MEMORY = 16                # block moves kept per scale (their median is the typical move)
 _MOVE_MIN = 6                    # block moves a scale needs before it is trusted
+_STILL_READINGS = 12             # a sensor repeating one reading this long is stuck: its
+#                                  statistics wait for it to move (a flat line is data quality)
+_REL_FLOOR = 1e-12               # a statistic's scale is at least this share of its level
+#                                  (plus 1e-15): below, float rounding would be a change
 
 
 def threshold_for_budget(max_per_10k: float) -> float:
@@ -213,8 +221,11 @@ class _Stat:
         """The statistic's noise scale (from step-to-step differences, else ``fallback``)."""
         sd = self.scale * _SQRT_PI_2
         n = len(fallback)
-        return np.where((self.n[:n] >= 5) & (sd[:n] > 0), sd[:n],
-                        np.where(np.isfinite(fallback) & (fallback > 0), fallback, 1.0))
+        sd = np.where((self.n[:n] >= 5) & (sd[:n] > 0), sd[:n],
+                      np.where(np.isfinite(fallback) & (fallback > 0), fallback, 1.0))
+        # a scale that faded to nothing (a long flat stretch) would make float rounding a
+        # change, and its square underflows the detector's single precision
+        return np.maximum(sd, _REL_FLOOR * np.abs(np.nan_to_num(self.level[:n])) + 1e-15)
 
     def without_common(self, y: np.ndarray, scale: np.ndarray, min_sensors: int
                        ) -> tuple[np.ndarray, bool]:
@@ -360,6 +371,11 @@ class ChangeMonitor:
         # gauge, a valve) mostly sits at one value and its bursts are events, not changes
         self.flat_share = np.zeros(0)
         self.flat_n = np.zeros(0, np.int64)
+        # a stuck sensor: its last reading and how many readings in a row repeated it
+        self.last_raw = np.zeros(0)
+        self.still = np.zeros(0, np.int64)
+        self.usual_still = np.zeros(0, np.int64)   # its longest repeat that ended (a solar
+        #                                            sensor's night at 0 is what it does)
 
     # --- per step ---------------------------------------------------------------------
 
@@ -374,6 +390,9 @@ class ChangeMonitor:
         self.seen = np.concatenate([self.seen, np.zeros(add, np.int64)])
         self.flat_share = np.concatenate([self.flat_share, np.zeros(add)])
         self.flat_n = np.concatenate([self.flat_n, np.zeros(add, np.int64)])
+        self.last_raw = np.concatenate([self.last_raw, np.full(add, np.nan)])
+        self.still = np.concatenate([self.still, np.zeros(add, np.int64)])
+        self.usual_still = np.concatenate([self.usual_still, np.zeros(add, np.int64)])
         self.strain = np.concatenate([self.strain, np.zeros(add)])
         self.strain_step = np.concatenate([self.strain_step, np.zeros(add, np.int64)])
         self.anchor = np.concatenate([self.anchor, np.full(add, np.nan)])
@@ -447,6 +466,9 @@ class ChangeMonitor:
             # statistic for it
             flat = _flat(values, ok, spread)
             logs = np.where(np.isfinite(spread) & (spread > 0) & ~flat, np.log(spread), np.nan)
+        # a stuck sensor says nothing new: its statistics would move only by the profile's
+        # learning, against a scale that fades with every repeat; they wait until it moves
+        stuck = self._stuck(values, ok)
         judged = np.isfinite(spread)
         k = self.flat_n[:n] + judged
         rate = np.maximum(1.0 / np.maximum(k, 1), 0.01)
@@ -464,6 +486,9 @@ class ChangeMonitor:
         self._remember(step, resid, np.nan_to_num(y0 - y) if common_l else None)
         logs, common_s = sp.without_common(logs, np.ones(n), self.cfg.common_mode_min)
         self.common = common_l or common_s
+        # (a stuck sensor still counts in the network's common move: it is one that did not)
+        y = np.where(stuck, np.nan, y)
+        logs = np.where(stuck, np.nan, logs)
         sd_level = lv.update(y, step, fallback, alpha)
         sd_spread = sp.update(logs, step, spread_fallback, alpha)
         # the values' level and profile follow the data (after the detectors saw the step)
@@ -499,6 +524,49 @@ class ChangeMonitor:
                 self.stats["level"].reset(full, step, self.level)
                 self.stats["spread"].reset(full, step)
         return found
+
+    def _stuck(self, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Per sensor, whether it is stuck: it had repeated one reading (to float rounding)
+        for at least ``_STILL_READINGS`` readings before this step, longer than any repeat of
+        it that ended before (a night at 0, a quantized reading that holds: what it does),
+        and still does."""
+        n, p = values.shape
+        last = self.last_raw[:n]
+        full = bool(ok.all())
+        if full:
+            prev = np.empty_like(values)
+            prev[:, 0] = last
+            prev[:, 1:] = values[:, :-1]
+        else:
+            # a missing reading neither moves nor breaks the repeat: compare with the last
+            # reading before it
+            filled = np.where(ok, values, np.nan)
+            prev = np.concatenate([last[:, None], filled[:, :-1]], axis=1)
+            for k in range(1, p):
+                gap = np.isnan(prev[:, k])
+                prev[gap, k] = prev[gap, k - 1]
+        with np.errstate(invalid="ignore"):
+            # (NaN, no reading or none before: not a move)
+            move = np.abs(values - prev) > _FLAT * np.abs(values)
+        moved = row_max(move)
+        # stuck: it had repeated long enough before this step, and this step did not move
+        # (the step of a jump and the one after it are seen, so a jump to a new flat line
+        # is still judged)
+        still = self.still[:n]
+        usual = self.usual_still[:n]
+        stuck = ~moved & (still >= np.maximum(_STILL_READINGS, usual + 1))
+        np.maximum(usual, np.where(moved, still, 0), out=usual)
+        # readings since the last move (the missing ones count too: a stuck sensor's gaps
+        # do not make it move)
+        after = p - 1 - np.argmax(move[:, ::-1], axis=1)
+        self.still[:n] = np.where(moved, after, still + p)
+        if full:
+            last[:] = values[:, -1]
+        else:
+            has = ok.any(axis=1)
+            at = p - 1 - np.argmax(ok[:, ::-1], axis=1)
+            last[:] = np.where(has, values[np.arange(n), at], last)
+        return stuck
 
     def _seasoned(self, n: int) -> np.ndarray:
         """Sensors whose first season is complete: the profile is removed from their
@@ -824,6 +892,8 @@ class ChangeMonitor:
                 "noise_n": self.noise_n.copy(), "flat_share": self.flat_share.copy(),
                 "flat_n": self.flat_n.copy(), "strain": self.strain.copy(),
                 "strain_step": self.strain_step.copy(), "held_back": self.held_back,
+                "last_raw": self.last_raw.copy(), "still": self.still.copy(),
+                "usual_still": self.usual_still.copy(),
                 "stats": {c: st.state_dict() for c, st in self.stats.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -852,6 +922,13 @@ class ChangeMonitor:
         self.strain_step = np.asarray(state.get("strain_step", np.zeros(len(self.level))),
                                       np.int64).copy()
         self.held_back = int(state.get("held_back", 0))
+        # (a state from before the stuck-sensor hold: no repeats known yet)
+        self.last_raw = np.asarray(state.get("last_raw", np.full(len(self.level), np.nan)),
+                                   np.float64).copy()
+        self.still = np.asarray(state.get("still", np.zeros(len(self.level))),
+                                np.int64).copy()
+        self.usual_still = np.asarray(state.get("usual_still", np.zeros(len(self.level))),
+                                      np.int64).copy()
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
 

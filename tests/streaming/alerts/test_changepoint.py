@@ -428,3 +428,36 @@ def test_repeat_factor_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="drift.repeat_factor"):
         DriftConfig(repeat_factor=-1.0).validate()
+
+
+@pytest.mark.parametrize("base", [0.0, 5.0, 1e6])
+@pytest.mark.parametrize("patch", [1, P])
+def test_a_stuck_sensor_raises_no_change_and_its_next_move_is_found(base: float,
+                                                                   patch: int) -> None:
+    """A sensor that repeats one reading for days (a flat line: data quality's business) has
+    no level changes from the profile's float rounding against a scale that faded to nothing,
+    no non-finite arithmetic, and (readings one per step) a real level change when it moves
+    again is found."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    sd = 1e-3 * max(abs(base), 1.0)
+    x = np.r_[base + rng.normal(0, sd, 600), np.full(3600, base),
+              base + 20 * sd + rng.normal(0, sd, 240)]       # repaired, 20 noise units up
+    mon = ChangeMonitor(DriftConfig(), 1.0, IV, patch)
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for s in range(len(x) // patch):
+            start = T0 + s * patch * IV
+            ev = mon.update(["a"], s, start, x[None, s * patch:(s + 1) * patch],
+                            start + patch * IV)
+            found += [((s + 1) * patch - 1, e) for e in ev.values()]
+    assert [t for t, _ in found if t < 4200] == []
+    if patch > 1:
+        # with whole flat steps the stretch also makes the sensor look intermittent (a rain
+        # gauge), which holds changes back until most of its recent steps move again
+        return
+    assert found, "the move after the flat line was missed"
+    t, ev = found[0]
+    assert t < 4200 + 24 and ev.detail["value_direction"] == "up"
