@@ -11,7 +11,11 @@
   index (NAB scores rows; series have different clocks), fed one row per call. So the model
   is one online model shared by all series (as it is shared by the sensors of a region); a
   series' score at row r depends only on rows <= r of the corpus. The fresh per-sensor
-  model has no time-of-day embedding, so the row clock is harmless.
+  model has no time-of-day embedding, so the row clock is harmless. From row 15,902 on only
+  two series go on: the replay's row time is the arrival time, so the others stop counting
+  toward the clock's quorum (``patching.clock_dead_steps``) and the two keep their scores
+  (before that fix the clock stalled there and their last 2,100 and 6,800 rows, with three
+  labelled windows, got none).
 * score of a row: the anomaly score the core emitted while that row was being fed (the step
   it closed), 0 where none came out; NAB's probation, windows, scaled sigmoid, profiles and
   per-profile threshold optimization from ``replay.nab``.

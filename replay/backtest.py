@@ -273,7 +273,8 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         if lo == start_row:
             e_lo = 0
         eb = EventBatch(events=events[e_lo:e_hi], source=list(range(e_hi - e_lo)))
-        collect(core.process(_reading_batch(rec, lo, hi, fed), eb), hi)
+        collect(core.process(_reading_batch(rec, lo, hi, fed), eb,
+                             arrival_ms=int(rec.timestamps[hi - 1])), hi)
         bar.update(hi - lo)
     if flush:
         collect(core.flush(), end_row)   # the last, partial step: realized, scored, checked

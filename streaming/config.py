@@ -37,6 +37,9 @@ class PatchingConfig:
     max_future_ms: int | None = None    # readings further ahead of the clock are held, then
     #                                     dead-lettered as `future` (None: 3 steps)
     clock_quorum: int = 3               # sensors that must reach a time before the clock does
+    clock_dead_steps: int = 2           # a sensor silent this many steps of arrival time (live:
+    #                                     processing time; replay: the rows replayed) no longer
+    #                                     counts toward its partition's quorum (0: it always does)
     value_abs_max: float = 1e12         # |value| beyond this → dead-letter `out_of_range`
     value_ranges: dict[str, list[float]] = field(default_factory=dict)
     # ^ per-sensor plausible [min, max]; keys are sensor ids or globs ("pm25/*")
@@ -64,6 +67,8 @@ class PatchingConfig:
                               f"name such as 'UTC' or 'Europe/Berlin')") from None
         if self.lateness_ms < 0:
             raise ConfigError("patching.lateness_ms must be >= 0")
+        if self.clock_dead_steps < 0:
+            raise ConfigError("patching.clock_dead_steps must be >= 0")
         if self.max_future_ms is not None and self.max_future_ms < 0:
             raise ConfigError("patching.max_future_ms must be >= 0")
         for key, bounds in self.value_ranges.items():

@@ -156,11 +156,20 @@ def test_a_fenced_hash_line_does_not_end_a_section() -> None:
 
 
 def test_recorded_rows_are_keyed_by_their_first_cells(results: Path) -> None:
+    def cell(key: str, first: str, col: int) -> str:
+        """A table cell of the recorded section, read the plain way (the file changes as
+        benchmarks are re-run: the values are not fixed here)."""
+        text = spans(results.read_text())[key]
+        line = next(ln for ln in text.split("\n") if ln.startswith(f"| {first} |"))
+        return line.strip("|").split("|")[col].strip()
+
     rows = common.recorded_rows(results, "scaling")
     assert [k[0] for k in rows] == ["200", "2,000", "10,000", "50,000"]
-    assert common.number(rows[("10,000",)][2]) == 78_090
+    assert rows[("10,000",)][2] == cell("scaling", "10,000", 2)
+    assert common.number(rows[("10,000",)][2]) > 1000
     by_pair = common.recorded_rows(results, "drift_scale", n_key=2)
-    assert common.number(by_pair[("10,000", "page_hinkley")][8]) == 5.7
+    assert by_pair[("10,000", "page_hinkley")][8] == cell("drift_scale",
+                                                          "10,000 | page_hinkley", 8)
     assert common.recorded_rows(results, "no_such_benchmark") == {}
 
 

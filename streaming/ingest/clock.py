@@ -165,6 +165,7 @@ class EventClock:
         self._step_ms = cfg.interval_ms * cfg.patch_len
         self._half = cfg.interval_ms // 2
         self._future = cfg.future_ms()
+        self._dead_ms = cfg.clock_dead_steps * self._step_ms
         self.active: set[int] = set()         # partitions the clock waits for (empty = all)
         self.clock: dict[int, int] = {}       # partition -> clock (grid index), once started
         self._seen: dict[int, set[str]] = {}  # partition -> sensors with a valid reading
@@ -173,6 +174,13 @@ class EventClock:
         self.t_max = np.full(n, INT_MIN, np.int64)      # newest accepted grid index
         self.first_step = np.full(n, INT_MAX, np.int64)  # step of the first accepted reading
         self.home_arr = np.full(n, -1, np.int64)         # partition of each sensor
+        # when each sensor last sent a valid reading (arrival time: live, processing time;
+        # a replay, its rows' time), and which are silent for ``clock_dead_steps`` (as of
+        # this batch): they do not count toward their partition's quorum
+        self.last_arrival = np.full(n, INT_MIN, np.int64)
+        self._dead = np.zeros(n, bool)
+        self._n_dead: dict[int, int] = {}     # partition -> its silent sensors
+        self._arrival: int | None = None
         self._held: dict[str, list[_Held]] = {}   # sensor -> its held readings
         self._n_held = 0
         self._runs: dict[str, _Run] = {}
@@ -237,20 +245,68 @@ class EventClock:
         self._flag(out, sensor, ts, clock_ts, why)
 
     def judge(self, batch: ReadingBatch, idx: np.ndarray, ok: np.ndarray, part: np.ndarray,
-              next_open: int | None, out: Admission) -> tuple[np.ndarray, np.ndarray,
-                                                                np.ndarray]:
+              next_open: int | None, out: Admission, arrival: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Judge the valid readings (``ok``) of a batch against the clock; returns the
         accepted ones (registry index, ts, value) in the order they are to be stored.
-        Rejections and flags go into ``out``."""
+        Rejections and flags go into ``out``. ``arrival``: when the batch arrived (None:
+        unknown, every sensor seen counts toward the quorum)."""
         self._batch += 1
+        self._mark_dead(arrival)
         self._next_open = next_open
         self._out = out
         self._acc = ([], [], [])
         if not (self.fast_path and self._judge_fast(batch, idx, ok, part, out)):
             self._judge_sequential(batch, ok, part, batch.refs, out)
+        if arrival is not None:
+            self._arrived(batch, idx, ok, arrival)
         acc = self._acc
         return (np.asarray(acc[0], np.int64), np.asarray(acc[1], np.int64),
                 np.asarray(acc[2], np.float64))
+
+    def _mark_dead(self, arrival: int | None) -> None:
+        """Which sensors are silent as of this batch: nothing for ``clock_dead_steps`` of
+        arrival time while another sensor of their partition kept sending (relative to the
+        partition's newest arrival, so a worker that was down or paused finds no one
+        silent), counted per partition."""
+        self._arrival = arrival
+        la, home = self.last_arrival, self.home_arr
+        known = (la > INT_MIN) & (home >= 0)
+        if arrival is None or not self._dead_ms or not known.any():
+            if self._n_dead:
+                self._dead[:] = False
+                self._n_dead = {}
+            return
+        parts, inv = np.unique(home[known], return_inverse=True)
+        newest = np.full(len(parts), INT_MIN, np.int64)
+        np.maximum.at(newest, inv, la[known])
+        self._dead[:] = False
+        self._dead[known] = la[known] < newest[inv] - self._dead_ms
+        self._n_dead = {}
+        if self._dead.any():
+            parts, cnt = np.unique(self.home_arr[self._dead], return_counts=True)
+            self._n_dead = dict(zip(parts.tolist(), cnt.tolist(), strict=True))
+
+    def _revive(self, r: int) -> None:
+        """A silent sensor sent a reading: it counts toward its quorum again."""
+        self._dead[r] = False
+        p = int(self.home_arr[r])
+        self._n_dead[p] -= 1
+        if not self._n_dead[p]:
+            del self._n_dead[p]
+
+    def _arrived(self, batch: ReadingBatch, idx: np.ndarray, ok: np.ndarray,
+                 arrival: int) -> None:
+        """Every sensor with a valid reading in the batch arrived at ``arrival`` (those
+        registered by this batch looked up by name)."""
+        r = idx[ok]
+        if (r < 0).any():
+            names = batch.sensors
+            index = self.registry.index
+            found = [index.get(names[i], -1) for i in np.flatnonzero(ok)[r < 0].tolist()]
+            r = np.concatenate([r[r >= 0], np.asarray(found, np.int64)])
+        r = r[r >= 0]
+        self.last_arrival[r] = np.maximum(self.last_arrival[r], arrival)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -258,7 +314,7 @@ class EventClock:
             "clock": {int(k): int(v) for k, v in self.clock.items()},
             "seen": {int(k): sorted(v) for k, v in self._seen.items()},
             "home": dict(self._home), "t_max": self.t_max.copy(),
-            "first_step": self.first_step.copy(),
+            "first_step": self.first_step.copy(), "last_arrival": self.last_arrival.copy(),
             "held": [(h.seq, h.sensor, h.ts, h.value, h.part, h.handle) for h in self.held],
             "runs": {s: (r.count, r.first, r.last) for s, r in self._runs.items()},
             "seq": self._seq, "flagged": dict(self._flagged),
@@ -271,6 +327,12 @@ class EventClock:
         self._home = {str(k): int(v) for k, v in state["home"].items()}
         self.t_max = np.array(state["t_max"], np.int64)
         self.first_step = np.array(state["first_step"], np.int64)
+        # (a state from before arrival times: none known, every sensor counts until it sends)
+        self.last_arrival = np.array(state.get("last_arrival",
+                                               np.full(len(self.first_step), INT_MIN)),
+                                     np.int64)
+        self._dead = np.zeros(len(self.last_arrival), bool)
+        self._n_dead = {}
         self.home_arr = np.array([self._home.get(s, -1) if self.first_step[i] < INT_MAX
                                   else -1 for i, s in enumerate(self.registry.ids)], np.int64)
         self._held = {}
@@ -292,7 +354,10 @@ class EventClock:
     # --- the verdicts -------------------------------------------------------------------
 
     def _quorum(self, part: int) -> int:
-        return quorum(self.cfg.clock_quorum, len(self._seen.get(part, ())))
+        """The partition's quorum over its sensors that are not silent (a region whose
+        sensors mostly went quiet keeps a clock: the rest move it)."""
+        return quorum(self.cfg.clock_quorum,
+                      len(self._seen.get(part, ())) - self._n_dead.get(part, 0))
 
     def _global_clock(self) -> int | None:
         """Minimum over the partitions the clock waits for (``set_partitions``, else every
@@ -337,6 +402,8 @@ class EventClock:
         names = batch.sensors
         q = self.cfg.clock_quorum
         reg = idx[sel]
+        if self._n_dead and self._dead[reg[reg >= 0]].any():
+            return False            # a silent sensor is back: the quorum grows mid-batch
         # the clock partition of each reading: its sensor's first partition
         grp = np.full(n, -1, np.int64)
         known = reg >= 0
@@ -356,8 +423,9 @@ class EventClock:
             if p not in self.clock:
                 return False
             seen = self._seen.get(p, set())
-            if len(seen) < 2 * q - 1 and any(h == p and s not in seen
-                                             for s, h in fresh_names.items()):
+            live = len(seen) - self._n_dead.get(p, 0)
+            if live < 2 * q - 1 and any(h == p and s not in seen
+                                        for s, h in fresh_names.items()):
                 return False        # the quorum size may change inside the batch
         g = self.grid(batch.ts[sel])
         after = np.empty(n, np.int64)
@@ -469,9 +537,14 @@ class EventClock:
         self._out = out
         self._floor_now = self._floor(self._global_clock())
         self._above = {p: self._count_above(p) for p in self.clock}
+        index = self.registry.index
         for i in np.flatnonzero(ok).tolist():
             s = names[i]
             t = int(ts_all[i])
+            if self._n_dead:
+                r = index.get(s)
+                if r is not None and self._dead[r]:
+                    self._revive(r)
             h = self._home.setdefault(s, int(part[i]))
             self._seen.setdefault(h, set()).add(s)
             c = self.clock.get(h)
@@ -647,6 +720,9 @@ class EventClock:
             self.first_step = np.concatenate([self.first_step, np.full(pad, INT_MAX,
                                                                        np.int64)])
             self.home_arr = np.concatenate([self.home_arr, np.full(pad, -1, np.int64)])
+            self.last_arrival = np.concatenate([self.last_arrival,
+                                                np.full(pad, INT_MIN, np.int64)])
+            self._dead = np.concatenate([self._dead, np.zeros(pad, bool)])
 
 
 def _max_opt(a: int | None, b: int | None) -> int | None:

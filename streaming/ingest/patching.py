@@ -87,11 +87,12 @@ class IncrementalPatcher:
     def step_end(self, step: int) -> int:
         return (step + 1) * self._step_ms
 
-    def update(self, batch: ReadingBatch, now_ms: int | None = None
+    def update(self, batch: ReadingBatch, now_ms: int | None = None,
+               arrival_ms: int | None = None
                ) -> tuple[list[ClosedStep], list[tuple[int, str]]]:
         """``admit`` then ``close_ready``: the steps that closed and the rejected readings of
         this batch (held readings rejected later are in ``last_admission``)."""
-        self.last_admission = self.admit(batch, now_ms)
+        self.last_admission = self.admit(batch, now_ms, arrival_ms)
         return self.close_ready(), self.last_admission.rejected
 
     def _bound_sensors(self, sensors: list[str], idx: np.ndarray, ok: np.ndarray,
@@ -129,10 +130,14 @@ class IncrementalPatcher:
             self.stats.capacity += 1
             out.full = True
 
-    def admit(self, batch: ReadingBatch, now_ms: int | None = None) -> Admission:
+    def admit(self, batch: ReadingBatch, now_ms: int | None = None,
+              arrival_ms: int | None = None) -> Admission:
         """Judge and insert a batch of readings (nothing closes yet: see ``close_ready``).
 
         ``now_ms`` (processing time, live only) bounds how far ahead a reading may be.
+        ``arrival_ms`` is when the batch arrived (default ``now_ms``; a replay passes the time
+        of the rows it replays): a sensor that has sent nothing for
+        ``patching.clock_dead_steps`` steps of it no longer counts toward the clock's quorum.
         """
         out = Admission()
         n = len(batch)
@@ -169,7 +174,8 @@ class IncrementalPatcher:
             self.stats.future += int(far.sum())
             ok &= ~far
         part = batch.partition if len(batch.partition) == n else np.zeros(n, np.int64)
-        accepted = self.clock.judge(batch, idx, ok, part, self.next_open, out)
+        accepted = self.clock.judge(batch, idx, ok, part, self.next_open, out,
+                                    arrival_ms if arrival_ms is not None else now_ms)
         if len(accepted[0]):
             self._insert(*accepted)
         out.rejected.sort(key=lambda r: r[0])

@@ -178,18 +178,19 @@ class StreamCore:
     # --- driving ------------------------------------------------------------------------
 
     def process(self, readings: ReadingBatch, events: EventBatch | None = None, *,
-                now_ms: int | None = None) -> CoreOutput:
+                now_ms: int | None = None, arrival_ms: int | None = None) -> CoreOutput:
         """Consume one batch and return what it produced.
 
         Readings are judged and stored first, then the batch's events are counted (into the
         steps still open, which include every step this batch closes, so the order is that
         of a worker applying events before readings), then the steps the watermark passed
         are closed, each going through the stages. ``now_ms`` (processing time; live only)
-        bounds how far ahead of it a reading may be stamped.
+        bounds how far ahead of it a reading may be stamped. ``arrival_ms`` is when the batch
+        arrived, for the clock's quorum (default ``now_ms``; a replay passes its rows' time).
         """
         out = CoreOutput()
         full_before = self.patcher.stats.capacity > 0
-        adm = self.patcher.admit(readings, now_ms)
+        adm = self.patcher.admit(readings, now_ms, arrival_ms)
         out.rejected_readings, out.rejected_held = adm.rejected, adm.rejected_held
         if adm.full and not full_before:        # said once (the count is in the stats)
             out.alerts.append(self._capacity_alert(readings))

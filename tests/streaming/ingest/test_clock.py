@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from connectors.schemas import ReadingBatch
-from streaming.config import PatchingConfig
+from streaming.config import ConfigError, PatchingConfig
 from streaming.ingest.clock import INT_MIN, mth_largest, running_quorum_clock
 from streaming.ingest.patching import IncrementalPatcher
 
@@ -27,10 +27,12 @@ def _batch(rows, parts=None, start: int = 0) -> ReadingBatch:
 
 
 def _feed(rows, *, sizes=(500,), fast=True, parts=None, iv=IV, p=P, lateness=600_000,
-          now_ms=None):
+          now_ms=None, arrival=None, dead_steps=2):
     """Feed ``rows`` in batches of the given sizes (cycled); the patcher and what came out:
-    closed steps, rejected reading indices with reasons, flagged sensors."""
-    pt = IncrementalPatcher(PatchingConfig(interval_ms=iv, patch_len=p, lateness_ms=lateness))
+    closed steps, rejected reading indices with reasons, flagged sensors. ``arrival``: a
+    function of a batch's rows giving when it arrived (None: unknown)."""
+    pt = IncrementalPatcher(PatchingConfig(interval_ms=iv, patch_len=p, lateness_ms=lateness,
+                                           clock_dead_steps=dead_steps))
     pt.clock.fast_path = fast
     closed, rejected, flags = [], {}, []
     i = k = 0
@@ -38,7 +40,7 @@ def _feed(rows, *, sizes=(500,), fast=True, parts=None, iv=IV, p=P, lateness=600
         n = sizes[k % len(sizes)]
         k += 1
         b = _batch(rows[i:i + n], None if parts is None else parts[i:i + n], start=i)
-        c, rej = pt.update(b, now_ms)
+        c, rej = pt.update(b, now_ms, None if arrival is None else arrival(rows[i:i + n]))
         closed += [(x.step, x.values.copy()) for x in c]
         rejected.update({i + j: why for j, why in rej})
         rejected.update({h: why for h, why in pt.last_admission.rejected_held})
@@ -167,3 +169,85 @@ def test_held_readings_survive_a_state_round_trip():
     # the held reading is rejected in a later batch: by its handle (the global index)
     assert a.last_admission.rejected_held == b.last_admission.rejected_held
     assert [h for h, _ in b.last_admission.rejected_held] == [20 * 50]
+
+
+def _row_time(rows) -> int:
+    """A replay's arrival time: the newest row fed (a sensor's own stamps do not move it)."""
+    return max(r[1] for r in rows)
+
+
+def _mostly_silent(n_rows: int = 600, back_at: int | None = None):
+    """Two partitions: 5 sensors in partition 0, 3 of which fall silent at row 200 (and
+    come back at ``back_at``), and 10 healthy ones in partition 1."""
+    rows, parts = [], []
+    for t in range(n_rows):
+        for s in range(15):
+            p = 0 if s < 5 else 1
+            if p == 0 and s >= 2 and t >= 200 and (back_at is None or t < back_at):
+                continue
+            rows.append((f"s{s:02d}", T0 + t * IV, float(t % 50 + s)))
+            parts.append(p)
+    return rows, parts
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("sizes", [(500,), (37,), (1,)])
+def test_a_partition_whose_sensors_mostly_fall_silent_keeps_the_clock(fast, sizes):
+    """Three of a partition's five sensors go silent: the two left cannot make the quorum of
+    three, so without arrival times the clock stalls (the whole patcher stops closing steps,
+    every partition's, and the two are dead-lettered and flagged as stamped ahead). With
+    arrival times the silent ones stop counting after ``clock_dead_steps`` and nothing is
+    lost, whatever the batching."""
+    rows, parts = _mostly_silent()
+    _, stalled, _, blamed = _feed(rows, parts=parts, sizes=sizes, fast=fast)
+    assert len(stalled) < 20 and blamed                  # the defect, as it was
+    pt, closed, rejected, flags = _feed(rows, parts=parts, sizes=sizes, fast=fast,
+                                        arrival=_row_time)
+    assert rejected == {} and flags == [] and pt.stats.accepted == len(rows)
+    assert [c[0] for c in closed] == list(range(closed[0][0], closed[0][0] + 49))
+
+
+def test_silent_sensors_that_come_back_count_again():
+    rows, parts = _mostly_silent(back_at=400)
+    pt, closed, rejected, flags = _feed(rows, parts=parts, arrival=_row_time)
+    assert rejected == {} and flags == [] and pt.stats.accepted == len(rows)
+    assert len(closed) == 49 and pt.clock._n_dead == {}
+    # back to a quorum of three: one sensor stamped a day ahead still cannot move the clock
+    bad = [("s00", T0 + 600 * IV + DAY + k * IV, 1.0) for k in range(30)]
+    more = bad + [(f"s{s:02d}", T0 + t * IV, 1.0) for t in range(600, 640) for s in range(15)]
+    pt2, closed2, rejected2, flags2 = _feed(
+        rows + more, parts=parts + [0] * 30 + [0 if s < 5 else 1 for t in range(600, 640)
+                                              for s in range(15)],
+        arrival=lambda rs: min(_row_time(rs), T0 + 640 * IV))
+    assert flags2 == ["s00"] and len(closed2) == len(closed) + 4
+    assert sorted(rejected2) == list(range(len(rows), len(rows) + 30))
+
+
+def test_arrival_times_round_trip_and_are_validated():
+    rows, parts = _mostly_silent(300)
+    a = IncrementalPatcher(PatchingConfig(interval_ms=IV, patch_len=P))
+    a.update(_batch(rows[:2000], parts[:2000]), arrival_ms=_row_time(rows[:2000]))
+    b = IncrementalPatcher(PatchingConfig(interval_ms=IV, patch_len=P))
+    b.load_state_dict(a.state_dict())
+    rest = _batch(rows[2000:], parts[2000:], start=2000)
+    ca, _ = a.update(rest, arrival_ms=_row_time(rows[2000:]))
+    cb, _ = b.update(rest, arrival_ms=_row_time(rows[2000:]))
+    assert [c.step for c in ca] == [c.step for c in cb] and len(ca) > 5
+    with pytest.raises(ConfigError, match="clock_dead_steps"):
+        PatchingConfig(clock_dead_steps=-1).validate()
+
+
+def test_a_pause_in_arrivals_makes_no_sensor_silent():
+    """Silence is judged against the partition's newest arrival, not the wall clock: after
+    a worker was down for a day, the first batch (led by a sensor stamped a day ahead) finds
+    every sensor still counting, so that sensor cannot move the clock."""
+    rows = _network(5, 300)
+    bad = [("s01", T0 + 300 * IV + DAY + k * IV, 1.0) for k in range(3)]
+    later = bad + _network(5, 60, T0 + 300 * IV)
+    stamped_ahead = {id(r) for r in bad}
+    pt, closed, rejected, flags = _feed(
+        rows + later, sizes=(1500, 303),
+        arrival=lambda rs: _row_time([r for r in rs if id(r) not in stamped_ahead])
+        + (DAY if rs[0] is bad[0] else 0))
+    assert flags == ["s01"] and sorted(rejected) == [1500, 1501, 1502]
+    assert pt.stats.accepted == len(rows) + 300 and len(closed) == 29
