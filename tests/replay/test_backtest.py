@@ -168,3 +168,28 @@ def test_the_last_partial_step_is_closed_and_scored_at_end_of_input() -> None:
     unflushed = backtest(rec, _core(StreamConfig(), list(rec.sensors)), progress=False,
                          flush=False)
     assert len(unflushed.steps) == 30
+
+
+def test_sensors_left_after_most_fall_silent_keep_their_forecasts() -> None:
+    """Eight of ten sensors stop for good: the two left keep getting forecasts (the clock's
+    quorum counts only sensors that still send; a replay's arrival time is its rows' time),
+    and they are not blamed for stamping ahead."""
+    from connectors.recordings import Recording
+
+    iv, rows = 300_000, 1200
+    rng = np.random.default_rng(0)
+    x = 10 + 5 * np.sin(2 * np.pi * np.arange(rows) / 288)[:, None] + rng.normal(0, 1,
+                                                                              (rows, 10))
+    x[400:, 2:] = np.nan
+    ts = np.datetime64("2026-03-02", "ms").astype(np.int64) + iv * np.arange(rows)
+    rec = Recording(timestamps=ts, sensors=[f"s{i}" for i in range(10)], values=x,
+                    interval_ms=iv)
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": iv}})
+    res = backtest(rec, _core(cfg, list(rec.sensors)), progress=False)
+    after = res.rows >= 500
+    assert after.sum() == (rows - 500) // cfg.patching.patch_len
+    assert np.isfinite(res.yhat[after][:, :2]).all()
+    assert res.rejected_readings == 0
+    assert not [a for a in res.alerts if a.get("statistic") == "reading timestamp"]
+    assert {a["sensors"][0] for a in res.alerts if a.get("statistic") == "silence"} == {
+        f"s{i}" for i in range(2, 10)}
