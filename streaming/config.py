@@ -38,8 +38,9 @@ class PatchingConfig:
     #                                     dead-lettered as `future` (None: 3 steps)
     clock_quorum: int = 3               # sensors that must reach a time before the clock does
     clock_dead_steps: int = 2           # a sensor silent this many steps of arrival time (live:
-    #                                     processing time; replay: the rows replayed) no longer
-    #                                     counts toward its partition's quorum (0: it always does)
+    #                                     the records' Kafka timestamps; replay: the rows
+    #                                     replayed) no longer counts toward its partition's
+    #                                     quorum (0: it always does)
     value_abs_max: float = 1e12         # |value| beyond this → dead-letter `out_of_range`
     value_ranges: dict[str, list[float]] = field(default_factory=dict)
     # ^ per-sensor plausible [min, max]; keys are sensor ids or globs ("pm25/*")

@@ -61,6 +61,17 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield b
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_from_the_start() -> Iterator[None]:
+    """One intra-op thread before any module-scoped fixture runs too (a module's control
+    run, computed before the per-test fixture below, would otherwise use torch's default
+    threads when its module is the first in its process, and differ in the last bits)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Every test starts with torch on one intra-op thread, whatever a test before it in the

@@ -252,6 +252,8 @@ class EventClock:
         Rejections and flags go into ``out``. ``arrival``: when the batch arrived (None:
         unknown, every sensor seen counts toward the quorum)."""
         self._batch += 1
+        if arrival is not None:                # this batch's senders arrived now: the
+            self._arrived(batch, idx, ok, arrival)     # others are judged against them
         self._mark_dead(arrival)
         self._next_open = next_open
         self._out = out

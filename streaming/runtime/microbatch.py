@@ -191,6 +191,23 @@ def apply_torch_threads(cfg: StreamConfig) -> None:
 
 _VALUE, _PARTITION, _OFFSET, _KEY = (attrgetter(a) for a in ("value", "partition", "offset",
                                                                "key"))
+_ARRIVAL_SAMPLE = 1001       # records whose Kafka timestamps say when a batch arrived
+
+
+def arrival_ms(records: Sequence[InputRecord], now_ms: int | None) -> int | None:
+    """When a batch's readings arrived, for the event-time clock's quorum: the median Kafka
+    timestamp (CreateTime or LogAppendTime; epoch ms, or seconds as Faust gives them) of up
+    to ``_ARRIVAL_SAMPLE`` evenly spaced records. A backlog read after a restart arrived
+    when it was produced, not when it is read, and a few producers with a wrong clock do
+    not move a median. ``now_ms`` where the records carry none (``Record`` built by hand
+    with timestamp 0)."""
+    step = max(1, len(records) // _ARRIVAL_SAMPLE)
+    ts = [getattr(r, "timestamp", None) for r in records[::step]]
+    v = np.array([t for t in ts if isinstance(t, int | float) and t > 0], np.float64)
+    if not len(v):
+        return now_ms
+    v = np.where(v < 1e11, v * 1000.0, v)            # seconds (Faust) -> ms
+    return int(np.median(v))
 
 
 def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: StreamConfig,
@@ -204,8 +221,10 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
     ``topic:partition:offset``. ``active_partitions`` are the readings partitions with data
     still to come (the event-time clock waits for them); ``now_ms`` is processing time (live
     only: a reading stamped further ahead of it than ``patching.max_future_ms`` is
-    ``future``). With a ``halo`` plan, records of ``kafka.boundary_topic`` are ghost readings
-    (clock partition ``HALO_PARTITION``; not dead-lettered again, counted in
+    ``future``); the records' Kafka timestamps say when the batch arrived (``arrival_ms``:
+    the clock's quorum leaves out sensors that fell silent). With a ``halo`` plan, records
+    of ``kafka.boundary_topic`` are ghost readings (clock partition ``HALO_PARTITION``; not
+    dead-lettered again, counted in
     ``stats.halo_dropped`` when unusable), and the valid readings of ``region``'s sensors
     that other regions keep as ghosts come back in ``Outputs.boundary``.
     """
@@ -250,7 +269,7 @@ def process_records(core: StreamCore, records: Sequence[InputRecord], cfg: Strea
         dead.extend(dead_ev)
     accepted = core.patcher.stats.accepted
     ghosts_before = core.patcher.stats.ghost_accepted
-    core_out = core.process(readings, events, now_ms=now_ms)
+    core_out = core.process(readings, events, now_ms=now_ms, arrival_ms=arrival_ms(rd, now_ms))
     rejected = np.zeros(len(readings), bool)
     dropped = 0
     for i, reason in core_out.rejected_readings:
