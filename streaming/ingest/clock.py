@@ -174,13 +174,12 @@ class EventClock:
         self.t_max = np.full(n, INT_MIN, np.int64)      # newest accepted grid index
         self.first_step = np.full(n, INT_MAX, np.int64)  # step of the first accepted reading
         self.home_arr = np.full(n, -1, np.int64)         # partition of each sensor
-        # when each sensor last sent a valid reading (arrival time: live, processing time;
-        # a replay, its rows' time), and which are silent for ``clock_dead_steps`` (as of
-        # this batch): they do not count toward their partition's quorum
+        # when each sensor last sent a valid reading (arrival time: live, its records' Kafka
+        # timestamps; a replay, its rows' time), and which are silent for
+        # ``clock_dead_steps`` (as of this batch): they do not count toward their quorum
         self.last_arrival = np.full(n, INT_MIN, np.int64)
         self._dead = np.zeros(n, bool)
         self._n_dead: dict[int, int] = {}     # partition -> its silent sensors
-        self._arrival: int | None = None
         self._held: dict[str, list[_Held]] = {}   # sensor -> its held readings
         self._n_held = 0
         self._runs: dict[str, _Run] = {}
@@ -252,16 +251,22 @@ class EventClock:
         Rejections and flags go into ``out``. ``arrival``: when the batch arrived (None:
         unknown, every sensor seen counts toward the quorum)."""
         self._batch += 1
-        if arrival is not None:                # this batch's senders arrived now: the
-            self._arrived(batch, idx, ok, arrival)     # others are judged against them
+        if arrival is not None:
+            # this batch's known senders arrived now: the others are judged against them
+            known = idx[ok]
+            self._arrived(known[known >= 0], arrival)
         self._mark_dead(arrival)
         self._next_open = next_open
         self._out = out
         self._acc = ([], [], [])
         if not (self.fast_path and self._judge_fast(batch, idx, ok, part, out)):
             self._judge_sequential(batch, ok, part, batch.refs, out)
-        if arrival is not None:
-            self._arrived(batch, idx, ok, arrival)
+        new = ok & (idx < 0)
+        if arrival is not None and new.any():      # the senders this batch registered
+            index, names = self.registry.index, batch.sensors
+            r = np.fromiter((index.get(names[i], -1) for i in np.flatnonzero(new).tolist()),
+                            np.int64)
+            self._arrived(r[r >= 0], arrival)
         acc = self._acc
         return (np.asarray(acc[0], np.int64), np.asarray(acc[1], np.int64),
                 np.asarray(acc[2], np.float64))
@@ -271,10 +276,9 @@ class EventClock:
         arrival time while another sensor of their partition kept sending (relative to the
         partition's newest arrival, so a worker that was down or paused finds no one
         silent), counted per partition."""
-        self._arrival = arrival
         la, home = self.last_arrival, self.home_arr
-        known = (la > INT_MIN) & (home >= 0)
-        if arrival is None or not self._dead_ms or not known.any():
+        known = (la > INT_MIN) & (home >= 0) if arrival is not None and self._dead_ms else None
+        if known is None or not known.any():
             if self._n_dead:
                 self._dead[:] = False
                 self._n_dead = {}
@@ -297,17 +301,8 @@ class EventClock:
         if not self._n_dead[p]:
             del self._n_dead[p]
 
-    def _arrived(self, batch: ReadingBatch, idx: np.ndarray, ok: np.ndarray,
-                 arrival: int) -> None:
-        """Every sensor with a valid reading in the batch arrived at ``arrival`` (those
-        registered by this batch looked up by name)."""
-        r = idx[ok]
-        if (r < 0).any():
-            names = batch.sensors
-            index = self.registry.index
-            found = [index.get(names[i], -1) for i in np.flatnonzero(ok)[r < 0].tolist()]
-            r = np.concatenate([r[r >= 0], np.asarray(found, np.int64)])
-        r = r[r >= 0]
+    def _arrived(self, r: np.ndarray, arrival: int) -> None:
+        """The registered sensors ``r`` sent a valid reading that arrived at ``arrival``."""
         self.last_arrival[r] = np.maximum(self.last_arrival[r], arrival)
 
     def state_dict(self) -> dict[str, Any]:
