@@ -40,23 +40,11 @@ from benchmarks import common  # noqa: E402
 BUDGET = 1.0                        # alerts per 10k readings (issue 14)
 
 
-def gate_alerts(score: np.ndarray, threshold: float, clear: float, cooldown: int) -> list[int]:
-    """Rows where the alert gate would fire on one series' score stream."""
-    out, armed, last = [], True, -10**9
-    for r, v in enumerate(score):
-        if not armed:
-            armed = v < clear
-            continue
-        if v >= threshold and r - last >= cooldown:
-            out.append(r)
-            last, armed = r, False
-    return out
-
-
 def nab_false_alarms(path: Path, threshold: float, clear: float, cooldown: int
                      ) -> tuple[int, int]:
     """(alerts outside the windows, readings outside the windows) of a saved NAB run."""
     from replay.nab import probation_rows
+    from streaming.alerts.alert_gate import gate_series
 
     z = np.load(path, allow_pickle=False)
     combined, lengths = z["combined"], z["lengths"]
@@ -67,7 +55,7 @@ def nab_false_alarms(path: Path, threshold: float, clear: float, cooldown: int
         inside[:probation_rows(int(n))] = True          # not scored by NAB either
         for lo, hi in windows[j]:
             inside[lo:hi + 1] = True
-        rows = gate_alerts(combined[:n, j], threshold, clear, cooldown)
+        rows = gate_series(combined[:n, j], threshold, clear=clear, min_gap_steps=cooldown)
         alerts += sum(1 for r in rows if not inside[r])
         readings += int((~inside).sum())
     return alerts, readings

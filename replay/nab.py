@@ -14,7 +14,8 @@ rows of each window's running maximum (true positives), not from re-scoring per 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -173,3 +174,46 @@ def score_corpus(files: list[NabFile], profile: str = "standard",
     return NabScore(profile, float(cand[best]), float(raw[best]), float(norm),
                     int(detected[best]), int(n_windows - detected[best]), int(fps[best]),
                     n_windows)
+
+
+def score_alerts(files: list[NabFile], fire: Callable[[np.ndarray, float], np.ndarray],
+                 profiles: Iterable[str] = tuple(PROFILES), grid: int = 200,
+                 floor: float = 0.0) -> dict[str, NabScore]:
+    """NAB scores, one threshold per profile, of the *alerts* a rule raises on each file's
+    score series: ``fire(scores, threshold)`` gives the rows that alert at that threshold
+    (e.g. the alert gate's hysteresis and cooldown, ``alert_gate.gate_series``), so what is
+    scored is what a user would be paged with, not every row above the threshold.
+
+    Thresholds tried: every distinct score above ``floor`` when there are at most ``grid``,
+    else ``grid`` quantiles of them and then every distinct score between the neighbours of
+    each profile's best quantile (the rule's alerts are not monotone in the threshold, so no
+    cumulative sweep as in ``score_corpus``)."""
+    vals = np.unique(np.concatenate([f.scores[f.scores > floor] for f in files]))
+    if not len(vals):
+        vals = np.array([np.inf])
+    profiles = list(profiles)
+
+    def at(th: float) -> dict[str, NabScore]:
+        hits = []
+        for f in files:
+            d = np.zeros(len(f.scores))
+            d[np.asarray(fire(f.scores, th), np.int64)] = 1.0
+            hits.append(NabFile(f.name, d, f.windows))
+        return {p: replace(score_corpus(hits, p, threshold=0.5), threshold=float(th))
+                for p in profiles}
+
+    coarse = vals if len(vals) <= grid else np.unique(np.quantile(vals, np.linspace(0, 1, grid)))
+    coarse = np.append(coarse, np.inf)              # never alerting is a candidate too
+    tried = {float(th): at(th) for th in coarse}
+    best = {p: max(tried.values(), key=lambda s, p=p: s[p].raw)[p] for p in profiles}
+    if len(vals) > grid:
+        keys = sorted(tried)
+        for p in profiles:
+            k = keys.index(best[p].threshold)
+            lo, hi = keys[max(k - 1, 0)], keys[min(k + 1, len(keys) - 1)]
+            hi = min(hi, float(vals[-1]) + 1.0)
+            for th in vals[(vals > lo) & (vals < hi)]:
+                if float(th) not in tried:
+                    tried[float(th)] = at(th)
+        best = {p: max(tried.values(), key=lambda s, p=p: s[p].raw)[p] for p in profiles}
+    return best

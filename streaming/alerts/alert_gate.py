@@ -394,6 +394,35 @@ class AlertGate:
         self.events = deque(state["events"])
 
 
+def gate_series(score: np.ndarray, threshold: float, clear: float | None = None,
+                min_gap_steps: int = 0, warmup_steps: int = 0) -> np.ndarray:
+    """The steps at which one sensor's score series fires under a ``GateRule``'s threshold,
+    hysteresis (``clear``), cooldown (``min_gap_steps``) and warm-up, as ``AlertGate.update``
+    decides them step by step (one value per step; NaN: not scored).
+
+    It lets a benchmark score the alerts a user would get at *every* threshold from one
+    recorded score series (NAB optimizes the threshold), without replaying the gate per
+    threshold. Merging across sensors and the cooldown's exceptions for a change of another
+    kind (drift only) are not part of it."""
+    s = np.asarray(score, np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"gate_series: one score per step, got shape {s.shape}")
+    seen = np.cumsum(~np.isnan(s))
+    with np.errstate(invalid="ignore"):
+        hot = np.flatnonzero((s >= threshold) & (seen > warmup_steps))
+        below = np.cumsum(s < clear) if clear is not None else None
+    fired: list[int] = []
+    for r in hot.tolist():
+        if fired:
+            last = fired[-1]
+            if r - last < min_gap_steps:
+                continue
+            if below is not None and below[r - 1] == below[last]:
+                continue                    # still disarmed: never below ``clear`` since
+        fired.append(r)
+    return np.asarray(fired, np.int64)
+
+
 def _signature(ev: Evidence | None) -> str | None:
     """What a drift says changed ("level:up", "variance:down"), when it says so."""
     if ev is None or not ev.detail.get("change"):

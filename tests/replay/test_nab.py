@@ -11,6 +11,7 @@ from replay.nab import (
     PROFILES,
     NabFile,
     probation_rows,
+    score_alerts,
     score_corpus,
     sigma,
     windows_from_timestamps,
@@ -111,6 +112,61 @@ def test_optimized_threshold_matches_brute_force() -> None:
         assert opt.raw == pytest.approx(_naive(files, profile, opt.threshold), abs=1e-9)
         fixed = score_corpus(files, profile, threshold=opt.threshold)
         assert fixed.raw == pytest.approx(opt.raw)
+
+
+def _spiky_files() -> list[NabFile]:
+    rng = np.random.default_rng(1)
+    files = []
+    for k in range(3):
+        n = 800
+        s = np.round(rng.beta(0.5, 3, n), 2)
+        s[rng.integers(150, n, 12)] = 0.95           # bursts outside and inside the windows
+        wins = [(300 + 20 * k, 359 + 20 * k), (600, 650)]
+        s[310 + 20 * k: 316 + 20 * k] = np.linspace(0.7, 0.99, 6)
+        files.append(NabFile(f"g{k}", s, wins))
+    return files
+
+
+def test_alerts_of_a_plain_threshold_score_as_the_score_does() -> None:
+    files = _spiky_files()
+    every = score_alerts(files, lambda s, t: np.flatnonzero(s >= t), grid=10_000)
+    for profile in PROFILES:
+        assert every[profile].raw == pytest.approx(score_corpus(files, profile).raw, abs=1e-9)
+
+
+def test_alerts_of_the_gate_rule_at_the_best_threshold() -> None:
+    """The gate's alerts (hysteresis, cooldown) scored at every threshold by brute force:
+    the sweep finds the best, and a coarse grid refined near its best stays close."""
+    from streaming.alerts.alert_gate import gate_series
+
+    files = _spiky_files()
+    def fire(s: np.ndarray, t: float) -> np.ndarray:
+        return gate_series(s, t, clear=min(0.5, t), min_gap_steps=24)
+
+    def brute(profile: str, t: float) -> float:
+        hits = []
+        for f in files:
+            d = np.zeros(len(f.scores))
+            d[fire(f.scores, t)] = 1.0
+            hits.append(NabFile(f.name, d, f.windows))
+        return _naive(hits, profile, 0.5)
+
+    exact = score_alerts(files, fire, grid=10_000)
+    coarse = score_alerts(files, fire, grid=8)
+    grid = np.unique(np.concatenate([f.scores[f.scores > 0] for f in files]))
+    for profile in PROFILES:
+        best = max(brute(profile, t) for t in grid)
+        assert exact[profile].raw == pytest.approx(best, abs=1e-9)
+        assert exact[profile].raw == pytest.approx(brute(profile, exact[profile].threshold))
+        assert coarse[profile].raw <= best + 1e-9
+        assert coarse[profile].raw == pytest.approx(brute(profile, coarse[profile].threshold))
+    plain = score_corpus(files, "standard")       # at its threshold, a burst's repeats
+    hits = []                                     # are one alert under the gate's rule
+    for f in files:
+        d = np.zeros(len(f.scores))
+        d[fire(f.scores, plain.threshold)] = 1.0
+        hits.append(NabFile(f.name, d, f.windows))
+    assert 0 < score_corpus(hits, "standard", threshold=0.5).fp < plain.fp
 
 
 def test_windows_from_timestamps_and_bad_input() -> None:

@@ -181,3 +181,25 @@ def test_open_incidents_survive_a_checkpoint() -> None:
         out = _drift(gate, 12, {"b": "level:down"})
         assert out[0]["detail"]["incident"] == first[0]["id"]
     assert restored.state_dict() == g.state_dict()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gate_series_fires_where_the_gate_fires(seed: int) -> None:
+    """The one-series form of the rule (benchmarks sweep thresholds with it) decides as the
+    gate does step by step: threshold, hysteresis, cooldown, warm-up, unscored steps."""
+    from streaming.alerts.alert_gate import gate_series
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    scores = rng.beta(0.6, 0.6, size=(n, len(S)))
+    scores[rng.random((n, len(S))) < 0.05] = np.nan
+    g = _gate(warmup_steps=7, min_gap_steps=5, merge_hops=0)
+    fired: dict[str, list[int]] = {s: [] for s in S}
+    for step in range(n):
+        for a in _update(g, step, 1000 * step, scores[step]):
+            for s in a["sensors"]:
+                fired[s].append(a["step"])
+    assert sum(map(len, fired.values())) > 20
+    for j, s in enumerate(S):
+        got = gate_series(scores[:, j], 0.9, clear=0.5, min_gap_steps=5, warmup_steps=7)
+        assert got.tolist() == fired[s]
