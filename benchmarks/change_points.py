@@ -4,6 +4,13 @@
 Series (one sensor each, 100-1,000 points):
 
 * the labelled check (``labelled``): 90 series with 0-2 level, variance or trend changes;
+* the harder check (``harder``): 60 series of 40-800 points with 0-3 changes, variance
+  falls as well as rises, a trend through some series, AR noise up to 0.9 and heavier
+  tails. Its difficulty was set so that the two baselines score on it about what the issue
+  reports for them on the held-back corpus (never 0.644 / 0.575 here against 0.656 / 0.559
+  there; binary segmentation 0.681 / 0.692 against 0.691 / 0.650), where on the labelled
+  check they score far more (0.726 / 0.681, 0.804 / 0.855): the better predictor of the
+  held-back figure. Nothing of the detector was tuned on it;
 * simulated (``replay.simulator``): per seed, a 5-minute series of 150-1,000 points with one
   injected change (level shift, variance change or seasonality change, onset between 50 and
   75 % of the series, the simulator's range), or none (a quarter of the seeds);
@@ -153,6 +160,40 @@ def labelled(seed: int) -> tuple[np.ndarray, int, list[int]]:
     return x + noise * scale, interval, cps
 
 
+def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
+    """One series of the harder check (see the module docstring), read at a daily interval:
+    (values, interval ms, change points)."""
+    rng = np.random.default_rng(9000 + seed)
+    n = int(np.exp(rng.uniform(np.log(40), np.log(800))))
+    k = int(rng.choice([0, 1, 1, 2, 2, 3]))
+    phi = float(rng.choice([0.0, 0.3, 0.6, 0.9]))
+    e = rng.standard_t(4, n) / np.sqrt(2) if rng.random() < 0.4 else rng.normal(size=n)
+    noise = np.zeros(n)
+    for t in range(n):
+        noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
+    t_all = np.arange(n)
+    x = 10 + rng.normal(0, 0.02) * t_all * (rng.random() < 0.4)     # a trend throughout
+    cps: list[int] = []
+    edge = max(5, n // 10)
+    cand = np.arange(edge, n - edge)
+    for _ in range(k):
+        ok = [c for c in cand if all(abs(c - p) >= max(10, n // 8) for p in cps)]
+        if not ok:
+            break
+        cps.append(int(rng.choice(ok)))
+    cps.sort()
+    scale = np.ones(n)
+    for c in cps:
+        kind = rng.choice(["level", "level", "variance", "trend"])
+        if kind == "level":
+            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(1.5, 5)
+        elif kind == "variance":
+            scale[c:] *= rng.choice([rng.uniform(2.5, 4), 1 / rng.uniform(2.5, 4)])
+        else:
+            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(3, 8) / 100 * (t_all - c)
+    return x + noise * scale, 86_400_000, cps
+
+
 def nab(nab_dir: Path) -> list[tuple[str, np.ndarray, list[int]]]:
     import pandas as pd
 
@@ -216,6 +257,7 @@ def main() -> int:
     t0 = time.perf_counter()
     groups: dict[str, list[tuple[np.ndarray, int, list[int]]]] = {
         "labelled check": [labelled(s) for s in range(90)],
+        "harder check": [harder(s) for s in range(60)],
         "simulated (5 min)": [(x, 300_000, t) for _, x, t in simulated(args.seeds)]}
     if args.nab_dir:
         groups["NAB slices (5 min)"] = [(x, 300_000, t) for _, x, t in nab(args.nab_dir)]
@@ -255,9 +297,18 @@ def main() -> int:
             "author. On these checks (estimated time): "
             + "; ".join(f"{r[0]} F1 {r[4]:.3f} cover {r[5]:.3f} (binseg {r[6]:.3f} / "
                         f"{r[7]:.3f}, never {r[8]:.3f} / {r[9]:.3f})" for r in rows) + "."]
+    hard = next((r for r in rows if r[0] == "harder check"), None)
+    verdict = "unknown"
+    if hard is not None:
+        likely = hard[4] >= 0.75 and hard[5] >= 0.70
+        verdict = "unknown (likely met)" if likely else "unknown (likely not met)"
+        body.append(
+            f"- The harder check, whose baselines score about what they score on the held-back "
+            f"corpus, predicts it: F1 {hard[4]:.3f}, cover {hard[5]:.3f}, so the goal is "
+            f"{'likely met' if likely else '**likely not met**'} there.")
     summary = common.Summary("change_points.py", "TCPD F1 and covering, system at defaults",
                              ", ".join(f"{r[0]} {r[4]:.3f} / {r[5]:.3f}" for r in rows),
-                             "F1 >= 0.75, cover >= 0.70 on the held-back corpus", "unknown")
+                             "F1 >= 0.75, cover >= 0.70 on the held-back corpus", verdict)
     common.publish(common.Section("change_points", "Alerts",
                                   "Change points on short series (benchmarks/change_points.py)",
                                   "\n".join(body), summary), args)
