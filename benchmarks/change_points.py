@@ -124,6 +124,18 @@ def simulated(seeds: int) -> list[tuple[str, np.ndarray, list[int]]]:
     return out
 
 
+def _pick_changes(rng: np.random.Generator, cand: np.ndarray, count: int, gap: int
+                  ) -> list[int]:
+    """Up to ``count`` change points drawn from ``cand``, at least ``gap`` apart, sorted."""
+    cps: list[int] = []
+    for _ in range(count):
+        ok = [c for c in cand if all(abs(c - p) >= gap for p in cps)]
+        if not ok:
+            break
+        cps.append(int(rng.choice(ok)))
+    return sorted(cps)
+
+
 def labelled(seed: int) -> tuple[np.ndarray, int, list[int]]:
     """One series of the labelled check: (values, interval ms, change points). 100-1,000
     points with 0-2 level, variance or trend changes; every third hourly with a daily
@@ -140,14 +152,8 @@ def labelled(seed: int) -> tuple[np.ndarray, int, list[int]]:
     x = 10 + np.zeros(n)
     if seasonal:
         x += rng.uniform(1, 3) * np.sin(2 * np.pi * np.arange(n) / 24 + rng.uniform(0, 6.28))
-    cps: list[int] = []
-    cand = np.arange(60 if seasonal else 40, n - 20)
-    for _ in range(int(rng.choice([0, 1, 1, 2]))):
-        ok = [c for c in cand if all(abs(c - p) >= 40 for p in cps)]
-        if not ok:
-            break
-        cps.append(int(rng.choice(ok)))
-    cps.sort()
+    cps = _pick_changes(rng, np.arange(60 if seasonal else 40, n - 20),
+                        int(rng.choice([0, 1, 1, 2])), 40)
     scale = np.ones(n)
     for c in cps:
         kind = rng.choice(["level", "level", "variance", "trend"])
@@ -173,15 +179,8 @@ def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
         noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
     t_all = np.arange(n)
     x = 10 + rng.normal(0, 0.02) * t_all * (rng.random() < 0.4)     # a trend throughout
-    cps: list[int] = []
     edge = max(5, n // 10)
-    cand = np.arange(edge, n - edge)
-    for _ in range(k):
-        ok = [c for c in cand if all(abs(c - p) >= max(10, n // 8) for p in cps)]
-        if not ok:
-            break
-        cps.append(int(rng.choice(ok)))
-    cps.sort()
+    cps = _pick_changes(rng, np.arange(edge, n - edge), k, max(10, n // 8))
     scale = np.ones(n)
     for c in cps:
         kind = rng.choice(["level", "level", "variance", "trend"])
