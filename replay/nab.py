@@ -211,7 +211,6 @@ def score_alerts(files: list[NabFile], fire: Callable[[np.ndarray, float], np.nd
         for p in profiles:
             k = keys.index(best[p].threshold)
             lo, hi = keys[max(k - 1, 0)], keys[min(k + 1, len(keys) - 1)]
-            hi = min(hi, float(vals[-1]) + 1.0)
             for th in vals[(vals > lo) & (vals < hi)]:
                 if float(th) not in tried:
                     tried[float(th)] = at(th)
