@@ -191,7 +191,7 @@ def score_alerts(files: list[NabFile], fire: Callable[[np.ndarray, float], np.nd
     vals = np.unique(np.concatenate([f.scores[f.scores > floor] for f in files]))
     if not len(vals):
         vals = np.array([np.inf])
-    profiles = list(profiles)
+    names = list(profiles)
 
     def at(th: float) -> dict[str, NabScore]:
         hits = []
@@ -200,19 +200,21 @@ def score_alerts(files: list[NabFile], fire: Callable[[np.ndarray, float], np.nd
             d[np.asarray(fire(f.scores, th), np.int64)] = 1.0
             hits.append(NabFile(f.name, d, f.windows))
         return {p: replace(score_corpus(hits, p, threshold=0.5), threshold=float(th))
-                for p in profiles}
+                for p in names}
+
+    def best() -> dict[str, NabScore]:
+        return {p: max(tried.values(), key=lambda s, p=p: s[p].raw)[p] for p in names}
 
     coarse = vals if len(vals) <= grid else np.unique(np.quantile(vals, np.linspace(0, 1, grid)))
     coarse = np.append(coarse, np.inf)              # never alerting is a candidate too
     tried = {float(th): at(th) for th in coarse}
-    best = {p: max(tried.values(), key=lambda s, p=p: s[p].raw)[p] for p in profiles}
-    if len(vals) > grid:
-        keys = sorted(tried)
-        for p in profiles:
-            k = keys.index(best[p].threshold)
-            lo, hi = keys[max(k - 1, 0)], keys[min(k + 1, len(keys) - 1)]
-            for th in vals[(vals > lo) & (vals < hi)]:
-                if float(th) not in tried:
-                    tried[float(th)] = at(th)
-        best = {p: max(tried.values(), key=lambda s, p=p: s[p].raw)[p] for p in profiles}
-    return best
+    if len(vals) <= grid:
+        return best()
+    keys = sorted(tried)
+    for sc in best().values():                      # refine around each profile's best
+        k = keys.index(sc.threshold)
+        lo, hi = keys[max(k - 1, 0)], keys[min(k + 1, len(keys) - 1)]
+        for th in vals[(vals > lo) & (vals < hi)]:
+            if float(th) not in tried:
+                tried[float(th)] = at(th)
+    return best()
