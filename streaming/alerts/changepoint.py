@@ -14,7 +14,9 @@ Per closed step and sensor:
 3. **Priors from the sensor.** A new run's prior mean is the statistic's recent level and its
    prior variance the statistic's robust spread (from step-to-step differences, so one jump
    does not inflate it); observations are tempered by ``(1 - rho) / (1 + rho)`` with ``rho``
-   the statistic's lag-1 autocorrelation (a slow wander is not a run of changes).
+   the statistic's lag-1 autocorrelation (a slow wander is not a run of changes), as it was
+   while calm: it rises by at most 1/48 a step, since a change raises the estimate itself and
+   would otherwise discount its own evidence.
 4. **Declare a change** when the posterior mass on runs that started after the sensor's last
    declared change exceeds ``threshold``, set from the false-alarm budget
    (``alerts.max_per_10k``, see ``threshold_for_budget``), and the most probable such run
@@ -98,6 +100,7 @@ class _Stat:
         self.c1 = np.zeros(0)
         self.n = np.zeros(0, np.int64)   # values seen (since the last reset)
         self.rho_seen = np.zeros((_WANDER_STEPS, 0))   # lag-1 autocorrelation per step (ring)
+        self.rho_calm = np.zeros(0)   # the autocorrelation that tempers the detector (``update``)
         self.pairs = np.zeros(0, np.int64)   # consecutive pairs in c0/c1 (never reset)
         self.last_cp = np.zeros(0, np.int64)   # step of the last declared change (or arming)
         # small changes in one direction, added up (a trend is a run of them): the value
@@ -129,6 +132,7 @@ class _Stat:
         self.c0 = np.concatenate([self.c0, np.zeros(add)])
         self.c1 = np.concatenate([self.c1, np.zeros(add)])
         self.rho_seen = np.concatenate([self.rho_seen, np.zeros((_WANDER_STEPS, add))], axis=1)
+        self.rho_calm = np.concatenate([self.rho_calm, np.zeros(add)])
         self.n = np.concatenate([self.n, np.zeros(add, np.int64)])
         self.pairs = np.concatenate([self.pairs, np.zeros(add, np.int64)])
         self.last_cp = np.concatenate([self.last_cp, np.full(add, t, np.int64)])
@@ -158,6 +162,7 @@ class _Stat:
             self.det.seed(idx, start[idx], 2.0)
         self.c0[m], self.c1[m], self.n[m], self.pairs[m] = 0.0, 0.0, 0, 0
         self.rho_seen[:, m] = 0.0
+        self.rho_calm[m] = 0.0
         self.last_cp[m] = t + 1
         self.blk_sum[:, m], self.blk_cnt[:, m], self.blk_prev[:, m] = 0.0, 0, np.nan
         self.moves[:, :, m] = np.nan
@@ -266,7 +271,13 @@ class _Stat:
             rho = np.where((self.pairs > 10) & (self.c0 > 0),
                            np.clip(self.c1 / np.maximum(self.c0, 1e-300), 0.0, 0.95), 0.0)
         self.rho_seen[t % _WANDER_STEPS, :len(rho)] = rho
-        self.det.update(np.where(ok, y, np.nan), t, (1 - rho) / (1 + rho))
+        # the observations are tempered by the statistic's calm autocorrelation: it follows
+        # the estimate down at once but up by at most 1 / _WANDER_STEPS a step, since a
+        # change raises the estimate itself (the readings after it sit on one side of the
+        # level) and tempering by that would discount the change's own evidence
+        calm = self.rho_calm[:len(rho)]
+        np.minimum(rho, calm + 1.0 / _WANDER_STEPS, out=calm)
+        self.det.update(np.where(ok, y, np.nan), t, (1 - calm) / (1 + calm))
         # scale: mean |difference| (a plain mean while young, then an EWMA with jumps capped)
         diff = np.abs(y - self.prev)
         has = ok & np.isfinite(diff)
@@ -287,7 +298,7 @@ class _Stat:
                 "c1": self.c1.copy(), "n": self.n.copy(), "pairs": self.pairs.copy(),
                 "acc_before": self.acc_before.copy(), "acc_onset": self.acc_onset.copy(),
                 "acc_dir": self.acc_dir.copy(), "acc_moves": self.acc_moves.copy(),
-                "rho_seen": self.rho_seen.copy(),
+                "rho_seen": self.rho_seen.copy(), "rho_calm": self.rho_calm.copy(),
                 "last_cp": self.last_cp.copy(), "blk_sum": self.blk_sum.copy(),
                 "blk_cnt": self.blk_cnt.copy(), "blk_prev": self.blk_prev.copy(),
                 "moves": self.moves.copy(), "move_ends": self.move_ends.copy(),
@@ -309,6 +320,9 @@ class _Stat:
         # (a checkpoint from before the wander estimate: no wander known yet)
         self.rho_seen = (np.asarray(state["rho_seen"], np.float64).copy() if "rho_seen" in state
                          else np.zeros((_WANDER_STEPS, len(self.level))))
+        # (a checkpoint from before the calm autocorrelation: the lowest recent one)
+        self.rho_calm = (np.asarray(state["rho_calm"], np.float64).copy() if "rho_calm" in state
+                         else self.rho_seen.min(axis=0))
         # (a checkpoint from before the moves per time scale: none seen yet)
         n, none = len(self.level), np.zeros((_MOVE_SCALES, len(self.level)))
         self.blk_sum = np.asarray(state.get("blk_sum", none), np.float64).copy()
