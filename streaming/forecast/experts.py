@@ -10,9 +10,16 @@ observed). Three learners of the same kind (``Hedge``), each per sensor and hori
 * ``convex``: exponential weights on the linearized loss of their own mix (exponentiated
   gradient, Kivinen & Warmuth 1997; ``"convex"``) go after the best fixed convex combination
   of the experts: where the experts err differently (long horizons) the mix beats them all;
-* ``pick`` (``"auto"``, the default): exponential weights over those two mixes, so the served
-  forecast is the better one's where one is (``hedge`` at the first horizon points, where
-  persistence is hard to beat and any blend costs, ``convex`` further out).
+* ``pool``: exponential weights per horizon point on each expert's loss averaged over the
+  sensors: the network's weights. A sensor's own weights learn from one error per step, and
+  where experts differ by a few percent (persistence against a model at the first horizon
+  points of a random walk) they take hundreds of steps to separate; pooled over N sensors
+  the noise falls by sqrt(N);
+* ``pick`` (``"auto"``, the default): exponential weights per sensor and horizon point over
+  four candidates: the ``hedge`` mix, the ``convex`` mix, the ``pool`` mix and the ``pool``'s
+  top expert, so the served forecast is the best candidate's where one is (a single expert
+  at the first horizon points, where persistence is hard to beat and any blend costs,
+  ``convex`` further out; the network's where a sensor's own weights are still noise).
 
 Loss: the error in units of the sensor's scale, absolute (``loss = "absolute"``, clipped at
 ``c = sqrt(loss_clip)`` scale units) or squared (clipped at ``c^2 = loss_clip``), divided by
@@ -96,7 +103,12 @@ class Hedge:
     def mean(self, values: np.ndarray) -> np.ndarray:
         """``[n, H]`` the weighted mean of ``values`` ``[K, n, H]`` over the arms that have
         one (NaN: none has)."""
-        w = self.wk[:, :values.shape[1]]
+        return Hedge.mean_with(self.wk[:, :values.shape[1]], values)
+
+    @staticmethod
+    def mean_with(w: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``[n, H]`` the mean of ``values`` ``[K, n, H]`` weighted by ``w`` (same shape)
+        over the arms that have one (NaN: none has)."""
         gone = np.isnan(values)
         if not gone.any():
             return (w * values).sum(axis=0)
@@ -161,6 +173,9 @@ class Hedge:
         self.gap = np.array(state["gap"], np.float64)
 
 
+PICK_ARMS = ("hedge", "convex", "pool", "pool leader")   # what ``pick`` chooses among
+
+
 class ExpertWeights:
     """The served mix of ``names`` per sensor and horizon point (see the module docstring)."""
 
@@ -176,12 +191,15 @@ class ExpertWeights:
         self.h = horizon
         self.eta, self.share, self.loss_clip, self.combine_rule = eta, share, loss_clip, combine
         self.loss = loss
-        self.hedge, self.convex, self.pick = self._learners()
+        self.hedge, self.convex, self.pick, self.pool = self._learners()
         self.updates = 0
 
-    def _learners(self) -> tuple[Hedge, Hedge, Hedge]:
+    def _learners(self) -> tuple[Hedge, Hedge, Hedge, Hedge]:
         e, kw = len(self.names), {"eta": self.eta, "share": self.share}
-        return Hedge(e, self.h, **kw), Hedge(e, self.h, **kw), Hedge(2, self.h, **kw)
+        pool = Hedge(e, self.h, **kw)
+        pool.grow(1)                            # one row: the network
+        return (Hedge(e, self.h, **kw), Hedge(e, self.h, **kw),
+                Hedge(len(PICK_ARMS), self.h, **kw), pool)
 
     @property
     def w(self) -> np.ndarray:
@@ -197,7 +215,19 @@ class ExpertWeights:
         if self.combine_rule != "auto":
             return self.hedge.wk[j, :n]
         p = self.pick.wk[:, :n]
-        return p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
+        pool = self.pool.wk[:, :1]                                       # [E, 1, H]
+        return (p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
+                + p[2] * pool[j] + p[3] * self._leader_weights()[j])
+
+    def _leader_weights(self) -> np.ndarray:
+        """``[E, 1, H]`` the pool's top expert per horizon point as weights: one-hot, or the
+        pool's own weights where no expert leads yet (a tie: nothing learnt)."""
+        pool = self.pool.wk[:, :1]
+        lead = np.argmax(pool, axis=0)                                  # [1, H]
+        top = (np.arange(len(self.names))[:, None, None] == lead[None]).astype(np.float64)
+        order = np.sort(pool, axis=0)
+        tied = order[-1] - order[-2] <= 1e-12 if len(self.names) > 1 else np.zeros_like(lead)
+        return np.where(tied[None], pool, top)
 
     def weight_of(self, name: str, n: int) -> np.ndarray:
         """``[n, H]`` expert ``name``'s weight in the served forecast of the first ``n``
@@ -233,9 +263,19 @@ class ExpertWeights:
         elif rule == "convex":
             served = self.convex.mean(fk)
         else:
-            served = self.pick.mean(np.stack([self.hedge.mean(fk), self.convex.mean(fk)]))
+            served = self.pick.mean(self._candidates(fk))
         leader = np.argmax(self._weights(n).mean(axis=2), axis=0)
         return served, leader
+
+    def _candidates(self, fk: np.ndarray) -> np.ndarray:
+        """``[4, n, H]`` what ``pick`` chooses among (``PICK_ARMS``), as they stand."""
+        mix = Hedge.mean_with(np.broadcast_to(self.pool.wk[:, :1], fk.shape), fk)
+        lw = self._leader_weights()
+        if (lw.max(axis=0) == 1.0).all():
+            top = fk[np.argmax(lw[:, 0], axis=0), :, np.arange(self.h)].T   # [n, H]
+        else:                   # (the pool mix where no expert leads yet)
+            top = Hedge.mean_with(np.broadcast_to(lw, fk.shape), fk)
+        return np.stack([self.hedge.mean(fk), self.convex.mean(fk), mix, top])
 
     def clipped_loss(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray
                      ) -> np.ndarray:
@@ -275,31 +315,38 @@ class ExpertWeights:
         fk = self._arms(forecasts)
         live = ~np.isnan(truth)
         rule = self.combine_rule
+        if rule == "auto":          # the candidates as they stand, before any learns
+            self.pick.learn(self._loss(self._candidates(fk), truth, scale), live)
         if rule in ("auto", "convex"):
-            cm = self.convex.mean(fk)
-            if rule == "auto":      # the two mixes as they stand, before either learns
-                mixes = np.stack([self.hedge.mean(fk), cm])
-                self.pick.learn(self._loss(mixes, truth, scale), live)
-            self.convex.learn(self._linear_loss(fk, cm, truth, scale), live)
+            self.convex.learn(self._linear_loss(fk, self.convex.mean(fk), truth, scale), live)
         if rule != "convex":
-            self.hedge.learn(self._loss(fk, truth, scale), live)
+            loss = self._loss(fk, truth, scale)
+            self.hedge.learn(loss, live)
+            if rule == "auto":      # the network's: each expert's mean loss over the sensors
+                ok = live[None] & ~np.isnan(loss)
+                cnt = ok.sum(axis=1)
+                mean = np.where(ok, loss, 0.0).sum(axis=1) / np.maximum(cnt, 1)
+                self.pool.learn(np.where(cnt > 0, mean, np.nan)[:, None],
+                                (cnt > 0).any(axis=0)[None])
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "updates": self.updates,
                 **self.hedge.state_dict(), "convex": self.convex.state_dict(),
-                "pick": self.pick.state_dict()}
+                "pick": self.pick.state_dict(), "pool": self.pool.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["names"]) != self.names:
             raise ValueError(f"experts: the state weighs {state['names']}, the configuration "
                              f"{self.names}")
         self.updates = int(state["updates"])
-        self.hedge, self.convex, self.pick = self._learners()
+        self.hedge, self.convex, self.pick, self.pool = self._learners()
         self._grow(np.shape(state["w"])[0])
         # an earlier version's state (weights of another loss and rate, no gap) starts fresh
         if "gap" in state:
             self.hedge.load_state_dict(state)
-        for name in ("convex", "pick"):
-            if state.get(name) is not None:
-                getattr(self, name).load_state_dict(state[name])
+        for name in ("convex", "pick", "pool"):
+            # (a pick over other candidates, or no pool yet: those start fresh)
+            sub = state.get(name)
+            if sub is not None and np.shape(sub["w"])[-1] == getattr(self, name).k:
+                getattr(self, name).load_state_dict(sub)

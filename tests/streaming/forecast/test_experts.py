@@ -60,14 +60,15 @@ def test_weights_separate_experts_5_percent_apart() -> None:
     """Issue 32: with errors of 0.05 scale units the clipped loss of two experts 5 % apart
     differs by ~1e-4 per update; the rate tuned to that spread still separates them, and the
     mix ends as good as the best expert, where a fixed rate of 4 with a share of 0.01 never
-    separates them and keeps averaging in the expert 1.9x worse."""
+    separates them and keeps averaging in the expert 1.9x worse (its exponential weights'
+    mix, without the network's candidates that ``auto`` adds)."""
     w = _weights()
     served, experts = _run(w, _stream(CLOSE, 500))
     assert np.all(w.w[..., 0] > 0.9)                   # every sensor and horizon point
     assert served < 1.01 * experts.min()
     assert np.all(w.hedge.w[..., 0] > 0.9) and np.all(w.convex.w[..., 0] > 0.8)
     assert np.all(np.isfinite(w.hedge.rate())) and np.all(w.hedge.rate() > 50)   # not ~4
-    old = _weights(eta=4.0, share=0.01, loss="squared")
+    old = _weights(eta=4.0, share=0.01, loss="squared", combine="mix")
     served_old, _ = _run(old, _stream(CLOSE, 500))
     assert np.all(old.w[..., 0] < 0.5) and served_old > 1.1 * experts.min()
     # a fixed rate is still there: the same stream's loss ten times larger separates as fast
@@ -75,6 +76,25 @@ def test_weights_separate_experts_5_percent_apart() -> None:
     big = _weights()
     _run(big, _stream(CLOSE, 500, sd=0.5))
     np.testing.assert_allclose(big.w, w.w, atol=0.1)
+
+
+def test_the_network_weights_separate_what_a_sensor_alone_cannot() -> None:
+    """Issue 32, h = 1 on a random walk: experts 2 % apart whose errors are mostly common
+    noise. After 300 steps some sensors' own weights still favour a worse expert (about 0.2 on
+    the best); the network's (the loss averaged over 32 sensors) are 0.99 on it, and the
+    served forecast, which may pick the network's mix or its leader, beats the per-sensor
+    mixes alone (``combine = "mix"``: 1.0055x the best expert against 1.0025x)."""
+    ratios = (1.0, 1.02, 1.02, 1.9)
+    w, mix = _weights(), _weights(combine="mix")
+    w.names = mix.names = ["a", "b", "c", "d"]
+    for x in (w, mix):
+        x.hedge, x.convex, x.pick, x.pool = x._learners()
+    served, experts = _run(w, _stream(ratios, 300, n=32, seed=3, sd=0.05))
+    served_mix, _ = _run(mix, _stream(ratios, 300, n=32, seed=3, sd=0.05))
+    assert np.argmax(w.pool.wk[:, 0], axis=0).tolist() == [0, 0]     # a leads the network
+    assert w.pool.wk[0, 0].min() > 0.98 and w.hedge.wk[0].min() < 0.5   # sooner than alone
+    assert served < served_mix
+    assert served < 1.005 * experts.min()
 
 
 def test_weights_recover_after_the_best_expert_changes() -> None:
@@ -123,9 +143,21 @@ def test_weights_state_round_trip_and_an_old_state_starts_fresh() -> None:
     for ww in (w, back):
         _run(ww, _stream(CLOSE, 20, seed=6))
     np.testing.assert_array_equal(back.w, w.w)
-    for a, b in ((back.hedge, w.hedge), (back.convex, w.convex), (back.pick, w.pick)):
+    for a, b in ((back.hedge, w.hedge), (back.convex, w.convex), (back.pick, w.pick),
+                 (back.pool, w.pool)):
         np.testing.assert_array_equal(a.gap, b.gap)
+        np.testing.assert_array_equal(a.wk, b.wk)
     assert back.updates == w.updates == 80
+    # a state from before the network's weights: its pick chose between two mixes; the pick
+    # and the pool start fresh, the per-sensor weights carry on
+    two = w.state_dict()
+    two["pick"] = {"w": np.full((4, 2, 2), 0.5), "gap": np.zeros((4, 2))}
+    del two["pool"]
+    older = _weights()
+    older.load_state_dict(two)
+    np.testing.assert_array_equal(older.hedge.wk, w.hedge.wk)
+    np.testing.assert_allclose(older.pick.wk, 0.25)
+    np.testing.assert_allclose(older.pool.wk, 1 / 3)
     # a state written before the tuned rate (names, weights, updates): the weights of another
     # loss and rate start fresh, the count carries on
     old = _weights()
