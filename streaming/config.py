@@ -368,8 +368,10 @@ class ServeConfig:
     experts: str = "+".join(EXPERTS)    # '+'-joined; seasons absent from [baselines] are off
     combine: str = "auto"               # mix: the mean weighted by each expert's loss;
     #                                     convex: by the mix's (exponentiated gradient);
-    #                                     auto: the better of the two; leader: the top
-    #                                     expert's (streaming.forecast.experts)
+    #                                     auto: the best of those two, the network's mix
+    #                                     (losses pooled over the sensors) and its top
+    #                                     expert; leader: the top expert's
+    #                                     (streaming.forecast.experts)
     eta: float = 0.0                    # learning rate of the exponential weights; 0: tuned
     #                                     online per sensor and horizon point (AdaHedge)
     share: float = 0.001                # fixed share at the current rate: weight every
