@@ -372,6 +372,10 @@ class ServeConfig:
     #                                     (losses pooled over the sensors) and its top
     #                                     expert; leader: the top expert's
     #                                     (streaming.forecast.experts)
+    network_weights: bool = True        # auto also weighs the network's mix and top expert
+    #                                     (losses pooled over the sensors this worker owns;
+    #                                     false: per-sensor weights only, so that halo
+    #                                     regions forecast exactly as one region)
     eta: float = 0.0                    # learning rate of the exponential weights; 0: tuned
     #                                     online per sensor and horizon point (AdaHedge)
     share: float = 0.001                # fixed share at the current rate: weight every

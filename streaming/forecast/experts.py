@@ -174,13 +174,15 @@ class Hedge:
 
 
 PICK_ARMS = ("hedge", "convex", "pool", "pool leader")   # what ``pick`` chooses among
+#                                                          (the first two without ``network``)
 
 
 class ExpertWeights:
     """The served mix of ``names`` per sensor and horizon point (see the module docstring)."""
 
     def __init__(self, names: list[str], horizon: int, *, eta: float, share: float,
-                 loss_clip: float, combine: str = "auto", loss: str = "absolute") -> None:
+                 loss_clip: float, combine: str = "auto", loss: str = "absolute",
+                 network: bool = True) -> None:
         if not names:
             raise ValueError("experts: at least one expert is needed")
         if loss not in LOSSES:
@@ -191,6 +193,7 @@ class ExpertWeights:
         self.h = horizon
         self.eta, self.share, self.loss_clip, self.combine_rule = eta, share, loss_clip, combine
         self.loss = loss
+        self.network = network
         self.hedge, self.convex, self.pick, self.pool = self._learners()
         self.updates = 0
 
@@ -199,7 +202,7 @@ class ExpertWeights:
         pool = Hedge(e, self.h, **kw)
         pool.grow(1)                            # one row: the network
         return (Hedge(e, self.h, **kw), Hedge(e, self.h, **kw),
-                Hedge(len(PICK_ARMS), self.h, **kw), pool)
+                Hedge(len(PICK_ARMS) if self.network else 2, self.h, **kw), pool)
 
     @property
     def w(self) -> np.ndarray:
@@ -215,9 +218,10 @@ class ExpertWeights:
         if self.combine_rule != "auto":
             return self.hedge.wk[j, :n]
         p = self.pick.wk[:, :n]
-        pool = self.pool.wk[:, :1]                                       # [E, 1, H]
-        return (p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
-                + p[2] * pool[j] + p[3] * self._leader_weights()[j])
+        w = p[0] * self.hedge.wk[j, :n] + p[1] * self.convex.wk[j, :n]
+        if not self.network:
+            return w
+        return w + p[2] * self.pool.wk[j, :1] + p[3] * self._leader_weights()[j]
 
     def _leader_weights(self) -> np.ndarray:
         """``[E, 1, H]`` the pool's top expert per horizon point as weights: one-hot, or the
@@ -268,7 +272,10 @@ class ExpertWeights:
         return served, leader
 
     def _candidates(self, fk: np.ndarray) -> np.ndarray:
-        """``[4, n, H]`` what ``pick`` chooses among (``PICK_ARMS``), as they stand."""
+        """``[4, n, H]`` what ``pick`` chooses among (``PICK_ARMS``), as they stand
+        (``[2, n, H]`` without ``network``)."""
+        if not self.network:
+            return np.stack([self.hedge.mean(fk), self.convex.mean(fk)])
         mix = Hedge.mean_with(np.broadcast_to(self.pool.wk[:, :1], fk.shape), fk)
         lw = self._leader_weights()
         if (lw.max(axis=0) == 1.0).all():
@@ -305,9 +312,12 @@ class ExpertWeights:
             return np.clip(r, -c, c) * d / (c * c)
         return np.sign(r) * d / c
 
-    def update(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray) -> None:
+    def update(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray,
+               pooled: np.ndarray | None = None) -> None:
         """Learn from one realized forecast: the experts' ``[N, H, E]``, the truth ``[N, H]``
-        (NaN: not observed, no update there) and each sensor's scale ``[N]``."""
+        (NaN: not observed, no update there) and each sensor's scale ``[N]``; ``pooled``
+        ``[N]``: the sensors whose losses the network's weights average (default: all; a
+        halo region's own sensors, not its ghosts)."""
         n = forecasts.shape[0]
         if truth.shape != forecasts.shape[:2] or scale.shape != (n,):
             raise ValueError(f"experts: truth {truth.shape} and scale {scale.shape} must "
@@ -322,8 +332,10 @@ class ExpertWeights:
         if rule != "convex":
             loss = self._loss(fk, truth, scale)
             self.hedge.learn(loss, live)
-            if rule == "auto":      # the network's: each expert's mean loss over the sensors
+            if rule == "auto" and self.network:   # each expert's mean loss over the sensors
                 ok = live[None] & ~np.isnan(loss)
+                if pooled is not None:
+                    ok &= np.asarray(pooled, bool)[None, :n, None]
                 cnt = ok.sum(axis=1)
                 mean = np.where(ok, loss, 0.0).sum(axis=1) / np.maximum(cnt, 1)
                 self.pool.learn(np.where(cnt > 0, mean, np.nan)[:, None],

@@ -83,7 +83,7 @@ class Forecaster:
         s = cfg.serve
         self.weights = ExpertWeights(self.experts, cfg.model.horizon, eta=s.eta,
                                      share=s.share, loss_clip=s.loss_clip, combine=s.combine,
-                                     loss=s.loss)
+                                     loss=s.loss, network=s.network_weights)
         self.expert_metrics = {e: OnlineMetrics() for e in self.experts}
         self.intervals = IntervalCalibrator(cfg.model.horizon, rate=s.interval_rate)
         self.guard = (AdaptationGuard(cfg.adapt, model.adapted_state())
@@ -314,7 +314,8 @@ class Forecaster:
             ej = (y - pend.experts[..., j])[own]
             self.expert_metrics[e].add(ej, ej / scale)
             self.expert_metrics[e].realized_forecasts += len(ej)
-        self.weights.update(pend.experts, y, pend.scale)
+        self.weights.update(pend.experts, y, pend.scale,
+                            None if isinstance(own, slice) else self.own)
         if pend.lo is not None and pend.hi is not None:
             self.intervals.learn(y, pend.yhat, pend.lo, pend.hi)
         if self.guard is not None:

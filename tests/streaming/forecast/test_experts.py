@@ -97,6 +97,27 @@ def test_the_network_weights_separate_what_a_sensor_alone_cannot() -> None:
     assert served < 1.005 * experts.min()
 
 
+def test_the_network_weights_learn_from_the_pooled_sensors_only() -> None:
+    """A halo region pools its own sensors' losses, not its ghosts': the sensor left out of
+    ``pooled`` does not move the network's weights; ``network = False`` keeps the two
+    per-sensor mixes only (the pick of earlier versions)."""
+    rng = np.random.default_rng(0)
+    lead = {}
+    for keep in ([True, False], [False, True]):
+        w = _weights()
+        for _ in range(200):
+            z = rng.normal(0, 0.05, (2, 2))
+            f = np.stack([z, 2 * z, 3 * z], axis=2)
+            f[1] = f[1][:, ::-1]                  # sensor 1: c is the best, a the worst
+            w.update(f, np.zeros((2, 2)), np.ones(2), np.array(keep))
+        lead[keep[0]] = np.argmax(w.pool.wk[:, 0], axis=0).tolist()
+    assert lead == {True: [0, 0], False: [2, 2]}
+    local = _weights(network=False)
+    assert local.pick.k == 2
+    _run(local, _stream(CLOSE, 50))
+    assert not local.pool.gap.any()               # never learns
+
+
 def test_weights_recover_after_the_best_expert_changes() -> None:
     """After 500 updates with a the best, b becomes 5 % better than a: the share at the
     current rate hands the weight to b within a few hundred updates; without a share the

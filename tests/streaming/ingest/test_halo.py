@@ -63,6 +63,9 @@ def _cfg(rec, **kafka) -> StreamConfig:
     return StreamConfig.from_dict({
         "patching": {"interval_ms": rec.interval_ms},
         "model": {"live_graph": True, "learn": False, "torch_threads": 1},
+        # the network's expert weights average the losses of a worker's own sensors: a
+        # region's differ from the whole network's (serve.network_weights)
+        "serve": {"network_weights": False},
         "adapt": {"contrastive_weight": 0.0}, "kafka": kafka})
 
 
@@ -153,7 +156,8 @@ def test_two_workers_with_the_halo_forecast_as_one_region(broker, unique: str, t
         f'dead_letter_topic = "{t["dead-letter"]}"\nboundary_topic = "{t["boundary"]}"\n'
         f'partitions = 2\nmax_batch = 2000\nhalo_wait_s = 1e9\n'
         f'[checkpoint]\ndir = "{tmp_path / "store"}"\n'
-        '[model]\nlive_graph = true\nlearn = false\n[adapt]\ncontrastive_weight = 0.0\n')
+        '[model]\nlive_graph = true\nlearn = false\n[adapt]\ncontrastive_weight = 0.0\n'
+        '[serve]\nnetwork_weights = false\n')
 
     # no idle exit: the test stops both once they have exchanged everything
     args = ["run", "--config", str(cfg_path), "--bootstrap-servers", bs, "--group-id",
