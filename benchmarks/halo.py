@@ -11,7 +11,9 @@ where a cut can cost anything: with the default per-sensor model a region's fore
 depend on its neighbours) and, for reference, the default (no graph layer). Everything
 adapts online as served (delayed feedback); scored leak-free on forecasts made in the test
 split (the last 20 %, after the checkpoint's pretraining rows), values in mph. A last run
-with online learning off checks that the halo reproduces one region's forecasts exactly.
+with online learning off checks that the halo reproduces one region's forecasts exactly; it
+also turns off the network's expert weights (``serve.network_weights``), which a region learns
+over its own sensors (the runs above keep them, as served by default).
 
     python benchmarks/halo.py --data-dir ../shared/data [--partitions 4] [--no-record]
 """
@@ -107,6 +109,7 @@ def main() -> None:
         return StreamConfig.from_dict({
             "patching": {"interval_ms": rec.interval_ms, "lateness_ms": 0},
             "model": {"live_graph": graph, "torch_threads": 1, "learn": learn},
+            "serve": {"network_weights": learn},
             "adapt": {"contrastive_weight": 0.1 if learn else 0.0},
             "kafka": {"halo_hops": hops}, "anomaly": {"embedding": False}})
 
