@@ -163,6 +163,8 @@ def core_path(n_sensors: int, steady_steps: int) -> dict[str, Any]:
                               (core.forecaster, "realize", "forecaster: score realized"),
                               (core.scorer, "update", "anomaly scorer"),
                               (core.drift, "update", "drift"),
+                              # the default change detector (drift.detector = bocpd)
+                              (core.changes, "update", "drift"),
                               (core.gate, "update", "alert gate"),
                               (core.gate, "name_events", "alert gate")):
         tm.wrap(obj, method, name)
@@ -289,7 +291,8 @@ def render(rows: list[dict[str, Any]], kafka: dict[int, dict[str, Any]], args: A
     goal_lines, oks = goals(table)
     warm = rows[0]["warm_steps"] if rows else 0
     body = ["1 torch thread, the packaged checkpoint, defaults (5-minute grid, 12 points per "
-            f"step, Page-Hinkley drift on 3 channels); {args.steady_steps} steady steps "
+            f"step, drift detector {StreamConfig().drift.detector}: the stage 'drift'); "
+            f"{args.steady_steps} steady steps "
             f"measured after {warm} warm-up steps; sizes up to {args.kafka_max_sensors:,} "
             "also through an embedded broker (pipeline vs raw aiokafka over the same readings, "
             "warm-up included). The rows of sizes a run did not measure are those of earlier "
