@@ -227,11 +227,11 @@ class ExpertWeights:
         """``[E, 1, H]`` the pool's top expert per horizon point as weights: one-hot, or the
         pool's own weights where no expert leads yet (a tie: nothing learnt)."""
         pool = self.pool.wk[:, :1]
-        lead = np.argmax(pool, axis=0)                                  # [1, H]
-        top = (np.arange(len(self.names))[:, None, None] == lead[None]).astype(np.float64)
+        if len(pool) < 2:
+            return pool
+        top = (np.arange(len(pool))[:, None, None] == np.argmax(pool, axis=0)[None])
         order = np.sort(pool, axis=0)
-        tied = order[-1] - order[-2] <= 1e-12 if len(self.names) > 1 else np.zeros_like(lead)
-        return np.where(tied[None], pool, top)
+        return np.where(order[-1] - order[-2] <= 1e-12, pool, top.astype(np.float64))
 
     def weight_of(self, name: str, n: int) -> np.ndarray:
         """``[n, H]`` expert ``name``'s weight in the served forecast of the first ``n``
@@ -277,11 +277,7 @@ class ExpertWeights:
         if not self.network:
             return np.stack([self.hedge.mean(fk), self.convex.mean(fk)])
         mix = Hedge.mean_with(np.broadcast_to(self.pool.wk[:, :1], fk.shape), fk)
-        lw = self._leader_weights()
-        if (lw.max(axis=0) == 1.0).all():
-            top = fk[np.argmax(lw[:, 0], axis=0), :, np.arange(self.h)].T   # [n, H]
-        else:                   # (the pool mix where no expert leads yet)
-            top = Hedge.mean_with(np.broadcast_to(lw, fk.shape), fk)
+        top = Hedge.mean_with(np.broadcast_to(self._leader_weights(), fk.shape), fk)
         return np.stack([self.hedge.mean(fk), self.convex.mean(fk), mix, top])
 
     def clipped_loss(self, forecasts: np.ndarray, truth: np.ndarray, scale: np.ndarray
@@ -326,9 +322,13 @@ class ExpertWeights:
         live = ~np.isnan(truth)
         rule = self.combine_rule
         if rule == "auto":          # the candidates as they stand, before any learns
-            self.pick.learn(self._loss(self._candidates(fk), truth, scale), live)
+            cand = self._candidates(fk)
+            self.pick.learn(self._loss(cand, truth, scale), live)
+            cm = cand[1]
+        elif rule == "convex":
+            cm = self.convex.mean(fk)
         if rule in ("auto", "convex"):
-            self.convex.learn(self._linear_loss(fk, self.convex.mean(fk), truth, scale), live)
+            self.convex.learn(self._linear_loss(fk, cm, truth, scale), live)
         if rule != "convex":
             loss = self._loss(fk, truth, scale)
             self.hedge.learn(loss, live)
