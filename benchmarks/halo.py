@@ -13,7 +13,8 @@ adapts online as served (delayed feedback); scored leak-free on forecasts made i
 split (the last 20 %, after the checkpoint's pretraining rows), values in mph. A last run
 with online learning off checks that the halo reproduces one region's forecasts exactly; it
 also turns off the network's expert weights (``serve.network_weights``), which a region learns
-over its own sensors (the runs above keep them, as served by default).
+over its own sensors (the runs above keep them, as served by default; one region without them
+is a row of its own).
 
     python benchmarks/halo.py --data-dir ../shared/data [--partitions 4] [--no-record]
 """
@@ -105,11 +106,11 @@ def main() -> None:
         "hash": hash_partition(names, args.partitions)}
     cuts = {m: edge_cut(pm, names, rec.edge_index, rec.edge_weight) for m, pm in maps.items()}
 
-    def config(graph: bool, learn: bool = True, hops: int = 2) -> Any:
+    def config(graph: bool, learn: bool = True, hops: int = 2, network: bool = True) -> Any:
         return StreamConfig.from_dict({
             "patching": {"interval_ms": rec.interval_ms, "lateness_ms": 0},
             "model": {"live_graph": graph, "torch_threads": 1, "learn": learn},
-            "serve": {"network_weights": learn},
+            "serve": {"network_weights": learn and network},
             "adapt": {"contrastive_weight": 0.1 if learn else 0.0},
             "kafka": {"halo_hops": hops}, "anomaly": {"embedding": False}})
 
@@ -126,20 +127,24 @@ def main() -> None:
         return run, time.perf_counter() - t0
 
     p = args.partitions
+    OFF = "one region, serve.network_weights = false"      # the served mix's network weights
     plans = [("graph layer (live_graph)", True, "one region", None, False, 2),
              ("graph layer (live_graph)", True, f"{p} x METIS, no halo", "METIS", False, 2),
              ("graph layer (live_graph)", True, f"{p} x METIS, halo 2 hops", "METIS", True, 2),
              ("graph layer (live_graph)", True, f"{p} x METIS, halo 1 hop", "METIS", True, 1),
              ("graph layer (live_graph)", True, f"{p} x hash, no halo", "hash", False, 2),
              ("graph layer (live_graph)", True, f"{p} x hash, halo 2 hops", "hash", True, 2),
+             ("graph layer (live_graph)", True, OFF, None, False, 2),
              ("default (no graph layer)", False, "one region", None, False, 2),
+             ("default (no graph layer)", False, OFF, None, False, 2),
              ("default (no graph layer)", False, f"{p} x METIS, no halo", "METIS", False, 2)]
     rows = []
     ref: dict[str, float] = {}
     for model, graph, layout, m, halo, hops in plans:
-        run, secs = go(config(graph, hops=hops), maps[m] if m else None, halo)
+        run, secs = go(config(graph, hops=hops, network=layout != OFF), maps[m] if m else None,
+                       halo)
         sc = score(rec, run, test_row)
-        if m is None:
+        if layout == "one region":
             ref[model] = sc["mae"]
         ghosts = (sum(run.plan.sizes()["ghosts"]) if run.plan is not None else 0)
         rows.append((model, layout, sc, ref[model], ghosts, run.stats.halo_forwarded, secs))
