@@ -107,15 +107,34 @@ class Hedge:
 
     @staticmethod
     def mean_with(w: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``[n, H]`` the mean of ``values`` ``[K, n, H]`` weighted by ``w`` (same shape)
-        over the arms that have one (NaN: none has)."""
+        """``[n, H]`` the mean of ``values`` ``[K, n, H]`` weighted by ``w`` (its shape, or one
+        that broadcasts to it) over the arms that have one (NaN: none has)."""
         gone = np.isnan(values)
-        if not gone.any():
+        k = values.shape[0]
+        some = gone.reshape(k, -1).any(axis=1)
+        if not some.any():
             return (w * values).sum(axis=0)
-        ww = w * ~gone
-        tot = ww.sum(axis=0)
+        # arm by arm, in the arms' order (the sums of the whole-array form, bit for bit): an
+        # arm with every forecast (most) costs one product, one without any (a season not
+        # seen yet, on every sensor) nothing
+        every = gone.reshape(k, -1).all(axis=1)
+        num = np.zeros(values.shape[1:])
+        tot = np.zeros(values.shape[1:])
+        buf = np.empty(values.shape[1:])
+        for j in range(k):
+            wj = np.broadcast_to(w[j], buf.shape)
+            if every[j]:
+                continue
+            if some[j]:
+                keep = ~gone[j]
+                wj = np.where(keep, wj, 0.0)
+                np.multiply(np.where(keep, values[j], 0.0), wj, out=buf)
+            else:
+                np.multiply(values[j], wj, out=buf)
+            num += buf
+            tot += wj
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = (np.where(gone, 0.0, values) * ww).sum(axis=0) / tot
+            out = num / tot
         out[tot == 0] = np.nan
         return out
 
@@ -129,7 +148,7 @@ class Hedge:
             mix = self.mean(loss)
             live = live & ~np.isnan(mix)
             loss = np.where(gone, mix, loss)                # sleeping: the mix's loss
-            loss[:, ~live] = 0.0
+            np.copyto(loss, 0.0, where=~live)
         eta = self.rate(gap)
         fin = np.isfinite(eta)
         # the mixability gap h - m; m = -ln(sum w exp(-eta l)) / eta (eta = inf: the least
@@ -151,7 +170,8 @@ class Hedge:
         nfin = np.isfinite(new)
         # re-tempered exponential weights, w ~ exp(-new (L + l)) with L = -ln(w) / eta; at
         # eta = inf the weights are uniform (no loss told the arms apart yet: L = 0)
-        z = np.log(np.maximum(w, 1e-300))
+        z = np.maximum(w, 1e-300)
+        np.log(z, out=z)
         z *= np.where(fin, new / np.where(fin, eta, 1.0), 0.0)
         np.multiply(loss, np.where(nfin, new, 0.0), out=d)
         z -= d

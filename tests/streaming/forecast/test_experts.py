@@ -192,6 +192,31 @@ def test_weights_state_round_trip_and_an_old_state_starts_fresh() -> None:
         _weights().load_state_dict({**w.state_dict(), "names": ["a", "b"]})
 
 
+def test_the_mean_over_the_arms_with_a_forecast_matches_its_definition() -> None:
+    """``Hedge.mean_with`` (arm by arm, skipping arms without any forecast) equals the
+    weighted mean over the arms that have one, renormalized, NaN where none has; with every
+    forecast present it is the plain weighted sum."""
+    rng = np.random.default_rng(3)
+    k, n, h = 5, 40, 6
+    w = rng.dirichlet(np.ones(k), size=(n, h)).transpose(2, 0, 1)
+    v = rng.normal(size=(k, n, h))
+    np.testing.assert_array_equal(Hedge.mean_with(w, v), (w * v).sum(axis=0))
+    v[1] = np.nan                                   # an arm without any forecast
+    v[3, :10] = np.nan                              # one missing on some sensors
+    v[:, 20, 2] = np.nan                            # none at all: NaN
+    gone = np.isnan(v)
+    ww = np.where(gone, 0.0, w)
+    with np.errstate(invalid="ignore"):
+        ref = np.where(gone, 0.0, v * w).sum(axis=0) / ww.sum(axis=0)
+    out = Hedge.mean_with(w, v)
+    assert np.isnan(out[20, 2]) and np.isfinite(np.delete(out.ravel(), 20 * h + 2)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    # the network's weights, one row broadcast over the sensors
+    pool = w[:, :1]
+    np.testing.assert_allclose(Hedge.mean_with(np.broadcast_to(pool, v.shape), v),
+                               Hedge.mean_with(np.repeat(pool, n, axis=1), v), rtol=1e-12)
+
+
 @pytest.mark.parametrize("eta", [0.0, 2.0])
 def test_sleeping_experts_keep_their_standing_and_missing_truth_changes_nothing(
         eta: float) -> None:
