@@ -73,6 +73,9 @@ _MOVE_MEMORY = 16                # block moves kept per scale (their median is t
 _MOVE_MIN = 6                    # block moves a scale needs before it is trusted
 _STILL_READINGS = 12             # a sensor repeating one reading this long is stuck: its
 #                                  statistics wait for it to move (a flat line is data quality)
+_SCALE_PRIOR = 4.0               # a young statistic's scale: the within-step estimate
+#                                  counts as this many step-to-step differences ...
+_SCALE_YOUNG = 24                # ... until this many differences are known
 _REL_FLOOR = 1e-12               # a statistic's scale is at least this share of its level
 #                                  (plus 1e-15): below, float rounding would be a change
 
@@ -223,11 +226,22 @@ class _Stat:
             self.blk_sum[s], self.blk_cnt[s] = 0.0, 0
 
     def sd(self, fallback: np.ndarray) -> np.ndarray:
-        """The statistic's noise scale (from step-to-step differences, else ``fallback``)."""
-        sd = self.scale * _SQRT_PI_2
+        """The statistic's noise scale: from step-to-step differences, else ``fallback``.
+        While the differences are few (fewer than ``_SCALE_YOUNG``), their estimate is
+        raised to at least its pool with ``fallback`` (counted as ``_SCALE_PRIOR``
+        differences): a mean of 4 absolute differences is below half its expectation for 1
+        sensor in 20, so across a network a few sensors' calm steps looked like changes. Only
+        raised: a wandering statistic moves more between steps than within one."""
         n = len(fallback)
-        sd = np.where((self.n[:n] >= 5) & (sd[:n] > 0), sd[:n],
-                      np.where(np.isfinite(fallback) & (fallback > 0), fallback, 1.0))
+        sd = self.scale[:n] * _SQRT_PI_2
+        fb = np.isfinite(fallback) & (fallback > 0)
+        k = np.maximum(self.n[:n] - 1, 0).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            pooled = np.sqrt((k * sd * sd + _SCALE_PRIOR * np.where(fb, fallback, 0.0) ** 2)
+                             / (k + _SCALE_PRIOR))
+        sd = np.where((self.n[:n] >= 5) & (sd > 0),
+                      np.where(fb & (k < _SCALE_YOUNG), np.maximum(sd, pooled), sd),
+                      np.where(fb, fallback, 1.0))
         # a scale that faded to nothing (a long flat stretch) would make float rounding a
         # change, and its square underflows the detector's single precision
         return np.maximum(sd, _REL_FLOOR * np.abs(np.nan_to_num(self.level[:n])) + 1e-15)
@@ -470,9 +484,9 @@ class ChangeMonitor:
                          np.nan)
             spread = _robust_spread(resid)
             # the step mean's noise from within the step, for the level's scale until step
-            # differences exist: the readings' std, widened by their autocorrelation (only
-            # needed while some sensor's level has fewer than 5 steps)
-            young = self.stats["level"].n[:n] < 5
+            # differences exist and pooled with theirs while they are few: the readings' std,
+            # widened by their autocorrelation (only needed while some sensor is young)
+            young = self.stats["level"].n[:n] <= _SCALE_YOUNG
             fallback = (self._mean_noise(resid, cnt, young) if young.any()
                         else np.full(n, np.nan))
             # a step of identical readings (or readings that differ by float rounding only)
