@@ -110,21 +110,19 @@ class Hedge:
         """``[n, H]`` the mean of ``values`` ``[K, n, H]`` weighted by ``w`` (its shape, or one
         that broadcasts to it) over the arms that have one (NaN: none has)."""
         gone = np.isnan(values)
-        k = values.shape[0]
-        some = gone.reshape(k, -1).any(axis=1)
+        per_arm = gone.reshape(values.shape[0], -1)
+        some = per_arm.any(axis=1)
         if not some.any():
             return (w * values).sum(axis=0)
         # arm by arm, in the arms' order (the sums of the whole-array form, bit for bit): an
         # arm with every forecast (most) costs one product, one without any (a season not
         # seen yet, on every sensor) nothing
-        every = gone.reshape(k, -1).all(axis=1)
+        every = per_arm.all(axis=1)
         num = np.zeros(values.shape[1:])
         tot = np.zeros(values.shape[1:])
         buf = np.empty(values.shape[1:])
-        for j in range(k):
+        for j in np.flatnonzero(~every).tolist():
             wj = np.broadcast_to(w[j], buf.shape)
-            if every[j]:
-                continue
             if some[j]:
                 keep = ~gone[j]
                 wj = np.where(keep, wj, 0.0)
