@@ -50,10 +50,11 @@ import shlex
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -92,6 +93,63 @@ def add_jobs(ap: argparse.ArgumentParser, default: int = 2) -> None:
     """``--jobs``: runs in parallel, one process (and one torch thread) each."""
     ap.add_argument("--jobs", type=int, default=default,
                     help=f"runs in parallel, one process each (default {default})")
+
+
+def add_cli_sets(ap: argparse.ArgumentParser, sets: Sequence[str], root: Path) -> None:
+    """The flags of a benchmark that runs ``stfm`` on named sets, optionally through another
+    checkout: ``--sets``, ``--tree`` (default ``root``), ``--json-out``, ``--before`` (an
+    earlier ``--json-out`` shown alongside) with ``--before-label``, and ``--label``."""
+    ap.add_argument("--sets", default=",".join(sets), help="comma-separated, of: "
+                    + ", ".join(sets))
+    ap.add_argument("--tree", type=Path, default=root, help="the checkout whose CLI runs")
+    ap.add_argument("--json-out", type=Path, help="write this run's rows here")
+    ap.add_argument("--before", type=Path, help="an earlier run's --json-out, shown alongside")
+    ap.add_argument("--before-label", default="before")
+    ap.add_argument("--label", default="now")
+
+
+def chosen_sets(args: argparse.Namespace, sets: Sequence[str]) -> list[str]:
+    """``--sets`` as a list, every name one of ``sets`` (else exits naming the unknown)."""
+    names = [s for s in args.sets.split(",") if s]
+    bad = [s for s in names if s not in sets]
+    if bad:
+        raise SystemExit(f"unknown set(s) {bad}; known: {', '.join(sets)}")
+    return names
+
+
+def run_cli_sets(args: argparse.Namespace, names: list[str],
+                 run_set: Callable[[str, Path, Path, Path], dict[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], float, dict[str, dict[str, Any]]]:
+    """Each set through ``run_set(name, data dir, tree, scratch dir)``, ``--jobs`` at a time;
+    the rows go to ``--json-out``. Returns (rows, seconds, ``--before``'s rows by set)."""
+    import tempfile
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, tree = args.data_dir.resolve(), args.tree.resolve()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda s: run_set(s, data, tree, Path(tmp)), names))
+    seconds = time.perf_counter() - t0
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
+    before = {r["set"]: r for r in json.loads(args.before.read_text())} if args.before else {}
+    return rows, seconds, before
+
+
+def cli_sets_run(doc: str | None, sets: Sequence[str], root: Path,
+                 run_set: Callable[[str, Path, Path, Path], dict[str, Any]]
+                 ) -> tuple[argparse.Namespace, list[dict[str, Any]], float,
+                            dict[str, dict[str, Any]]]:
+    """The whole run of a benchmark over named sets through a checkout's ``stfm``: its flags
+    (``--data-dir``, ``--jobs``, ``add_cli_sets``) parsed, then ``run_cli_sets``. Returns
+    (args, rows, seconds, ``--before``'s rows by set)."""
+    ap = parser(doc)
+    add_data_dir(ap)
+    add_jobs(ap)
+    add_cli_sets(ap, sets, root)
+    args = ap.parse_args()
+    return args, *run_cli_sets(args, chosen_sets(args, sets), run_set)
 
 
 def add_overrides(ap: argparse.ArgumentParser) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -83,29 +81,7 @@ def cells(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    ap = common.parser(__doc__)
-    common.add_data_dir(ap)
-    common.add_jobs(ap)
-    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated, of: "
-                    + ", ".join(SETS))
-    ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose CLI runs")
-    ap.add_argument("--json-out", type=Path, help="write this run's rows here")
-    ap.add_argument("--before", type=Path, help="an earlier run's --json-out, shown alongside")
-    ap.add_argument("--before-label", default="before")
-    ap.add_argument("--label", default="now")
-    args = ap.parse_args()
-    names = [s for s in args.sets.split(",") if s]
-    bad = [s for s in names if s not in SETS]
-    if bad:
-        raise SystemExit(f"unknown set(s) {bad}; known: {', '.join(SETS)}")
-    data = args.data_dir.resolve()
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda s: run_set(s, data, args.tree.resolve(), Path(tmp)), names))
-    seconds = time.perf_counter() - t0
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1))
-    before = {r["set"]: r for r in json.loads(args.before.read_text())} if args.before else {}
+    args, rows, seconds, before = common.cli_sets_run(__doc__, list(SETS), ROOT, run_set)
     table = []
     for r in rows:
         if r["set"] in before:

@@ -17,7 +17,8 @@ Formats (chosen by extension or ``fmt=``):
   UTC timestamps and shortest round-trip float text, so timestamps, sensors and values
   round-trip exactly. Events go to a sidecar ``<stem>.events.jsonl`` (read back automatically);
   lat/lon and the graph are NOT kept in CSV. ``fmt="csv-long"`` writes the long layout
-  (``sensor,ts,value`` with epoch-ms ``ts``). Real files are read without hand cleaning by
+  (``sensor,ts,value`` with epoch-ms ``ts``). A compressed CSV (``.csv.gz``, ``.csv.bz2``,
+  ``.csv.xz``) is read as it is (not written). Real files are read without hand cleaning by
   these rules (each logged as a warning once and kept in ``Recording.read_report``):
 
   - encoding: UTF-8, else cp1252, else latin-1; U+FFFD replacement characters that a file
@@ -57,11 +58,14 @@ path and says where (line/row/column/key) and what is wrong.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import fnmatch
+import gzip
 import io
 import json
 import logging
+import lzma
 import math
 import re
 import zipfile
@@ -74,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from connectors.schemas import split_series
+from connectors.spacing import sampling_interval, snap_to_grid
 
 if TYPE_CHECKING:      # pandas and h5py are imported where a file needs them (~0.8 s)
     import h5py
@@ -118,6 +123,8 @@ class ReadReport:
     naive_as_utc: bool = False           # naive timestamps read as UTC (no timezone given)
     timezone: str | None = None          # the zone naive timestamps were read in
     looks_local: str | None = None       # why a file read as UTC looks like local time
+    snapped_ms: int = 0                  # jittered timestamps moved onto their regular grid
+    #                                      (the largest move, ms)
 
     def as_dict(self) -> dict[str, Any]:
         """The items that say something (empty ones left out), JSON-ready."""
@@ -138,6 +145,8 @@ class ReadReport:
             out["naive_timestamps_read_as"] = "UTC"
         if self.looks_local:
             out["looks_local"] = self.looks_local
+        if self.snapped_ms:
+            out["snapped_to_grid_ms"] = self.snapped_ms
         return out
 
 
@@ -378,9 +387,7 @@ def _synthetic_times(path: Path, n: int, start: str | int | None, interval_ms: i
 def _infer_interval(ts: np.ndarray, given: int | None) -> int | None:
     if given is not None:
         return int(given)
-    if ts.shape[0] < 2:
-        return None
-    return int(np.median(np.diff(ts)))
+    return sampling_interval(ts)
 
 
 def _check_monotonic(path: Path, ts: np.ndarray, place: Any) -> None:
@@ -853,6 +860,7 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         raw = path.read_bytes()
     except OSError as e:
         raise _err(path, f"cannot read: {e}") from None
+    raw = _decompress(path, raw)
     text = _decode(path, raw, report)
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -1345,6 +1353,22 @@ def _write_h5(rec: Recording, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_COMPRESSED = {"gz": (gzip.decompress, "gzip"), "bz2": (bz2.decompress, "bzip2"),
+               "xz": (lzma.decompress, "xz")}
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    """The bytes of a ``.csv.gz`` / ``.bz2`` / ``.xz`` file uncompressed (others as they are);
+    a damaged archive is an error that names the file."""
+    codec = _COMPRESSED.get(path.suffix.lower().lstrip("."))
+    if codec is None:
+        return raw
+    try:
+        return codec[0](raw)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as e:   # BadGzipFile: OSError
+        raise _err(path, f"cannot decompress ({codec[1]}): {e}") from None
+
+
 def _resolve_fmt(path: Path, fmt: str | None) -> str:
     if fmt is not None:
         key = fmt.lower().lstrip(".")
@@ -1354,13 +1378,17 @@ def _resolve_fmt(path: Path, fmt: str | None) -> str:
     ext = path.suffix.lower().lstrip(".")
     if ext in ("csv", "npz", "h5", "hdf5"):
         return _FORMATS[ext]
-    raise _err(path, f"unknown extension '{path.suffix}' (expected .csv, .npz, .h5 or .hdf5)")
+    if ext in _COMPRESSED and Path(path.stem).suffix.lower() == ".csv":
+        return "csv"
+    raise _err(path, f"unknown extension '{path.suffix}' (expected .csv, .npz, .h5 or .hdf5, "
+                     f"or a CSV compressed as .csv.gz, .csv.bz2 or .csv.xz)")
 
 
 def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
                    interval_ms: int | None = None, timezone: str | None = None,
                    columns: str | Sequence[str] | None = None,
-                   na_values: str | Sequence[str] | None = None) -> Recording:
+                   na_values: str | Sequence[str] | None = None,
+                   snap: bool = False) -> Recording:
     """Read a recording; format from ``fmt`` or the extension (.csv, .npz, .h5/.hdf5).
 
     ``start`` (ISO string, naive = UTC, or epoch ms) and ``interval_ms`` give the time axis of
@@ -1371,6 +1399,9 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
     sensors; ``na_values`` (likewise) are read as missing. CSV header names are stripped of
     surrounding whitespace. What the reader resolved (duplicates, skipped columns, suspected
     missing-value codes) is in the result's ``read_report`` (module docstring: the rules).
+    ``snap``: timestamps that jitter around a regular grid (interval inferred, not given) are
+    moved onto it (``connectors.spacing.snap_to_grid``; what a backtest runs on), the largest
+    move in ``read_report.snapped_ms``; off, they are kept as read (what ``publish`` sends).
     """
     p = Path(path)
     kind = _resolve_fmt(p, fmt)
@@ -1390,8 +1421,21 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
         rec = _read_npz(p, start, interval_ms) if kind == "npz" else _read_h5(p, start,
                                                                               interval_ms)
         rec = _binary_options(p, rec, cols, nas)
+    if snap and interval_ms is None and rec.interval_ms:
+        _snap(p, rec, report)
     rec.read_report = report
     return rec
+
+
+def _snap(path: Path, rec: Recording, report: ReadReport) -> None:
+    """Jittered regular timestamps onto their grid (``connectors.spacing.snap_to_grid``)."""
+    found = snap_to_grid(rec.timestamps, int(rec.interval_ms))
+    if found is None:
+        return
+    rec.timestamps, report.snapped_ms = found[0], found[1]
+    log.warning("%s: timestamps jitter around a regular %d ms grid (at most %.3g s off): moved "
+                "onto it, so that each reading keeps its own grid point", path,
+                rec.interval_ms, found[1] / 1000)
 
 
 def _split_list(items: str | Sequence[str] | None) -> list[str] | None:

@@ -13,11 +13,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import numpy as np
 import orjson
+
+from connectors.spacing import calendar_name
 
 log = logging.getLogger(__name__)
 TS_MAX_MS = 100_000_000_000_000  # year ~5138; anything beyond is a unit mistake
@@ -142,10 +144,22 @@ def format_minute(ms: int, tz: str | None = None) -> str:
     return datetime.fromtimestamp(ms / 1000, zone(tz)).strftime("%Y-%m-%d %H:%M")
 
 
-def format_when(ms: int, tz: str | None = None) -> str:
+def format_when(ms: int, tz: str | None = None, grid_ms: int | None = None) -> str:
     """``YYYY-MM-DD HH:MM ZONE`` in ``tz`` (default UTC), the zone's abbreviation at that
-    time (CET, CEST, +08): the time a person reads says which clock it is on."""
+    time (CET, CEST, +08): the time a person reads says which clock it is on.
+
+    On a calendar grid (``grid_ms`` a mean month, quarter or year: ``connectors.spacing``) a
+    grid point lies a few days from the unit's start, so the unit is named instead:
+    ``2002-01``, ``2002-Q1``, ``2002``."""
     when = datetime.fromtimestamp(ms / 1000, zone(tz))
+    unit = calendar_name(grid_ms) if grid_ms else None
+    if unit is not None:
+        mid = when + timedelta(milliseconds=int(grid_ms) // 2)   # inside the nearest unit
+        if unit == "month":
+            return f"{mid.year}-{mid.month:02d}"
+        if unit == "quarter":
+            return f"{mid.year}-Q{(mid.month - 1) // 3 + 1}"
+        return f"{mid.year}"
     return f"{when.strftime('%Y-%m-%d %H:%M')} {when.tzname() or tz or 'UTC'}"
 
 

@@ -48,6 +48,7 @@ class BacktestResult:
     seconds: float = 0.0
     rejected_readings: int = 0
     rejected_events: int = 0
+    grid_collisions: int = 0        # readings that fell on a grid point already filled
     score_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     score_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # ^ the last recording row fed when each anomaly score came out (when it was known)
@@ -209,7 +210,15 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         hidden &= ~np.isnan(rec.values)
         fed = np.where(hidden, np.nan, rec.values)
     imputed: dict[tuple[int, int], float] = {}
-    row_of = {int(t): i for i, t in enumerate(rec.timestamps.tolist())}
+    dup0 = int(core.patcher.stats.duplicates)
+    # truths are matched by grid point, rounded as the patcher rounds readings: rows stamped
+    # off the grid (hourly at half past, 10-minute at :07, month starts) are scored too
+    iv = int(core.cfg.patching.interval_ms)
+    slot_of = {(int(t) + iv // 2) // iv: i for i, t in enumerate(rec.timestamps.tolist())}
+
+    def row_at(ts: int) -> int:
+        return slot_of.get((int(ts) + iv // 2) // iv, -1)
+
     col = {s: j for j, s in enumerate(rec.sensors)}
     events = sorted(rec.events, key=lambda e: e["ts"])
     ev_ts = np.array([e["ts"] for e in events], np.int64)
@@ -238,9 +247,9 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
             s_rows.append(hi - 1)
             s_blocks.append(sb)
         for block in out.forecasts:
-            first = row_of.get(int(block.horizon_ts[0]), -1)
+            first = row_at(block.horizon_ts[0])
             y = np.full((len(block.sensors), h), np.nan)
-            idx = [row_of.get(int(t), -1) for t in block.horizon_ts]
+            idx = [row_at(t) for t in block.horizon_ts]
             have = [k for k, r in enumerate(idx) if 0 <= r < end_row]
             cols = [col.get(s, -1) for s in block.sensors]
             known = [i for i, c in enumerate(cols) if c >= 0]
@@ -259,7 +268,7 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
             q_blocks.append({k: v.astype(np.float32) for k, v in block.q.items()})
             if block.imputed is not None and block.imputed_ts is not None and holdout > 0:
                 for a, j in zip(*np.nonzero(~np.isnan(block.imputed)), strict=True):
-                    r, c = row_of.get(int(block.imputed_ts[j]), -1), cols[a]
+                    r, c = row_at(block.imputed_ts[j]), cols[a]
                     if r >= 0 and c >= 0 and hidden[r, c]:
                         imputed[(r, c)] = float(block.imputed[a, j])
             versions.append(block.model_version)
@@ -314,7 +323,8 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
         ts=np.asarray(tss, np.int64), rows=np.asarray(rows, np.int64),
         yhat=yhat_all, truth=truth_all,
         versions=versions, alerts=alerts, seconds=seconds, rejected_readings=rej_r,
-        rejected_events=rej_e, score_steps=np.asarray(s_steps, np.int64),
+        rejected_events=rej_e, grid_collisions=int(core.patcher.stats.duplicates) - dup0,
+        score_steps=np.asarray(s_steps, np.int64),
         score_rows=np.asarray(s_rows, np.int64), scores=stack_scores(lambda sb: sb.score),
         score_components={c: stack_scores(lambda sb, c=c: sb.components.get(c))
                           for c in names},
@@ -370,7 +380,8 @@ def write_report(res: BacktestResult, out_dir: str | Path, *, from_row: int = 0,
                "first_model_version": res.versions[0] if res.versions else None,
                "last_model_version": res.versions[-1] if res.versions else None,
                "rejected_readings": res.rejected_readings,
-               "rejected_events": res.rejected_events, "seconds": res.seconds}
+               "rejected_events": res.rejected_events,
+               "grid_collisions": res.grid_collisions, "seconds": res.seconds}
     per = res.per_sensor(from_row)
     with open(out / "per_sensor.csv", "w") as f:
         f.write("sensor,points,mse,mae\n")

@@ -309,15 +309,16 @@ def _add_reading_flags(p: argparse.ArgumentParser) -> None:
 
 
 def read_file(args: argparse.Namespace, path: str, *, interval_ms: int | None,
-              timezone: str | None) -> Any:
+              timezone: str | None, snap: bool = False) -> Any:
     """A recording file read as the file flags say (``--start``, ``--columns``,
-    ``--na-values``; ``timezone`` None: naive timestamps are UTC, with a warning). What the
-    reader resolved (duplicates, skipped columns, ...) is in its ``read_report``."""
+    ``--na-values``; ``timezone`` None: naive timestamps are UTC, with a warning; ``snap``:
+    jittered regular timestamps moved onto their grid). What the reader resolved
+    (duplicates, skipped columns, ...) is in its ``read_report``."""
     from connectors.recordings import read_recording
 
     return read_recording(path, start=args.start, interval_ms=interval_ms, timezone=timezone,
                           columns=getattr(args, "columns", None),
-                          na_values=getattr(args, "na_values", None))
+                          na_values=getattr(args, "na_values", None), snap=snap)
 
 
 def graph_for(path: str, sensors: list[str]) -> tuple[Any, Any]:
@@ -356,6 +357,9 @@ def read_note(rec: Any) -> str:
     if r.skipped_columns:
         said.append(f"text column{'s' if len(r.skipped_columns) > 1 else ''} skipped: "
                     f"{', '.join(r.skipped_columns)}")
+    if r.snapped_ms:
+        said.append(f"jittered timestamps moved onto their regular grid (at most "
+                    f"{r.snapped_ms / 1000:.3g} s)")
     if r.sentinels:
         said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
                     f"suspected missing-value code (--na-values)")
@@ -487,7 +491,7 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     # one without (given --start) is spaced by --interval-ms. The default zone (UTC, neither
     # --timezone nor patching.timezone) reads naive timestamps with a warning
     rec = read_file(args, args.file, interval_ms=args.interval_ms if args.start else None,
-                    timezone=None if tz == "UTC" and not args.timezone else tz)
+                    timezone=None if tz == "UTC" and not args.timezone else tz, snap=True)
     if graph == "comovement":
         from models.cograph import comovement_graph
 
@@ -579,6 +583,11 @@ def backtest_words(summary: dict[str, Any], rec: Any, out: str, note: str,
                       or "none"),
         f"report: {out}/report.json, per_sensor.csv, alerts.jsonl; plots: {out}/forecasts.png, "
         f"{out}/error_over_time.png" + (f"\n{note.strip('; ')}" if note else "")]
+    if coll := summary.get("grid_collisions"):
+        lines.insert(1, f"WARNING {coll:,} reading{'s' if coll > 1 else ''} fell on a grid "
+                        f"point that an earlier reading of the same sensor already had (the "
+                        f"later kept): the grid (--interval-ms) is coarser than the data's "
+                        f"spacing there, or the timestamps jitter across its half points")
     return "\n".join(lines)
 
 

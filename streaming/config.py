@@ -329,25 +329,28 @@ class DataQualityConfig:
             raise ConfigError("data_quality.flat_readings must be 0 (off) or >= 2")
 
 
+SEASON_NAMES = ("seasonal_day", "seasonal_week", "seasonal_year")
+
+
 @dataclass
 class BaselinesConfig:
     """The simple forecasters beside the model (``streaming.forecast.baselines``)."""
 
-    seasons: str = "auto"               # auto, or '+'-joined of seasonal_day, seasonal_week
+    seasons: str = "auto"               # auto, or '+'-joined of seasonal_day, seasonal_week,
+    #                                     seasonal_year (whole only on a calendar grid)
     ma_points: int = 0                  # moving average over this many observed points (0:
     #                                     max(patch_len, 12))
     max_season_points: int = 2016       # a season longer than this many grid points is off
     hw_alpha: float = 0.5               # Holt-Winters smoothing of the level,
     hw_beta: float = 0.01               # the trend
-    hw_gamma: float = 0.1               # and the daily season
+    hw_gamma: float = 0.1               # and the season (daily; yearly on a month grid)
 
     def validate(self) -> None:
         if self.seasons != "auto":
-            bad = [x for x in self.seasons.split("+") if x not in ("seasonal_day",
-                                                                   "seasonal_week", "")]
+            bad = [x for x in self.seasons.split("+") if x not in (*SEASON_NAMES, "")]
             if bad:
                 raise ConfigError(f"baselines.seasons must be auto or '+'-joined of "
-                                  f"seasonal_day, seasonal_week; got {self.seasons!r}")
+                                  f"{', '.join(SEASON_NAMES)}; got {self.seasons!r}")
         if self.ma_points < 0:
             raise ConfigError("baselines.ma_points must be >= 0")
         _positive(self, "baselines", "max_season_points")
@@ -356,8 +359,7 @@ class BaselinesConfig:
                 raise ConfigError(f"baselines.{k} must be in [0, 1], got {getattr(self, k)!r}")
 
 
-EXPERTS = ("model", "frozen", "persistence", "moving_average", "seasonal_day", "seasonal_week",
-           "holt_winters")
+EXPERTS = ("model", "frozen", "persistence", "moving_average", *SEASON_NAMES, "holt_winters")
 
 
 @dataclass

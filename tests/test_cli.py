@@ -236,6 +236,41 @@ def test_backtest_ends_with_a_few_lines_a_person_reads(tmp_path: Path) -> None:
                                "2026-01-01 01:00 CET to 2026-01-01 12:55 CET"), r.stdout
 
 
+def test_a_gzipped_monthly_file_is_backtested_on_a_month_grid(tmp_path: Path) -> None:
+    import gzip
+
+    months = np.arange("1995-01", "2007-01", dtype="datetime64[M]").astype("datetime64[D]")
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{d},{100 + 10 * np.sin(i * np.pi / 6) + rng.normal():.2f},"
+                   f"{50 + 5 * np.cos(i * np.pi / 6) + rng.normal():.2f}\n"
+                   for i, d in enumerate(months))
+    path = tmp_path / "monthly.csv.gz"
+    path.write_bytes(gzip.compress(("date,a,b\n" + rows).encode()))
+    r = _stfm("replay", "backtest", str(path), "--out", str(tmp_path / "o"), "--fresh",
+              "--quiet", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "grid interval 2629746000 ms" in r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["steps"] >= 10 and summary["grid_collisions"] == 0
+    assert summary["experts"]["seasonal_year"]["points"] > 0
+    # a yearly cycle: last year's month beats the last value
+    assert (summary["experts"]["seasonal_year"]["mae"]
+            < summary["experts"]["persistence"]["mae"])
+
+
+def test_the_backtest_says_when_readings_share_grid_points(tmp_path: Path) -> None:
+    from stfm.cli import backtest_words
+
+    class Rec:
+        n_steps, n_sensors = 48, 1
+        timestamps = np.arange(48, dtype=np.int64) * 1_800_000
+
+    words = backtest_words({"title": "x.csv", "steps": 3, "grid_collisions": 23}, Rec(), "o",
+                           "")
+    assert words.splitlines()[1].startswith("WARNING 23 readings fell on a grid point")
+    assert "WARNING" not in backtest_words({"title": "x.csv", "steps": 3}, Rec(), "o", "")
+
+
 def test_help_says_the_defaults() -> None:
     r = _stfm("replay", "backtest", "--help")
     assert r.returncode == 0 and "(default: delayed)" in r.stdout

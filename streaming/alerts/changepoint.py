@@ -816,13 +816,14 @@ class ChangeMonitor:
         onset_ts = self._onset_ts(step, end_ts, onset, split)
         b0, a0, s0 = told
         tz = "" if self.tz == "UTC" else f" {self.tz}"
+        when = format_when(onset_ts, self.tz, self.interval_ms)
         if channel == "level":
-            words = (f"level back to about {after:.4g} since {format_when(onset_ts, self.tz)}"
+            words = (f"level back to about {after:.4g} since {when}"
                      f"{tz}, near its {b0:.4g} before the last change (to about {a0:.4g})")
             kind = "level"
         else:
             words = (f"variability back to a spread of about {math.exp(after):.4g} since "
-                     f"{format_when(onset_ts, self.tz)}{tz}, near its {math.exp(b0):.4g} "
+                     f"{when}{tz}, near its {math.exp(b0):.4g} "
                      f"before the last change (to about {math.exp(a0):.4g})")
             kind = "variance"
         up = after > before
@@ -872,7 +873,7 @@ class ChangeMonitor:
             detail = {"std_ratio": round(ratio, 4), "spread_before": round(math.exp(before), 6),
                       "spread_after": round(math.exp(after), 6)}
         tz = "" if self.tz == "UTC" else f" {self.tz}"
-        since = format_when(onset_ts, self.tz)
+        since = format_when(onset_ts, self.tz, self.interval_ms)
         steps = max(step - onset + 1, 1)
         critical = mass >= 1 - 1e-9 and effect >= 3 * self.cfg.min_effect
         return Evidence(

@@ -229,6 +229,7 @@ class DriftMonitor:
         self.ewma = ewma
         self.common_mode_min = common_mode_min
         self.step_ms = step_ms
+        self.interval_ms = step_ms // max(patch_len, 1)
         self.tz = tz                  # the zone of the times in the alert texts
         self.channels: dict[str, _Channel] = {}
         self.t = 0                    # updates so far (the step label when none is given)
@@ -323,7 +324,8 @@ class DriftMonitor:
         steps = max(at - f["onset"] + 1, 1)
         since_ts = (None if ts is None or not self.step_ms
                     else int(ts - (steps - 1) * self.step_ms))
-        since = "" if since_ts is None else f" since {format_when(since_ts, self.tz)}"
+        since = ("" if since_ts is None
+                 else f" since {format_when(since_ts, self.tz, self.interval_ms)}")
         took = f" ({format_interval(steps * self.step_ms)})" if self.step_ms else ""
         return Evidence(
             score=z, detector=cfg.detector, statistic=channel,

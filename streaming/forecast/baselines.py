@@ -3,12 +3,15 @@
 - ``persistence``: the last observed value, for every horizon point;
 - ``moving_average``: the mean of the last ``baselines.ma_points`` observed values (default
   ``max(patch_len, 12)``);
-- ``seasonal_day`` / ``seasonal_week``: the value one season before each horizon point (the
-  latest full season back that is already observed), when the season spans at least 2 grid
-  points and at most ``baselines.max_season_points`` (``baselines.seasons`` picks them);
-- ``holt_winters``: additive exponential smoothing of level, trend and the daily season
-  (``baselines.hw_alpha/hw_beta/hw_gamma``; no season below 2 points a day), vectorized
-  over sensors: what a user of river's ``HoltWinters`` gets, one model per sensor.
+- ``seasonal_day`` / ``seasonal_week`` / ``seasonal_year``: the value one season before each
+  horizon point (the latest full season back that is already observed), when the season is
+  a whole number of grid points, at least 2 and at most ``baselines.max_season_points``
+  (``baselines.seasons`` picks them); the year (365.2425 days) is whole only on a calendar
+  grid (months, quarters: ``connectors.spacing``);
+- ``holt_winters``: additive exponential smoothing of level, trend and the season
+  (``baselines.hw_alpha/hw_beta/hw_gamma``): the day, or on a calendar grid the year; no
+  season below 2 points), vectorized over sensors: what a user of river's ``HoltWinters``
+  gets, one model per sensor.
 
 They read the same gridded steps as the model (NaN = missing) and forecast the same horizon
 grid; a baseline with nothing to go on forecasts NaN (the experts then skip it).
@@ -20,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from connectors.spacing import YEAR_MS
 from streaming.config import StreamConfig
 from streaming.ingest.patching import ClosedStep
 
 DAY_MS = 86_400_000
-SEASONS = {"seasonal_day": DAY_MS, "seasonal_week": 7 * DAY_MS}
+SEASONS = {"seasonal_day": DAY_MS, "seasonal_week": 7 * DAY_MS, "seasonal_year": YEAR_MS}
 _INIT_BLOCK = 4096       # Holt-Winters sensors initialized per block (bounds temporaries)
 
 
@@ -40,9 +44,13 @@ class Baselines:
                         if name in wanted and 2 <= ms // p.interval_ms <= b.max_season_points
                         and ms % p.interval_ms == 0}
         self.names = ["persistence", "moving_average", *sorted(self.seasons), "holt_winters"]
-        day = DAY_MS // p.interval_ms if DAY_MS % p.interval_ms == 0 else 0
-        self.hw = HoltWinters(b.hw_alpha, b.hw_beta, b.hw_gamma,
-                              day if 2 <= day <= b.max_season_points else 0)
+        season = 0
+        for ms in (DAY_MS, YEAR_MS):
+            n = ms // p.interval_ms if ms % p.interval_ms == 0 else 0
+            if 2 <= n <= b.max_season_points:
+                season = n
+                break
+        self.hw = HoltWinters(b.hw_alpha, b.hw_beta, b.hw_gamma, season)
         self.last = np.full(0, np.nan)                       # [N] last observed value
         self.ma = np.full((0, self.ma_points), np.nan)        # [N, m] last m observed values
         self.ma_pos = np.zeros(0, np.int64)                   # next write position per sensor

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from connectors.spacing import calendar_interval, calendar_name, round_interval
+
 MISMATCH_FACTOR = 2.0
 
 
@@ -72,8 +74,12 @@ class CadenceEstimator:
             return None
         if not force and len(ready) < min(self.min_sensors, len(self._gaps)):
             return None
+        count = sum(map(len, ready))
+        unit = calendar_interval(np.concatenate([np.asarray(g, np.int64) for g in ready]))
+        if unit is not None:        # months (28-31 d apart) on a grid of the mean month
+            return Cadence(unit, len(ready), count)
         per = [float(np.median(g)) for g in ready]
-        return Cadence(int(round(float(np.median(per)))), len(ready), sum(map(len, ready)))
+        return Cadence(int(round(float(np.median(per)))), len(ready), count)
 
 
 def mismatch(grid_ms: int, cadence_ms: int, factor: float = MISMATCH_FACTOR) -> bool:
@@ -82,14 +88,17 @@ def mismatch(grid_ms: int, cadence_ms: int, factor: float = MISMATCH_FACTOR) -> 
 
 
 def nice_interval(ms: int) -> int:
-    """A measured spacing rounded to the nearest whole second (or 10 ms below a second), so
-    jitter of a few milliseconds does not make an odd grid."""
-    step = 1000 if ms >= 1000 else 10
-    return max(step, int(round(ms / step)) * step)
+    """A measured spacing as the whole days, hours, minutes, seconds or 10 ms it is within
+    0.2 % of (``connectors.spacing.round_interval``), so jitter does not make an odd grid;
+    never below 10 ms."""
+    return max(10, round_interval(ms))
 
 
 def format_interval(ms: int) -> str:
-    """``300000`` → ``'5 min'``; ``3600000`` → ``'1 h'``; ``86400000`` → ``'1 d'``."""
+    """``300000`` → ``'5 min'``; ``3600000`` → ``'1 h'``; ``86400000`` → ``'1 d'``;
+    ``2629746000`` → ``'1 month'`` (a mean Gregorian month: ``connectors.spacing``)."""
+    if (unit := calendar_name(ms)) is not None:
+        return f"1 {unit}"
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
         if ms >= size:
             v = ms / size

@@ -477,8 +477,8 @@ class StreamCore:
 
     def _quality_alert(self, step: ClosedStep, ev: QualityEvent) -> Alert:
         name = self.sensors[ev.sensor]
-        since = format_when(ev.since_ts, self.cfg.patching.timezone)
         p = self.cfg.patching
+        since = format_when(ev.since_ts, p.timezone, p.interval_ms)
         if ev.condition == "silence":
             took = format_interval(int(ev.detail["silent_steps"]) * p.interval_ms * p.patch_len)
             text = (f"{name} silent since {since}: no reading for {took} while other sensors "

@@ -601,3 +601,49 @@ def test_csv_naive_times_follow_the_timezone(tmp_path) -> None:
     ny = read_recording(p, timezone="America/New_York")
     assert int(ny.timestamps[0]) - int(utc.timestamps[0]) == 5 * 3_600_000   # EST = UTC-5
     assert ny.interval_ms == 3_600_000
+
+
+@pytest.mark.parametrize("ext", ["gz", "bz2", "xz"])
+def test_a_compressed_csv_reads_as_the_csv(rec: Recording, tmp_path: Path, ext: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    plain = write_recording(rec, tmp_path / "w.csv")
+    packed = tmp_path / f"w.csv.{ext}"
+    packed.write_bytes({"gz": gzip, "bz2": bz2, "xz": lzma}[ext].compress(plain.read_bytes()))
+    back = read_recording(packed)
+    np.testing.assert_array_equal(back.timestamps, rec.timestamps)
+    assert back.sensors == rec.sensors and back.interval_ms == rec.interval_ms
+    assert np.array_equal(back.values, rec.values, equal_nan=True)
+    broken = tmp_path / f"b.csv.{ext}"
+    broken.write_bytes(b"not compressed at all")
+    with pytest.raises(ValueError, match=rf"b\.csv\.{ext}: cannot decompress"):
+        read_recording(broken)
+    with pytest.raises(ValueError, match=r"unknown extension '\.gz'"):
+        read_recording(tmp_path / "w.npz.gz")
+
+
+def test_monthly_dates_get_a_calendar_month_grid(tmp_path: Path) -> None:
+    from connectors.spacing import MONTH_MS
+
+    p = tmp_path / "m.csv"
+    months = np.arange("2000-01", "2007-01", dtype="datetime64[M]").astype("datetime64[D]")
+    p.write_text("date,T1\n" + "".join(f"{d},{i}\n" for i, d in enumerate(months)))
+    assert read_recording(p).interval_ms == MONTH_MS
+
+
+def test_jittered_timestamps_are_moved_onto_their_regular_grid(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    on = T0 + 1_800_000 + 3_600_000 * np.arange(200, dtype=np.int64)   # hourly at :30
+    ts = on + rng.integers(-45_000, 45_001, on.size)
+    p = tmp_path / "j.csv"
+    p.write_text("ts,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(ts)))
+    r = read_recording(p, snap=True)
+    assert r.interval_ms == 3_600_000
+    np.testing.assert_array_equal(r.timestamps, on)
+    assert 0 < r.read_report.snapped_ms <= 45_000
+    assert r.read_report.as_dict()["snapped_to_grid_ms"] == r.read_report.snapped_ms
+    np.testing.assert_array_equal(read_recording(p).timestamps, ts)      # as read (publish)
+    kept = read_recording(p, interval_ms=3_600_000, snap=True)   # a given grid: as read too
+    np.testing.assert_array_equal(kept.timestamps, ts)

@@ -193,3 +193,43 @@ def test_sensors_left_after_most_fall_silent_keep_their_forecasts() -> None:
     assert not [a for a in res.alerts if a.get("statistic") == "reading timestamp"]
     assert {a["sensors"][0] for a in res.alerts if a.get("statistic") == "silence"} == {
         f"s{i}" for i in range(2, 10)}
+
+
+@pytest.mark.parametrize("kind", ["half_past", "monthly"])
+def test_readings_stamped_off_the_grid_are_scored(kind: str) -> None:
+    """Hourly readings at half past the hour, or month starts, lie off the grid's points; each
+    is rounded to its own grid point and its truth is found there (not "0 steps scored")."""
+    from connectors.recordings import Recording
+    from connectors.spacing import sampling_interval
+
+    n = 360
+    if kind == "half_past":
+        ts = np.datetime64("2025-01-01T00:30", "ms").astype(np.int64) + 3_600_000 * np.arange(n)
+    else:
+        ts = np.arange("1990-01", "2020-01", dtype="datetime64[M]").astype(
+            "datetime64[ms]").astype(np.int64)
+    x = 10 + np.sin(np.arange(n) * 2 * np.pi / 12) + np.random.default_rng(0).normal(0, .1, n)
+    iv = sampling_interval(ts)
+    rec = Recording(timestamps=ts, sensors=["a"], values=x[:, None], interval_ms=iv)
+    core = _core(StreamConfig.from_dict({"patching": {"interval_ms": iv}}), ["a"])
+    res = backtest(rec, core, progress=False)
+    assert res.grid_collisions == 0 and core.patcher.stats.accepted == n
+    # every horizon point inside the recording has its truth: the row rounded to it
+    scored = np.flatnonzero(res.rows >= 0)
+    assert len(scored) >= n // 12 - 2
+    for f in scored:
+        r = int(res.rows[f])
+        k = min(12, n - r)
+        np.testing.assert_array_equal(res.truth[f, 0, :k], x[r:r + k].astype(np.float32))
+        assert np.isnan(res.truth[f, 0, k:]).all()
+
+
+def test_readings_that_share_a_grid_point_are_counted() -> None:
+    from connectors.recordings import Recording
+
+    ts = np.arange(48, dtype=np.int64) * 1_800_000          # half-hourly on an hourly grid
+    rec = Recording(timestamps=ts, sensors=["a"], values=np.ones((48, 1)),
+                    interval_ms=1_800_000)
+    core = _core(StreamConfig.from_dict({"patching": {"interval_ms": 3_600_000}}), ["a"])
+    res = backtest(rec, core, progress=False)
+    assert res.grid_collisions == 48 - 25           # 25 grid points, 0 h to 24 h

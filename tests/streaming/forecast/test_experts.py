@@ -423,3 +423,21 @@ def test_holt_winters_initializes_in_blocks_as_at_once(monkeypatch: pytest.Monke
         out.append(b.forecast(len(steps[-1].values), steps[-1].end_ts)["holt_winters"])
     assert np.isfinite(out[0]).all()
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_monthly_data_get_a_yearly_season() -> None:
+    from connectors.spacing import MONTH_MS
+
+    cfg = StreamConfig.from_dict({"patching": {"interval_ms": MONTH_MS, "patch_len": 12},
+                                  "model": {"horizon": 12}})
+    b = Baselines(cfg)
+    assert b.names == ["persistence", "moving_average", "seasonal_year", "holt_winters"]
+    assert b.seasons == {"seasonal_year": 12} and b.hw.m == 12
+    year = np.array([5.0, 4, 6, 9, 12, 15, 17, 16, 13, 10, 7, 5])
+    for k in range(3):                                 # three years of the same cycle
+        b.update(ClosedStep(k, k * 12 * MONTH_MS, (k + 1) * 12 * MONTH_MS, year[None] + k,
+                            np.zeros(1, np.float32), 12))
+    f = b.forecast(1, 36 * MONTH_MS)
+    np.testing.assert_array_equal(f["seasonal_year"][0], year + 2)   # last year's months
+    daily = Baselines(StreamConfig.from_dict({"patching": {"interval_ms": 86_400_000}}))
+    assert "seasonal_year" not in daily.names          # 365.2425 days: not whole days

@@ -157,3 +157,18 @@ def test_backtest_adopts_the_files_interval_and_warns_on_a_far_grid(hourly, tmp_
               "--quiet", "--interval-ms", "300000", "--end-row", "60", "--force")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "WARNING" in r.stderr and "12x finer" in r.stderr
+
+
+def test_month_starts_are_read_as_calendar_months() -> None:
+    from connectors.spacing import MONTH_MS
+
+    est = CadenceEstimator(min_sensors=1)
+    starts = np.array(["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01", "2024-05-01"],
+                      "datetime64[ms]").astype(np.int64)
+    est.learn_many(["a"] * 5, starts)
+    found = est.estimate()
+    assert found.interval_ms == MONTH_MS and nice_interval(found.interval_ms) == MONTH_MS
+    assert format_interval(found.interval_ms) == "1 month"
+    fixed = CadenceEstimator(min_sensors=1)            # every 30 days: not months
+    fixed.learn_many(["a"] * 5, np.arange(5, dtype=np.int64) * 30 * 86_400_000)
+    assert fixed.estimate().interval_ms == 30 * 86_400_000
