@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from connectors.schemas import split_series
-from connectors.spacing import sampling_interval, snap_to_grid
+from connectors.spacing import sampling_interval
 
 if TYPE_CHECKING:      # pandas and h5py are imported where a file needs them (~0.8 s)
     import h5py
@@ -123,8 +123,6 @@ class ReadReport:
     naive_as_utc: bool = False           # naive timestamps read as UTC (no timezone given)
     timezone: str | None = None          # the zone naive timestamps were read in
     looks_local: str | None = None       # why a file read as UTC looks like local time
-    snapped_ms: int = 0                  # jittered timestamps moved onto their regular grid
-    #                                      (the largest move, ms)
 
     def as_dict(self) -> dict[str, Any]:
         """The items that say something (empty ones left out), JSON-ready."""
@@ -145,8 +143,6 @@ class ReadReport:
             out["naive_timestamps_read_as"] = "UTC"
         if self.looks_local:
             out["looks_local"] = self.looks_local
-        if self.snapped_ms:
-            out["snapped_to_grid_ms"] = self.snapped_ms
         return out
 
 
@@ -1387,8 +1383,7 @@ def _resolve_fmt(path: Path, fmt: str | None) -> str:
 def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int | None = None,
                    interval_ms: int | None = None, timezone: str | None = None,
                    columns: str | Sequence[str] | None = None,
-                   na_values: str | Sequence[str] | None = None,
-                   snap: bool = False) -> Recording:
+                   na_values: str | Sequence[str] | None = None) -> Recording:
     """Read a recording; format from ``fmt`` or the extension (.csv, .npz, .h5/.hdf5).
 
     ``start`` (ISO string, naive = UTC, or epoch ms) and ``interval_ms`` give the time axis of
@@ -1399,9 +1394,6 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
     sensors; ``na_values`` (likewise) are read as missing. CSV header names are stripped of
     surrounding whitespace. What the reader resolved (duplicates, skipped columns, suspected
     missing-value codes) is in the result's ``read_report`` (module docstring: the rules).
-    ``snap``: timestamps that jitter around a regular grid (interval inferred, not given) are
-    moved onto it (``connectors.spacing.snap_to_grid``; what a backtest runs on), the largest
-    move in ``read_report.snapped_ms``; off, they are kept as read (what ``publish`` sends).
     """
     p = Path(path)
     kind = _resolve_fmt(p, fmt)
@@ -1421,21 +1413,8 @@ def read_recording(path: str | Path, *, fmt: str | None = None, start: str | int
         rec = _read_npz(p, start, interval_ms) if kind == "npz" else _read_h5(p, start,
                                                                               interval_ms)
         rec = _binary_options(p, rec, cols, nas)
-    if snap and interval_ms is None and rec.interval_ms:
-        _snap(p, rec, report)
     rec.read_report = report
     return rec
-
-
-def _snap(path: Path, rec: Recording, report: ReadReport) -> None:
-    """Jittered regular timestamps onto their grid (``connectors.spacing.snap_to_grid``)."""
-    found = snap_to_grid(rec.timestamps, int(rec.interval_ms))
-    if found is None:
-        return
-    rec.timestamps, report.snapped_ms = found[0], found[1]
-    log.warning("%s: timestamps jitter around a regular %d ms grid (at most %.3g s off): moved "
-                "onto it, so that each reading keeps its own grid point", path,
-                rec.interval_ms, found[1] / 1000)
 
 
 def _split_list(items: str | Sequence[str] | None) -> list[str] | None:

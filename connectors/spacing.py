@@ -55,12 +55,12 @@ def calendar_name(interval_ms: int) -> str | None:
 
 
 _ROUND_STEPS = (DAY_MS, 3_600_000, 60_000, 1000, 10)
-_ROUND_REL = 0.002      # 7 s in an hour: a logger's jitter, not a different cadence
+_ROUND_REL = 0.005      # 18 s in an hour: a logger's jitter, not a different cadence
 
 
 def round_interval(ms: float) -> int:
     """A measured interval as the whole days, hours, minutes, seconds (or 10 ms) it is within
-    0.2 % of, so that jitter does not make an odd grid that slowly drifts off the data
+    0.5 % of, so that jitter does not make an odd grid that slowly drifts off the data
     (3,602,000 ms from an hourly logger is 1 h); else whole ms. A calendar unit's mean
     length stays as it is."""
     if calendar_name(int(round(ms))) is not None:
@@ -96,37 +96,36 @@ def sampling_interval(ts: np.ndarray) -> int | None:
     return round_interval((t[-1] - t[0]) / float(np.maximum(m, 1).sum()))
 
 
-_SNAP_MAX = 0.25        # of the interval: further off, a reading is not jitter around a point
+_PHASE_MAX = 0.25       # of the interval: further off, a reading is not jitter around a point
 
 
-def snap_to_grid(ts: np.ndarray, interval_ms: int) -> tuple[np.ndarray, int] | None:
-    """Timestamps that jitter around a regular grid of ``interval_ms`` (its phase: their
-    circular mean modulo the interval), moved onto it: ``(snapped, largest move in ms)``.
-    None when nothing moves, on a calendar grid, or when the data are not jitter around one
-    grid (a reading more than a quarter interval from its point, or two on one point).
+def grid_phase(ts: np.ndarray, interval_ms: int) -> int:
+    """Where regular readings sit between the points of a grid counted from 1970-01-01:
+    their circular mean of ``ts`` modulo ``interval_ms`` (a whole minute or second where it is
+    within 1 % of the interval of one), in ``[0, interval_ms)``. 0 on a calendar grid and for
+    data that are not jitter around one grid (irregular spacings, a reading more than a
+    quarter interval from its point, two on one point).
 
-    The grid the stream runs on has its points at whole multiples of the interval, and a
-    reading is rounded to the nearest; readings jittering around a half point of it (a
-    10-minute logger at :05, an hourly one at :30) would fall alternately to either side,
-    two on one point and none on the next."""
+    A reading is rounded to the nearest grid point; readings jittering around a half point
+    (a 10-minute logger at :05, an hourly one at :30) would fall alternately to either side,
+    two on one point and none on the next. With the phase as ``patching.grid_phase_ms`` the
+    grid points are where the readings are."""
     if ts.shape[0] < 2 or interval_ms <= 0 or calendar_name(interval_ms) is not None:
-        return None
+        return 0
     t = np.asarray(ts, dtype=np.int64)
     d = np.diff(t) / interval_ms
     m = np.rint(d)
     if np.mean((m >= 1) & (np.abs(d - m) <= 0.1)) < _MIN_SHARE:
-        return None                     # irregular data: no grid to snap to
+        return 0                        # irregular data: no grid to sit on
     angle = 2 * np.pi * (t % interval_ms).astype(np.float64) / interval_ms
     phase = float(np.angle(np.exp(1j * angle).mean())) / (2 * np.pi) * interval_ms
     for step in (60_000, 1000, 10, 1):  # a whole minute or second where it is that close
         if abs(phase - round(phase / step) * step) <= 0.01 * interval_ms:
             phase = round(phase / step) * step
             break
-    phase = int(round(phase))
+    phase = int(round(phase)) % interval_ms
     k = np.floor_divide(t - phase + interval_ms // 2, interval_ms)
-    snapped = k * interval_ms + phase
-    move = np.abs(t - snapped)
-    biggest = int(move.max())
-    if biggest == 0 or biggest > _SNAP_MAX * interval_ms or (np.diff(k) <= 0).any():
-        return None
-    return snapped, biggest
+    if (np.abs(t - (k * interval_ms + phase)).max() > _PHASE_MAX * interval_ms
+            or (np.diff(k) <= 0).any()):
+        return 0
+    return phase

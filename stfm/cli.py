@@ -309,16 +309,15 @@ def _add_reading_flags(p: argparse.ArgumentParser) -> None:
 
 
 def read_file(args: argparse.Namespace, path: str, *, interval_ms: int | None,
-              timezone: str | None, snap: bool = False) -> Any:
+              timezone: str | None) -> Any:
     """A recording file read as the file flags say (``--start``, ``--columns``,
-    ``--na-values``; ``timezone`` None: naive timestamps are UTC, with a warning; ``snap``:
-    jittered regular timestamps moved onto their grid). What the reader resolved
-    (duplicates, skipped columns, ...) is in its ``read_report``."""
+    ``--na-values``; ``timezone`` None: naive timestamps are UTC, with a warning). What the
+    reader resolved (duplicates, skipped columns, ...) is in its ``read_report``."""
     from connectors.recordings import read_recording
 
     return read_recording(path, start=args.start, interval_ms=interval_ms, timezone=timezone,
                           columns=getattr(args, "columns", None),
-                          na_values=getattr(args, "na_values", None), snap=snap)
+                          na_values=getattr(args, "na_values", None))
 
 
 def graph_for(path: str, sensors: list[str]) -> tuple[Any, Any]:
@@ -357,9 +356,6 @@ def read_note(rec: Any) -> str:
     if r.skipped_columns:
         said.append(f"text column{'s' if len(r.skipped_columns) > 1 else ''} skipped: "
                     f"{', '.join(r.skipped_columns)}")
-    if r.snapped_ms:
-        said.append(f"jittered timestamps moved onto their regular grid (at most "
-                    f"{r.snapped_ms / 1000:.3g} s)")
     if r.sentinels:
         said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
                     f"suspected missing-value code (--na-values)")
@@ -491,7 +487,7 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
     # one without (given --start) is spaced by --interval-ms. The default zone (UTC, neither
     # --timezone nor patching.timezone) reads naive timestamps with a warning
     rec = read_file(args, args.file, interval_ms=args.interval_ms if args.start else None,
-                    timezone=None if tz == "UTC" and not args.timezone else tz, snap=True)
+                    timezone=None if tz == "UTC" and not args.timezone else tz)
     if graph == "comovement":
         from models.cograph import comovement_graph
 
@@ -509,12 +505,22 @@ def cmd_replay_backtest(args: argparse.Namespace) -> int:
         select_sensors(rec.sensors, args.sensors)
     cadence = recording_cadence(rec)
     given = interval_given(args)
+    phase = 0
     if not given and cadence is not None:
         args.interval_ms = cadence[0]       # the recording's grid unless told otherwise
+        if not any(s.startswith("patching.grid_phase_ms=") for s in args.set_):
+            from connectors.spacing import grid_phase
+
+            phase = grid_phase(rec.timestamps, cadence[0])
+            args.set_.append(f"patching.grid_phase_ms={phase}")
     cfg = load_config(args)
     if not given and cadence is not None:
+        from streaming.ingest.cadence import format_interval
+
+        at = (f", points {format_interval(phase)} past the interval's multiples (as the "
+              f"readings are)" if phase else "")
         print(f"stfm replay backtest: grid interval {cadence[0]} ms from {args.file} "
-              f"({cadence[1]}); pass --interval-ms to set another", file=sys.stderr)
+              f"({cadence[1]}){at}; pass --interval-ms to set another", file=sys.stderr)
     elif cadence is not None and cfg.patching.interval_ms != cadence[0]:
         from streaming.ingest.cadence import Cadence, mismatch, mismatch_message
 

@@ -32,6 +32,10 @@ class ConfigError(ValueError):
 @dataclass
 class PatchingConfig:
     interval_ms: int = 300_000          # sampling grid (5 min)
+    grid_phase_ms: int = 0              # readings sit this long after each grid point (an
+    #                                     hourly logger at :30: 1800000); each is rounded to
+    #                                     its own point, jitter too. backtest and an inferred
+    #                                     grid take it from the data
     patch_len: int = 12                 # grid points per patch = one time step
     lateness_ms: int = 600_000          # out-of-order tolerance behind the event-time clock
     max_future_ms: int | None = None    # readings further ahead of the clock are held, then
@@ -66,6 +70,9 @@ class PatchingConfig:
         except (ValueError, KeyError, OSError):
             raise ConfigError(f"patching.timezone: unknown timezone {self.timezone!r} (an IANA "
                               f"name such as 'UTC' or 'Europe/Berlin')") from None
+        if not 0 <= self.grid_phase_ms < self.interval_ms:
+            raise ConfigError(f"patching.grid_phase_ms must be in [0, interval_ms = "
+                              f"{self.interval_ms}), got {self.grid_phase_ms}")
         if self.lateness_ms < 0:
             raise ConfigError("patching.lateness_ms must be >= 0")
         if self.clock_dead_steps < 0:

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from connectors.spacing import calendar_interval, calendar_name, round_interval
+from connectors.spacing import (
+    calendar_interval,
+    calendar_name,
+    grid_phase,
+    round_interval,
+    sampling_interval,
+)
 
 MISMATCH_FACTOR = 2.0
 
@@ -44,21 +50,24 @@ class CadenceEstimator:
     per_sensor: int = 16
     _last: dict[str, int] = field(default_factory=dict)
     _gaps: dict[str, list[int]] = field(default_factory=dict)
+    _times: dict[str, list[int]] = field(default_factory=dict)   # their first timestamps
 
     def learn_many(self, sensors: list[str], ts: np.ndarray | list[int]) -> None:
         """Readings ``(sensor, ts)`` in arrival order; out-of-order and repeated timestamps are
         skipped (they say nothing about the cadence)."""
-        last, gaps, cap = self._last, self._gaps, self.per_sensor
+        last, gaps, times, cap = self._last, self._gaps, self._times, self.per_sensor
         for s, t in zip(sensors, np.asarray(ts, dtype=np.int64).tolist(), strict=True):
             prev = last.get(s)
             if prev is None:
                 last[s] = t
                 gaps[s] = []
+                times[s] = [t]
             elif t > prev:
                 last[s] = t
                 g = gaps[s]
                 if len(g) < cap:
                     g.append(t - prev)
+                    times[s].append(t)
 
     @property
     def saturated(self) -> bool:
@@ -69,7 +78,8 @@ class CadenceEstimator:
         """The cadence, or None while too few spacings were seen (``force``: from whatever
         was seen, None only without a single spacing)."""
         need = 1 if force else self.min_spacings
-        ready = [g for g in self._gaps.values() if len(g) >= need]
+        ready_ids = [s for s, g in self._gaps.items() if len(g) >= need]
+        ready = [self._gaps[s] for s in ready_ids]
         if not ready:
             return None
         if not force and len(ready) < min(self.min_sensors, len(self._gaps)):
@@ -78,8 +88,29 @@ class CadenceEstimator:
         unit = calendar_interval(np.concatenate([np.asarray(g, np.int64) for g in ready]))
         if unit is not None:        # months (28-31 d apart) on a grid of the mean month
             return Cadence(unit, len(ready), count)
-        per = [float(np.median(g)) for g in ready]
+        # each sensor's spacing from the span of its readings over their grid steps (the
+        # median of a few jittered spacings is off by seconds), else its median spacing
+        per = [float(sampling_interval(np.asarray(self._times[s], np.int64)) or np.median(g))
+               for s, g in zip(ready_ids, ready, strict=True)]
         return Cadence(int(round(float(np.median(per)))), len(ready), count)
+
+
+    def phase(self, interval_ms: int) -> int:
+        """Where the readings sit between grid points of ``interval_ms``
+        (``connectors.spacing.grid_phase`` of each sensor's first readings: the phase half of
+        them or more share, else 0)."""
+        per = [grid_phase(np.asarray(t, np.int64), interval_ms)
+               for t in self._times.values() if len(t) >= 3]
+        return _common_phase(per)
+
+
+def _common_phase(per: list[int]) -> int:
+    """The phase most sensors share (half of them or more), else 0."""
+    if not per:
+        return 0
+    values, counts = np.unique(np.asarray(per, np.int64), return_counts=True)
+    top = int(np.argmax(counts))
+    return int(values[top]) if counts[top] * 2 >= len(per) else 0
 
 
 def mismatch(grid_ms: int, cadence_ms: int, factor: float = MISMATCH_FACTOR) -> bool:
@@ -89,7 +120,7 @@ def mismatch(grid_ms: int, cadence_ms: int, factor: float = MISMATCH_FACTOR) -> 
 
 def nice_interval(ms: int) -> int:
     """A measured spacing as the whole days, hours, minutes, seconds or 10 ms it is within
-    0.2 % of (``connectors.spacing.round_interval``), so jitter does not make an odd grid;
+    0.5 % of (``connectors.spacing.round_interval``), so jitter does not make an odd grid;
     never below 10 ms."""
     return max(10, round_interval(ms))
 

@@ -164,6 +164,9 @@ class EventClock:
         self._iv = cfg.interval_ms
         self._step_ms = cfg.interval_ms * cfg.patch_len
         self._half = cfg.interval_ms // 2
+        # a reading goes to the nearest grid point once its phase is taken off: the rounding
+        # boundary lies halfway between readings, so jitter never crosses it
+        self._round = self._half - cfg.grid_phase_ms
         self._future = cfg.future_ms()
         self._dead_ms = cfg.clock_dead_steps * self._step_ms
         self.active: set[int] = set()         # partitions the clock waits for (empty = all)
@@ -230,11 +233,11 @@ class EventClock:
         return sum(1 for s in self._held if s not in index)
 
     def grid(self, ts: np.ndarray | int) -> np.ndarray | int:
-        return (ts + self._half) // self._iv
+        return (ts + self._round) // self._iv
 
     def step_of(self, ts: np.ndarray | int) -> np.ndarray | int:
         """Step index of a timestamp (nearest grid point, then ``// patch_len``)."""
-        return ((ts + self._half) // self._iv) // self.cfg.patch_len
+        return ((ts + self._round) // self._iv) // self.cfg.patch_len
 
     def closed_before(self, wm: np.ndarray | int) -> np.ndarray | int:
         """First step still open at watermark ``wm``: steps with end - half <= wm are closed."""

@@ -1,6 +1,7 @@
 """Incremental patching: readings → a fixed sampling grid → closed patches (time steps).
 
-Per sensor, readings are aligned to the nearest grid point (``interval_ms``); every
+Per sensor, readings are aligned to the nearest grid point (``interval_ms``, points at
+``k * interval_ms + grid_phase_ms``); every
 ``patch_len`` grid points form one step. Readings are validated here (unknown sensors of a
 fixed sensor set; values beyond ``value_abs_max`` or outside a sensor's range:
 ``out_of_range``; live, readings stamped further than ``max_future_ms`` ahead of processing
@@ -56,6 +57,8 @@ class IncrementalPatcher:
         self._iv = c.interval_ms
         self._step_ms = c.interval_ms * c.patch_len
         self._half = c.interval_ms // 2
+        self._phase = c.grid_phase_ms           # grid point k is at k * interval + phase
+        self._round = self._half - self._phase
         self._future = c.future_ms()
         self.clock = EventClock(c, self.registry, self.stats)
         self._open: dict[int, _OpenStep] = {}
@@ -82,10 +85,10 @@ class IncrementalPatcher:
 
     def step_of(self, ts: np.ndarray | int) -> np.ndarray | int:
         """Step index of a timestamp (nearest grid point, then ``// patch_len``)."""
-        return ((ts + self._half) // self._iv) // self.cfg.patch_len
+        return ((ts + self._round) // self._iv) // self.cfg.patch_len
 
     def step_end(self, step: int) -> int:
-        return (step + 1) * self._step_ms
+        return (step + 1) * self._step_ms + self._phase
 
     def update(self, batch: ReadingBatch, now_ms: int | None = None,
                arrival_ms: int | None = None
@@ -246,7 +249,7 @@ class IncrementalPatcher:
             if ev is not None:
                 events[: len(ev)] = ev[:n_sensors]
             closed.append(ClosedStep(
-                step=k, start_ts=k * self._step_ms, end_ts=self.step_end(k),
+                step=k, start_ts=k * self._step_ms + self._phase, end_ts=self.step_end(k),
                 values=_grow(op.values, n_sensors), events=events, n_readings=op.n))
         for k in [s for s in self._events if s < first_open]:
             del self._events[k]  # events in steps without any reading: no step to attach to
@@ -313,7 +316,7 @@ class IncrementalPatcher:
     # --- storing readings ---------------------------------------------------------------
 
     def _insert(self, idx: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
-        grid = (ts + self._half) // self._iv
+        grid = (ts + self._round) // self._iv
         step = grid // self.cfg.patch_len
         pos = grid - step * self.cfg.patch_len
         nulls = np.isnan(values)

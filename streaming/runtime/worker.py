@@ -430,10 +430,14 @@ class LiveWorker:
             log.warning("%s", self.cadence_note)
         else:
             p.interval_ms = nice_interval(found.interval_ms)
+            p.grid_phase_ms = self.cadence.phase(p.interval_ms)
+            at = (f", its points {format_interval(p.grid_phase_ms)} past the interval's "
+                  f"multiples, where the readings are (patching.grid_phase_ms)"
+                  if p.grid_phase_ms else "")
             self.cadence_note = (f"grid interval inferred from the data: "
-                                 f"{format_interval(p.interval_ms)} = {p.interval_ms} ms; the "
-                                 f"readings come every {found.describe()}. Pass --interval-ms "
-                                 f"to set it")
+                                 f"{format_interval(p.interval_ms)} = {p.interval_ms} ms{at}; "
+                                 f"the readings come every {found.describe()}. Pass "
+                                 f"--interval-ms to set it")
             log.info("%s", self.cadence_note)        # right as inferred: not a warning
             self.regions.rebuild()
         merged: dict[Any, list[Any]] = {}

@@ -632,18 +632,3 @@ def test_monthly_dates_get_a_calendar_month_grid(tmp_path: Path) -> None:
     p.write_text("date,T1\n" + "".join(f"{d},{i}\n" for i, d in enumerate(months)))
     assert read_recording(p).interval_ms == MONTH_MS
 
-
-def test_jittered_timestamps_are_moved_onto_their_regular_grid(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    on = T0 + 1_800_000 + 3_600_000 * np.arange(200, dtype=np.int64)   # hourly at :30
-    ts = on + rng.integers(-45_000, 45_001, on.size)
-    p = tmp_path / "j.csv"
-    p.write_text("ts,a\n" + "".join(f"{t},{i}\n" for i, t in enumerate(ts)))
-    r = read_recording(p, snap=True)
-    assert r.interval_ms == 3_600_000
-    np.testing.assert_array_equal(r.timestamps, on)
-    assert 0 < r.read_report.snapped_ms <= 45_000
-    assert r.read_report.as_dict()["snapped_to_grid_ms"] == r.read_report.snapped_ms
-    np.testing.assert_array_equal(read_recording(p).timestamps, ts)      # as read (publish)
-    kept = read_recording(p, interval_ms=3_600_000, snap=True)   # a given grid: as read too
-    np.testing.assert_array_equal(kept.timestamps, ts)

@@ -87,18 +87,19 @@ def test_times_on_a_calendar_grid_name_the_unit() -> None:
     assert format_when(0, grid_ms=HOUR) == "1970-01-01 00:00 UTC"
 
 
-def test_jitter_around_a_half_point_is_snapped_onto_the_data_grid() -> None:
-    from connectors.spacing import snap_to_grid
+def test_the_phase_of_readings_jittering_around_a_half_point() -> None:
+    from connectors.spacing import grid_phase
 
     rng = np.random.default_rng(1)
     on = np.arange(500, dtype=np.int64) * HOUR + HOUR // 2      # hourly at :30
     ts = on + rng.integers(-60_000, 60_001, on.size)
     grid = (ts + HOUR // 2) // HOUR
-    assert (np.diff(grid) != 1).sum() > 100                      # rounded raw: a mess
-    snapped, moved = snap_to_grid(ts, HOUR)
-    np.testing.assert_array_equal(snapped, on)
-    assert 0 < moved <= 60_000
-    assert (np.diff((snapped + HOUR // 2) // HOUR) == 1).all()
-    assert snap_to_grid(on, HOUR) is None                        # nothing to move
-    assert snap_to_grid(np.array([1, 250, 1_999], np.int64), 999) is None   # irregular
-    assert snap_to_grid(_dates("2000-01-01", 30, "MS"), MONTH_MS) is None   # calendar
+    assert (np.diff(grid) != 1).sum() > 100                      # rounded as they are: a mess
+    phase = grid_phase(ts, HOUR)
+    assert phase == HOUR // 2                                    # a whole minute: :30
+    shifted = (ts + HOUR // 2 - phase) // HOUR                   # the patcher's rounding
+    assert (np.diff(shifted) == 1).all()
+    assert grid_phase(on - HOUR // 2, HOUR) == 0                 # on the hour
+    assert grid_phase(on + 7 * 60_000, HOUR) == 37 * 60_000      # at :37
+    assert grid_phase(np.array([1, 250, 1_999], np.int64), 999) == 0   # irregular
+    assert grid_phase(_dates("2000-01-01", 30, "MS"), MONTH_MS) == 0   # calendar

@@ -195,28 +195,36 @@ def test_sensors_left_after_most_fall_silent_keep_their_forecasts() -> None:
         f"s{i}" for i in range(2, 10)}
 
 
-@pytest.mark.parametrize("kind", ["half_past", "monthly"])
+@pytest.mark.parametrize("kind", ["half_past", "jittered", "monthly"])
 def test_readings_stamped_off_the_grid_are_scored(kind: str) -> None:
-    """Hourly readings at half past the hour, or month starts, lie off the grid's points; each
-    is rounded to its own grid point and its truth is found there (not "0 steps scored")."""
+    """Hourly readings at half past the hour (+- a minute), or month starts, lie off the
+    points of a grid counted from 1970; with the data's phase each is on its own grid point
+    and its truth is found there (not "0 steps scored")."""
     from connectors.recordings import Recording
-    from connectors.spacing import sampling_interval
+    from connectors.spacing import grid_phase, sampling_interval
 
     n = 360
-    if kind == "half_past":
+    if kind != "monthly":
         ts = np.datetime64("2025-01-01T00:30", "ms").astype(np.int64) + 3_600_000 * np.arange(n)
+        if kind == "jittered":      # +-1 min around :30, the half point of an hourly grid
+            ts = ts + np.random.default_rng(1).integers(-60_000, 60_001, n)
     else:
         ts = np.arange("1990-01", "2020-01", dtype="datetime64[M]").astype(
             "datetime64[ms]").astype(np.int64)
     x = 10 + np.sin(np.arange(n) * 2 * np.pi / 12) + np.random.default_rng(0).normal(0, .1, n)
     iv = sampling_interval(ts)
+    phase = grid_phase(ts, iv)
+    assert phase == (1_800_000 if kind != "monthly" else 0)
     rec = Recording(timestamps=ts, sensors=["a"], values=x[:, None], interval_ms=iv)
-    core = _core(StreamConfig.from_dict({"patching": {"interval_ms": iv}}), ["a"])
+    core = _core(StreamConfig.from_dict({"patching": {"interval_ms": iv,
+                                                      "grid_phase_ms": phase}}), ["a"])
     res = backtest(rec, core, progress=False)
     assert res.grid_collisions == 0 and core.patcher.stats.accepted == n
     # every horizon point inside the recording has its truth: the row rounded to it
     scored = np.flatnonzero(res.rows >= 0)
     assert len(scored) >= n // 12 - 2
+    if kind != "monthly":           # the forecast times are the readings' own grid
+        assert (res.ts % 3_600_000 == 1_800_000).all()
     for f in scored:
         r = int(res.rows[f])
         k = min(12, n - r)

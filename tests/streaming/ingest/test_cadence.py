@@ -131,6 +131,36 @@ def test_run_infers_an_hourly_grid_when_none_is_given(broker, unique, hourly, tm
     assert s["patcher"]["closed_steps"] == 16
 
 
+@pytest.mark.broker
+def test_run_puts_its_grid_where_jittered_readings_are(broker, unique, tmp_path):
+    """An hourly logger at :30 +- a minute, rounded to a grid counted from the full hour,
+    would put two readings on one point and none on the next; the inferred grid sits at :30."""
+    from connectors.recordings import write_recording
+
+    rec, _ = simulate(SimConfig(n_sensors=4, n_days=4, seed=5, n_events=0, interval_ms=HOUR))
+    jitter = np.random.default_rng(2).integers(-60_000, 60_001, rec.n_steps)
+    rec.timestamps = rec.timestamps + HOUR // 2 + jitter
+    data = write_recording(rec, tmp_path / "at30.npz")
+    run, s, forecasts = _publish_and_run(broker, unique, data, tmp_path)
+    assert "1 h = 3600000 ms, its points 30 min past" in s["cadence"]
+    assert s["worker"]["readings_accepted"] == rec.values.size
+    assert s["patcher"]["duplicates"] == 0                         # one reading per point
+    assert forecasts and all(t % HOUR == HOUR // 2 for f in forecasts for t in f["horizon_ts"])
+
+
+def test_the_phase_most_sensors_share() -> None:
+    est = CadenceEstimator()
+    rng = np.random.default_rng(0)
+    for s in ("a", "b", "c"):
+        t = np.arange(20, dtype=np.int64) * HOUR + 30 * 60_000 + rng.integers(-60_000, 60_001,
+                                                                              20)
+        est.learn_many([s] * 20, t)
+    assert est.phase(HOUR) == 30 * 60_000
+    on = CadenceEstimator()
+    on.learn_many(["a"] * 20, np.arange(20, dtype=np.int64) * HOUR)
+    assert on.phase(HOUR) == 0
+
+
 @pytest.mark.heavy
 @pytest.mark.broker
 def test_run_warns_loudly_when_the_grid_is_much_finer_than_the_data(broker, unique, hourly,
