@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """What a new user gets from ``stfm replay backtest FILE --out DIR`` at defaults on real files
-whose timestamps are not a plain fixed grid: calendar dates (monthly, weekly) and readings
-stamped off the grid's points.
+that are not a plain comma-separated file on a fixed grid: calendar dates (monthly, weekly),
+readings stamped off the grid's points, other time and number formats.
 
 Sets (``--data-dir``): the monthly hospital counts (767 series, gzipped CSV), the monthly
-sunspot numbers (235 years), the weekly ILI set, and ETTh1 twice: as it is and with every
-timestamp moved to half past the hour (as many loggers stamp; written to a temporary file),
-and with up to a minute of jitter on top. For each: the grid the CLI chose, the steps and
-points it scored, the readings that collided on a grid point, the served MAE over
-persistence's and over the best simple forecaster's, and its alerts. ``--tree DIR`` runs
-another checkout's CLI (a ``git worktree`` of an earlier commit, with this venv linked in),
-shown beside this one's with ``--before`` (rows from ``--json-out``).
+sunspot numbers (235 years), the weekly ILI set, and ETTh1 as it is, with every timestamp
+moved to half past the hour (as many loggers stamp; written to a temporary file), with up to
+a minute of jitter on top, in epoch seconds, and as a German spreadsheet exports it (``;``,
+decimal commas, ``dd.mm.yyyy HH:MM`` in a column named ``Zeitstempel``). For each: the grid
+the CLI chose, the steps and points it scored, the readings that collided on a grid point,
+the served MAE over persistence's and over the best simple forecaster's, and its alerts.
+``--tree DIR`` runs another checkout's CLI (a ``git worktree`` of an earlier commit, with
+this venv linked in), shown beside this one's with ``--before`` (rows from ``--json-out``).
 
     python benchmarks/real_files.py [--data-dir ../shared/data] [--jobs 2] [--tree DIR]
         [--json-out rows.json] [--before rows.json --before-label before]
@@ -42,21 +43,33 @@ SETS: dict[str, tuple[str, str]] = {      # name: (file under the data dir, how 
     "ETTh1": ("ett/ETTh1.csv", "on the hour"),
     "ETTh1 at :30": ("ett/ETTh1.csv", "half past the hour"),
     "ETTh1 at :30 +-1 min": ("ett/ETTh1.csv", "half past, jittered"),
+    "ETTh1 in epoch seconds": ("ett/ETTh1.csv", "epoch seconds"),
+    "ETTh1 German CSV": ("ett/ETTh1.csv", "dd.mm.yyyy HH:MM; ';', decimal commas"),
 }
 
 
 def prepare(name: str, data: Path, tmp: Path) -> Path:
     """The file the CLI reads: the set's own, or ETTh1 re-stamped."""
     src = data / SETS[name][0]
-    if not name.startswith("ETTh1 at"):
+    if not name.startswith("ETTh1 "):
         return src
     df = pd.read_csv(src)
-    ts = pd.to_datetime(df["date"]) + pd.Timedelta(minutes=30)
-    if "jitter" in SETS[name][1]:
-        rng = np.random.default_rng(0)
-        ts = ts + pd.to_timedelta(rng.integers(-60, 61, len(ts)), unit="s")
-    df["date"] = ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ts = pd.to_datetime(df["date"])
     out = tmp / f"{name.replace(' ', '_').replace(':', '').replace('+-', 'pm')}.csv"
+    if name.startswith("ETTh1 at"):
+        ts = ts + pd.Timedelta(minutes=30)
+        if "jitter" in SETS[name][1]:
+            rng = np.random.default_rng(0)
+            ts = ts + pd.to_timedelta(rng.integers(-60, 61, len(ts)), unit="s")
+        df["date"] = ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif "epoch" in name:
+        df["date"] = ts.values.astype("datetime64[s]").astype(np.int64)
+        df = df.rename(columns={"date": "ts"})
+    else:                       # as a German spreadsheet exports it
+        df["date"] = ts.dt.strftime("%d.%m.%Y %H:%M")
+        df = df.rename(columns={"date": "Zeitstempel"})
+        df.to_csv(out, index=False, sep=";", decimal=",")
+        return out
     df.to_csv(out, index=False)
     return out
 

@@ -38,7 +38,17 @@ Formats (chosen by extension or ``fmt=``):
     clocks go back is resolved by the order of the rows, a time that does not exist (the hour
     skipped when clocks go forward) is an error naming the line. Without a timezone they are
     read as UTC with a warning, and a file that then looks local (time going back, a repeated
-    or a missing hour exactly at a summer-time switch of a common zone) names ``--timezone``.
+    or a missing hour exactly at a summer-time switch of a common zone) names ``--timezone``;
+  - the separator: ``,`` unless the header splits on ``;``, a tab or ``|`` into more columns
+    (and the first data line agrees); with ``;`` or a tab, numbers written with a decimal
+    comma (``1,5``) are read as such;
+  - integer (or float) time columns are epoch milliseconds, unless every value is in the
+    range of epoch seconds, microseconds or nanoseconds of the years 2001-2286 (``1.6e9``:
+    seconds), which are read as those;
+  - day/month/year dates (``13/01/2020``, ``13.01.2020``): the order is the one every row
+    fits (a first field above 12: day first); when every row fits both, the one whose times
+    increase, else day first with dots and month first otherwise (pandas' default), each
+    choice logged.
 
 ``columns`` and ``na_values`` apply to .npz/.h5 files too (sensor selection, numeric codes).
 
@@ -68,6 +78,7 @@ import logging
 import lzma
 import math
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -123,6 +134,10 @@ class ReadReport:
     naive_as_utc: bool = False           # naive timestamps read as UTC (no timezone given)
     timezone: str | None = None          # the zone naive timestamps were read in
     looks_local: str | None = None       # why a file read as UTC looks like local time
+    separator: str = ","                 # the CSV's field separator
+    decimal: str = "."                   # its decimal mark
+    epoch_unit: str = "ms"               # the unit of integer (or float) time columns
+    day_first: bool | None = None        # d/m/y dates read day first (None: no such dates)
 
     def as_dict(self) -> dict[str, Any]:
         """The items that say something (empty ones left out), JSON-ready."""
@@ -143,6 +158,14 @@ class ReadReport:
             out["naive_timestamps_read_as"] = "UTC"
         if self.looks_local:
             out["looks_local"] = self.looks_local
+        if self.separator != ",":
+            out["separator"] = self.separator
+        if self.decimal != ".":
+            out["decimal"] = self.decimal
+        if self.epoch_unit != "ms":
+            out["epoch_unit"] = self.epoch_unit
+        if self.day_first is not None:
+            out["day_first"] = self.day_first
         return out
 
 
@@ -429,24 +452,34 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
     if nulls.any():
         i = int(np.flatnonzero(nulls)[0])
         raise _err(path, f"line {line_of[i]}: column '{name}' has an empty timestamp")
-    if pd.api.types.is_integer_dtype(col.dtype):
-        return col.to_numpy(dtype=np.int64), False
-    if pd.api.types.is_float_dtype(col.dtype):
+    if pd.api.types.is_integer_dtype(col.dtype) or pd.api.types.is_float_dtype(col.dtype):
         arr = col.to_numpy(dtype=np.float64)
+        unit = _epoch_unit(arr)
+        if unit is not None:
+            report.epoch_unit = unit[0]
+            ms = np.round(arr * unit[1]).astype(np.int64)
+            log.warning("%s: column '%s' holds epoch %s (e.g. %s = %s), not milliseconds: read "
+                        "as such", path, name, unit[2], col.iloc[0], _fmt_ms(int(ms[0])))
+            return ms, False
         frac = np.flatnonzero(arr != np.round(arr))
         if frac.size:
             i = int(frac[0])
             raise _err(path, f"line {line_of[i]}: column '{name}' is not an integer epoch-ms "
                              f"timestamp: {arr[i]!r}")
-        return arr.astype(np.int64), False
+        return (col.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(col.dtype)
+                else arr.astype(np.int64)), False
     col = col.astype(str).str.strip()
+    day_first = _day_first(path, col, name, report)
     try:
+        if day_first is not None:
+            raise ValueError("d/m/y dates")      # not ISO: parsed in the chosen order below
         dt = pd.to_datetime(col, utc=True, format="ISO8601")
     except (ValueError, TypeError, OverflowError):
         try:
-            dt = pd.to_datetime(col, utc=True)
+            dt = pd.to_datetime(col, utc=True, dayfirst=bool(day_first))
         except (ValueError, TypeError, OverflowError):
-            dt = pd.to_datetime(col, utc=True, format="mixed", errors="coerce")
+            dt = pd.to_datetime(col, utc=True, format="mixed", errors="coerce",
+                                dayfirst=bool(day_first))
             bad = dt.isna().to_numpy()
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -466,6 +499,76 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
     if tz == "UTC":
         return _datetimes_to_ms(dt), True
     return _localize(path, dt.dt.tz_localize(None), name, line_of, tz, groups), True
+
+
+def _looks_like_dates(col: pd.Series) -> bool:
+    """A text column whose first values all parse as dates (a time column whatever its
+    name: ``Datum``, ``datetime``, ``Date Time``)."""
+    import pandas as pd
+
+    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+        return False
+    head = col.dropna().astype(str).str.strip().head(20)
+    if head.empty or head.str.fullmatch(r"[-+]?(\d+([.,]\d*)?|[.,]\d+)([eE][-+]?\d+)?").any():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # pandas' "could not infer format" note
+        parsed = pd.to_datetime(head, errors="coerce", utc=True, format="mixed",
+                                dayfirst=bool(head.str.match(_DMY).all()))
+    return bool(parsed.notna().all())
+
+
+# epoch units other than ms, told apart by magnitude over the years 2001-2286: unit, its
+# factor to ms, its name
+_EPOCH_UNITS = ((1e9, 1e10, ("s", 1e3, "seconds")), (1e15, 1e16, ("us", 1e-3, "microseconds")),
+                (1e18, 1e19, ("ns", 1e-6, "nanoseconds")))
+
+
+def _epoch_unit(arr: np.ndarray) -> tuple[str, float, str] | None:
+    """The unit of epoch times ``arr`` when every value is in the 2001-2286 range of seconds,
+    microseconds or nanoseconds (as milliseconds those would be 1970 or absurdly far off);
+    None: milliseconds."""
+    if arr.size == 0 or not np.isfinite(arr).all():
+        return None
+    lo, hi = float(arr.min()), float(arr.max())
+    for a, b, unit in _EPOCH_UNITS:
+        if a <= lo and hi < b:
+            return unit
+    return None
+
+
+_DMY = re.compile(r"^\s*(\d{1,2})([/.-])(\d{1,2})\2(\d{2}|\d{4})\b")
+
+
+def _day_first(path: Path, col: pd.Series, name: str, report: ReadReport) -> bool | None:
+    """For ``dd/mm/yyyy``-like dates (``/``, ``.`` or ``-``): whether they are day first; the
+    order every row fits, else (every row fits both) the one whose times increase, else day
+    first with dots (``13.01.2020``), month first otherwise. None for other date formats."""
+    import pandas as pd
+
+    parts = col.str.extract(_DMY)
+    if parts[0].isna().any():
+        return None
+    a, b = parts[0].astype(int), parts[2].astype(int)
+    if (a > 12).any() and (b <= 12).all():
+        choice, why = True, "a first field above 12"
+    elif (b > 12).any() and (a <= 12).all():
+        choice, why = False, "a second field above 12"
+    else:
+        def rising(day_first: bool) -> bool:
+            t = pd.to_datetime(col, utc=True, dayfirst=day_first, errors="coerce")
+            return bool(t.notna().all() and (t.diff().dropna() > pd.Timedelta(0)).all())
+        up_d, up_m = rising(True), rising(False)
+        if up_d != up_m:
+            choice, why = up_d, "only then do the times increase"
+        elif (parts[1] == ".").all():
+            choice, why = True, "either order fits every row; dots: the European order"
+        else:
+            choice, why = False, "either order fits every row; pandas' default"
+    report.day_first = choice
+    log.warning("%s: dates in column '%s' (e.g. %r) read %s first: %s", path, name,
+                col.iloc[0], "day" if choice else "month", why)
+    return choice
 
 
 def _localize(path: Path, wall: pd.Series, name: str, line_of: np.ndarray, tz: str,
@@ -864,7 +967,8 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
     if not text.strip():
         raise _err(path, "empty file")
     lines = text.split("\n")
-    header_fields = next(csv.reader([lines[0]]))
+    sep, dec = _separator(path, lines, report)
+    header_fields = next(csv.reader([lines[0]], delimiter=sep))
     cols = [c.strip() for c in header_fields]
     if not any(cols):
         raise _err(path, "line 1: empty header")
@@ -885,7 +989,7 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         raise _err(path, "no data rows after the header")
     if '"' not in text:
         expected = len(cols) - 1
-        counts = np.fromiter((lines[k - 1].count(",") for k in line_of), dtype=np.int64,
+        counts = np.fromiter((lines[k - 1].count(sep) for k in line_of), dtype=np.int64,
                              count=line_of.size)
         bad = np.flatnonzero(counts != expected)
         if bad.size:
@@ -905,13 +1009,20 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         if missing:
             raise _err(path, f"line 1: long-format CSV (has column '{sensor_col}') is missing "
                              f"column(s) {missing}; expected sensor,ts,value; got {cols}")
-        df = _pandas_csv(path, text, cols, {sensor_col: str}, {value_col: nas} if nas else None)
+        df = _pandas_csv(path, text, cols, {sensor_col: str}, {value_col: nas} if nas else None,
+                         sep=sep, decimal=dec)
         return _pivot_long(path, df, sensor_col, time_col, value_col, line_of, interval_ms,
                            tz, columns, report)
 
-    has_time = lower[0] in _TIME_NAMES
+    df = _pandas_csv(path, text, cols, {}, {c: nas for c in cols[1:]} if nas else None,
+                     sep=sep, decimal=dec)
+    has_time = lower[0] in _TIME_NAMES or _looks_like_dates(df[cols[0]])
+    if has_time and lower[0] not in _TIME_NAMES:
+        log.info("%s: first column '%s' holds dates (e.g. %r): read as the time column", path,
+                 cols[0], str(df[cols[0]].iloc[0]))
     chosen, exact = _choose_columns(path, cols[1:] if has_time else cols, columns, "column")
-    df = _pandas_csv(path, text, cols, {}, {c: nas for c in chosen} if nas else None)
+    if nas and not has_time:        # the first column is a sensor: its codes count too
+        df = _pandas_csv(path, text, cols, {}, {c: nas for c in chosen}, sep=sep, decimal=dec)
     if has_time:
         ts, naive = _parse_time_column(path, df[cols[0]], cols[0], line_of, tz, report)
     values, sensors, skipped = _numeric_block(path, df, chosen, line_of, strict=sorted(exact))
@@ -941,8 +1052,31 @@ def _float_kw(pd: Any) -> dict[str, Any]:
     return {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
+_SEPARATORS = (";", "\t", "|")
+
+
+def _separator(path: Path, lines: list[str], report: ReadReport) -> tuple[str, str]:
+    """The field separator and decimal mark: ``,`` and ``.`` unless the header splits into
+    more fields on ``;``, a tab or ``|`` and the first data line splits alike; then numbers
+    with a decimal comma (``1,5``) are read as such when no cell has a ``.`` decimal."""
+    head = lines[0]
+    data = next((ln for ln in lines[1:] if ln.strip()), "")
+    best = max(_SEPARATORS, key=head.count)
+    if head.count(best) <= head.count(",") or data.count(best) != head.count(best):
+        return ",", "."
+    cells = [c.strip().strip('"') for ln in lines[1:50] for c in ln.split(best)[1:]]
+    comma = sum(bool(re.fullmatch(r"[-+]?\d+,\d+", c)) for c in cells)
+    point = sum(bool(re.fullmatch(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?", c)) for c in cells)
+    dec = "," if comma and not point else "."
+    report.separator, report.decimal = best, dec
+    log.warning("%s: fields separated by %r%s", path, best,
+                ", numbers with a decimal comma" if dec == "," else "")
+    return best, dec
+
+
 def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any],
-                na_values: dict[str, list[str]] | None = None) -> pd.DataFrame:
+                na_values: dict[str, list[str]] | None = None, sep: str = ",",
+                decimal: str = ".") -> pd.DataFrame:
     """The CSV text as a frame (header replaced by ``cols``); ``na_values`` per column are
     read as missing on top of pandas' defaults (empty, NA, NaN, null, ...)."""
     import pandas as pd
@@ -950,7 +1084,7 @@ def _pandas_csv(path: Path, text: str, cols: list[str], dtype: dict[str, Any],
     try:
         df = pd.read_csv(io.StringIO(text), header=0, names=cols, dtype=dtype or None,
                          skip_blank_lines=True, skipinitialspace=True, na_values=na_values,
-                         **_float_kw(pd))
+                         sep=sep, decimal=decimal, **_float_kw(pd))
     except (pd.errors.ParserError, ValueError) as e:
         raise _err(path, f"cannot parse CSV: {e}") from None
     return df

@@ -356,6 +356,13 @@ def read_note(rec: Any) -> str:
     if r.skipped_columns:
         said.append(f"text column{'s' if len(r.skipped_columns) > 1 else ''} skipped: "
                     f"{', '.join(r.skipped_columns)}")
+    if r.separator != ",":
+        said.append(f"fields separated by {r.separator!r}"
+                    + (" with decimal commas" if r.decimal == "," else ""))
+    if r.epoch_unit != "ms":
+        said.append(f"times in epoch {r.epoch_unit}")
+    if r.day_first is not None:
+        said.append(f"dates read {'day' if r.day_first else 'month'} first")
     if r.sentinels:
         said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
                     f"suspected missing-value code (--na-values)")

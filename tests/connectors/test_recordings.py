@@ -632,3 +632,55 @@ def test_monthly_dates_get_a_calendar_month_grid(tmp_path: Path) -> None:
     p.write_text("date,T1\n" + "".join(f"{d},{i}\n" for i, d in enumerate(months)))
     assert read_recording(p).interval_ms == MONTH_MS
 
+
+
+def test_semicolons_and_decimal_commas(tmp_path: Path) -> None:
+    p = tmp_path / "de.csv"
+    p.write_text("Datum;Temperatur;Druck\n" + "".join(
+        f"{d:02d}.03.2021;{d},25;-1{d},5\n" for d in range(1, 20)))
+    r = read_recording(p)
+    assert r.sensors == ["Temperatur", "Druck"]          # 'Datum' is the time column
+    assert str(r.timestamps[0].astype("datetime64[ms]")) == "2021-03-01T00:00:00.000"
+    assert r.interval_ms == 86_400_000
+    np.testing.assert_array_equal(r.values[:2], [[1.25, -11.5], [2.25, -12.5]])
+    said = r.read_report.as_dict()
+    assert said["separator"] == ";" and said["decimal"] == "," and said["day_first"] is True
+    tab = tmp_path / "t.csv"
+    tab.write_text("time\ta\n2020-01-01T00:00Z\t1.5\n2020-01-01T01:00Z\t2.5\n")
+    r = read_recording(tab)
+    assert r.sensors == ["a"] and r.values.ravel().tolist() == [1.5, 2.5]
+    assert r.read_report.as_dict() == {"separator": "\t"}
+
+
+@pytest.mark.parametrize(("scale", "unit"), [(1, "s"), (1_000_000, "us"),
+                                             (1_000_000_000, "ns")])
+def test_epoch_seconds_micro_and_nanoseconds_are_told_apart(tmp_path: Path, scale: int,
+                                                              unit: str) -> None:
+    p = tmp_path / "e.csv"
+    secs = 1_577_836_800 + 3_600 * np.arange(6)
+    p.write_text("ts,a\n" + "".join(f"{t * scale},{i}\n" for i, t in enumerate(secs)))
+    r = read_recording(p)
+    np.testing.assert_array_equal(r.timestamps, secs * 1000)
+    assert r.interval_ms == 3_600_000 and r.read_report.epoch_unit == unit
+    f = tmp_path / "f.csv"                                  # fractional seconds
+    f.write_text("ts,a\n1577836800.25,1\n1577836801.75,2\n")
+    np.testing.assert_array_equal(read_recording(f).timestamps,
+                                  [1_577_836_800_250, 1_577_836_801_750])
+
+
+def test_day_first_dates_are_told_apart_from_month_first(tmp_path: Path) -> None:
+    def read(rows: str):
+        p = tmp_path / "d.csv"
+        p.write_text("date,a\n" + rows)
+        r = read_recording(p)
+        return (r.timestamps.astype("datetime64[ms]").astype("datetime64[D]").astype(str).tolist(),
+                r.read_report)
+
+    days, rep = read("".join(f"{d:02d}/01/2020,{d}\n" for d in range(1, 20)))
+    assert days[:2] == ["2020-01-01", "2020-01-02"] and days[12] == "2020-01-13"
+    assert rep.day_first is True
+    days, rep = read("".join(f"01/{d:02d}/2020,{d}\n" for d in range(1, 20)))
+    assert days[12] == "2020-01-13" and rep.day_first is False
+    # every row fits both orders: only day first makes the times increase
+    days, rep = read("05/01/2020,1\n12/01/2020,2\n03/02/2020,3\n")
+    assert days == ["2020-01-05", "2020-01-12", "2020-02-03"] and rep.day_first is True
