@@ -45,6 +45,11 @@ Formats (chosen by extension or ``fmt=``):
   - integer (or float) time columns are epoch milliseconds, unless every value is in the
     range of epoch seconds, microseconds or nanoseconds of the years 2001-2286 (``1.6e9``:
     seconds), which are read as those;
+  - ``#`` comment lines before the header are skipped; a units row under the header (an
+    empty first cell, text such as ``degC`` over numbers) is kept in ``read_report.units``;
+    an empty last column (a separator ending every line) is dropped; a date column followed
+    by a time-of-day column is one timestamp; digit groups (``"1,234.5"``, ``1.234,5``) are
+    numbers;
   - day/month/year dates (``13/01/2020``, ``13.01.2020``): the order is the one every row
     fits (a first field above 12: day first); when every row fits both, the one whose times
     increase, else day first with dots and month first otherwise (pandas' default), each
@@ -138,6 +143,9 @@ class ReadReport:
     decimal: str = "."                   # its decimal mark
     epoch_unit: str = "ms"               # the unit of integer (or float) time columns
     day_first: bool | None = None        # d/m/y dates read day first (None: no such dates)
+    comment_lines: int = 0               # '#' lines before the header, skipped
+    units: dict[str, str] = field(default_factory=dict)   # a units row under the header
+    date_and_time: tuple[str, str] | None = None   # date and time columns read as one
 
     def as_dict(self) -> dict[str, Any]:
         """The items that say something (empty ones left out), JSON-ready."""
@@ -166,6 +174,12 @@ class ReadReport:
             out["epoch_unit"] = self.epoch_unit
         if self.day_first is not None:
             out["day_first"] = self.day_first
+        if self.comment_lines:
+            out["comment_lines"] = self.comment_lines
+        if self.units:
+            out["units"] = dict(self.units)
+        if self.date_and_time:
+            out["date_and_time_columns"] = list(self.date_and_time)
         return out
 
 
@@ -476,7 +490,9 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
         dt = pd.to_datetime(col, utc=True, format="ISO8601")
     except (ValueError, TypeError, OverflowError):
         try:
-            dt = pd.to_datetime(col, utc=True, dayfirst=bool(day_first))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)    # "could not infer format"
+                dt = pd.to_datetime(col, utc=True, dayfirst=bool(day_first))
         except (ValueError, TypeError, OverflowError):
             dt = pd.to_datetime(col, utc=True, format="mixed", errors="coerce",
                                 dayfirst=bool(day_first))
@@ -499,6 +515,53 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
     if tz == "UTC":
         return _datetimes_to_ms(dt), True
     return _localize(path, dt.dt.tz_localize(None), name, line_of, tz, groups), True
+
+
+_CLOCK = r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?(\s*[AaPp]\.?[Mm]\.?)?"
+
+
+def _time_of_day_column(df: pd.DataFrame, cols: list[str]) -> bool:
+    """The first column holds dates without a time and the second only times of day
+    (``2020-01-01`` and ``13:00``): one timestamp split over two columns."""
+    if len(cols) < 3:
+        return False
+    first = df[cols[0]].dropna().astype(str).str.strip()
+    second = df[cols[1]].dropna().astype(str).str.strip()
+    return (len(second) == len(df) and not first.str.contains(":").any()
+            and bool(second.str.fullmatch(_CLOCK).all()))
+
+
+def _skip_units_row(path: Path, df: pd.DataFrame, line_of: np.ndarray, report: ReadReport
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Without the first data row when it holds units under the header (an empty first cell,
+    text such as ``degC`` or ``%`` elsewhere, and numbers in the rows below)."""
+    import pandas as pd
+
+    if len(df) < 2 or df.shape[1] < 2:
+        return df, line_of
+    first = df.iloc[0]
+    rest = [str(v).strip() for v in first.iloc[1:] if pd.notna(v)]
+    if pd.notna(first.iloc[0]) and str(first.iloc[0]).strip() or not rest:
+        return df, line_of
+    if any(pd.notna(pd.to_numeric(v, errors="coerce")) for v in rest):
+        return df, line_of
+    texts = [c for c, v in first.iloc[1:].items() if pd.notna(v)]
+    numeric = 0
+    for c in texts:                 # the cells below a unit are numbers
+        cells = df[c].iloc[1:].dropna()
+        conv = pd.to_numeric(cells, errors="coerce").fillna(_grouped_numbers(cells))
+        numeric += bool(len(cells)) and conv.notna().mean() > 0.5
+    if 2 * numeric < len(texts):
+        return df, line_of
+    report.units = {str(c): str(v).strip() for c, v in first.iloc[1:].items() if pd.notna(v)}
+    log.warning("%s: line %d holds units, not readings (%s): skipped", path, line_of[0],
+                ", ".join(f"{c} {u}" for c, u in report.units.items()))
+    out = df.iloc[1:].reset_index(drop=True)
+    for c in out.columns[1:]:               # the units made them text: numbers again
+        conv = pd.to_numeric(out[c], errors="coerce")
+        if (conv.notna() | out[c].isna()).all():
+            out[c] = conv
+    return out, line_of[1:]
 
 
 def _looks_like_dates(col: pd.Series) -> bool:
@@ -556,7 +619,9 @@ def _day_first(path: Path, col: pd.Series, name: str, report: ReadReport) -> boo
         choice, why = False, "a second field above 12"
     else:
         def rising(day_first: bool) -> bool:
-            t = pd.to_datetime(col, utc=True, dayfirst=day_first, errors="coerce")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)    # "could not infer format"
+                t = pd.to_datetime(col, utc=True, dayfirst=day_first, errors="coerce")
             return bool(t.notna().all() and (t.diff().dropna() > pd.Timedelta(0)).all())
         up_d, up_m = rising(True), rising(False)
         if up_d != up_m:
@@ -831,6 +896,9 @@ def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str], line_of: n
             continue
         conv = pd.to_numeric(s, errors="coerce")
         bad = (conv.isna() & s.notna()).to_numpy()
+        if bad.any():                   # "1,234.5" / "1.234,5": digit groups
+            conv = conv.where(~bad, _grouped_numbers(s))
+            bad = (conv.isna() & s.notna()).to_numpy()
         if bad.any():
             if c not in strict and 2 * int(bad.sum()) > int(s.notna().sum()):
                 skipped.append(c)
@@ -844,6 +912,23 @@ def _numeric_block(path: Path, df: pd.DataFrame, cols: Sequence[str], line_of: n
         kept.append(c)
     block = np.stack(out, axis=1) if out else np.empty((len(df), 0), dtype=np.float64)
     return block, kept, skipped
+
+
+def _grouped_numbers(s: pd.Series) -> pd.Series:
+    """Cells written with digit groups as numbers (``1,234.5``, ``1.234,5``, ``12 345``),
+    NaN where a cell is not one."""
+    import pandas as pd
+
+    t = s.astype(str).str.strip()
+    comma = t.str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+    dot = t.str.fullmatch(r"[-+]?\d{1,3}(\.\d{3})+(,\d+)?")
+    space = t.str.fullmatch(r"[-+]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d+)?")
+    out = t.where(~comma, t.str.replace(",", "", regex=False))
+    out = out.where(~dot, t.str.replace(".", "", regex=False).str.replace(",", ".",
+                                                                        regex=False))
+    out = out.where(~space, t.str.replace(r"[ \u00a0\u202f]", "", regex=True)
+                    .str.replace(",", ".", regex=False))
+    return pd.to_numeric(out.where(comma | dot | space), errors="coerce")
 
 
 def _choose_columns(path: Path, names: Sequence[str], patterns: Sequence[str] | None,
@@ -967,24 +1052,42 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
     if not text.strip():
         raise _err(path, "empty file")
     lines = text.split("\n")
-    sep, dec = _separator(path, lines, report)
-    header_fields = next(csv.reader([lines[0]], delimiter=sep))
+    # comment lines before the header (``# station 12``) are blanked: pandas skips blank lines
+    head = 0
+    while head < len(lines) - 1 and (lines[head].lstrip().startswith("#")
+                                     or not lines[head].strip()):
+        head += 1
+    if head:
+        report.comment_lines = sum(ln.lstrip().startswith("#") for ln in lines[:head])
+        log.warning("%s: %d comment line(s) before the header skipped", path,
+                    report.comment_lines)
+        lines[:head] = [""] * head
+        text = "\n".join(lines)
+    hl = head + 1                   # the header's line number
+    sep, dec = _separator(path, lines[head:], report)
+    header_fields = next(csv.reader([lines[head]], delimiter=sep))
     cols = [c.strip() for c in header_fields]
     if not any(cols):
-        raise _err(path, "line 1: empty header")
+        raise _err(path, f"line {hl}: empty header")
+    tail = None                     # an empty last column (a trailing separator on every line)
+    if len(cols) > 1 and cols[-1] == "" and all(
+            ln.rstrip().endswith(sep) for ln in lines[head + 1:] if ln.strip()):
+        tail = cols[-1] = "\x00empty"
+        log.warning("%s: every line ends with %r: the empty last column is skipped", path, sep)
     for j, c in enumerate(cols):
         if c == "":
-            raise _err(path, f"line 1: header column {j + 1} is empty")
+            raise _err(path, f"line {hl}: header column {j + 1} is empty")
     cols = _repair_names(path, cols, report)
     if len(set(cols)) != len(cols):
         seen: set[str] = set()
         for c in cols:
             if c in seen:
-                raise _err(path, f"line 1: duplicate column '{c}' in header")
+                raise _err(path, f"line {hl}: duplicate column '{c}' in header")
             seen.add(c)
 
     # file line number (1-based) of every non-blank data line, in pandas row order
-    line_of = np.array([k + 1 for k in range(1, len(lines)) if lines[k] != ""], dtype=np.int64)
+    line_of = np.array([k + 1 for k in range(head + 1, len(lines)) if lines[k] != ""],
+                       dtype=np.int64)
     if line_of.size == 0:
         raise _err(path, "no data rows after the header")
     if '"' not in text:
@@ -1007,7 +1110,7 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         value_col = cols[lower.index("value")] if "value" in lower else None
         missing = [n for n, c in (("ts", time_col), ("value", value_col)) if c is None]
         if missing:
-            raise _err(path, f"line 1: long-format CSV (has column '{sensor_col}') is missing "
+            raise _err(path, f"line {hl}: long-format CSV (has column '{sensor_col}') is missing "
                              f"column(s) {missing}; expected sensor,ts,value; got {cols}")
         df = _pandas_csv(path, text, cols, {sensor_col: str}, {value_col: nas} if nas else None,
                          sep=sep, decimal=dec)
@@ -1016,10 +1119,22 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
 
     df = _pandas_csv(path, text, cols, {}, {c: nas for c in cols[1:]} if nas else None,
                      sep=sep, decimal=dec)
+    if tail is not None:
+        df = df.drop(columns=[tail])
+        cols, lower = cols[:-1], lower[:-1]
+    df, line_of = _skip_units_row(path, df, line_of, report)
     has_time = lower[0] in _TIME_NAMES or _looks_like_dates(df[cols[0]])
     if has_time and lower[0] not in _TIME_NAMES:
         log.info("%s: first column '%s' holds dates (e.g. %r): read as the time column", path,
                  cols[0], str(df[cols[0]].iloc[0]))
+    if has_time and _time_of_day_column(df, cols):
+        df[cols[0]] = df[cols[0]].astype(str).str.strip() + " " + \
+            df[cols[1]].astype(str).str.strip()
+        log.warning("%s: date column '%s' and time column '%s' read as one timestamp (e.g. "
+                    "%r)", path, cols[0], cols[1], df[cols[0]].iloc[0])
+        report.date_and_time = (cols[0], cols[1])
+        df = df.drop(columns=[cols[1]])
+        cols, lower = [cols[0], *cols[2:]], [lower[0], *lower[2:]]
     chosen, exact = _choose_columns(path, cols[1:] if has_time else cols, columns, "column")
     if nas and not has_time:        # the first column is a sensor: its codes count too
         df = _pandas_csv(path, text, cols, {}, {c: nas for c in chosen}, sep=sep, decimal=dec)

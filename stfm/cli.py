@@ -363,6 +363,14 @@ def read_note(rec: Any) -> str:
         said.append(f"times in epoch {r.epoch_unit}")
     if r.day_first is not None:
         said.append(f"dates read {'day' if r.day_first else 'month'} first")
+    if r.date_and_time:
+        said.append(f"date and time columns {r.date_and_time[0]!r} + {r.date_and_time[1]!r} "
+                    f"read as one")
+    if r.comment_lines:
+        said.append(f"{r.comment_lines} comment line{'s' if r.comment_lines > 1 else ''} "
+                    f"skipped")
+    if r.units:
+        said.append("a units row kept as units")
     if r.sentinels:
         said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
                     f"suspected missing-value code (--na-values)")

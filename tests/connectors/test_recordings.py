@@ -684,3 +684,24 @@ def test_day_first_dates_are_told_apart_from_month_first(tmp_path: Path) -> None
     # every row fits both orders: only day first makes the times increase
     days, rep = read("05/01/2020,1\n12/01/2020,2\n03/02/2020,3\n")
     assert days == ["2020-01-05", "2020-01-12", "2020-02-03"] and rep.day_first is True
+
+
+def test_what_spreadsheets_and_loggers_add_around_the_data(tmp_path: Path) -> None:
+    """Comment lines before the header, a units row under it, a trailing separator on every
+    line, date and time in two columns, digit groups: read, each said in the report; errors
+    still name the file's own line numbers."""
+    p = tmp_path / "logger.csv"
+    p.write_text("# station 12\n# exported 2020-01-05\ndate,time,temp,count,\n,,degC,n,\n"
+                 + "".join(f"2020-01-0{d},{h:02d}:00,{d + h / 10},\"1,2{h}0\",\n"
+                           for d in (1, 2) for h in range(3)))
+    r = read_recording(p)
+    assert r.sensors == ["temp", "count"] and r.interval_ms == 3_600_000
+    assert str(r.timestamps[4].astype("datetime64[ms]")) == "2020-01-02T01:00:00.000"
+    np.testing.assert_allclose(r.values[:2], [[1.0, 1200.0], [1.1, 1210.0]])
+    said = r.read_report.as_dict()
+    assert said["comment_lines"] == 2 and said["units"] == {"temp": "degC", "count": "n"}
+    assert said["date_and_time_columns"] == ["date", "time"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("# c\ndate,temp\n2020-01-01 00:00,1.5\n2020-01-01 01:00,x\n")
+    with pytest.raises(ValueError, match=r"line 4: column 'temp' is not a number: 'x'"):
+        read_recording(bad)
