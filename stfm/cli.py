@@ -349,10 +349,12 @@ def read_note(rec: Any) -> str:
     r = getattr(rec, "read_report", None)
     if r is None:
         return ""
+    def counted(n: int, what: str, rest: str) -> str:
+        return f"{n} {what}{'s' if n > 1 else ''} {rest}"
+
     said = []
     if r.duplicates:
-        said.append(f"{r.duplicates} duplicate timestamp{'s' if r.duplicates > 1 else ''} "
-                    f"merged (last wins)")
+        said.append(counted(r.duplicates, "duplicate timestamp", "merged (last wins)"))
     if r.skipped_columns:
         said.append(f"text column{'s' if len(r.skipped_columns) > 1 else ''} skipped: "
                     f"{', '.join(r.skipped_columns)}")
@@ -367,13 +369,12 @@ def read_note(rec: Any) -> str:
         said.append(f"date and time columns {r.date_and_time[0]!r} + {r.date_and_time[1]!r} "
                     f"read as one")
     if r.comment_lines:
-        said.append(f"{r.comment_lines} comment line{'s' if r.comment_lines > 1 else ''} "
-                    f"skipped")
+        said.append(counted(r.comment_lines, "comment line", "skipped"))
     if r.units:
         said.append("a units row kept as units")
     if r.sentinels:
-        said.append(f"{len(r.sentinels)} column{'s' if len(r.sentinels) > 1 else ''} with a "
-                    f"suspected missing-value code (--na-values)")
+        said.append(counted(len(r.sentinels), "column",
+                            "with a suspected missing-value code (--na-values)"))
     return f"; read: {', '.join(said)}" if said else ""
 
 
