@@ -48,8 +48,9 @@ Formats (chosen by extension or ``fmt=``):
   - ``#`` comment lines before the header are skipped; a units row under the header (an
     empty first cell, text such as ``degC`` over numbers) is kept in ``read_report.units``;
     an empty last column (a separator ending every line) is dropped; a date column followed
-    by a time-of-day column is one timestamp; digit groups (``"1,234.5"``, ``1.234,5``) are
-    numbers;
+    by a time-of-day column is one timestamp, as are ``year``/``month``/``day``/``hour``
+    columns; a first column of row numbers (``No``, ``index``) is skipped; digit groups
+    (``"1,234.5"``, ``1.234,5``) are numbers;
   - day/month/year dates (``13/01/2020``, ``13.01.2020``): the order is the one every row
     fits (a first field above 12: day first); when every row fits both, the one whose times
     increase, else day first with dots and month first otherwise (pandas' default), each
@@ -146,6 +147,8 @@ class ReadReport:
     comment_lines: int = 0               # '#' lines before the header, skipped
     units: dict[str, str] = field(default_factory=dict)   # a units row under the header
     date_and_time: tuple[str, str] | None = None   # date and time columns read as one
+    calendar_columns: list[str] = field(default_factory=list)  # year/month/... read as time
+    row_numbers: str | None = None       # a first column of row numbers, skipped
 
     def as_dict(self) -> dict[str, Any]:
         """The items that say something (empty ones left out), JSON-ready."""
@@ -180,6 +183,10 @@ class ReadReport:
             out["units"] = dict(self.units)
         if self.date_and_time:
             out["date_and_time_columns"] = list(self.date_and_time)
+        if self.calendar_columns:
+            out["calendar_columns"] = list(self.calendar_columns)
+        if self.row_numbers:
+            out["row_numbers_column"] = self.row_numbers
         return out
 
 
@@ -515,6 +522,61 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
     if tz == "UTC":
         return _datetimes_to_ms(dt), True
     return _localize(path, dt.dt.tz_localize(None), name, line_of, tz, groups), True
+
+
+_CALENDAR_PARTS = ("year", "month", "day", "hour", "minute", "second")
+_ROW_NUMBER_NAMES = ("no", "no.", "index", "id", "row", "unnamed: 0", "#")
+
+
+def _drop_row_numbers(path: Path, df: pd.DataFrame, cols: list[str], report: ReadReport
+                      ) -> tuple[pd.DataFrame, list[str]]:
+    """Without a first column of row numbers (``No``, ``index``, ``Unnamed: 0``: 0 or 1 up by
+    one a row), which would otherwise be read as a sensor that counts."""
+    import pandas as pd
+
+    c = cols[0]
+    if c.strip().lower() not in _ROW_NUMBER_NAMES or len(cols) < 2:
+        return df, cols
+    v = pd.to_numeric(df[c], errors="coerce")
+    if v.isna().any() or len(v) < 2 or not (np.diff(v.to_numpy()) == 1).all() \
+            or float(v.iloc[0]) not in (0.0, 1.0):
+        return df, cols
+    report.row_numbers = c
+    log.warning("%s: first column '%s' numbers the rows: not a sensor, skipped", path, c)
+    return df.drop(columns=[c]), cols[1:]
+
+
+def _calendar_columns(path: Path, df: pd.DataFrame, cols: list[str], line_of: np.ndarray,
+                      report: ReadReport) -> tuple[pd.DataFrame, list[str]]:
+    """A time spread over ``year``, ``month``, ``day`` (and ``hour``, ``minute``,
+    ``second``) columns, as one ``time`` column in front (the parts are not sensors)."""
+    import pandas as pd
+
+    by = {c.strip().lower(): c for c in cols}
+    if not {"year", "month"} <= set(by) or any(c.lower() in _TIME_NAMES for c in cols[:1]):
+        return df, cols
+    parts = [p for p in _CALENDAR_PARTS if p in by]
+    nums = {p: pd.to_numeric(df[by[p]], errors="coerce") for p in parts}
+    for p, v in nums.items():
+        bad = np.flatnonzero(v.isna().to_numpy() | (v != v.round()).to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise _err(path, f"line {line_of[i]}: column '{by[p]}' is not a whole number: "
+                             f"{df[by[p]].iloc[i]!r}")
+    frame = pd.DataFrame({p: nums[p].astype(np.int64) for p in parts})
+    if "day" not in frame:
+        frame["day"] = 1
+    try:
+        when = pd.to_datetime(frame[[p for p in _CALENDAR_PARTS if p in frame]])
+    except (ValueError, OverflowError) as e:
+        raise _err(path, f"columns {', '.join(by[p] for p in parts)}: not a date: {e}") from None
+    used = [by[p] for p in parts]
+    report.calendar_columns = used
+    log.warning("%s: columns %s read as the time", path, ", ".join(f"'{c}'" for c in used))
+    rest = [c for c in cols if c not in used]
+    out = pd.concat([when.dt.strftime("%Y-%m-%d %H:%M:%S").rename("time").reset_index(drop=True),
+                     df[rest].reset_index(drop=True)], axis=1)
+    return out, ["time", *rest]
 
 
 _CLOCK = r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?(\s*[AaPp]\.?[Mm]\.?)?"
@@ -1123,6 +1185,9 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         df = df.drop(columns=[tail])
         cols, lower = cols[:-1], lower[:-1]
     df, line_of = _skip_units_row(path, df, line_of, report)
+    df, cols = _drop_row_numbers(path, df, cols, report)
+    df, cols = _calendar_columns(path, df, cols, line_of, report)
+    lower = [c.lower() for c in cols]
     has_time = lower[0] in _TIME_NAMES or _looks_like_dates(df[cols[0]])
     if has_time and lower[0] not in _TIME_NAMES:
         log.info("%s: first column '%s' holds dates (e.g. %r): read as the time column", path,
@@ -1136,8 +1201,14 @@ def _read_csv(path: Path, start: str | int | None, interval_ms: int | None, tz: 
         df = df.drop(columns=[cols[1]])
         cols, lower = [cols[0], *cols[2:]], [lower[0], *lower[2:]]
     chosen, exact = _choose_columns(path, cols[1:] if has_time else cols, columns, "column")
-    if nas and not has_time:        # the first column is a sensor: its codes count too
-        df = _pandas_csv(path, text, cols, {}, {c: nas for c in chosen}, sep=sep, decimal=dec)
+    if nas and not has_time and cols[0] in chosen:   # a sensor: its codes count too
+        import pandas as pd
+
+        first = df[cols[0]]
+        codes = first.astype(str).str.strip().isin([str(x).strip() for x in nas])
+        if pd.api.types.is_numeric_dtype(first.dtype):
+            codes |= first.isin(pd.to_numeric(pd.Series(nas), errors="coerce").dropna())
+        df[cols[0]] = first.mask(codes)
     if has_time:
         ts, naive = _parse_time_column(path, df[cols[0]], cols[0], line_of, tz, report)
     values, sensors, skipped = _numeric_block(path, df, chosen, line_of, strict=sorted(exact))

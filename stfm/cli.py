@@ -368,6 +368,10 @@ def read_note(rec: Any) -> str:
     if r.date_and_time:
         said.append(f"date and time columns {r.date_and_time[0]!r} + {r.date_and_time[1]!r} "
                     f"read as one")
+    if r.calendar_columns:
+        said.append(f"time from columns {', '.join(r.calendar_columns)}")
+    if r.row_numbers:
+        said.append(f"row numbers {r.row_numbers!r} skipped")
     if r.comment_lines:
         said.append(counted(r.comment_lines, "comment line", "skipped"))
     if r.units:

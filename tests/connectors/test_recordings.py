@@ -705,3 +705,23 @@ def test_what_spreadsheets_and_loggers_add_around_the_data(tmp_path: Path) -> No
     bad.write_text("# c\ndate,temp\n2020-01-01 00:00,1.5\n2020-01-01 01:00,x\n")
     with pytest.raises(ValueError, match=r"line 4: column 'temp' is not a number: 'x'"):
         read_recording(bad)
+
+
+def test_a_time_spread_over_year_month_day_hour_columns(tmp_path: Path) -> None:
+    """The layout of many station files (the Beijing multi-site air-quality set): a row
+    number, then year, month, day, hour, then readings and text columns."""
+    p = tmp_path / "station.csv"
+    p.write_text("No,year,month,day,hour,PM2.5,TEMP,wd,station\n" + "".join(
+        f"{i + 1},2013,3,{1 + i // 24},{i % 24},{10 + i},{-1.5 + i / 10},NE,Aotizhongxin\n"
+        for i in range(48)))
+    r = read_recording(p)
+    assert r.sensors == ["PM2.5", "TEMP"]            # not No, year, month, day or hour
+    assert r.interval_ms == 3_600_000 and r.n_steps == 48
+    assert str(r.timestamps[25].astype("datetime64[ms]")) == "2013-03-02T01:00:00.000"
+    said = r.read_report.as_dict()
+    assert said["calendar_columns"] == ["year", "month", "day", "hour"]
+    assert said["row_numbers_column"] == "No"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("year,month,v\n2013,1,1\n2013,x,2\n")
+    with pytest.raises(ValueError, match=r"line 3: column 'month' is not a whole number"):
+        read_recording(bad)
