@@ -507,3 +507,27 @@ def test_a_stuck_sensor_raises_no_change_and_its_next_move_is_found(base: float,
     assert found, "the move after the flat line was missed"
     t, ev = found[0]
     assert t < 4200 + 24 and ev.detail["value_direction"] == "up"
+
+
+def test_a_state_saved_with_a_shorter_history_ring_loads() -> None:
+    """Checkpoints written when 4 steps of readings were kept load into today's longer ring:
+    each remembered step lands where the ring looks for it."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 2))
+    names = ["a", "b"]
+    a = ChangeMonitor(DriftConfig(), 1.0, IV, P)
+    for s in range(40):
+        a.update(names, s, s * P * IV, x[s * P:(s + 1) * P].T)
+    state = a.state_dict()
+    ring = len(state["history_steps"])
+    old_steps = np.array([36, 37, 38, 39])[np.argsort([36 % 4, 37 % 4, 38 % 4, 39 % 4])]
+    old = np.concatenate([state["history"][:, (s % ring) * P:(s % ring + 1) * P]
+                          for s in old_steps], axis=1)
+    b = ChangeMonitor(DriftConfig(), 1.0, IV, P)
+    b.load_state_dict({**state, "history": old, "history_steps": old_steps})
+    for s in (36, 37, 38, 39):
+        k = s % ring
+        assert b.history_steps[k] == s
+        np.testing.assert_array_equal(b.history[:, k * P:(k + 1) * P],
+                                      a.history[:, k * P:(k + 1) * P])
+    assert (b.history_steps >= 0).sum() == 4
