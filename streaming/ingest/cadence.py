@@ -104,6 +104,21 @@ class CadenceEstimator:
         return _common_phase(per)
 
 
+    def straddling(self, interval_ms: int, phase_ms: int) -> int:
+        """Consecutive readings of a sensor one interval apart (+- a quarter) that a grid of
+        ``interval_ms`` and phase ``phase_ms`` puts on one grid point or two apart: readings
+        that jitter across the grid's half points."""
+        n = 0
+        for t in self._times.values():
+            a = np.asarray(t, np.int64)
+            if a.size < 2:
+                continue
+            grid = (a + interval_ms // 2 - phase_ms) // interval_ms
+            one = np.abs(np.diff(a) - interval_ms) <= interval_ms // 4
+            n += int((one & (np.diff(grid) != 1)).sum())
+        return n
+
+
 def _common_phase(per: list[int]) -> int:
     """The phase most sensors share (half of them or more), else 0."""
     if not per:

@@ -404,8 +404,18 @@ class LiveWorker:
             if found is not None:
                 self._cadence_open = False
                 grid = self.cfg.patching.interval_ms
+                p = self.cfg.patching
+                phase = self.cadence.phase(grid)
                 if mismatch(grid, found.interval_ms):
                     self.cadence_note = mismatch_message(grid, found, "stfm run")
+                    log.warning("%s", self.cadence_note)
+                elif phase != p.grid_phase_ms and self.cadence.straddling(grid,
+                                                                          p.grid_phase_ms):
+                    self.cadence_note = (
+                        f"stfm run: the readings sit {format_interval(phase)} after the "
+                        f"grid's points and jitter across the half point between two of "
+                        f"them, so some share a grid point and leave the next one empty; "
+                        f"--set patching.grid_phase_ms={phase} puts the grid where they are")
                     log.warning("%s", self.cadence_note)
             return batch
         self._held.append(batch)

@@ -148,6 +148,19 @@ def test_run_puts_its_grid_where_jittered_readings_are(broker, unique, tmp_path)
     assert forecasts and all(t % HOUR == HOUR // 2 for f in forecasts for t in f["horizon_ts"])
 
 
+@pytest.mark.broker
+def test_run_says_how_to_fix_a_given_grid_that_jittered_readings_straddle(broker, unique,
+                                                                         tmp_path):
+    from connectors.recordings import write_recording
+
+    rec, _ = simulate(SimConfig(n_sensors=4, n_days=2, seed=6, n_events=0, interval_ms=HOUR))
+    jitter = np.random.default_rng(3).integers(-60_000, 60_001, rec.n_steps)
+    rec.timestamps = rec.timestamps + HOUR // 2 + jitter
+    data = write_recording(rec, tmp_path / "at30.npz")
+    run, s, _ = _publish_and_run(broker, unique, data, tmp_path, "--interval-ms", str(HOUR))
+    assert "WARNING" in run.stderr and "--set patching.grid_phase_ms=1800000" in s["cadence"]
+
+
 def test_the_phase_most_sensors_share() -> None:
     est = CadenceEstimator()
     rng = np.random.default_rng(0)
@@ -156,6 +169,7 @@ def test_the_phase_most_sensors_share() -> None:
                                                                               20)
         est.learn_many([s] * 20, t)
     assert est.phase(HOUR) == 30 * 60_000
+    assert est.straddling(HOUR, 0) > 0 and est.straddling(HOUR, 30 * 60_000) == 0
     on = CadenceEstimator()
     on.learn_many(["a"] * 20, np.arange(20, dtype=np.int64) * HOUR)
     assert on.phase(HOUR) == 0
