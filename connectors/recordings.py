@@ -49,8 +49,8 @@ Formats (chosen by extension or ``fmt=``):
     empty first cell, text such as ``degC`` over numbers) is kept in ``read_report.units``;
     an empty last column (a separator ending every line) is dropped; a date column followed
     by a time-of-day column is one timestamp, as are ``year``/``month``/``day``/``hour``
-    columns; a first column of row numbers (``No``, ``index``) is skipped; digit groups
-    (``"1,234.5"``, ``1.234,5``) are numbers;
+    columns and a first column of years alone; a first column of row numbers (``No``,
+    ``index``) is skipped; digit groups (``"1,234.5"``, ``1.234,5``) are numbers;
   - day/month/year dates (``13/01/2020``, ``13.01.2020``): the order is the one every row
     fits (a first field above 12: day first); when every row fits both, the one whose times
     increase, else day first with dots and month first otherwise (pandas' default), each
@@ -549,11 +549,13 @@ def _drop_row_numbers(path: Path, df: pd.DataFrame, cols: list[str], report: Rea
 def _calendar_columns(path: Path, df: pd.DataFrame, cols: list[str], line_of: np.ndarray,
                       report: ReadReport) -> tuple[pd.DataFrame, list[str]]:
     """A time spread over ``year``, ``month``, ``day`` (and ``hour``, ``minute``,
-    ``second``) columns, as one ``time`` column in front (the parts are not sensors)."""
+    ``second``) columns, or a first column of years alone (yearly data: 1 January), as one
+    ``time`` column in front (the parts are not sensors)."""
     import pandas as pd
 
     by = {c.strip().lower(): c for c in cols}
-    if not {"year", "month"} <= set(by) or any(c.lower() in _TIME_NAMES for c in cols[:1]):
+    yearly = cols[0].strip().lower() == "year" and "month" not in by   # year,gdp,...
+    if not ({"year", "month"} <= set(by) or yearly) or cols[0].lower() in _TIME_NAMES:
         return df, cols
     parts = [p for p in _CALENDAR_PARTS if p in by]
     nums = {p: pd.to_numeric(df[by[p]], errors="coerce") for p in parts}
@@ -564,8 +566,11 @@ def _calendar_columns(path: Path, df: pd.DataFrame, cols: list[str], line_of: np
             raise _err(path, f"line {line_of[i]}: column '{by[p]}' is not a whole number: "
                              f"{df[by[p]].iloc[i]!r}")
     frame = pd.DataFrame({p: nums[p].astype(np.int64) for p in parts})
-    if "day" not in frame:
-        frame["day"] = 1
+    if yearly and not frame["year"].between(1000, 2999).all():
+        return df, cols             # a column named year that does not hold years
+    for p in ("month", "day"):
+        if p not in frame:
+            frame[p] = 1
     try:
         when = pd.to_datetime(frame[[p for p in _CALENDAR_PARTS if p in frame]])
     except (ValueError, OverflowError) as e:

@@ -710,6 +710,8 @@ def test_what_spreadsheets_and_loggers_add_around_the_data(tmp_path: Path) -> No
 def test_a_time_spread_over_year_month_day_hour_columns(tmp_path: Path) -> None:
     """The layout of many station files (the Beijing multi-site air-quality set): a row
     number, then year, month, day, hour, then readings and text columns."""
+    from connectors.spacing import YEAR_MS
+
     p = tmp_path / "station.csv"
     p.write_text("No,year,month,day,hour,PM2.5,TEMP,wd,station\n" + "".join(
         f"{i + 1},2013,3,{1 + i // 24},{i % 24},{10 + i},{-1.5 + i / 10},NE,Aotizhongxin\n"
@@ -721,6 +723,11 @@ def test_a_time_spread_over_year_month_day_hour_columns(tmp_path: Path) -> None:
     said = r.read_report.as_dict()
     assert said["calendar_columns"] == ["year", "month", "day", "hour"]
     assert said["row_numbers_column"] == "No"
+    yearly = tmp_path / "gdp.csv"                    # year,value: yearly data
+    yearly.write_text("year,gdp\n" + "".join(f"{y},{y - 1989}\n" for y in range(1990, 2000)))
+    r = read_recording(yearly)
+    assert r.sensors == ["gdp"] and r.interval_ms == YEAR_MS
+    assert str(r.timestamps[2].astype("datetime64[ms]")) == "1992-01-01T00:00:00.000"
     bad = tmp_path / "bad.csv"
     bad.write_text("year,month,v\n2013,1,1\n2013,x,2\n")
     with pytest.raises(ValueError, match=r"line 3: column 'month' is not a whole number"):
