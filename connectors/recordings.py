@@ -490,12 +490,14 @@ def _parse_time_column(path: Path, col: pd.Series, name: str, line_of: np.ndarra
         return (col.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(col.dtype)
                 else arr.astype(np.int64)), False
     col = col.astype(str).str.strip()
-    day_first = _day_first(path, col, name, report)
-    try:
-        if day_first is not None:
-            raise ValueError("d/m/y dates")      # not ISO: parsed in the chosen order below
-        dt = pd.to_datetime(col, utc=True, format="ISO8601")
-    except (ValueError, TypeError, OverflowError):
+    day_first = _day_first(path, col, name, report)    # None: not d/m/y, try ISO first
+    dt = None
+    if day_first is None:
+        try:
+            dt = pd.to_datetime(col, utc=True, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            pass
+    if dt is None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)    # "could not infer format"

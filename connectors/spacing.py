@@ -72,6 +72,13 @@ def round_interval(ms: float) -> int:
     return max(1, int(round(ms)))
 
 
+def _regular(units: np.ndarray) -> bool:
+    """Spacings (in some unit) that are whole numbers of it, 90 % of them within 10 % (so
+    gaps of whole units are allowed)."""
+    m = np.rint(units)
+    return bool(np.mean((m >= 1) & (np.abs(units - m) <= 0.1)) >= _MIN_SHARE)
+
+
 def sampling_interval(ts: np.ndarray) -> int | None:
     """The grid interval of increasing timestamps ``ts`` (ms); None for fewer than 2.
 
@@ -90,10 +97,9 @@ def sampling_interval(ts: np.ndarray) -> int | None:
     med = float(np.median(d))
     if med <= 0:
         return None
-    m = np.rint(d / med)
-    if np.mean((m >= 1) & (np.abs(d - m * med) <= 0.1 * med)) < _MIN_SHARE:
+    if not _regular(d / med):
         return int(med)
-    return round_interval((t[-1] - t[0]) / float(np.maximum(m, 1).sum()))
+    return round_interval((t[-1] - t[0]) / float(np.maximum(np.rint(d / med), 1).sum()))
 
 
 _PHASE_MAX = 0.25       # of the interval: further off, a reading is not jitter around a point
@@ -113,9 +119,7 @@ def grid_phase(ts: np.ndarray, interval_ms: int) -> int:
     if ts.shape[0] < 2 or interval_ms <= 0 or calendar_name(interval_ms) is not None:
         return 0
     t = np.asarray(ts, dtype=np.int64)
-    d = np.diff(t) / interval_ms
-    m = np.rint(d)
-    if np.mean((m >= 1) & (np.abs(d - m) <= 0.1)) < _MIN_SHARE:
+    if not _regular(np.diff(t) / interval_ms):
         return 0                        # irregular data: no grid to sit on
     angle = 2 * np.pi * (t % interval_ms).astype(np.float64) / interval_ms
     phase = float(np.angle(np.exp(1j * angle).mean())) / (2 * np.pi) * interval_ms

@@ -213,12 +213,11 @@ def backtest(rec: Recording, core: StreamCore, *, feedback: str = "delayed",
     dup0 = int(core.patcher.stats.duplicates)
     # truths are matched by grid point, rounded as the patcher rounds readings: rows stamped
     # off the grid (hourly at half past, 10-minute at :07, month starts) are scored too
-    iv = int(core.cfg.patching.interval_ms)
-    rnd = iv // 2 - int(core.cfg.patching.grid_phase_ms)
-    slot_of = {(int(t) + rnd) // iv: i for i, t in enumerate(rec.timestamps.tolist())}
+    grid = core.patcher.clock.grid
+    slot_of = {g: i for i, g in enumerate(grid(rec.timestamps).tolist())}
 
     def row_at(ts: int) -> int:
-        return slot_of.get((int(ts) + rnd) // iv, -1)
+        return slot_of.get(int(grid(int(ts))), -1)
 
     col = {s: j for j, s in enumerate(rec.sensors)}
     events = sorted(rec.events, key=lambda e: e["ts"])

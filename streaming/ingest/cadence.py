@@ -41,59 +41,54 @@ class Cadence:
 
 @dataclass
 class CadenceEstimator:
-    """Per-sensor spacing of consecutive readings; ``estimate()`` is the median over sensors
-    of each sensor's median spacing, once ``min_sensors`` sensors (or every sensor seen, when
-    fewer) have ``min_spacings`` each."""
+    """Per-sensor first ``per_sensor + 1`` timestamps; ``estimate()`` is the median over
+    sensors of each sensor's interval (``connectors.spacing.sampling_interval``; a calendar
+    unit when their spacings say so), once ``min_sensors`` sensors (or every sensor seen,
+    when fewer) have ``min_spacings`` spacings each."""
 
     min_spacings: int = 2
     min_sensors: int = 3
     per_sensor: int = 16
     _last: dict[str, int] = field(default_factory=dict)
-    _gaps: dict[str, list[int]] = field(default_factory=dict)
-    _times: dict[str, list[int]] = field(default_factory=dict)   # their first timestamps
+    _times: dict[str, list[int]] = field(default_factory=dict)   # its first timestamps
 
     def learn_many(self, sensors: list[str], ts: np.ndarray | list[int]) -> None:
         """Readings ``(sensor, ts)`` in arrival order; out-of-order and repeated timestamps are
         skipped (they say nothing about the cadence)."""
-        last, gaps, times, cap = self._last, self._gaps, self._times, self.per_sensor
+        last, times, cap = self._last, self._times, self.per_sensor + 1
         for s, t in zip(sensors, np.asarray(ts, dtype=np.int64).tolist(), strict=True):
             prev = last.get(s)
             if prev is None:
                 last[s] = t
-                gaps[s] = []
                 times[s] = [t]
             elif t > prev:
                 last[s] = t
-                g = gaps[s]
-                if len(g) < cap:
-                    g.append(t - prev)
+                if len(times[s]) < cap:
                     times[s].append(t)
 
     @property
     def saturated(self) -> bool:
         """Every sensor seen has its fill of spacings: more readings change nothing."""
-        return bool(self._gaps) and all(len(g) >= self.per_sensor for g in self._gaps.values())
+        return bool(self._times) and all(len(t) > self.per_sensor
+                                          for t in self._times.values())
 
     def estimate(self, force: bool = False) -> Cadence | None:
         """The cadence, or None while too few spacings were seen (``force``: from whatever
         was seen, None only without a single spacing)."""
         need = 1 if force else self.min_spacings
-        ready_ids = [s for s, g in self._gaps.items() if len(g) >= need]
-        ready = [self._gaps[s] for s in ready_ids]
+        ready = [np.asarray(t, np.int64) for t in self._times.values() if len(t) > need]
         if not ready:
             return None
-        if not force and len(ready) < min(self.min_sensors, len(self._gaps)):
+        if not force and len(ready) < min(self.min_sensors, len(self._times)):
             return None
-        count = sum(map(len, ready))
-        unit = calendar_interval(np.concatenate([np.asarray(g, np.int64) for g in ready]))
+        count = sum(len(t) - 1 for t in ready)
+        unit = calendar_interval(np.concatenate([np.diff(t) for t in ready]))
         if unit is not None:        # months (28-31 d apart) on a grid of the mean month
             return Cadence(unit, len(ready), count)
         # each sensor's spacing from the span of its readings over their grid steps (the
         # median of a few jittered spacings is off by seconds), else its median spacing
-        per = [float(sampling_interval(np.asarray(self._times[s], np.int64)) or np.median(g))
-               for s, g in zip(ready_ids, ready, strict=True)]
+        per = [float(sampling_interval(t) or np.median(np.diff(t))) for t in ready]
         return Cadence(int(round(float(np.median(per)))), len(ready), count)
-
 
     def phase(self, interval_ms: int) -> int:
         """Where the readings sit between grid points of ``interval_ms``

@@ -233,6 +233,7 @@ class EventClock:
         return sum(1 for s in self._held if s not in index)
 
     def grid(self, ts: np.ndarray | int) -> np.ndarray | int:
+        """Grid index of a timestamp: the nearest grid point (``k * interval + phase``)."""
         return (ts + self._round) // self._iv
 
     def step_of(self, ts: np.ndarray | int) -> np.ndarray | int:

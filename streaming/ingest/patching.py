@@ -58,7 +58,6 @@ class IncrementalPatcher:
         self._step_ms = c.interval_ms * c.patch_len
         self._half = c.interval_ms // 2
         self._phase = c.grid_phase_ms           # grid point k is at k * interval + phase
-        self._round = self._half - self._phase
         self._future = c.future_ms()
         self.clock = EventClock(c, self.registry, self.stats)
         self._open: dict[int, _OpenStep] = {}
@@ -85,7 +84,7 @@ class IncrementalPatcher:
 
     def step_of(self, ts: np.ndarray | int) -> np.ndarray | int:
         """Step index of a timestamp (nearest grid point, then ``// patch_len``)."""
-        return ((ts + self._round) // self._iv) // self.cfg.patch_len
+        return self.clock.step_of(ts)
 
     def step_end(self, step: int) -> int:
         return (step + 1) * self._step_ms + self._phase
@@ -316,7 +315,7 @@ class IncrementalPatcher:
     # --- storing readings ---------------------------------------------------------------
 
     def _insert(self, idx: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
-        grid = (ts + self._round) // self._iv
+        grid = self.clock.grid(ts)
         step = grid // self.cfg.patch_len
         pos = grid - step * self.cfg.patch_len
         nulls = np.isnan(values)
