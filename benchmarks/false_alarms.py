@@ -96,7 +96,7 @@ def nab_at_defaults(nab_dir: Path, overrides: dict[str, Any]) -> tuple[Counter, 
     for a in res.alerts:
         if a["severity"] == "info" and _kind(a) != JOINED:
             continue
-        row = int((a["ts"] - rec.timestamps[0]) // INTERVAL_MS)
+        row = int((a["raised_ts"] - rec.timestamps[0]) // INTERVAL_MS)   # as raised
         for s in a["sensors"]:
             j = names.index(s)
             if row < len(inside[j]) and not inside[j][row]:

@@ -411,12 +411,19 @@ class Alert:
     events that coincide with it on its sensors.
 
     ``sensors`` are series ids; the message adds ``channels`` (``{series: channel}``) when
-    any of them is a channel ``"s/c"`` of a multichannel sensor (``split_series``)."""
+    any of them is a channel ``"s/c"`` of a multichannel sensor (``split_series``).
+
+    Two times: ``ts`` is when what the alert reports happened (a drift alert's change onset,
+    split to the reading; an anomaly alert's most surprising reading where its detector
+    names one; otherwise, as for data-quality and model alerts, when it was raised), so an
+    alert sits on a chart where its change is; ``raised_ts`` is the end of the step that
+    raised it, when the stream had shown it (the detection delay is ``raised_ts`` minus the
+    true onset). Messages without ``raised_ts`` (earlier versions) read it as ``ts``."""
 
     id: str
     kind: str                    # drift | anomaly | data-quality | model
     sensors: list[str]
-    ts: int                      # event time (epoch ms) it refers to
+    ts: int                      # event time (epoch ms) of what it reports
     step: int | None
     severity: str                # info | warning | critical
     detector: str
@@ -430,6 +437,11 @@ class Alert:
     # from the alert message's Kafka headers (``streaming.runtime.microbatch.origin_headers``)
     engine: str | None = None
     worker: str | None = None
+    raised_ts: int | None = None  # end of the step that raised it (None: ``ts``)
+
+    def __post_init__(self) -> None:
+        if self.raised_ts is None:
+            self.raised_ts = self.ts
 
     @property
     def channels(self) -> dict[str, str]:
@@ -441,7 +453,10 @@ class Alert:
         """The ``alerts`` message (``detail.text`` carries the text; ``channels`` maps each
         named channel series ``"s/c"`` to ``c``, present only when there is one)."""
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "sensors": list(self.sensors),
-                               "ts": int(self.ts), "step": self.step,
+                               "ts": int(self.ts),
+                               "raised_ts": int(self.ts if self.raised_ts is None
+                                                else self.raised_ts),
+                               "step": self.step,
                                "severity": self.severity, "detector": self.detector,
                                "statistic": self.statistic}
         channels = self.channels
@@ -479,6 +494,9 @@ class Alert:
         first = next(iter(explained.values()), {}) if explained else {}
         first = first if isinstance(first, dict) else {}
         score = d.get("score")
+        raised = d.get("raised_ts")
+        if raised is not None and (not isinstance(raised, int) or isinstance(raised, bool)):
+            raise ValueError(f"{where}: alert field 'raised_ts' not int: {raised!r}")
         sensors = [str(s) for s in d["sensors"]]
         return cls(id=str(d.get("id") or f"{d['kind']}:{','.join(sensors)}:{d['ts']}"),
                    kind=d["kind"], sensors=sensors, ts=d["ts"], step=d.get("step"),
@@ -489,7 +507,8 @@ class Alert:
                    score=float(score) if isinstance(score, int | float) else None,
                    region=d.get("region"), events=list(d.get("events") or []),
                    detail={k: v for k, v in detail.items() if k != "text"},
-                   engine=_opt_str(d.get("engine")), worker=_opt_str(d.get("worker")))
+                   engine=_opt_str(d.get("engine")), worker=_opt_str(d.get("worker")),
+                   raised_ts=d["ts"] if raised is None else raised)
 
 
 def _opt_str(v: Any) -> str | None:

@@ -126,16 +126,24 @@ def _coverage(rec: Recording, forecasts: dict[str, list[dict[str, Any]]]) -> flo
     return inside / total if total else None
 
 
+def _raised(alert: dict[str, Any]) -> int:
+    """When an alert message was raised (messages of earlier versions: its ``ts``)."""
+    return int(alert.get("raised_ts", alert["ts"]))
+
+
 def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
              stats: dict[str, Any], alerts: list[dict[str, Any]]) -> dict[str, Any]:
     step_ms = core.cfg.patching.interval_ms * core.cfg.patching.patch_len
     rows = []
     for t in truths:
-        hits = [a for a in alerts if set(a["sensors"]) & set(t.sensors) and a["ts"] >= t.onset_ts]
-        first = min(hits, key=lambda a: a["ts"]) if hits else None
+        # raised after the onset (an alert's ``ts`` is its estimated onset; its delay is
+        # when it was raised)
+        hits = [a for a in alerts
+                if set(a["sensors"]) & set(t.sensors) and _raised(a) >= t.onset_ts]
+        first = min(hits, key=_raised) if hits else None
         rows.append({"kind": t.kind, "sensors": t.sensors, "onset": format_minute(t.onset_ts),
-                     "first_alert": format_minute(first["ts"]) if first else None,
-                     "delay_steps": (first["ts"] - t.onset_ts) / step_ms if first else None})
+                     "first_alert": format_minute(_raised(first)) if first else None,
+                     "delay_steps": (_raised(first) - t.onset_ts) / step_ms if first else None})
     onset = {s: t.onset_ts for t in truths for s in t.sensors}
     season = core.cfg.drift.season_ms
     interval = core.cfg.patching.interval_ms
@@ -145,11 +153,11 @@ def _summary(rec: Recording, truths: list[DriftTruth], core: StreamCore,
         for ev in rec.events:
             dur = (ev.get("attrs", {}).get("duration_steps", 12) + 2) * interval + step_ms
             if ev.get("sensor") in a["sensors"] and any(
-                    ev["ts"] <= a["ts"] - lag <= ev["ts"] + dur for lag in (0, season)):
+                    ev["ts"] <= _raised(a) - lag <= ev["ts"] + dur for lag in (0, season)):
                 return True
         return False
 
-    after_drift = [a for a in alerts if any(s in onset and a["ts"] >= onset[s]
+    after_drift = [a for a in alerts if any(s in onset and _raised(a) >= onset[s]
                                             for s in a["sensors"])]
     by_event = [a for a in alerts if a not in after_drift and _explained_by_event(a)]
     unexplained = len(alerts) - len(after_drift) - len(by_event)

@@ -275,7 +275,8 @@ class StreamCore:
             self.forecaster.boost(a.sensors, step.step)
         alerts += drift
         self.gate.name_events(alerts, step.end_ts)
-        out.alerts += [finish(a, self._usual(a, step.step)) for a in alerts]
+        out.alerts += [_stamp(finish(a, self._usual(a, step.step)), step,
+                              self.cfg.patching.interval_ms) for a in alerts]
         self.forecaster.after_step(inputs, step.step, names)
         events = self.forecaster.drain_events()
         if events and self.gate.due("model", "region", step.step,
@@ -525,6 +526,21 @@ class StreamCore:
             text=(f"model: online update rolled back ({d.get('reason', '')}) on a batch of "
                   f"{len(batch)} sensor(s); serving continues with the last good weights"),
             detail=d))
+
+
+def _stamp(alert: Alert, step: ClosedStep, interval_ms: int) -> Alert:
+    """Set when the alert was raised (the step's end) and, for a drift or anomaly alert,
+    stamp it with when what it reports happened: the change's onset, or the most surprising
+    reading its detector names (``Alert``)."""
+    alert.raised_ts = int(alert.ts)                 # the gate builds it at the step's end
+    if alert.kind == "drift" and alert.detail.get("since_ts") is not None:
+        alert.ts = min(int(alert.detail["since_ts"]), alert.raised_ts)
+    elif alert.kind == "anomaly" and alert.sensors:
+        why = alert.detail.get("explained", {}).get(alert.sensors[0], {})
+        j = why.get("reading") if isinstance(why, dict) else None
+        if isinstance(j, int) and 0 <= j < step.values.shape[1]:
+            alert.ts = min(int(step.start_ts) + j * interval_ms, alert.raised_ts)
+    return alert
 
 
 def _trend_change(before: np.ndarray, after: np.ndarray, sd: float

@@ -139,6 +139,19 @@ def test_alerts_name_the_channels_of_their_series_and_round_trip() -> None:
     assert Alert.from_dict(old) == plain
 
 
+def test_an_alert_carries_when_it_was_raised_beside_what_it_reports() -> None:
+    alert = Alert(id="drift:s:9", kind="drift", sensors=["s"], ts=1000, step=9,
+                  severity="warning", detector="bocpd", statistic="level", text="rose",
+                  raised_ts=4000)
+    msg = alert.to_dict()
+    assert (msg["ts"], msg["raised_ts"]) == (1000, 4000)
+    assert decode_alert(encode_alert(alert)) == alert
+    old = {k: v for k, v in msg.items() if k != "raised_ts"}       # an earlier version's
+    assert Alert.from_dict(old).raised_ts == 1000
+    with pytest.raises(ValueError, match="raised_ts"):
+        Alert.from_dict({**msg, "raised_ts": "soon"}, "alerts@3")
+
+
 def test_a_sensor_graph_is_checked_per_channel_series() -> None:
     msgs = [b'{"sensor": "m", "ts": 1, "values": {"speed": 1.0, "flow": 2.0}}',
             b'{"sensor": "m", "ts": 2, "values": {"occ": 1.0}}']

@@ -83,7 +83,7 @@ def test_a_300_point_series_with_a_level_shift_alerts_near_it_at_defaults() -> N
     for name, v in (("stationary", x), ("shift", shifted)):
         rec = Recording(timestamps=ts, sensors=["s0"], values=v[:, None], interval_ms=300_000)
         _, res = _core_run(rec)
-        found[name] = [(a["kind"], a["ts"]) for a in res.alerts]
+        found[name] = [(a["kind"], a["raised_ts"]) for a in res.alerts]
     assert found["stationary"] == []
     near = [(k, at) for k, at in found["shift"] if ts[150] <= at <= ts[150] + 24 * 300_000]
     assert near, found["shift"]
@@ -100,7 +100,9 @@ def test_a_spike_raises_one_explained_anomaly_alert() -> None:
     assert len(anomalies) == 1, anomalies
     a = anomalies[0]
     assert a["sensors"] == [rec.sensors[2]]
-    assert abs(a["ts"] - rec.timestamps[row]) <= 2 * 3_600_000
+    assert abs(a["raised_ts"] - rec.timestamps[row]) <= 2 * 3_600_000
+    if "reading" in a["detail"]["explained"][rec.sensors[2]]:   # stamped at that reading
+        assert rec.timestamps[row] <= a["ts"] <= rec.timestamps[row + 5] < a["raised_ts"]
     expl = a["detail"]["explained"][rec.sensors[2]]
     assert expl["detector"] == "fused" and expl["component"] in expl["p"]
     share = expl["weights"]                # the leading component: least p over its share

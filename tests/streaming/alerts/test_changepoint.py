@@ -214,15 +214,15 @@ def test_state_round_trip_continues_identically() -> None:
         a.update(["a"], 100, 100 * P * IV, x[:P].T)
 
 
-def _backtest(x: np.ndarray, overrides: dict | None = None) -> list[dict]:
+def _backtest(x: np.ndarray, overrides: dict | None = None, iv: int = IV) -> list[dict]:
     from replay.backtest import backtest
     from streaming.config import StreamConfig
     from streaming.pipeline.core import StreamCore
     from streaming.pipeline.factory import build_model
 
-    ts = T0 + IV * np.arange(len(x), dtype=np.int64)
-    rec = Recording(timestamps=ts, sensors=["s0"], values=x[:, None], interval_ms=IV)
-    cfg = StreamConfig.load(None, {"patching.interval_ms": IV, "drift.detector": "bocpd",
+    ts = T0 + iv * np.arange(len(x), dtype=np.int64)
+    rec = Recording(timestamps=ts, sensors=["s0"], values=x[:, None], interval_ms=iv)
+    cfg = StreamConfig.load(None, {"patching.interval_ms": iv, "drift.detector": "bocpd",
                                    **(overrides or {})})
     core = StreamCore(cfg, build_model(cfg, None), sensors=["s0"])
     return backtest(rec, core, progress=False).alerts
@@ -237,9 +237,10 @@ def test_600_point_shift_at_defaults(seed: int) -> None:
     x[300:] += 6
     drift = [a for a in _backtest(x) if a["kind"] == "drift"]
     assert len(drift) == 1, drift
-    at = (drift[0]["ts"] - T0) // IV
+    at = (drift[0]["raised_ts"] - T0) // IV
     assert 300 <= at <= 324
     assert abs((drift[0]["detail"]["since_ts"] - T0) // IV - 300) <= 3
+    assert drift[0]["ts"] == drift[0]["detail"]["since_ts"]     # stamped at its onset
     assert drift[0]["detail"]["value_direction"] == "up"
 
 

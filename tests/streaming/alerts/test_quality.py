@@ -125,7 +125,7 @@ def test_drift_alerts_say_which_way_the_level_moved(sign: float) -> None:
                       sensors=list(rec.sensors))
     res = backtest(rec, core, progress=False)
     drifted = set(truth[0].sensors)
-    hits = [a for a in res.alerts if a["kind"] == "drift" and a["ts"] >= truth[0].onset_ts
+    hits = [a for a in res.alerts if a["kind"] == "drift" and a["raised_ts"] >= truth[0].onset_ts
             and set(a["sensors"]) & drifted]
     assert hits, "the level shift must be detected"
     a = hits[0]

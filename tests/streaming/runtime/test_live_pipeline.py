@@ -99,10 +99,10 @@ def test_end_to_end_forecasts_and_level_shift_alert(broker, unique, level_shift_
     c.close()
     assert tags and all(t["stfm-engine"] == b"aiokafka" and
                         t["stfm-worker"].endswith(f":{os.getpid()}".encode()) for t in tags)
-    assert not [a for a in alerts if a["ts"] < onset], "alert before any injected drift"
+    assert not [a for a in alerts if a["raised_ts"] < onset], "alert before any injected drift"
     hits = [a for a in alerts if set(a["sensors"]) & set(truths[0].sensors)]
     assert hits, f"no alert for the level shift on {truths[0].sensors}"
-    delay_steps = (min(a["ts"] for a in hits) - onset) / step_ms
+    delay_steps = (min(a["raised_ts"] for a in hits) - onset) / step_ms
     assert 0 <= delay_steps <= MAX_DELAY_STEPS
     assert {"id", "kind", "sensors", "ts", "detector", "statistic", "severity",
             "detail"} <= set(hits[0])
