@@ -175,6 +175,16 @@ def labelled(seed: int) -> tuple[np.ndarray, int, list[int]]:
     return x + noise * scale, interval, cps
 
 
+def _ar_noise(rng: np.random.Generator, n: int, phi: float, heavy: float) -> np.ndarray:
+    """AR(``phi``) noise of unit variance; with probability ``heavy`` its innovations are
+    Student-t(4)."""
+    e = rng.standard_t(4, n) / np.sqrt(2) if rng.random() < heavy else rng.normal(size=n)
+    noise = np.zeros(n)
+    for t in range(n):
+        noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
+    return noise
+
+
 def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
     """One series of the harder check (see the module docstring), read at a daily interval:
     (values, interval ms, change points)."""
@@ -182,10 +192,7 @@ def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
     n = int(np.exp(rng.uniform(np.log(40), np.log(800))))
     k = int(rng.choice([0, 1, 1, 2, 2, 3]))
     phi = float(rng.choice([0.0, 0.3, 0.6, 0.9]))
-    e = rng.standard_t(4, n) / np.sqrt(2) if rng.random() < 0.4 else rng.normal(size=n)
-    noise = np.zeros(n)
-    for t in range(n):
-        noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
+    noise = _ar_noise(rng, n, phi, 0.4)
     t_all = np.arange(n)
     x = 10 + rng.normal(0, 0.02) * t_all * (rng.random() < 0.4)     # a trend throughout
     edge = max(5, n // 10)
@@ -211,10 +218,7 @@ def monthly(seed: int) -> tuple[np.ndarray, int, list[int]]:
     rng = np.random.default_rng(13000 + seed)
     n = int(np.exp(rng.uniform(np.log(60), np.log(400))))
     phi = float(rng.choice([0.0, 0.3, 0.6]))
-    e = rng.standard_t(4, n) / np.sqrt(2) if rng.random() < 0.3 else rng.normal(size=n)
-    noise = np.zeros(n)
-    for t in range(n):
-        noise[t] = (phi * noise[t - 1] if t else 0) + e[t] * np.sqrt(1 - phi ** 2)
+    noise = _ar_noise(rng, n, phi, 0.3)
     t_all = np.arange(n)
     x = 10 + rng.uniform(0, 3) * np.sin(2 * np.pi * t_all / 12 + rng.uniform(0, 6.28))
     edge = max(12, n // 10)
