@@ -203,15 +203,24 @@ class STBackbone(nn.Module):
     def encode(self, tokens: Tensor, *, edge_index: Tensor | None = None,
                edge_weight: Tensor | None = None,
                caches: list[KVCache] | None = None,
-               normalized: bool = False) -> tuple[Tensor, list[KVCache]]:
-        """Temporal blocks (with caches) then the graph layer; returns ``[S, N, T, d]``.
-        ``normalized``: the edges are the GCN's normalized ones (``models.graph.gcn_edges``)."""
+               normalized: bool = False, last_only: bool = False
+               ) -> tuple[Tensor, list[KVCache]]:
+        """Temporal blocks (with caches) then the graph layer; returns ``[S, N, T, d]``
+        (``last_only``: ``[S, N, 1, d]``, the last token's, without computing the others'
+        outputs in the last block; no caches then). ``normalized``: the edges are the GCN's
+        normalized ones (``models.graph.gcn_edges``)."""
         s, n, t, d = tokens.shape
         h = tokens.reshape(s * n, t, d)
         new: list[KVCache] = []
-        for i, block in enumerate(self.blocks):
-            h, c = block(h, None if caches is None else caches[i])
-            new.append(c)
+        if last_only and caches is None and self.blocks:
+            for block in self.blocks[:-1]:
+                h, _ = block(h)
+            h = self.blocks[-1].last(h)
+            t = 1
+        else:
+            for i, block in enumerate(self.blocks):
+                h, c = block(h, None if caches is None else caches[i])
+                new.append(c)
         h = h.reshape(s, n, t, d)
         if self.graph_layer is not None and edge_index is not None:
             h = self.graph_layer(h, edge_index, edge_weight, normalized)
@@ -240,7 +249,7 @@ class STBackbone(nn.Module):
         out = self.forecast_head(h)
         if scale is not None:
             out = out * scale[..., None, None]
-        return out + anchor[..., None]
+        return out + anchor[..., -h.shape[-2]:, None]       # (the last tokens' of ``x``)
 
     def quantile_offsets(self, h: Tensor, scale: Tensor | None = None) -> Tensor:
         """``[S, N, T, 2, H]`` non-negative distances of the 0.1 quantile below and the 0.9
@@ -291,16 +300,17 @@ class STBackbone(nn.Module):
             edge_index: Tensor | None = None, edge_weight: Tensor | None = None,
             step_ms: Tensor | int | None = None, token_mask: Tensor | None = None,
             heads: tuple[str, ...] = ("forecast",),
-            normalized: bool = False) -> dict[str, Tensor]:
+            normalized: bool = False, last_only: bool = False) -> dict[str, Tensor]:
         """One pass with the ``heads`` asked for: ``forecast`` ``[S, N, T, H]``,
         ``quantiles`` (offsets ``[S, N, T, 2, H]``), ``reconstruction`` (``[S, N, T, P]``,
         in the units of ``x``), ``projection``; always ``h`` (the embeddings), ``loc`` and
-        ``scale`` (the window statistics, ``[S, N]``)."""
+        ``scale`` (the window statistics, ``[S, N]``). ``last_only``: the last token's alone
+        (``T = 1`` in every output; what serving reads)."""
         z, loc, scale = self.normalize(x, mask)
         tok = self.tokens(z, mask, steps, side=side, node_ids=node_ids, lap_pe=lap_pe,
                           token_mask=token_mask, step_ms=step_ms)
         h, _ = self.encode(tok, edge_index=edge_index, edge_weight=edge_weight,
-                           normalized=normalized)
+                           normalized=normalized, last_only=last_only)
         sc = scale if self.cfg.instance_norm else None
         out = {"h": h, "loc": loc, "scale": scale}
         if "forecast" in heads:

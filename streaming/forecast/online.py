@@ -572,14 +572,16 @@ class _GraphContext:
         heads = ("forecast", "quantiles") if self.model.quantile_head is not None \
             else ("forecast",)
         out = self.model.run(x[None], mask[None], st, side=side[None], heads=heads,
-                             **self.kwargs(sensors, step_ms))
+                             last_only=True, **self.kwargs(sensors, step_ms))
         q = out["quantiles"][0, :, -1] if "quantiles" in out else None
         return out["forecast"][0, :, -1], out["h"][0, :, -1], q
 
     def forecast_many(self, x: torch.Tensor, mask: torch.Tensor, side: torch.Tensor,
                       steps: np.ndarray, sensors: list[str],
                       step_ms: int | None = None) -> torch.Tensor:
-        """Last-token forecasts ``[S, N, H]`` of ``S`` windows of the same sensors."""
+        """Last-token forecasts ``[S, N, H]`` of ``S`` windows of the same sensors (the last
+        token alone is computed: the others' outputs would reach no loss)."""
         st = torch.as_tensor(np.asarray(steps), dtype=torch.long)
-        y = self.model(x, mask, st, side=side, **self.kwargs(sensors, step_ms))
-        return y[:, :, -1]
+        out = self.model.run(x, mask, st, side=side, last_only=True,
+                             **self.kwargs(sensors, step_ms))
+        return out["forecast"][:, :, -1]

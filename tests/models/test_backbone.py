@@ -60,6 +60,26 @@ def test_streaming_step_equals_full_window(graph):
     assert caches[0][0].shape[2] == 2  # window - 1 cached keys per layer
 
 
+@pytest.mark.parametrize(("graph", "layers", "window"), [(True, 3, 3), (False, 1, 3),
+                                                      (True, 2, 1), (False, 2, 12)])
+def test_the_last_token_alone_equals_the_whole_pass(graph, layers, window):
+    """Serving reads the last token: ``last_only`` computes it alone (longer windows than
+    the attention's, a window of 1, one layer, with and without the graph), same outputs."""
+    m = _model(graph=graph, n_layers=layers, context_patches=window, quantiles=True,
+               instance_norm=True)
+    x, mask, steps = _data(2)
+    mask[0, 2, -1] = False                       # a last patch missing: the anchor looks back
+    lap = laplacian_pe(RING.numpy(), N, 3)
+    kw = dict(node_ids=torch.arange(N), lap_pe=lap, edge_index=RING if graph else None,
+              heads=("forecast", "quantiles"))
+    with torch.no_grad():
+        full = m.run(x * mask, mask, steps, **kw)
+        last = m.run(x * mask, mask, steps, last_only=True, **kw)
+    for key in ("forecast", "quantiles", "h"):
+        assert last[key].shape[2] == 1
+        assert (full[key][:, :, -1:] - last[key]).abs().max().item() < 1e-5, key
+
+
 def test_masked_points_and_the_future_do_not_leak():
     m = _model()
     x, mask, steps = _data()
