@@ -20,6 +20,20 @@ class PatchTransformerConfig(ModelShape):
         return asdict(self)
 
 
+def _last_token(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tensor:
+    """A pre-norm encoder layer's output ``[B, 1, d]`` at the last token of ``h`` ``[B, T,
+    d]`` alone (its query attends to every token, as the causal mask lets it): the same as
+    the layer's whole pass read at the last token, without the others' attention and MLP
+    (the only token the forecast reads)."""
+    if not layer.norm_first:
+        return layer(h, src_mask=torch.triu(torch.ones(h.shape[1], h.shape[1], dtype=torch.bool,
+                                                       device=h.device), 1))[:, -1:]
+    n = layer.norm1(h)
+    a = layer.self_attn(n[:, -1:], n, n, need_weights=False)[0]
+    y = h[:, -1:] + layer.dropout1(a)
+    return y + layer._ff_block(layer.norm2(y))
+
+
 class PatchTransformer(nn.Module):
     """Forecast the next ``horizon`` points of each series from its last K patches.
 
@@ -66,8 +80,10 @@ class PatchTransformer(nn.Module):
         k = x.shape[1]
         z, loc, scale = self.revin(x, mask)
         h = self.embed(z, mask, side) + self.pos[-k:]
-        h = self.encoder(h, mask=self.causal_mask[:k, :k])
-        emb = self.norm(h[:, -1])
+        layers = self.encoder.layers
+        for layer in layers[:-1]:
+            h = layer(h, src_mask=self.causal_mask[:k, :k])
+        emb = self.norm(_last_token(layers[-1], h)[:, 0])
         out = self.head(emb)
         if self.cfg.base == "persistence":   # a correction of the last observed value
             return last_observed(x, mask)[:, -1:] + out * scale, emb

@@ -50,6 +50,23 @@ def test_causal_last_token_ignores_nothing_but_earlier_tokens_ignore_later():
     assert not torch.allclose(h1[:, -1], h2[:, -1])
 
 
+@pytest.mark.parametrize(("layers", "k"), [(1, 4), (2, 4), (2, 1)])
+def test_the_last_token_alone_equals_the_whole_encoder(layers, k):
+    """The forecast reads the last token: the last layer computes it alone, same outputs as
+    the whole encoder read at the last token (one or two layers, a one-patch window)."""
+    m = _model(patch_len=3, context_patches=4, horizon=2, n_layers=layers, d_model=16).eval()
+    with torch.no_grad():
+        m.head.weight.normal_()
+        x = torch.randn(5, k, 3)
+        mask = torch.rand(5, k, 3) > 0.2
+        y, emb = m.forecast_and_embed(x, mask)
+        z, loc, scale = m.revin(x, mask)
+        h = m.encoder(m.embed(z, mask) + m.pos[-k:], mask=m.causal_mask[:k, :k])
+        ref = m.norm(h[:, -1])
+    assert (emb - ref).abs().max().item() < 1e-5
+    assert (y - m.forward(x, mask)).abs().max().item() < 1e-5
+
+
 def test_learns_a_sine():
     torch.manual_seed(0)
     m = _model(patch_len=6, context_patches=4, horizon=6, d_model=16)
