@@ -185,6 +185,24 @@ def _ar_noise(rng: np.random.Generator, n: int, phi: float, heavy: float) -> np.
     return noise
 
 
+def _with_changes(rng: np.random.Generator, x: np.ndarray, noise: np.ndarray,
+                  cps: list[int], *, falls: bool) -> np.ndarray:
+    """``x`` with a level (1.5-5), variance (x2.5-4; ``falls``: up or down) or trend
+    (0.03-0.08 a point) change at each of ``cps``, plus ``noise`` scaled by the variance."""
+    t_all = np.arange(len(x))
+    scale = np.ones(len(x))
+    for c in cps:
+        kind = rng.choice(["level", "level", "variance", "trend"])
+        if kind == "level":
+            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(1.5, 5)
+        elif kind == "variance":
+            scale[c:] *= (rng.choice([rng.uniform(2.5, 4), 1 / rng.uniform(2.5, 4)]) if falls
+                          else rng.uniform(2.5, 4))
+        else:
+            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(3, 8) / 100 * (t_all - c)
+    return x + noise * scale
+
+
 def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
     """One series of the harder check (see the module docstring), read at a daily interval:
     (values, interval ms, change points)."""
@@ -197,16 +215,7 @@ def harder(seed: int) -> tuple[np.ndarray, int, list[int]]:
     x = 10 + rng.normal(0, 0.02) * t_all * (rng.random() < 0.4)     # a trend throughout
     edge = max(5, n // 10)
     cps = _pick_changes(rng, np.arange(edge, n - edge), k, max(10, n // 8))
-    scale = np.ones(n)
-    for c in cps:
-        kind = rng.choice(["level", "level", "variance", "trend"])
-        if kind == "level":
-            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(1.5, 5)
-        elif kind == "variance":
-            scale[c:] *= rng.choice([rng.uniform(2.5, 4), 1 / rng.uniform(2.5, 4)])
-        else:
-            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(3, 8) / 100 * (t_all - c)
-    return x + noise * scale, 86_400_000, cps
+    return _with_changes(rng, x, noise, cps, falls=True), 86_400_000, cps
 
 
 def monthly(seed: int) -> tuple[np.ndarray, int, list[int]]:
@@ -224,16 +233,7 @@ def monthly(seed: int) -> tuple[np.ndarray, int, list[int]]:
     edge = max(12, n // 10)
     cps = _pick_changes(rng, np.arange(edge, n - edge), int(rng.choice([0, 1, 1, 2])),
                         max(24, n // 6))
-    scale = np.ones(n)
-    for c in cps:
-        kind = rng.choice(["level", "level", "variance", "trend"])
-        if kind == "level":
-            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(1.5, 5)
-        elif kind == "variance":
-            scale[c:] *= rng.uniform(2.5, 4)
-        else:
-            x = x + (t_all >= c) * rng.choice([-1, 1]) * rng.uniform(3, 8) / 100 * (t_all - c)
-    return x + noise * scale, MONTH_MS, cps
+    return _with_changes(rng, x, noise, cps, falls=False), MONTH_MS, cps
 
 
 def nab(nab_dir: Path) -> list[tuple[str, np.ndarray, list[int]]]:

@@ -454,8 +454,7 @@ class Alert:
         named channel series ``"s/c"`` to ``c``, present only when there is one)."""
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "sensors": list(self.sensors),
                                "ts": int(self.ts),
-                               "raised_ts": int(self.ts if self.raised_ts is None
-                                                else self.raised_ts),
+                               "raised_ts": int(self.raised_ts or self.ts),
                                "step": self.step,
                                "severity": self.severity, "detector": self.detector,
                                "statistic": self.statistic}
@@ -508,7 +507,7 @@ class Alert:
                    region=d.get("region"), events=list(d.get("events") or []),
                    detail={k: v for k, v in detail.items() if k != "text"},
                    engine=_opt_str(d.get("engine")), worker=_opt_str(d.get("worker")),
-                   raised_ts=d["ts"] if raised is None else raised)
+                   raised_ts=raised)
 
 
 def _opt_str(v: Any) -> str | None:

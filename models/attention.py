@@ -64,7 +64,6 @@ class SlidingWindowAttention(nn.Module):
             (k[:, :, :0], v[:, :, :0])
         return self.out(y), new_cache
 
-
     def keys_values(self, x: Tensor) -> KVCache:
         """The cache ``forward`` would leave after ``x`` ``[B, T, d]`` (its last ``window -
         1`` keys/values), without attending: what a query after ``x`` needs."""

@@ -24,10 +24,7 @@ def _last_token(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tensor:
     """A pre-norm encoder layer's output ``[B, 1, d]`` at the last token of ``h`` ``[B, T,
     d]`` alone (its query attends to every token, as the causal mask lets it): the same as
     the layer's whole pass read at the last token, without the others' attention and MLP
-    (the only token the forecast reads)."""
-    if not layer.norm_first:
-        return layer(h, src_mask=torch.triu(torch.ones(h.shape[1], h.shape[1], dtype=torch.bool,
-                                                       device=h.device), 1))[:, -1:]
+    (the only token the forecast reads). ``PatchTransformer`` builds its layers pre-norm."""
     n = layer.norm1(h)
     a = layer.self_attn(n[:, -1:], n, n, need_weights=False)[0]
     y = h[:, -1:] + layer.dropout1(a)
