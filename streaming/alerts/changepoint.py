@@ -24,9 +24,11 @@ Per closed step and sensor:
    times its wander (``1 / sqrt(1 - rho)``, rho its lowest recent autocorrelation: an air
    pressure that drifts slowly moves many step-to-step units without a change). Small changes
    that hold and run one way are added up: a trend, judged on the plain scale. The
-   onset is that run's start, refined to the reading by a CUSUM split of the two steps around
-   it; the magnitude is the difference of the run means, in the sensor's own units (level) or
-   as a ratio (spread).
+   onset is that run's start, refined to the reading from the remembered readings: for a
+   level, a CUSUM split of the two steps around it, or, where a line that bends fits them
+   better than a line that steps (a trend that began), the bend; for a spread, the
+   likelihood split of the squared successive differences. The magnitude is the difference
+   of the run means, in the sensor's own units (level) or as a ratio (spread).
 
 An intermittent sensor (more than half its steps flat: a rain gauge, a valve) raises no
 changes: its bursts are events, the anomaly score's business. A stuck sensor (one reading
@@ -771,6 +773,10 @@ class ChangeMonitor:
                 if margin < 1.0 + self.cfg.repeat_factor * self._strain(i, step):
                     self.held_back += 1
                     continue
+                if channel == "level":
+                    at, split = self._hinge(i, step, at, split, after > before, gradual)
+                elif not gradual:
+                    at, split = self._var_split(i, step, at, split)
                 st.told[i] = (before, after, step)
                 self.strain[i] = self._strain(i, step) + 1.0
                 self.strain_step[i] = step
@@ -892,6 +898,69 @@ class ChangeMonitor:
                     "probability": round(float(mass), 6), "effect": round(float(effect), 3),
                     "usual_move": round(float(move), 6), **detail})
 
+    def _hinge(self, i: int, step: int, onset: int, split0: int | None, up: bool,
+               gradual: bool) -> tuple[int, int | None]:
+        """A change of slope's onset to the reading, as (onset step, split into the step
+        before it): the hinge of the best line-plus-hinge fit (``a + b t + c max(0, t -
+        tau)``, ``c`` in the change's direction) to the remembered readings (up to
+        ``_HISTORY_STEPS`` steps). For an abrupt change only where that fit beats the best
+        line-plus-step (a trend that began bends the line; a shift steps it), so that the
+        run's CUSUM split (``split0``) stays for a shift. Unchanged where the run began in
+        the oldest remembered step or before: the bend may lie before the readings."""
+        p = self.patch_len
+        parts, first = [], step
+        for s in range(step, step - _HISTORY_STEPS, -1):
+            k = s % _HISTORY_STEPS
+            if self.history_steps[k] != s:
+                break
+            parts.append(self.history[i, k * p:(k + 1) * p])
+            first = s
+        if len(parts) < 3 or onset <= first:
+            return onset, split0
+        x = np.concatenate(parts[::-1])
+        ok = np.isfinite(x)
+        t = np.flatnonzero(ok).astype(np.float64)
+        y = x[ok]
+        cand = np.arange(p, len(x) - p // 2, dtype=np.float64)
+        bend, slope = _fit_sse(t, y, np.maximum(t[None] - cand[:, None], 0.0))
+        bend = np.where((slope > 0) == up, bend, np.inf)
+        j = int(np.argmin(bend))
+        if not np.isfinite(bend[j]):
+            return onset, split0
+        if not gradual:
+            shift, _ = _fit_sse(t, y, (t[None] >= cand[:, None]).astype(np.float64))
+            if shift.min() <= bend[j]:
+                return onset, split0
+        tau = int(cand[j])
+        return first + tau // p + 1, tau % p
+
+    def _var_split(self, i: int, step: int, onset: int, split0: int | None
+                   ) -> tuple[int, int | None]:
+        """A variance change's onset to the reading: the likelihood split of the squared
+        successive differences of the remembered readings from two steps before the onset
+        step to now, as (onset step, split into the step before it)."""
+        p = self.patch_len
+        lo = max(onset - 2, step - _HISTORY_STEPS + 1)
+        if lo >= onset:
+            return onset, split0          # the readings before it are no longer remembered
+        parts = []
+        for s in range(lo, step + 1):
+            k = s % _HISTORY_STEPS
+            if self.history_steps[k] != s:
+                return onset, split0
+            parts.append(self.history[i, k * p:(k + 1) * p])
+        x = np.concatenate(parts)
+        idx = np.flatnonzero(np.isfinite(x))
+        if len(idx) < 2 * p:
+            return onset, split0
+        d2 = np.diff(x[idx]) ** 2 + 1e-300
+        m = len(d2)
+        c = np.cumsum(d2)
+        k = np.arange(3, m - 2)
+        cost = k * np.log(c[k - 1] / k) + (m - k) * np.log((c[-1] - c[k - 1]) / (m - k))
+        r = int(idx[int(k[int(np.argmin(cost))])])
+        return lo + r // p + 1, r % p
+
     def _split(self, i: int, onset: int, channel: str) -> int | None:
         """The reading where the change most likely began, as an offset into the step before
         the onset step: the CUSUM split of the deseasonalized readings of that step and the
@@ -1005,6 +1074,19 @@ def _robust_spread(resid: np.ndarray) -> np.ndarray:
     total = row_sum(d2) - row_max(d2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt >= 3, np.sqrt(total / (2 * np.maximum(cnt - 1, 1))), np.nan)
+
+
+def _fit_sse(t: np.ndarray, y: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of ``y`` on ``[1, t, extra[c]]`` for each row ``c`` of ``extra``
+    (``[C, len(t)]``): the residual sums of squares and the coefficients of ``extra``."""
+    tc = t - t.mean()
+    cols = np.stack(np.broadcast_arrays(np.ones_like(extra), tc[None], extra), axis=-1)
+    xtx = np.einsum("cmi,cmj->cij", cols, cols)
+    xty = np.einsum("cmi,m->ci", cols, y)
+    ridge = 1e-9 * np.trace(xtx, axis1=1, axis2=2)[:, None, None] * np.eye(3)
+    coef = np.linalg.solve(xtx + ridge, xty[..., None])[..., 0]
+    resid = y[None] - np.einsum("cmi,ci->cm", cols, coef)
+    return np.sum(resid * resid, axis=1), coef[:, 2]
 
 
 def move_from(per_scale: np.ndarray, steps: int) -> float:
