@@ -311,7 +311,7 @@ def test_a_bend_is_placed_at_the_bend_and_a_variance_change_at_its_reading() -> 
     daily cycle is waited for) is placed by the line-plus-hinge fit, not at the first step
     whose mean left the run; a variance rise at 307 by the likelihood split of the squared
     differences. Over 8 seeds (the step-level placement was 7.5 readings off on average
-    for the bend, up to 9 for the rise)."""
+    for the bend, within 5 readings on 2 of 8; up to 9 for the rise)."""
     day = 86_400_000
     bend, rise = [], []
     for seed in range(8):
@@ -328,7 +328,7 @@ def test_a_bend_is_placed_at_the_bend_and_a_variance_change_at_its_reading() -> 
         onsets = [onset for _, onset, ev in found if ev.detail["change"] == "variance"]
         if onsets:
             rise.append(abs(onsets[0] - 307))
-    assert max(bend) <= 8 and np.mean(bend) <= 5, bend
+    assert sum(e <= 5 for e in bend) >= 6 and np.mean(bend) <= 5, bend
     assert len(rise) >= 6 and np.median(rise) <= 3, rise
 
 
