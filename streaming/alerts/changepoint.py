@@ -925,7 +925,14 @@ class ChangeMonitor:
         ok = np.isfinite(x)
         t = np.flatnonzero(ok).astype(np.float64)
         y = x[ok]
+        if len(y) < 2 * p:
+            return onset, split0
+        # a candidate needs readings on both sides (a sensor's first-day readings left the
+        # history, a gap of missing readings): a bend where nothing was read is no estimate
         cand = np.arange(p, len(x) - p // 2, dtype=np.float64)
+        cand = cand[(cand >= t[p // 2]) & (cand <= t[-(p // 2)])]
+        if len(cand) == 0:
+            return onset, split0
         bend, slope = _fit_sse(t, y, np.maximum(t[None] - cand[:, None], 0.0))
         bend = np.where((slope > 0) == up, bend, np.inf)
         j = int(np.argmin(bend))
