@@ -25,10 +25,11 @@ Per closed step and sensor:
    pressure that drifts slowly moves many step-to-step units without a change). Small changes
    that hold and run one way are added up: a trend, judged on the plain scale. The
    onset is that run's start, refined to the reading from the remembered readings: for a
-   level, a CUSUM split of the two steps around it, or, where a line that bends fits them
-   better than a line that steps (a trend that began), the bend; for a spread, the
-   likelihood split of the squared successive differences. The magnitude is the difference
-   of the run means, in the sensor's own units (level) or as a ratio (spread).
+   level, the bend of a line-plus-hinge fit where a line that bends fits them better than
+   one that steps (a trend that began), else the step of a line-plus-step fit near the run's
+   CUSUM split; for a spread, the likelihood split of the squared successive differences.
+   The magnitude is the difference of the run means, in the sensor's own units (level) or as
+   a ratio (spread).
 
 An intermittent sensor (more than half its steps flat: a rain gauge, a valve) raises no
 changes: its bursts are events, the anomaly score's business. A stuck sensor (one reading
@@ -852,16 +853,37 @@ class ChangeMonitor:
     def _since(self, i: int, onset: int, split: int, step: int) -> np.ndarray | None:
         """Sensor ``i``'s deseasonalized readings from ``split`` (an offset into the step
         before ``onset``) to now, when the history still holds all of them."""
+        x = self._remembered(i, onset - 1, step)
+        if x is None:
+            return None
+        x = x[split:]
+        x = x[np.isfinite(x)]
+        return x if len(x) else None
+
+    def _remembered(self, i: int, lo: int, hi: int) -> np.ndarray | None:
+        """Sensor ``i``'s deseasonalized readings of steps ``lo`` to ``hi``, one after the
+        other (None when the history no longer holds one of those steps)."""
         p = self.patch_len
         parts = []
-        for s in range(onset - 1, step + 1):
+        for s in range(lo, hi + 1):
             k = s % _HISTORY_STEPS
             if self.history_steps[k] != s:
                 return None
             parts.append(self.history[i, k * p:(k + 1) * p])
-        x = np.concatenate(parts)[split:]
-        x = x[np.isfinite(x)]
-        return x if len(x) else None
+        return np.concatenate(parts)
+
+    def _oldest_remembered(self, step: int) -> int:
+        """The first step of the unbroken run of remembered steps that ends at ``step``."""
+        first = step
+        while (first > step - _HISTORY_STEPS + 1
+               and self.history_steps[(first - 1) % _HISTORY_STEPS] == first - 1):
+            first -= 1
+        return first
+
+    def _at_reading(self, first: int, r: int) -> tuple[int, int]:
+        """Reading ``r`` counted from the start of step ``first`` as (onset step, split into
+        the step before it), the form ``_onset_ts`` reads."""
+        return first + r // self.patch_len + 1, r % self.patch_len
 
     def _evidence(self, name: str, i: int, channel: str, step: int, end_ts: int, onset: int,
                   split: int | None, before: float, after: float, mass: float,
@@ -912,16 +934,10 @@ class ChangeMonitor:
         run began in the oldest remembered step or before: the change may lie before the
         readings."""
         p = self.patch_len
-        parts, first = [], step
-        for s in range(step, step - _HISTORY_STEPS, -1):
-            k = s % _HISTORY_STEPS
-            if self.history_steps[k] != s:
-                break
-            parts.append(self.history[i, k * p:(k + 1) * p])
-            first = s
-        if len(parts) < 3 or onset <= first:
+        first = self._oldest_remembered(step)
+        x = self._remembered(i, first, step) if step - first >= 2 else None
+        if x is None or onset <= first:
             return onset, split0
-        x = np.concatenate(parts[::-1])
         ok = np.isfinite(x)
         t = np.flatnonzero(ok).astype(np.float64)
         y = x[ok]
@@ -929,8 +945,9 @@ class ChangeMonitor:
             return onset, split0
         # a candidate needs readings on both sides (a sensor's first-day readings left the
         # history, a gap of missing readings): a bend where nothing was read is no estimate
+        edge = max(p // 2, 1)
         cand = np.arange(p, len(x) - p // 2, dtype=np.float64)
-        cand = cand[(cand >= t[p // 2]) & (cand <= t[-(p // 2)])]
+        cand = cand[(cand >= t[edge]) & (cand <= t[-edge])]
         if len(cand) == 0:
             return onset, split0
         bend, slope = _fit_sse(t, y, np.maximum(t[None] - cand[:, None], 0.0))
@@ -953,50 +970,36 @@ class ChangeMonitor:
                     return onset, split0
                 shift, _ = _fit_sse(t[near], y[near],
                                     (t[near][None] >= c[:, None]).astype(np.float64))
-                tau = int(c[int(np.argmin(shift))])
-                return first + tau // p + 1, tau % p
-        tau = int(cand[j])
-        return first + tau // p + 1, tau % p
+                return self._at_reading(first, int(c[int(np.argmin(shift))]))
+        return self._at_reading(first, int(cand[j]))
 
     def _var_split(self, i: int, step: int, onset: int, split0: int | None
                    ) -> tuple[int, int | None]:
         """A variance change's onset to the reading: the likelihood split of the squared
         successive differences of the remembered readings from two steps before the onset
         step to now, as (onset step, split into the step before it)."""
-        p = self.patch_len
         lo = max(onset - 2, step - _HISTORY_STEPS + 1)
-        if lo >= onset:
-            return onset, split0          # the readings before it are no longer remembered
-        parts = []
-        for s in range(lo, step + 1):
-            k = s % _HISTORY_STEPS
-            if self.history_steps[k] != s:
-                return onset, split0
-            parts.append(self.history[i, k * p:(k + 1) * p])
-        x = np.concatenate(parts)
+        # (unchanged when the readings before it are no longer remembered)
+        x = self._remembered(i, lo, step) if lo < onset else None
+        if x is None:
+            return onset, split0
         idx = np.flatnonzero(np.isfinite(x))
-        if len(idx) < 2 * p:
+        if len(idx) < 2 * self.patch_len:
             return onset, split0
         d2 = np.diff(x[idx]) ** 2 + 1e-300
         m = len(d2)
         c = np.cumsum(d2)
         k = np.arange(3, m - 2)
         cost = k * np.log(c[k - 1] / k) + (m - k) * np.log((c[-1] - c[k - 1]) / (m - k))
-        r = int(idx[int(k[int(np.argmin(cost))])])
-        return lo + r // p + 1, r % p
+        return self._at_reading(lo, int(idx[int(k[int(np.argmin(cost))])]))
 
     def _split(self, i: int, onset: int, channel: str) -> int | None:
         """The reading where the change most likely began, as an offset into the step before
         the onset step: the CUSUM split of the deseasonalized readings of that step and the
         onset step (None when they are no longer remembered)."""
-        p = self.patch_len
-        parts = []
-        for s in (onset - 1, onset):
-            k = s % _HISTORY_STEPS
-            if self.history_steps[k] != s:
-                return None
-            parts.append(self.history[i, k * p:(k + 1) * p])
-        x = np.concatenate(parts)
+        x = self._remembered(i, onset - 1, onset)
+        if x is None:
+            return None
         idx = np.flatnonzero(np.isfinite(x))
         if len(idx) < 4:
             return None
