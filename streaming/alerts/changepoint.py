@@ -6,7 +6,10 @@ Per closed step and sensor:
 1. **Deseasonalize.** Each reading minus the sensor's daily profile at its *local wall-clock*
    time of day (``patching.timezone``; a daylight-saving switch moves the clock, not the
    profile), where that slot has been seen. The profile is an exponential mean of the
-   readings' deviation from the sensor's level, per slot (at most 288 slots a day).
+   readings' deviation from the sensor's level, per slot (at most 288 slots a day). Then
+   less the sensor's steady trend where it has a clear one (``trend.TrendFrame``, learned
+   from the step levels since its last level change): on a trending series (a population,
+   a price) the trend is then no change, while a shift on it or a turn of it is.
 2. **Two statistics per step**, each watched by its own ``BOCPDArray`` over all sensors:
    ``level``, the mean of the step's deseasonalized readings, and ``spread``, the log of their
    robust within-step scale (from successive differences, so a level change inside the step
@@ -58,6 +61,7 @@ from connectors.schemas import format_when, zone
 from streaming.alerts.alert_gate import Evidence
 from streaming.alerts.bocpd import BOCPDArray
 from streaming.alerts.rowwise import row_max, row_sum
+from streaming.alerts.trend import TrendFrame
 from streaming.config import DriftConfig
 
 DAY_MS = 86_400_000
@@ -398,6 +402,8 @@ class ChangeMonitor:
         self.anchor = np.zeros(0)          # first step mean: the first season's profile is
         #                                    relative to it (single precision stays exact)
         self.stats = {c: _Stat(cfg) for c in CHANNELS}
+        self.trend = TrendFrame(patch_len)   # a steady drift, out of the level's readings
+        self._pending = np.zeros(0, bool)
         self.history = np.zeros((0, _HISTORY_STEPS * patch_len))  # deseasonalized readings
         self.history_steps = np.full(_HISTORY_STEPS, -1, np.int64)  # their steps (ring)
         self.phi = np.zeros(0)            # readings' lag-1 autocorrelation within steps
@@ -437,6 +443,7 @@ class ChangeMonitor:
                                        np.full((add, self.history.shape[1]), np.nan)])
         for st in self.stats.values():
             st.grow(n, t)
+        self.trend.grow(n, t)
 
     def local_slots(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Profile slot of each timestamp, its local wall-clock time of day (``tz``) in slots,
@@ -489,8 +496,19 @@ class ChangeMonitor:
         cnt = row_sum(fin)
         have = cnt > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.where(have, row_sum(np.where(fin, resid, 0.0)) / np.maximum(cnt, 1),
-                         np.nan)
+            y_raw = np.where(have, row_sum(np.where(fin, resid, 0.0)) / np.maximum(cnt, 1),
+                             np.nan)
+            # the detector watches the readings less the sensor's steady trend (``trend``;
+            # only the sensors that have a frame: most have none)
+            y = y_raw
+            framed = self.trend.framed(n)
+            if len(framed):
+                resid = resid.copy() if resid is values else resid
+                resid[framed] -= self.trend.frame(step, n, framed)
+                y = y_raw.copy()
+                y[framed] = np.where(have[framed],
+                                     row_sum(np.where(fin[framed], resid[framed], 0.0))
+                                     / np.maximum(cnt[framed], 1), np.nan)
             spread = _robust_spread(resid)
             # the step mean's noise from within the step, for the level's scale until step
             # differences exist and pooled with theirs while they are few: the readings' std,
@@ -530,7 +548,8 @@ class ChangeMonitor:
         sd_spread = sp.update(logs, step, spread_fallback, alpha)
         # the values' level and profile follow the data (after the detectors saw the step)
         first = have & np.isnan(level)
-        new_level = np.where(first, y0, np.where(have, level + 0.1 * (y0 - level), level))
+        new_level = np.where(first, y_raw, np.where(have, level + 0.1 * (y_raw - level),
+                                                      level))
         self.level[:n] = new_level
         before = seasoned
         if self.slots:
@@ -545,6 +564,20 @@ class ChangeMonitor:
         found = self._declare(names, n, step, end_ts if end_ts is not None else
                               int(ts[-1] + self.interval_ms), {"level": sd_level,
                                                                "spread": sd_spread})
+        drift0 = self.trend.drift[:n].copy()
+        # (a daily cycle not yet removed is no trend: learned once the profile is)
+        changed = self.trend.learn(np.where(seasoned, y_raw, np.nan), step, self.noise[:n],
+                                   self._pending[:n] if len(self._pending) >= n else None)
+        if changed.any():
+            delta = self.trend.drift[:n] - drift0
+            self._rebase(step, np.flatnonzero(changed), delta)
+            # the level's scale and moves were learned in the old frame: it starts over from
+            # where it is now, in the new frame (the step's mean lies half a step before the
+            # frame's new drift starts at its end)
+            full = np.zeros(len(self.level), bool)
+            full[:n] = changed
+            start = np.pad(y0 + delta * (p / 2), (0, len(full) - n), constant_values=np.nan)
+            self.stats["level"].reset(full, step, start)
         if self.slots:
             done = self._seasoned(n) & ~before
             if done.any():           # from the next step on the statistics are deseasonalized
@@ -561,6 +594,7 @@ class ChangeMonitor:
                 self.stats["level"].reset(full, step, self.level)
                 self.stats["spread"].reset(full, step)
                 self.history[idx] = np.nan     # (raw readings: not in the detector's frame)
+                self.trend.restart(idx, step, forget=True)
         return found
 
     def _stuck(self, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -688,6 +722,15 @@ class ChangeMonitor:
             self.profile[uniq, :n] = cur
             self.profile_n[uniq, :n] = cnt + o
 
+    def _rebase(self, step: int, idx: np.ndarray, delta: np.ndarray) -> None:
+        """The remembered readings of sensors ``idx`` in the frame of their new drift (it
+        grew by ``delta`` a reading): as if it had held all along up to the end of ``step``,
+        so that where the drift was taken is no bend in them."""
+        p = self.patch_len
+        rel = ((self.history_steps[:, None] - step) * p
+               + np.arange(p)[None, :] - (p - 1)).reshape(-1).astype(np.float64)
+        self.history[idx] -= delta[idx, None] * rel[None, :]
+
     def _remember(self, step: int, resid: np.ndarray, common: np.ndarray | None) -> None:
         """Keep the step's deseasonalized readings, less the network-wide move ``common``
         where it was removed (the detector's frame: onset split and new level)."""
@@ -712,6 +755,8 @@ class ChangeMonitor:
             # a change during the first warm-up is part of the baseline, not an alert
             st.last_cp[:n] = np.where(~ready, step, st.last_cp[:n])
             mass = det.mass_after(st.last_cp)[:n]
+            if channel == "level":
+                self._pending = mass > 0.5       # a change may be under way (``trend``)
             fire = ready & (st.n[:n] >= 2) & (mass > self.threshold)
             if not fire.any():
                 continue
@@ -768,8 +813,10 @@ class ChangeMonitor:
                     continue
                 if back is not None:
                     st.told.pop(i, None)
-                    out[names[i]] = self._recovered(names[i], channel, step, end_ts, at, split,
-                                                    before, after, back)
+                    if channel == "level":
+                        self.trend.restart([i], step)
+                    out[names[i]] = self._recovered(names[i], i, channel, step, end_ts, at,
+                                                    split, before, after, back)
                     continue
                 # over the sensor's budget: a sensor that changed lately must change by more
                 # to be news again (ETT loads switch regimes every few weeks)
@@ -785,6 +832,12 @@ class ChangeMonitor:
                 st.told[i] = (before, after, step)
                 self.strain[i] = self._strain(i, step) + 1.0
                 self.strain_step[i] = step
+                if channel == "level":
+                    # told in the readings' own units: the frame at the onset added back (and,
+                    # for a gradual change, the frame now to the level now)
+                    self.trend.restart([i], step)
+                    before += self.trend.at(i, at)
+                    after += self.trend.at(i, step + 1 if gradual else at)
                 out[names[i]] = self._evidence(names[i], i, channel, step, end_ts, at, split,
                                                before, after, float(mass[i]), effect,
                                                gradual, move)
@@ -823,7 +876,8 @@ class ChangeMonitor:
             return end_ts - (step - onset + 1) * p * iv
         return end_ts - (step - onset + 2) * p * iv + split * iv
 
-    def _recovered(self, name: str, channel: str, step: int, end_ts: int, onset: int,
+    def _recovered(self, name: str, i: int, channel: str, step: int, end_ts: int,
+                   onset: int,
                    split: int | None, before: float, after: float,
                    told: tuple[float, float, int]) -> Evidence:
         """An info alert: the statistic is back near where it was before the last change."""
@@ -832,6 +886,9 @@ class ChangeMonitor:
         tz = "" if self.tz == "UTC" else f" {self.tz}"
         when = format_when(onset_ts, self.tz, self.interval_ms)
         if channel == "level":
+            # in the readings' own units at the onset (levels relative to a steady trend)
+            f = self.trend.at(i, onset)
+            before, after, b0, a0 = before + f, after + f, b0 + f, a0 + f
             words = (f"level back to about {after:.4g} since {when}"
                      f"{tz}, near its {b0:.4g} before the last change (to about {a0:.4g})")
             kind = "level"
@@ -1022,7 +1079,8 @@ class ChangeMonitor:
                 "strain_step": self.strain_step.copy(), "held_back": self.held_back,
                 "last_raw": self.last_raw.copy(), "still": self.still.copy(),
                 "usual_still": self.usual_still.copy(),
-                "stats": {c: st.state_dict() for c, st in self.stats.items()}}
+                "stats": {c: st.state_dict() for c, st in self.stats.items()},
+                "trend": self.trend.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.profile = np.asarray(state["profile"], np.float32).copy()
@@ -1067,6 +1125,8 @@ class ChangeMonitor:
                                       np.int64).copy()
         for c, st in self.stats.items():
             st.load_state_dict(state["stats"][c])
+        # (a state from before trends were taken out: no drift known)
+        self.trend.load_state_dict(state.get("trend", {}), len(self.level))
 
 
 def _flat(values: np.ndarray, ok: np.ndarray, spread: np.ndarray) -> np.ndarray:
