@@ -11,12 +11,15 @@ out: the detector sees the readings less a *frame* that grows by the drift each 
   than chance allows at ``_T_P`` (Student-t, at least ``_T_MIN`` standard errors; a random
   walk's wander rarely gets there: its differences have mean 0), and it is at least
   ``_EFFECT_MIN`` of a step's own noise per step (a season's slow drift in a noisy sensor
-  stays in the data, where it always was). Its value is the least-squares slope of the
-  regime's levels, refined every step while it stays clear.
+  stays in the data, where it always was). The standard error is never below what the
+  step's own noise (seen within the steps) implies, so a few differences that happen to
+  agree do not make a trend. Its value is the least-squares slope of the regime's levels,
+  refined every step while it stays clear and no level change is under way (a shift's jump
+  would bend the slope).
 * The frame is integrated: a new drift changes where the frame goes from now on, never
   where it was, so what the detector already saw stays in its frame.
 * When the drift is first taken, or changes by at least a step's noise per step, the
-  detector's statistics restart (``changed``): their scale and moves were learned from
+  detector's level statistic restarts (``changed``): its scale and moves were learned from
   readings in the old frame.
 * A slope that changes (a trend that turns, speeds up or stops) is a ramp in the new frame:
   the detector raises it as a level or trend change, and the drift is learned again from
@@ -31,11 +34,10 @@ import numpy as np
 from scipy.special import stdtrit
 
 _MIN_DIFFS = 4        # differences of step levels before a drift may be taken
-_T_MIN = 6.0          # the drift's mean / its standard error, at least, and at least the
-_T_P = 1e-3           # Student-t quantile for this two-sided tail at the differences' degrees
-#                       of freedom (a standard error from 3 differences is itself a guess:
-#                       t > 5 happens by chance in 4 % of them), the standard error from
-#                       at least the step's noise seen within it (not small by chance)
+_T_MIN = 6.0          # the drift's mean / its standard error, at least ...
+_T_P = 1e-3           # ... and at least the Student-t quantile of this two-sided tail at the
+#                       differences' degrees of freedom (a standard error from 3 differences
+#                       is itself a guess: t > 5 happens by chance in 4 % of them)
 _T_DOF = 200
 _T_TABLE = np.maximum(stdtrit(np.arange(1, _T_DOF + 1), 1 - _T_P / 2), _T_MIN)
 _EFFECT_MIN = 0.5     # the drift per step / a step's noise (differences' sd / sqrt 2)
