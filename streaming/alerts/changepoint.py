@@ -577,7 +577,12 @@ class ChangeMonitor:
             full = np.zeros(len(self.level), bool)
             full[:n] = changed
             start = np.pad(y0 + delta * (p / 2), (0, len(full) - n), constant_values=np.nan)
-            self.stats["level"].reset(full, step, start)
+            lv.reset(full, step, start)
+            # its scale from the trend's own differences about the drift (the trend out):
+            # known now, where the restarted statistic would have to learn it again
+            idx = np.flatnonzero(changed & np.isfinite(self.trend.step_noise[:n]))
+            lv.scale[idx] = self.trend.step_noise[idx] / _SQRT_PI_2
+            lv.n[idx] = self.trend.m[idx] + 1
         if self.slots:
             done = self._seasoned(n) & ~before
             if done.any():           # from the next step on the statistics are deseasonalized

@@ -65,6 +65,9 @@ class TrendFrame:
         self.start = np.zeros(0, np.int64)
         self.s0, self.s1, self.s2 = np.zeros(0), np.zeros(0), np.zeros(0)
         self.sy, self.ssy = np.zeros(0), np.zeros(0)
+        # per sensor, a step level's noise about the drift as of the last ``learn`` (NaN:
+        # too few differences), for a detector that restarts in the new frame
+        self.step_noise = np.zeros(0)
 
     def grow(self, n: int, step: int) -> None:
         add = n - len(self.drift)
@@ -134,6 +137,8 @@ class TrendFrame:
         if noise is not None:
             sd = np.fmax(sd, np.sqrt(2.0) * noise[:n])
         noise = sd / np.sqrt(2.0)
+        self.step_noise = np.full(len(self.drift), np.nan)
+        self.step_noise[:n] = np.where(m >= _MIN_DIFFS, noise, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             t_min = _T_TABLE[np.clip(m - 2, 0, _T_DOF - 1)]      # m - 1 degrees of freedom
             clear = ((m >= _MIN_DIFFS) & (np.abs(mean) * np.sqrt(m) >= t_min * sd)
