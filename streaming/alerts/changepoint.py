@@ -164,11 +164,14 @@ class _Stat:
         self.moves = np.concatenate([self.moves, np.full((_MOVE_SCALES, _MOVE_MEMORY, add),
                                                           np.nan, np.float32)], axis=2)
 
-    def reset(self, mask: np.ndarray, t: int, start: np.ndarray | None = None) -> None:
+    def reset(self, mask: np.ndarray, t: int, start: np.ndarray | None = None,
+              scale: np.ndarray | None = None, diffs: np.ndarray | None = None) -> None:
         """Start the sensors in ``mask`` over at step ``t`` (their statistic changed meaning:
-        the daily profile is now removed). ``start``: where the statistic is expected to
-        be, if known; the new run starts from it (as two observations there), so a change
-        right after the reset is judged against it."""
+        the daily profile is now removed, or a trend is taken out). ``start``: where the
+        statistic is expected to be, if known; the new run starts from it (as two
+        observations there), so a change right after the reset is judged against it.
+        ``scale``: its noise where already known (NaN: not), as if learned from ``diffs``
+        step-to-step differences."""
         m = np.asarray(mask)
         self.det.reset(m, t + 1)
         self.level[m], self.scale[m], self.prev[m], self.acc_dir[m] = np.nan, 0.0, np.nan, 0
@@ -177,6 +180,10 @@ class _Stat:
             self.level[idx] = start[idx]
             self.det.seed(idx, start[idx], 2.0)
         self.c0[m], self.c1[m], self.n[m], self.pairs[m] = 0.0, 0.0, 0, 0
+        if scale is not None and diffs is not None:
+            idx = np.flatnonzero(m[:len(scale)] & np.isfinite(scale[:len(m)]))
+            self.scale[idx] = scale[idx] / _SQRT_PI_2      # as a mean |difference|
+            self.n[idx] = diffs[idx] + 1
         self.rho_seen[:, m] = 0.0
         self.rho_calm[m] = 0.0
         self.last_cp[m] = t + 1
@@ -496,8 +503,7 @@ class ChangeMonitor:
         cnt = row_sum(fin)
         have = cnt > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            y_raw = np.where(have, row_sum(np.where(fin, resid, 0.0)) / np.maximum(cnt, 1),
-                             np.nan)
+            y_raw = _row_mean(resid, fin, cnt)
             # the detector watches the readings less the sensor's steady trend (``trend``;
             # only the sensors that have a frame: most have none)
             y = y_raw
@@ -506,9 +512,7 @@ class ChangeMonitor:
                 resid = resid.copy() if resid is values else resid
                 resid[framed] -= self.trend.frame(step, n, framed)
                 y = y_raw.copy()
-                y[framed] = np.where(have[framed],
-                                     row_sum(np.where(fin[framed], resid[framed], 0.0))
-                                     / np.maximum(cnt[framed], 1), np.nan)
+                y[framed] = _row_mean(resid[framed], fin[framed], cnt[framed])
             spread = _robust_spread(resid)
             # the step mean's noise from within the step, for the level's scale until step
             # differences exist and pooled with theirs while they are few: the readings' std,
@@ -576,13 +580,10 @@ class ChangeMonitor:
             # frame's new drift starts at its end)
             full = np.zeros(len(self.level), bool)
             full[:n] = changed
+            # with its scale from the trend's own differences about the drift (the trend
+            # out): known now, where the restarted statistic would have to learn it again
             start = np.pad(y0 + delta * (p / 2), (0, len(full) - n), constant_values=np.nan)
-            lv.reset(full, step, start)
-            # its scale from the trend's own differences about the drift (the trend out):
-            # known now, where the restarted statistic would have to learn it again
-            idx = np.flatnonzero(changed & np.isfinite(self.trend.step_noise[:n]))
-            lv.scale[idx] = self.trend.step_noise[idx] / _SQRT_PI_2
-            lv.n[idx] = self.trend.m[idx] + 1
+            lv.reset(full, step, start, self.trend.step_noise, self.trend.m)
         if self.slots:
             done = self._seasoned(n) & ~before
             if done.any():           # from the next step on the statistics are deseasonalized
@@ -1132,6 +1133,13 @@ class ChangeMonitor:
             st.load_state_dict(state["stats"][c])
         # (a state from before trends were taken out: no drift known)
         self.trend.load_state_dict(state.get("trend", {}), len(self.level))
+
+
+def _row_mean(x: np.ndarray, fin: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """Per row, the mean of the finite entries of ``x`` (``fin``, ``cnt`` of them; NaN
+    where none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, row_sum(np.where(fin, x, 0.0)) / np.maximum(cnt, 1), np.nan)
 
 
 def _flat(values: np.ndarray, ok: np.ndarray, spread: np.ndarray) -> np.ndarray:

@@ -41,7 +41,8 @@ _T_P = 1e-3           # ... and at least the Student-t quantile of this two-side
 _T_DOF = 200
 _T_TABLE = np.maximum(stdtrit(np.arange(1, _T_DOF + 1), 1 - _T_P / 2), _T_MIN)
 _EFFECT_MIN = 0.5     # the drift per step / a step's noise (differences' sd / sqrt 2)
-_FIELDS = ("drift", "base", "m", "mean", "m2", "prev", "s0", "s1", "s2", "sy", "ssy")
+_FIELDS = ("drift", "base", "mean", "m2", "prev", "s0", "s1", "s2", "sy", "ssy")   # floats
+_STEPS = ("m", "base_step", "prev_step", "start")                                  # integers
 
 
 class TrendFrame:
@@ -85,6 +86,7 @@ class TrendFrame:
         self.start = np.concatenate([self.start, np.full(add, step, np.int64)])
         for k in ("s0", "s1", "s2", "sy", "ssy"):
             setattr(self, k, np.concatenate([getattr(self, k), z]))
+        self.step_noise = np.concatenate([self.step_noise, np.full(add, np.nan)])
 
     def framed(self, n: int) -> np.ndarray:
         """Indices of the first ``n`` sensors whose frame is not 0 (a drift, or one before)."""
@@ -137,7 +139,6 @@ class TrendFrame:
         if noise is not None:
             sd = np.fmax(sd, np.sqrt(2.0) * noise[:n])
         noise = sd / np.sqrt(2.0)
-        self.step_noise = np.full(len(self.drift), np.nan)
         self.step_noise[:n] = np.where(m >= _MIN_DIFFS, noise, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             t_min = _T_TABLE[np.clip(m - 2, 0, _T_DOF - 1)]      # m - 1 degrees of freedom
@@ -171,8 +172,7 @@ class TrendFrame:
         self.start[idx] = step
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k).copy()
-                for k in (*_FIELDS, "base_step", "prev_step", "start")}
+        return {k: getattr(self, k).copy() for k in (*_FIELDS, *_STEPS)}
 
     def load_state_dict(self, state: dict[str, Any], n: int) -> None:
         """Restore (a state from before trends were taken out: none known for ``n``
@@ -184,7 +184,6 @@ class TrendFrame:
             return
         for k in _FIELDS:
             setattr(self, k, np.asarray(state[k], np.float64).copy())
-        self.start = np.asarray(state["start"], np.int64).copy()
-        self.m = self.m.astype(np.int64)
-        self.base_step = np.asarray(state["base_step"], np.int64).copy()
-        self.prev_step = np.asarray(state["prev_step"], np.int64).copy()
+        for k in _STEPS:
+            setattr(self, k, np.asarray(state[k], np.int64).copy())
+        self.step_noise = np.full(len(self.drift), np.nan)
